@@ -1,0 +1,378 @@
+//! The configuration file as serde reads it, and its conversion into [`Config`].
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::values::{BackendUrl, ByteSize, EnvString, HumanDuration, ListenAddr, SecretValue};
+use super::{
+    duplicates, Auth, BackendConfig, ClientKey, Config, CredentialKind, Limits, Problem,
+    ServerSettings, Timeouts, TlsListener, UserAssigned, DEFAULT_SCOPE,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    listen: Vec<ListenAddr>,
+    tls: Option<RawTls>,
+    admin: Option<RawAdmin>,
+    upstream_tls: Option<RawUpstreamTls>,
+    auth: RawAuth,
+    backends: Vec<RawBackend>,
+    retry: Option<RawRetry>,
+    clients: Option<Vec<RawClient>>,
+    timeouts: Option<RawTimeouts>,
+    limits: Option<RawLimits>,
+    server: Option<RawServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: ListenAddr,
+    cert: EnvString,
+    key: EnvString,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: ListenAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca_file: Option<EnvString>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+enum RawKind {
+    ManagedIdentity,
+    WorkloadIdentity,
+    ClientSecret,
+    AzureCli,
+    None,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    kind: RawKind,
+    scope: Option<EnvString>,
+    client_id: Option<EnvString>,
+    object_id: Option<EnvString>,
+    resource_id: Option<EnvString>,
+    tenant_id: Option<EnvString>,
+    client_secret: Option<SecretValue>,
+    token_file: Option<EnvString>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    url: BackendUrl,
+    name: Option<EnvString>,
+    weight: Option<u16>,
+    api_key: Option<SecretValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_tries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: EnvString,
+    key: SecretValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<HumanDuration>,
+    response_header: Option<HumanDuration>,
+    body_idle: Option<HumanDuration>,
+    pool_idle: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<ByteSize>,
+    max_header_bytes: Option<ByteSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    threads: Option<usize>,
+    grace_period: Option<HumanDuration>,
+}
+
+/// Reads the document, reporting the first serde error with its key path and line.
+pub(super) fn parse(text: &str) -> Result<RawConfig, Vec<Problem>> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        // serde_yaml appends " at line L column C"; the line is reported separately.
+        let mut message = inner.to_string();
+        if let Some(cut) = message.find(" at line ") {
+            message.truncate(cut);
+        }
+        // It may also prefix the path it knows; ours is the complete one.
+        if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+            message = rest.to_string();
+        }
+        let path = if path == "." { String::new() } else { path };
+        vec![Problem {
+            path,
+            line,
+            message,
+        }]
+    })
+}
+
+/// Collects problems that need more than one value to see.
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, Vec<Problem>> {
+        let mut p = Problems(Vec::new());
+
+        if self.listen.is_empty() {
+            p.add("listen", "give at least one \"host:port\" to listen on");
+        }
+        if self.backends.is_empty() {
+            p.add("backends", "give at least one backend");
+        }
+
+        let backends: Vec<BackendConfig> = self
+            .backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let weight = b.weight.unwrap_or(1);
+                if weight == 0 {
+                    p.add(format!("backends[{i}].weight"), "must be at least 1");
+                }
+                BackendConfig {
+                    name: b.name.map(|n| n.0).unwrap_or_else(|| b.url.host.clone()),
+                    url: b.url,
+                    weight: weight.max(1),
+                    api_key: b.api_key.map(|k| k.0),
+                }
+            })
+            .collect();
+        for name in duplicates(backends.iter().map(|b| b.name.as_str())) {
+            p.add("backends", format!("two backends are named {name:?}: give each a distinct `name`"));
+        }
+
+        let max_tries = self.retry.and_then(|r| r.max_tries).unwrap_or(3);
+        let max_tries = NonZeroU32::new(max_tries).unwrap_or_else(|| {
+            p.add("retry.max_tries", "must be at least 1 (the first try counts)");
+            NonZeroU32::MIN
+        });
+
+        let clients = self.clients.map(|list| {
+            if list.is_empty() {
+                p.add(
+                    "clients",
+                    "an empty list would refuse every request: remove `clients` to let everyone in, or add a key",
+                );
+            }
+            let keys: Vec<ClientKey> = list
+                .into_iter()
+                .map(|c| ClientKey {
+                    name: c.name.0,
+                    key: c.key.0,
+                })
+                .collect();
+            for name in duplicates(keys.iter().map(|c| c.name.as_str())) {
+                p.add("clients", format!("two clients are named {name:?}"));
+            }
+            keys
+        });
+
+        let credential = self.auth.credential(&mut p);
+        let uses_token = backends.iter().any(|b| b.api_key.is_none());
+        if credential == CredentialKind::None && uses_token {
+            log::debug!("auth.kind none: backends without api_key get no credentials");
+        }
+
+        let d = Timeouts::default();
+        let timeouts = match self.timeouts {
+            None => d,
+            Some(t) => Timeouts {
+                connect: t.connect.map_or(d.connect, |v| v.0),
+                response_header: t.response_header.map_or(d.response_header, |v| v.0),
+                body_idle: t.body_idle.map_or(d.body_idle, |v| v.0),
+                pool_idle: t.pool_idle.map_or(d.pool_idle, |v| v.0),
+            },
+        };
+        for (key, v) in [
+            ("timeouts.connect", timeouts.connect),
+            ("timeouts.response_header", timeouts.response_header),
+            ("timeouts.body_idle", timeouts.body_idle),
+        ] {
+            if v.is_zero() {
+                p.add(key, "must be more than zero");
+            }
+        }
+
+        let d = Limits::default();
+        let limits = match self.limits {
+            None => d,
+            Some(l) => Limits {
+                max_body_bytes: l.max_body_bytes.map_or(d.max_body_bytes, |v| v.0),
+                max_header_bytes: l
+                    .max_header_bytes
+                    .map_or(d.max_header_bytes, |v| v.0 as usize),
+            },
+        };
+        if limits.max_header_bytes < 1024 || limits.max_header_bytes > 96 << 10 {
+            p.add("limits.max_header_bytes", "must be between 1KiB and 96KiB");
+        }
+
+        let threads = self
+            .server
+            .as_ref()
+            .and_then(|s| s.threads)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            p.add("server.threads", "must be at least 1");
+        }
+        let grace_period = self
+            .server
+            .and_then(|s| s.grace_period)
+            .map_or(std::time::Duration::from_secs(60), |g| g.0);
+
+        if !p.0.is_empty() {
+            return Err(p.0);
+        }
+        Ok(Config {
+            listen: self.listen.into_iter().map(|l| l.0).collect(),
+            tls: self.tls.map(|t| TlsListener {
+                listen: t.listen.0,
+                cert: PathBuf::from(t.cert.0),
+                key: PathBuf::from(t.key.0),
+            }),
+            admin: self.admin.map(|a| a.listen.0),
+            upstream_ca_file: self
+                .upstream_tls
+                .and_then(|u| u.ca_file)
+                .map(|f| PathBuf::from(f.0)),
+            auth: Auth {
+                credential,
+                scope: self
+                    .auth
+                    .scope
+                    .map_or_else(|| DEFAULT_SCOPE.to_string(), |s| s.0),
+            },
+            backends,
+            max_tries,
+            clients,
+            timeouts,
+            limits,
+            server: ServerSettings {
+                threads: threads.max(1),
+                grace_period,
+            },
+        })
+    }
+}
+
+impl RawAuth {
+    /// The credential for `kind`, refusing keys that kind does not use.
+    fn credential(&self, p: &mut Problems) -> CredentialKind {
+        let given = [
+            ("client_id", self.client_id.is_some()),
+            ("object_id", self.object_id.is_some()),
+            ("resource_id", self.resource_id.is_some()),
+            ("tenant_id", self.tenant_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("token_file", self.token_file.is_some()),
+        ];
+        let allowed: &[&str] = match self.kind {
+            RawKind::ManagedIdentity => &["client_id", "object_id", "resource_id"],
+            RawKind::WorkloadIdentity => &["tenant_id", "client_id", "token_file"],
+            RawKind::ClientSecret => &["tenant_id", "client_id", "client_secret"],
+            RawKind::AzureCli | RawKind::None => &[],
+        };
+        let kind_name = match self.kind {
+            RawKind::ManagedIdentity => "managed_identity",
+            RawKind::WorkloadIdentity => "workload_identity",
+            RawKind::ClientSecret => "client_secret",
+            RawKind::AzureCli => "azure_cli",
+            RawKind::None => "none",
+        };
+        for (key, present) in given {
+            if present && !allowed.contains(&key) {
+                p.add(format!("auth.{key}"), format!("is not used with kind {kind_name}"));
+            }
+        }
+        let s = |v: &Option<EnvString>| v.as_ref().map(|v| v.0.clone());
+        match self.kind {
+            RawKind::ManagedIdentity => {
+                let ids: Vec<UserAssigned> = [
+                    s(&self.client_id).map(UserAssigned::ClientId),
+                    s(&self.object_id).map(UserAssigned::ObjectId),
+                    s(&self.resource_id).map(UserAssigned::ResourceId),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if ids.len() > 1 {
+                    p.add("auth", "give only one of client_id, object_id, resource_id");
+                }
+                CredentialKind::ManagedIdentity {
+                    user_assigned: ids.into_iter().next(),
+                }
+            }
+            RawKind::WorkloadIdentity => CredentialKind::WorkloadIdentity {
+                tenant_id: s(&self.tenant_id),
+                client_id: s(&self.client_id),
+                token_file: s(&self.token_file).map(PathBuf::from),
+            },
+            RawKind::ClientSecret => {
+                let mut required = |value: Option<String>, key: &str, var: &str| {
+                    value.or_else(|| std::env::var(var).ok()).unwrap_or_else(|| {
+                        p.add(format!("auth.{key}"), format!("is required with kind client_secret (or set {var})"));
+                        String::new()
+                    })
+                };
+                let tenant_id = required(s(&self.tenant_id), "tenant_id", "AZURE_TENANT_ID");
+                let client_id = required(s(&self.client_id), "client_id", "AZURE_CLIENT_ID");
+                let secret = required(
+                    self.client_secret.as_ref().map(|v| v.0.expose().to_string()),
+                    "client_secret",
+                    "AZURE_CLIENT_SECRET",
+                );
+                CredentialKind::ClientSecret {
+                    tenant_id,
+                    client_id,
+                    secret: crate::secret::Secret::new(secret),
+                }
+            }
+            RawKind::AzureCli => CredentialKind::AzureCli,
+            RawKind::None => CredentialKind::None,
+        }
+    }
+}

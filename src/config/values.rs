@@ -1,0 +1,302 @@
+//! Scalar types that validate themselves while the YAML is read, so that a bad value is
+//! reported with its key path and line by serde.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer};
+
+use crate::secret::Secret;
+
+/// A string after `${NAME}` substitution from the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvString(pub String);
+
+impl<'de> Deserialize<'de> for EnvString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw, |name| std::env::var(name).ok())
+            .map(EnvString)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Replaces each `${NAME}` in `raw` with `lookup(NAME)`; `$$` is a literal `$`.
+pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
+            let name = &tail[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+            }
+            let value = lookup(name)
+                .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A secret read from the file (after `${NAME}` substitution); never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretValue(pub Secret);
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let EnvString(s) = EnvString::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(de::Error::custom("must not be empty"));
+        }
+        Ok(SecretValue(Secret::new(s)))
+    }
+}
+
+/// A listening address: `host:port`, resolved once at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr(pub String);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let EnvString(s) = EnvString::deserialize(d)?;
+        let resolved: Option<SocketAddr> = s.to_socket_addrs().ok().and_then(|mut a| a.next());
+        match resolved {
+            Some(addr) => Ok(ListenAddr(addr.to_string())),
+            None => Err(de::Error::custom(format!(
+                "{s:?} is not a \"host:port\" address (for example 0.0.0.0:8080)"
+            ))),
+        }
+    }
+}
+
+/// The scheme of an upstream URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// A backend's base URL: `scheme://host[:port]`, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendUrl {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BackendUrl {
+    /// The `Host` header value: the host, with the port when it is not the scheme's default.
+    pub fn authority(&self) -> String {
+        let default = match self.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl fmt::Display for BackendUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+impl std::str::FromStr for BackendUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+        let scheme = match url.scheme() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => return Err(format!("scheme {other:?} is not supported: use https (or http)")),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("credentials in the URL are not allowed: use api_key".into());
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{s:?} has a path or query: give only scheme://host[:port], client paths are forwarded as they are"
+            ));
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(format!("{s:?} has no host")),
+        };
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("{s:?} has no port"))?;
+        Ok(BackendUrl { scheme, host, port })
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let EnvString(s) = EnvString::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A duration: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (for example 500ms, 5s, 2m)"))?;
+        let secs = match unit.trim() {
+            "ms" => n / 1000.0,
+            "" | "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            u => return Err(format!("unknown unit {u:?} in {s:?}: use ms, s, m or h")),
+        };
+        Duration::try_from_secs_f64(secs)
+            .map(HumanDuration)
+            .map_err(|_| format!("{s:?} is out of range"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        NumOrStr::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A byte size: `512`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`, decimal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (for example 64KiB, 16MiB)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            u => return Err(format!("unknown unit {u:?} in {s:?}: use B, KiB, MiB or GiB")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        NumOrStr::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A YAML scalar that may be written as a number or as a string.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Int(u64),
+    Float(f64),
+    Str(EnvString),
+}
+
+impl NumOrStr {
+    fn parse<T: std::str::FromStr<Err = String>>(self) -> Result<T, String> {
+        match self {
+            NumOrStr::Int(n) => n.to_string().parse(),
+            NumOrStr::Float(n) => n.to_string().parse(),
+            NumOrStr::Str(EnvString(s)) => s.parse(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn env_substitution() {
+        assert_eq!(expand_env("a-${KEY}-b", env).unwrap(), "a-s3cret-b");
+        assert_eq!(expand_env("$$5 and $x", env).unwrap(), "$5 and $x");
+        assert_eq!(
+            expand_env("${MISSING}", env).unwrap_err(),
+            "environment variable MISSING is not set"
+        );
+        assert!(expand_env("${KEY", env).is_err());
+        assert!(expand_env("${K-1}", env).is_err());
+    }
+
+    #[test]
+    fn backend_urls() {
+        let u: BackendUrl = "https://aoai-eastus.openai.azure.com".parse().unwrap();
+        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Https, "aoai-eastus.openai.azure.com", 443));
+        assert_eq!(u.authority(), "aoai-eastus.openai.azure.com");
+        let u: BackendUrl = "http://127.0.0.1:9001/".parse().unwrap();
+        assert_eq!(u.authority(), "127.0.0.1:9001");
+        assert!("ftp://x".parse::<BackendUrl>().is_err());
+        assert!("https://x/openai".parse::<BackendUrl>().is_err());
+        assert!("https://u:p@x".parse::<BackendUrl>().is_err());
+        assert!("x.openai.azure.com".parse::<BackendUrl>().is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
+        assert_eq!("1.5".parse::<HumanDuration>().unwrap().0, Duration::from_millis(1500));
+        assert!("5 parsecs".parse::<HumanDuration>().is_err());
+        assert_eq!("16MiB".parse::<ByteSize>().unwrap().0, 16 << 20);
+        assert_eq!("64KiB".parse::<ByteSize>().unwrap().0, 65536);
+        assert!("lots".parse::<ByteSize>().is_err());
+    }
+}

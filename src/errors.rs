@@ -1,0 +1,101 @@
+//! Errors the proxy answers itself, in Azure OpenAI's shape:
+//! `{"error":{"code":"...","message":"..."}}` with `Content-Type: application/json`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// An answer made by the proxy rather than a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProxyError {
+    /// `clients` is configured and the request has no valid key.
+    Unauthorized,
+    /// The request headers are larger than `limits.max_header_bytes`.
+    HeadersTooLarge { limit: usize },
+    /// The request body is larger than `limits.max_body_bytes`.
+    BodyTooLarge { limit: u64 },
+    /// The client sent a body that could not be read.
+    BadRequestBody,
+    /// No Entra ID token is available (not fetched yet, or expired during an outage).
+    NoToken,
+    /// The last try got no response header.
+    Upstream { status: u16, detail: String },
+}
+
+impl ProxyError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::Unauthorized => 401,
+            ProxyError::HeadersTooLarge { .. } => 431,
+            ProxyError::BodyTooLarge { .. } => 413,
+            ProxyError::BadRequestBody => 400,
+            ProxyError::NoToken => 503,
+            ProxyError::Upstream { status, .. } => *status,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        let (code, message) = match self {
+            ProxyError::Unauthorized => (
+                "401",
+                "Access denied: a valid key is required in the api-key header or as Authorization: Bearer.".to_string(),
+            ),
+            ProxyError::HeadersTooLarge { limit } => (
+                "RequestHeaderFieldsTooLarge",
+                format!("The request headers are larger than the proxy's limit of {limit} bytes."),
+            ),
+            ProxyError::BodyTooLarge { limit } => (
+                "RequestEntityTooLarge",
+                format!("The request body is larger than the proxy's limit of {limit} bytes."),
+            ),
+            ProxyError::BadRequestBody => (
+                "BadRequest",
+                "The request body could not be read.".to_string(),
+            ),
+            ProxyError::NoToken => (
+                "ServiceUnavailable",
+                "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not answered yet. Try again shortly.".to_string(),
+            ),
+            ProxyError::Upstream { status, detail } => (
+                if *status == 504 { "GatewayTimeout" } else { "BadGateway" },
+                detail.clone(),
+            ),
+        };
+        serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+    }
+
+    /// Writes this error to the client as a complete response.
+    pub async fn respond(&self, session: &mut Session) -> pingora::Result<()> {
+        let body = Bytes::from(self.body());
+        let mut resp = ResponseHeader::build(self.status(), Some(4))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        if self.status() == 503 {
+            resp.insert_header("retry-after", "1")?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_have_azures_error_shape() {
+        for e in [
+            ProxyError::Unauthorized,
+            ProxyError::HeadersTooLarge { limit: 10 },
+            ProxyError::BodyTooLarge { limit: 10 },
+            ProxyError::NoToken,
+            ProxyError::Upstream { status: 504, detail: "x".into() },
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
+            assert!(v["error"]["code"].is_string(), "{e:?}");
+            assert!(v["error"]["message"].is_string(), "{e:?}");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The backend pool: each backend's address, TLS and credentials, and the round robin that
+//! picks where a request goes first and where its retries go next.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::lb::selection::{algorithms::RoundRobin, SelectionAlgorithm};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::tls::x509::X509;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{BackendConfig, Config, Scheme};
+
+/// How a backend is authenticated.
+#[derive(Debug)]
+pub enum BackendAuth {
+    /// `Authorization: Bearer <Entra token>` from the token cache (or nothing with `auth.kind: none`).
+    Token,
+    /// `api-key: <key>` (the header value is marked sensitive).
+    ApiKey(HeaderValue),
+}
+
+/// One Azure OpenAI instance.
+#[derive(Debug)]
+pub struct Backend {
+    /// The name used in logs and metrics.
+    pub name: String,
+    /// `Host` for the requests sent to it.
+    pub host_header: HeaderValue,
+    pub auth: BackendAuth,
+    config: BackendConfig,
+    peer_options: PeerTemplate,
+    /// The peer for the current address; `None` until the host name resolves.
+    peer: ArcSwapOption<HttpPeer>,
+}
+
+/// What every peer of a backend shares.
+#[derive(Debug, Clone)]
+struct PeerTemplate {
+    connect_timeout: Duration,
+    pool_idle: Duration,
+    ca: Option<Arc<Box<[X509]>>>,
+}
+
+impl Backend {
+    fn new(config: &BackendConfig, template: PeerTemplate) -> Result<Self, String> {
+        let host_header = HeaderValue::from_str(&config.url.authority())
+            .map_err(|_| format!("backend {}: the host is not a valid header value", config.name))?;
+        let auth = match &config.api_key {
+            Some(key) => {
+                let mut v = HeaderValue::from_str(key.expose())
+                    .map_err(|_| format!("backend {}: api_key has characters a header cannot carry", config.name))?;
+                v.set_sensitive(true);
+                BackendAuth::ApiKey(v)
+            }
+            None => BackendAuth::Token,
+        };
+        let backend = Backend {
+            name: config.name.clone(),
+            host_header,
+            auth,
+            config: config.clone(),
+            peer_options: template,
+            peer: ArcSwapOption::empty(),
+        };
+        // IP literals need no resolving: their peer exists from the start.
+        if let Ok(ip) = config.url.host.parse::<std::net::IpAddr>() {
+            backend.set_addr(SocketAddr::new(ip, config.url.port));
+        }
+        Ok(backend)
+    }
+
+    /// The peer to connect to, or `None` while the host name has not resolved.
+    pub fn peer(&self) -> Option<Arc<HttpPeer>> {
+        self.peer.load_full()
+    }
+
+    /// Whether the host is a name that needs resolving.
+    fn needs_dns(&self) -> bool {
+        self.config.url.host.parse::<std::net::IpAddr>().is_err()
+    }
+
+    fn set_addr(&self, addr: SocketAddr) {
+        if self.peer.load().as_ref().is_some_and(|p| p._address == addr.into()) {
+            return;
+        }
+        let tls = self.config.url.scheme == Scheme::Https;
+        let mut peer = HttpPeer::new(addr, tls, self.config.url.host.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.peer_options.connect_timeout);
+        o.total_connection_timeout = Some(self.peer_options.connect_timeout * 2);
+        o.idle_timeout = Some(self.peer_options.pool_idle);
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        o.ca = self.peer_options.ca.clone();
+        self.peer.store(Some(Arc::new(peer)));
+        log::info!("backend {} is at {addr}", self.name);
+    }
+
+    /// Resolves the host name once; keeps the old address when resolution fails.
+    fn resolve(&self) {
+        let target = (self.config.url.host.as_str(), self.config.url.port);
+        match target.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => self.set_addr(addr),
+            Ok(None) => log::warn!("backend {}: {} has no address", self.name, self.config.url.host),
+            Err(e) => log::warn!("backend {}: cannot resolve {}: {e}", self.name, self.config.url.host),
+        }
+    }
+}
+
+/// The backends and their rotation.
+pub struct Pool {
+    backends: Box<[Arc<Backend>]>,
+    /// One round of the smooth weighted rotation: backend indexes, each as often as its weight.
+    rotation: Box<[usize]>,
+    counter: RoundRobin,
+}
+
+/// Where one request goes: its first backend, then the others in rotation order for retries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    first: usize,
+    /// Tries made so far on each backend.
+    tries: Vec<u16>,
+}
+
+impl Plan {
+    /// The next backend for this request among those `usable` accepts: the one tried least,
+    /// nearest in rotation order, so every backend is tried once before any is tried twice.
+    pub fn next(&mut self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.tries.len();
+        let mut best: Option<usize> = None;
+        for i in (0..n).map(|k| (self.first + k) % n).filter(|&i| usable(i)) {
+            if best.is_none_or(|b| self.tries[i] < self.tries[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(i) = best {
+            self.tries[i] = self.tries[i].saturating_add(1);
+        }
+        best
+    }
+}
+
+impl Pool {
+    /// Builds the pool from the configuration (no network: names resolve in [`Resolver`]).
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let ca = match &config.upstream_ca_file {
+            Some(file) => Some(Arc::new(trust_store_with(file)?)),
+            None => None,
+        };
+        let template = PeerTemplate {
+            connect_timeout: config.timeouts.connect,
+            pool_idle: config.timeouts.pool_idle,
+            ca,
+        };
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| Backend::new(b, template.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let weights: Vec<u16> = config.backends.iter().map(|b| b.weight).collect();
+        Ok(Pool {
+            backends: backends.into(),
+            rotation: smooth_rotation(&weights).into(),
+            counter: RoundRobin::new(),
+        })
+    }
+
+    /// The backends in configuration order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// Takes the next turn of the rotation: one per request, so every backend gets its share.
+    pub fn plan(&self) -> Plan {
+        let turn = self.counter.next(&[]) as usize;
+        Plan {
+            first: self.rotation[turn % self.rotation.len()],
+            tries: vec![0; self.backends.len()],
+        }
+    }
+
+    /// The backend at `index`.
+    pub fn get(&self, index: usize) -> &Arc<Backend> {
+        &self.backends[index]
+    }
+
+    /// Resolves every backend's host name once (at start-up, before serving).
+    pub fn resolve_all(&self) {
+        for b in self.backends.iter().filter(|b| b.needs_dns()) {
+            b.resolve();
+        }
+    }
+}
+
+/// The order of one round of weighted round robin, spread out as nginx's smooth weighted
+/// round robin does (weights 3:1 give `a a b a`, not `a a a b`).
+fn smooth_rotation(weights: &[u16]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..current.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+/// The system's trusted roots plus the CAs in `extra`: `upstream_tls.ca_file` adds trust,
+/// it never replaces the public roots real Azure endpoints need.
+fn trust_store_with(extra: &std::path::Path) -> Result<Box<[X509]>, String> {
+    let pem = std::fs::read(extra).map_err(|e| format!("upstream_tls.ca_file {}: {e}", extra.display()))?;
+    let mut certs = X509::stack_from_pem(&pem)
+        .map_err(|e| format!("upstream_tls.ca_file {}: not PEM certificates: {e}", extra.display()))?;
+    if certs.is_empty() {
+        return Err(format!("upstream_tls.ca_file {}: no certificate in the file", extra.display()));
+    }
+    let probe = openssl_probe::probe();
+    let system = probe
+        .cert_file
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|pem| X509::stack_from_pem(&pem).ok())
+        .unwrap_or_default();
+    if system.is_empty() {
+        log::warn!("no system CA bundle found: upstream HTTPS trusts only {}", extra.display());
+    }
+    certs.extend(system);
+    Ok(certs.into_boxed_slice())
+}
+
+/// Re-resolves backend host names in the background (Azure endpoints move).
+pub struct Resolver {
+    pub pool: Arc<Pool>,
+    pub interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Resolver {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if !self.pool.backends.iter().any(|b| b.needs_dns()) {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            let pool = self.pool.clone();
+            // getaddrinfo blocks: keep it off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || pool.resolve_all()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_weights_rotate_exactly() {
+        assert_eq!(smooth_rotation(&[1, 1, 1]), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn weights_are_spread_out() {
+        assert_eq!(smooth_rotation(&[3, 1]), vec![0, 0, 1, 0]);
+        let r = smooth_rotation(&[5, 1, 1]);
+        assert_eq!(r.len(), 7);
+        assert_eq!(r.iter().filter(|&&i| i == 0).count(), 5);
+        assert_ne!(&r[..5], &[0, 0, 0, 0, 0], "heavy backend not bunched: {r:?}");
+    }
+
+    #[test]
+    fn a_plan_visits_every_backend_before_repeating() {
+        let mut plan = Plan { first: 2, tries: vec![0; 3] };
+        let order: Vec<_> = (0..5).map(|_| plan.next(|_| true).unwrap()).collect();
+        assert_eq!(order, vec![2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn a_plan_skips_unusable_backends() {
+        let mut plan = Plan { first: 0, tries: vec![0; 3] };
+        let order: Vec<_> = (0..3).map(|_| plan.next(|i| i != 1).unwrap()).collect();
+        assert_eq!(order, vec![0, 2, 0]);
+        assert_eq!(Plan { first: 0, tries: vec![0; 2] }.next(|_| false), None);
+    }
+}

@@ -1,0 +1,162 @@
+//! Header rewriting: what the client sent becomes what a backend gets, and what a backend
+//! answered becomes what the client gets.
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+
+/// Request headers that never reach a backend: the client's own credentials, hop-by-hop
+/// headers, and framing the proxy sets itself (the body is re-sent whole with a length).
+const DROPPED_REQUEST_HEADERS: [HeaderName; 10] = [
+    HeaderName::from_static("api-key"),
+    header::AUTHORIZATION,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
+    header::EXPECT,
+];
+
+/// Response headers that are about the proxy's connection to the backend, not the client's.
+const DROPPED_RESPONSE_HEADERS: [HeaderName; 4] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::UPGRADE,
+];
+
+/// The credential header a backend gets.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    Bearer(&'a HeaderValue),
+    ApiKey(&'a HeaderValue),
+    None,
+}
+
+/// Builds the request for one backend from the client's request.
+///
+/// The path, query, method and other headers stay as the client sent them.
+pub fn upstream_request(
+    client: &RequestHeader,
+    host: &HeaderValue,
+    credential: Credential<'_>,
+    body: &Bytes,
+) -> Result<RequestHeader> {
+    let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
+        || client.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut req = client.clone();
+    req.set_version(http::Version::HTTP_11);
+    for name in &DROPPED_REQUEST_HEADERS {
+        req.remove_header(name);
+    }
+    req.insert_header(header::HOST, host.clone())?;
+    match credential {
+        Credential::Bearer(v) => req.insert_header(header::AUTHORIZATION, v.clone())?,
+        Credential::ApiKey(v) => req.insert_header("api-key", v.clone())?,
+        Credential::None => {}
+    }
+    if had_body || !body.is_empty() {
+        req.insert_header(header::CONTENT_LENGTH, body.len())?;
+    }
+    Ok(req)
+}
+
+/// The response header for the client: the backend's, less its hop-by-hop headers.
+pub fn client_response(upstream: &ResponseHeader) -> ResponseHeader {
+    let mut resp = upstream.clone();
+    for name in &DROPPED_RESPONSE_HEADERS {
+        resp.remove_header(name);
+    }
+    resp
+}
+
+/// The total size of the request headers as sent (names, values and separators).
+pub fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.raw_path().len()
+}
+
+/// The client key a request carries: `api-key: K` or `Authorization: Bearer K`.
+pub fn client_key(req: &RequestHeader) -> Option<&[u8]> {
+    if let Some(v) = req.headers.get("api-key") {
+        return Some(v.as_bytes());
+    }
+    let auth = req.headers.get(header::AUTHORIZATION)?.as_bytes();
+    let scheme = auth.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| auth[7..].trim_ascii())
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> RequestHeader {
+        let mut r = RequestHeader::build(
+            "POST",
+            b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+            None,
+        )
+        .unwrap();
+        r.insert_header("host", "proxy.local").unwrap();
+        r.insert_header("api-key", "client-key").unwrap();
+        r.insert_header("authorization", "Bearer client-token").unwrap();
+        r.insert_header("transfer-encoding", "chunked").unwrap();
+        r.insert_header("x-ms-client-request-id", "abc").unwrap();
+        r.insert_header("connection", "keep-alive").unwrap();
+        r
+    }
+
+    #[test]
+    fn client_credentials_never_reach_the_backend() {
+        let host = HeaderValue::from_static("aoai.example.com");
+        let token = HeaderValue::from_static("Bearer entra");
+        let body = Bytes::from_static(b"{}");
+        let req = upstream_request(&client(), &host, Credential::Bearer(&token), &body).unwrap();
+        assert_eq!(req.headers["authorization"], "Bearer entra");
+        assert!(req.headers.get("api-key").is_none());
+        assert_eq!(req.headers["host"], "aoai.example.com");
+        assert_eq!(req.headers["content-length"], "2");
+        assert!(req.headers.get("transfer-encoding").is_none());
+        assert!(req.headers.get("connection").is_none());
+        assert_eq!(req.headers["x-ms-client-request-id"], "abc");
+        assert_eq!(
+            req.raw_path(),
+            b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+        );
+
+        let key = HeaderValue::from_static("backend-key");
+        let req = upstream_request(&client(), &host, Credential::ApiKey(&key), &body).unwrap();
+        assert_eq!(req.headers["api-key"], "backend-key");
+        assert!(req.headers.get("authorization").is_none());
+    }
+
+    #[test]
+    fn client_keys_are_found_in_either_header() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(client_key(&r), None);
+        r.insert_header("authorization", "bearer  k1 ").unwrap();
+        assert_eq!(client_key(&r), Some(&b"k1"[..]));
+        r.insert_header("api-key", "k2").unwrap();
+        assert_eq!(client_key(&r), Some(&b"k2"[..]));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

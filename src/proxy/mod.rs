@@ -1,0 +1,304 @@
+//! The [`ProxyHttp`] implementation: admit the request, read its body once, then try backends
+//! until one answers for good or the tries are spent, and stream that answer to the client.
+//!
+//! NOTE: each try is its own exchange over Pingora's upstream [`Connector`] (pooling, TLS,
+//! SNI, verification) rather than Pingora's proxy loop, because that loop cannot replay a
+//! body past its fixed 64 KiB retry buffer: on a retry it sends no body at all
+//! (pingora-core `BODY_BUF_LIMIT`; pingora-proxy `proxy_h1.rs` `proxy_handle_downstream`), and it
+//! has no retry on a response status (https://github.com/cloudflare/pingora/issues/873).
+
+mod forward;
+pub mod headers;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use pingora::connectors::http::Connector;
+use pingora::http::ResponseHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::config::{ClientKey, Limits, Timeouts};
+use crate::errors::ProxyError;
+use crate::metrics::{InFlight, Metrics};
+use crate::pool::{BackendAuth, Pool};
+use crate::retry::{self, Failure, Outcome, Verdict};
+use crate::token::TokenCache;
+use forward::Attempt;
+use headers::Credential;
+
+/// The proxy service: everything a request needs, shared by all requests.
+pub struct AoaiProxy {
+    pub pool: Arc<Pool>,
+    /// `None` with `auth.kind: none`.
+    pub tokens: Option<Arc<TokenCache>>,
+    pub connector: Arc<Connector>,
+    pub max_tries: u32,
+    pub clients: Option<Vec<ClientKey>>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    /// Tries made so far.
+    tries: u32,
+    /// The backend of the last try.
+    backend: Option<usize>,
+    /// The authenticated client, when `clients` is configured.
+    client: Option<String>,
+    _in_flight: InFlight,
+}
+
+impl AoaiProxy {
+    /// Checks the header size and the client key; `Err` is the answer to send.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+        let req = session.req_header();
+        let size = headers::header_bytes(req);
+        if size > self.limits.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge {
+                limit: self.limits.max_header_bytes,
+            });
+        }
+        if let Some(clients) = &self.clients {
+            let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
+            let client = clients
+                .iter()
+                .find(|c| headers::constant_time_eq(c.key.expose().as_bytes(), key))
+                .ok_or(ProxyError::Unauthorized)?;
+            ctx.client = Some(client.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Reads the whole request body (it is re-sent on every try), up to the limit.
+    async fn read_body(&self, session: &mut Session) -> Result<Result<Bytes, ProxyError>> {
+        let limit = self.limits.max_body_bytes;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(Err(ProxyError::BodyTooLarge { limit }));
+        }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !session.is_body_done() {
+            let cont = ResponseHeader::build(100, Some(0))?;
+            session.write_response_header(Box::new(cont), false).await?;
+        }
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            let total = first.as_ref().map_or(0, |f| f.len()) + buf.len() + chunk.len();
+            if total as u64 > limit {
+                return Ok(Err(ProxyError::BodyTooLarge { limit }));
+            }
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                taken => {
+                    if let Some(f) = taken {
+                        buf.reserve(declared.unwrap_or(0) as usize);
+                        buf.extend_from_slice(&f);
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(Ok(first.unwrap_or_else(|| buf.freeze())))
+    }
+
+    /// The credential for backend `index`, or `None` when it needs a token and none is held.
+    fn credential<'a>(&'a self, index: usize, token: Option<&'a HeaderValue>) -> Option<Credential<'a>> {
+        match (&self.pool.get(index).auth, &self.tokens) {
+            (BackendAuth::ApiKey(key), _) => Some(Credential::ApiKey(key)),
+            (BackendAuth::Token, None) => Some(Credential::None),
+            (BackendAuth::Token, Some(_)) => token.map(Credential::Bearer),
+        }
+    }
+
+    /// Tries backends until one answers for good, then streams that answer to the client.
+    async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx, body: Bytes) -> Result<()> {
+        let token = self.tokens.as_ref().and_then(|t| t.header());
+        let mut plan = self.pool.plan();
+        loop {
+            let Some(index) = plan.next(|i| self.credential(i, token.as_ref()).is_some()) else {
+                return ProxyError::NoToken.respond(session).await;
+            };
+            let credential = self.credential(index, token.as_ref()).unwrap_or(Credential::None);
+            let backend = self.pool.get(index).clone();
+            ctx.tries += 1;
+            ctx.backend = Some(index);
+            let req = headers::upstream_request(session.req_header(), &backend.host_header, credential, &body)?;
+            let attempt = match backend.peer() {
+                None => Attempt::Failed(
+                    Failure::Connect,
+                    Error::explain(ErrorType::ConnectError, "the backend's host name has not resolved"),
+                ),
+                Some(peer) => {
+                    let send = forward::send(
+                        &self.connector,
+                        &peer,
+                        req,
+                        &body,
+                        self.timeouts.response_header,
+                        self.timeouts.body_idle,
+                    );
+                    tokio::select! {
+                        a = send => a,
+                        _ = session.downstream_session.read_body_or_idle(true) => {
+                            // The client left: stop here so the backend stops generating.
+                            return Error::e_explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend");
+                        }
+                    }
+                }
+            };
+            let outcome = match &attempt {
+                Attempt::Response(up) => Outcome::Status(up.response_header().map_or(0, |r| r.status.as_u16())),
+                Attempt::Failed(f, _) => Outcome::Failed(*f),
+            };
+            let verdict = retry::decide(outcome, ctx.tries, self.max_tries);
+            self.metrics.record_try(index, outcome, verdict == Verdict::Retry);
+            match (attempt, verdict) {
+                (Attempt::Response(up), Verdict::Deliver) => {
+                    let peer = backend.peer();
+                    return self.relay(session, up, peer).await;
+                }
+                (Attempt::Response(up), _) => {
+                    log::info!("backend {} answered {outcome:?} (try {}/{}): retrying", backend.name, ctx.tries, self.max_tries);
+                    if let Some(peer) = backend.peer() {
+                        forward::discard(self.connector.clone(), peer, up, self.timeouts.pool_idle);
+                    }
+                }
+                (Attempt::Failed(f, e), Verdict::GiveUp(_)) => {
+                    log::warn!("backend {}: {} ({e}); no tries left", backend.name, f.as_str());
+                    return ProxyError::Upstream {
+                        status: f.status(),
+                        detail: give_up_message(f, &backend.name, ctx.tries),
+                    }
+                    .respond(session)
+                    .await;
+                }
+                (Attempt::Failed(f, e), _) => {
+                    log::info!("backend {}: {} ({e}) (try {}/{}): retrying", backend.name, f.as_str(), ctx.tries, self.max_tries);
+                }
+            }
+        }
+    }
+
+    /// Streams the chosen response to the client, chunk by chunk as the backend sends it.
+    async fn relay(&self, session: &mut Session, mut up: pingora::protocols::http::client::HttpSession, peer: Option<Arc<HttpPeer>>) -> Result<()> {
+        let head = up
+            .response_header()
+            .map(headers::client_response)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "response header missing"))?;
+        session.write_response_header(Box::new(head), false).await?;
+        loop {
+            let chunk = tokio::time::timeout(self.timeouts.body_idle, up.read_response_body()).await;
+            match chunk {
+                Ok(Ok(Some(bytes))) => session.write_response_body(Some(bytes), false).await?,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(e.into_up()),
+                Err(_) => {
+                    return Error::e_explain(ErrorType::ReadTimedout, format!("backend silent for {:?} mid-response", self.timeouts.body_idle));
+                }
+            }
+        }
+        session.write_response_body(None, true).await?;
+        if let Some(peer) = peer {
+            self.connector.release_http_session(up, &*peer, Some(self.timeouts.pool_idle)).await;
+        }
+        Ok(())
+    }
+}
+
+fn give_up_message(f: Failure, backend: &str, tries: u32) -> String {
+    let what = match f {
+        Failure::Connect => "could not connect to",
+        Failure::Tls => "could not establish TLS with",
+        Failure::Timeout => "timed out waiting for",
+        Failure::Dropped => "lost the connection to",
+    };
+    format!("The proxy {what} the Azure OpenAI backend {backend:?} after {tries} tries.")
+}
+
+#[async_trait]
+impl ProxyHttp for AoaiProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            tries: 0,
+            backend: None,
+            client: None,
+            _in_flight: self.metrics.start_request(),
+        }
+    }
+
+    /// Serves the whole request: admission, body, tries and the streamed answer. Returns
+    /// `true` (answered), so Pingora's own upstream phases never run.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(e) = self.admit(session, ctx) {
+            e.respond(session).await?;
+            return Ok(true);
+        }
+        let body = match self.read_body(session).await? {
+            Ok(body) => body,
+            Err(e) => {
+                e.respond(session).await?;
+                return Ok(true);
+            }
+        };
+        self.forward(session, ctx, body).await?;
+        Ok(true)
+    }
+
+    /// Never reached: [`Self::request_filter`] answers every request.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Error::e_explain(ErrorType::InternalError, "requests are answered in request_filter")
+    }
+
+    /// Answers an error that escaped the request: nothing if the response had started
+    /// (the client sees the stream break, never a clean end), else an Azure-shaped 502.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
+        let client_gone = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError)
+            && e.esource() == &pingora::ErrorSource::Downstream;
+        let error_code = if session.response_written().is_some() || client_gone {
+            0
+        } else {
+            let err = ProxyError::Upstream { status: 502, detail: "The proxy failed while handling the request.".into() };
+            let _ = err.respond(session).await;
+            502
+        };
+        FailToProxy { error_code, can_reuse_downstream: false }
+    }
+
+    /// Writes one access-log line per request.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let backend = ctx.backend.map_or("-", |i| self.pool.get(i).name.as_str());
+        let took: Duration = ctx.started.elapsed();
+        let req = session.req_header();
+        log::info!(
+            target: "aoai_proxy::access",
+            "{} {} {status} backend={backend} tries={} client={} {}ms{}",
+            req.method,
+            req.uri.path(),
+            ctx.tries,
+            ctx.client.as_deref().unwrap_or("-"),
+            took.as_millis(),
+            e.map(|e| format!(" error={e}")).unwrap_or_default(),
+        );
+    }
+}

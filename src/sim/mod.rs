@@ -1,0 +1,132 @@
+//! A simulator of what the proxy talks to in Azure, for the demo, the tests and the benchmarks:
+//! Azure OpenAI backends ([`Backend`]) and an App Service managed identity endpoint
+//! ([`IdentityEndpoint`]). Nothing in the proxy depends on it.
+
+mod identity;
+mod openai;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use pingora::tls::ssl::{SslAcceptor, SslMethod};
+use tokio::net::TcpListener;
+
+pub use identity::IdentityEndpoint;
+pub use openai::{Backend, BackendOptions, Fault, Recorded};
+
+/// A response body: whole or streamed.
+pub type Body = BoxBody<Bytes, io::Error>;
+/// What a handler returns; `Err` drops the connection without an answer.
+type Reply = Pin<Box<dyn Future<Output = Result<Response<Body>, io::Error>> + Send>>;
+
+/// A certificate and key (PEM) for a simulated HTTPS endpoint.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// A running simulated server; it stops when dropped.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Binds `addr` and serves `handler` on each HTTP/1.1 request, over TLS when `tls` is set.
+async fn serve<H>(addr: SocketAddr, tls: Option<TlsIdentity>, handler: H) -> io::Result<Server>
+where
+    H: Fn(Request<Incoming>) -> Reply + Send + Sync + 'static,
+{
+    let acceptor = match tls {
+        Some(id) => Some(Arc::new(acceptor(&id).map_err(io::Error::other)?)),
+        None => None,
+    };
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let handler = Arc::new(handler);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = &mut stopped => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handler(req));
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(ssl) = pingora::tls::ssl::Ssl::new(acceptor.context()) else { return };
+                        let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else { return };
+                        if Pin::new(&mut tls).accept().await.is_err() {
+                            return;
+                        }
+                        let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(Server {
+        addr,
+        stop: Some(stop),
+    })
+}
+
+fn acceptor(id: &TlsIdentity) -> Result<SslAcceptor, pingora::tls::error::ErrorStack> {
+    use pingora::tls::pkey::PKey;
+    use pingora::tls::x509::X509;
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    let mut chain = X509::stack_from_pem(&id.cert_pem)?.into_iter();
+    if let Some(leaf) = chain.next() {
+        b.set_certificate(&leaf)?;
+    }
+    for extra in chain {
+        b.add_extra_chain_cert(extra)?;
+    }
+    let key = PKey::private_key_from_pem(&id.key_pem)?;
+    b.set_private_key(&key)?;
+    Ok(b.build())
+}
+
+/// A complete JSON response.
+fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let body = Bytes::from(value.to_string());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(body).map_err(|e: Infallible| match e {}).boxed())
+        .unwrap_or_default()
+}
+
+/// Azure OpenAI's error shape.
+fn azure_error(status: u16, code: &str, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+}

@@ -1,0 +1,304 @@
+//! A simulated Azure OpenAI instance: chat completions (whole or streamed), completions and
+//! embeddings, with faults a test can program (429 with retry-after, 5xx, slow answers,
+//! dropped connections, streams that break).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use serde_json::{json, Value};
+
+use super::{azure_error, json, serve, Body, Server, TlsIdentity};
+
+/// What a simulated backend does instead of answering normally.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status, these headers and Azure's error body.
+    Status { status: u16, headers: Vec<(String, String)> },
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+    /// Close the connection without answering.
+    Drop,
+    /// Stream this many chunks, then break the connection mid-response.
+    BreakStream { after_chunks: usize },
+}
+
+impl Fault {
+    /// A 429 with Azure's throttling headers.
+    pub fn throttle(retry_after_secs: u64) -> Fault {
+        Fault::Status {
+            status: 429,
+            headers: vec![
+                ("retry-after".into(), retry_after_secs.to_string()),
+                ("retry-after-ms".into(), (retry_after_secs * 1000).to_string()),
+                ("x-ratelimit-remaining-requests".into(), "0".into()),
+            ],
+        }
+    }
+}
+
+/// How a simulated backend answers.
+#[derive(Clone)]
+pub struct BackendOptions {
+    /// Its name, put in `x-sim-backend` on every answer.
+    pub name: String,
+    /// Keep every request (headers and body) for [`Backend::recorded`].
+    pub record: bool,
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<TlsIdentity>,
+    /// The assistant's answer; streamed word by word.
+    pub answer: String,
+    /// The pause between two streamed chunks.
+    pub chunk_delay: Duration,
+    /// Refuse requests without `Authorization: Bearer` or `api-key` (401), as Azure does.
+    pub require_auth: bool,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            name: "sim".into(),
+            record: false,
+            tls: None,
+            answer: "Hello! This answer comes from the aoai-proxy simulator.".into(),
+            chunk_delay: Duration::ZERO,
+            require_auth: true,
+        }
+    }
+}
+
+/// A request as the simulator received it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+struct State {
+    options: BackendOptions,
+    requests: AtomicU64,
+    script: Mutex<VecDeque<Fault>>,
+    always: Mutex<Option<Fault>>,
+    recorded: Mutex<Vec<Recorded>>,
+}
+
+/// A running simulated Azure OpenAI instance on 127.0.0.1; stops when dropped.
+pub struct Backend {
+    server: Server,
+    state: Arc<State>,
+}
+
+impl Backend {
+    /// Starts one on an ephemeral port of 127.0.0.1 (inside a Tokio runtime).
+    pub async fn start(options: BackendOptions) -> io::Result<Backend> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), options).await
+    }
+
+    /// Starts one on `addr`.
+    pub async fn start_on(addr: SocketAddr, options: BackendOptions) -> io::Result<Backend> {
+        let tls = options.tls.clone();
+        let state = Arc::new(State {
+            options,
+            requests: AtomicU64::new(0),
+            script: Mutex::default(),
+            always: Mutex::default(),
+            recorded: Mutex::default(),
+        });
+        let s = state.clone();
+        let server = serve(addr, tls, move |req| Box::pin(handle(s.clone(), req))).await?;
+        Ok(Backend { server, state })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (or `https://localhost:PORT` with TLS, matching the test certificate).
+    pub fn url(&self) -> String {
+        match self.state.options.tls {
+            None => format!("http://{}", self.server.addr),
+            Some(_) => format!("https://localhost:{}", self.server.addr.port()),
+        }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// The next request (after those already queued) gets `fault`.
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.state.script).push_back(fault);
+    }
+
+    /// Every request gets `fault` (`None`: answer normally) once the queued ones are used.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *lock(&self.state.always) = fault;
+    }
+
+    /// The requests received, when recording.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        lock(&self.state.recorded).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if state.options.record {
+        lock(&state.recorded).push(Recorded {
+            method: parts.method.to_string(),
+            uri: uri.clone(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+    let fault = lock(&state.script).pop_front().or_else(|| lock(&state.always).clone());
+    let mut break_after = None;
+    match fault {
+        Some(Fault::Drop) => return Err(io::Error::other("simulated dropped connection")),
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::Status { status, headers }) => {
+            let mut resp = azure_error(status, &status.to_string(), &fault_message(status, &headers));
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k), http::HeaderValue::try_from(v)) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+            return Ok(named(resp, &state.options.name));
+        }
+        Some(Fault::BreakStream { after_chunks }) => break_after = Some(after_chunks),
+        None => {}
+    }
+    let has_key = parts.headers.contains_key("api-key")
+        || parts.headers.get("authorization").is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
+    if state.options.require_auth && !has_key {
+        let resp = azure_error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.");
+        return Ok(named(resp, &state.options.name));
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let path = parts.uri.path();
+    let model = request["model"].as_str().map(str::to_string).or_else(|| deployment(path)).unwrap_or_else(|| "gpt-4o".into());
+    let resp = if path.ends_with("/chat/completions") {
+        chat(&state.options, &request, &model, break_after)
+    } else if path.ends_with("/completions") {
+        json(200, &completion(&state.options.answer, &model))
+    } else if path.ends_with("/embeddings") {
+        json(200, &embeddings(&request, &model))
+    } else {
+        azure_error(404, "404", "Resource not found")
+    };
+    Ok(named(resp, &state.options.name))
+}
+
+fn named(mut resp: Response<Body>, name: &str) -> Response<Body> {
+    if let Ok(v) = http::HeaderValue::from_str(name) {
+        resp.headers_mut().insert("x-sim-backend", v);
+    }
+    resp
+}
+
+fn fault_message(status: u16, headers: &[(String, String)]) -> String {
+    match status {
+        429 => {
+            let secs = headers.iter().find(|(k, _)| k == "retry-after").map_or("1", |(_, v)| v.as_str());
+            format!("Requests to the ChatCompletions_Create Operation have exceeded the call rate limit. Please retry after {secs} seconds.")
+        }
+        _ => format!("Simulated error {status}."),
+    }
+}
+
+/// `gpt-4o` from `/openai/deployments/gpt-4o/chat/completions`.
+fn deployment(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/openai/deployments/")?;
+    rest.split('/').next().map(str::to_string)
+}
+
+fn tokens(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+fn chat(options: &BackendOptions, request: &Value, model: &str, break_after: Option<usize>) -> Response<Body> {
+    let prompt = tokens(&request["messages"].to_string());
+    let completion = tokens(&options.answer);
+    let id = "chatcmpl-sim";
+    if request["stream"].as_bool() != Some(true) {
+        return json(200, &json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "system_fingerprint": "fp_sim",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                         "message": {"role": "assistant", "content": options.answer, "refusal": null}}],
+            "usage": usage(prompt, completion),
+        }));
+    }
+    let chunk = |delta: Value, finish: Value| -> Bytes {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                       "system_fingerprint": "fp_sim",
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
+        Bytes::from(format!("data: {c}\n\n"))
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let words: Vec<&str> = options.answer.split_inclusive(' ').collect();
+    events.extend(words.iter().map(|w| chunk(json!({"content": w}), Value::Null)));
+    events.push(chunk(json!({}), json!("stop")));
+    if request["stream_options"]["include_usage"].as_bool() == Some(true) {
+        let u = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                       "choices": [], "usage": usage(prompt, completion)});
+        events.push(Bytes::from(format!("data: {u}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let delay = options.chunk_delay;
+    let stream = futures_util::stream::unfold((events.into_iter(), 0usize), move |(mut events, sent)| async move {
+        if break_after == Some(sent) {
+            return Some((Err(io::Error::other("simulated broken stream")), (events, sent + 1)));
+        }
+        let next = events.next()?;
+        if sent > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok(Frame::data(next)), (events, sent + 1)))
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap_or_default()
+}
+
+fn completion(answer: &str, model: &str) -> Value {
+    json!({"id": "cmpl-sim", "object": "text_completion", "created": 1_700_000_000, "model": model,
+           "choices": [{"index": 0, "text": answer, "finish_reason": "stop", "logprobs": null}],
+           "usage": usage(1, tokens(answer))})
+}
+
+fn embeddings(request: &Value, model: &str) -> Value {
+    let inputs = match &request["input"] {
+        Value::Array(items) => items.len().max(1),
+        _ => 1,
+    };
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.0023, -0.0091, 0.0154, 0.0071, -0.0032, 0.0118, -0.0004, 0.0207]}))
+        .collect();
+    json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": inputs, "total_tokens": inputs}})
+}
