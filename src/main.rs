@@ -56,6 +56,10 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
+    if let Err(e) = aoai_proxy::token::credential(&config.auth) {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     if cli.test {
         println!("{}: the configuration is valid", path.display());
         return ExitCode::SUCCESS;

@@ -114,11 +114,18 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// When to refresh a token that is valid for `lifetime` more: `margin` before it expires,
-/// or at half its remaining life when that is sooner (short-lived tokens), never in less than 1 s.
+/// When to refresh a token that is valid for `lifetime` more: `margin` before it expires, or
+/// at half its remaining life for a token too short-lived for that; never in less than 1 s.
+///
+/// The margin must not exceed 300 s: `azure_identity`'s own cache hands back the same token
+/// until 300 s before it expires.
 pub fn refresh_after(lifetime: Duration, margin: Duration) -> Duration {
-    let by_margin = lifetime.saturating_sub(margin);
-    by_margin.min(lifetime / 2).max(Duration::from_secs(1))
+    let wait = if lifetime > margin * 2 {
+        lifetime - margin
+    } else {
+        lifetime / 2
+    };
+    wait.max(Duration::from_secs(1))
 }
 
 /// The delay before retry `attempt` (1-based) after a failed fetch: 1 s doubling to 30 s.
@@ -190,7 +197,8 @@ mod tests {
         let m = Duration::from_secs(300);
         assert_eq!(refresh_after(Duration::from_secs(86_400), m), Duration::from_secs(86_100));
         // Short-lived tokens refresh at half-life, still well before they lapse.
-        assert_eq!(refresh_after(Duration::from_secs(400), m), Duration::from_secs(100));
+        assert_eq!(refresh_after(Duration::from_secs(3600), m), Duration::from_secs(3300));
+        assert_eq!(refresh_after(Duration::from_secs(400), m), Duration::from_secs(200));
         assert_eq!(refresh_after(Duration::from_secs(60), m), Duration::from_secs(30));
         assert_eq!(refresh_after(Duration::from_secs(1), m), Duration::from_secs(1));
     }

@@ -93,7 +93,7 @@ pub enum UserAssigned {
 /// One backend (an Azure OpenAI instance).
 #[derive(Clone, Debug)]
 pub struct BackendConfig {
-    /// Used in logs and metrics; defaults to the host.
+    /// Used in logs and metrics; defaults to the URL's host (and port, when one is given).
     pub name: String,
     pub url: BackendUrl,
     pub weight: u16,

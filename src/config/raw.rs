@@ -121,23 +121,38 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, Vec<Problem>> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let line = inner.location().map(|l| l.line());
         // serde_yaml appends " at line L column C"; the line is reported separately.
         let mut message = inner.to_string();
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
         }
-        // It may also prefix the path it knows; ours is the complete one.
-        if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
-            message = rest.to_string();
+        // It may also prefix part of the path; ours is the complete one.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if path.starts_with(prefix) {
+                message = rest.to_string();
+            }
         }
+        let key = path.rsplit(['.', ']']).find(|s| !s.is_empty() && !s.starts_with('['));
+        let line = inner.location().map(|l| key_line(text, l.line(), key));
         let path = if path == "." { String::new() } else { path };
-        vec![Problem {
-            path,
-            line,
-            message,
-        }]
+        vec![Problem { path, line, message }]
     })
+}
+
+/// serde_yaml reports a value's error at the start of the mapping holding it: look from there
+/// for the line that holds `key` itself.
+fn key_line(text: &str, from: usize, key: Option<&str>) -> usize {
+    let Some(key) = key else { return from };
+    let pattern = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .take(64)
+        .find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&pattern) || l.contains(&format!("{{{pattern}")) || l.contains(&format!(" {pattern}"))
+        })
+        .map_or(from, |(i, _)| i + 1)
 }
 
 /// Collects problems that need more than one value to see.
@@ -174,7 +189,7 @@ impl RawConfig {
                     p.add(format!("backends[{i}].weight"), "must be at least 1");
                 }
                 BackendConfig {
-                    name: b.name.map(|n| n.0).unwrap_or_else(|| b.url.host.clone()),
+                    name: b.name.map(|n| n.0).unwrap_or_else(|| b.url.authority()),
                     url: b.url,
                     weight: weight.max(1),
                     api_key: b.api_key.map(|k| k.0),

@@ -1,0 +1,35 @@
+//! `clients`: a request without a valid key gets 401 and reaches no backend.
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_configured_keys_get_through() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = format!("{}clients:\n  - {{name: team-a, key: key-a}}\n  - {{name: team-b, key: key-b}}\n", mi_yaml(&[&b]));
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let send = |header: Option<(&'static str, &'static str)>| {
+        let mut req = client().post(proxy.url(CHAT)).json(&chat_body());
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for bad in [None, Some(("api-key", "nope")), Some(("authorization", "Bearer nope")), Some(("authorization", "Basic a2V5LWE="))] {
+        let (status, body) = send(bad).await;
+        assert_eq!(status, 401, "{bad:?}");
+        assert_eq!(azure_error_code(&body), "401");
+    }
+    assert_eq!(b.requests(), 0);
+    assert_eq!(send(Some(("api-key", "key-a"))).await.0, 200);
+    assert_eq!(send(Some(("authorization", "Bearer key-b"))).await.0, 200);
+    assert_eq!(b.requests(), 2);
+    // The client's key is not forwarded; the backend gets the proxy's token.
+    for r in b.recorded() {
+        assert_eq!(r.headers["authorization"], "Bearer sim-token-1");
+    }
+    assert!(proxy.log().contains("client=team-a"));
+}

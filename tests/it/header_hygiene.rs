@@ -1,0 +1,67 @@
+//! What a backend receives: the client's path, query, body and headers as sent, never the
+//! client's `api-key` or `Authorization`, and `Host` set to its own host.
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_never_reach_a_backend() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let path = "/openai/deployments/my-gpt/embeddings?api-version=2024-10-21&x=a%20b&y=%E2%9C%93";
+    let body = br#"{"input": ["one", "two"]}"#;
+    let r = client()
+        .post(proxy.url(path))
+        .header("api-key", "client-api-key")
+        .header("authorization", "Bearer client-bearer")
+        .header("x-ms-client-request-id", "req-123")
+        .header("content-type", "application/json")
+        .header("x-custom", "Mixed Case Value")
+        .body(&body[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = &b.recorded()[0];
+    assert_eq!(got.uri, path);
+    assert_eq!(got.method, "POST");
+    assert_eq!(&got.body[..], &body[..]);
+    assert_eq!(got.headers["authorization"], "Bearer sim-token-1");
+    assert!(got.headers.get("api-key").is_none());
+    assert_eq!(got.headers["host"], format!("127.0.0.1:{}", b.addr().port()));
+    assert_eq!(got.headers["x-ms-client-request-id"], "req-123");
+    assert_eq!(got.headers["x-custom"], "Mixed Case Value");
+    assert_eq!(got.headers["content-type"], "application/json");
+    let all: String = got.headers.iter().map(|(k, v)| format!("{k}: {v:?}\n")).collect();
+    assert!(!all.contains("client-api-key") && !all.contains("client-bearer"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_requests_and_v1_paths_pass_unchanged() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let r = client().get(proxy.url("/openai/models?api-version=2024-10-21")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "the simulator has no /openai/models");
+    let r = client().post(proxy.url("/openai/v1/chat/completions")).json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "gpt-4o-mini");
+    let rec = b.recorded();
+    assert_eq!(rec[0].method, "GET");
+    assert_eq!(rec[0].uri, "/openai/models?api-version=2024-10-21");
+    assert!(rec[0].body.is_empty());
+    assert_eq!(rec[1].uri, "/openai/v1/chat/completions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_and_reach_no_backend() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let r = client().post(proxy.url(CHAT)).header("x-big", "v".repeat(40_000)).json(&chat_body()).send().await.unwrap();
+    assert!(matches!(r.status().as_u16(), 431 | 400), "{}", r.status());
+    assert_eq!(b.requests(), 0);
+    // The proxy keeps serving.
+    assert_eq!(chat(&proxy).await.0, 200);
+}

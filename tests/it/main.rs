@@ -1,0 +1,18 @@
+//! Integration tests: the real `aoai-proxy` binary against the project's simulator, one
+//! module per behaviour.
+
+mod common;
+
+mod body_replay;
+mod client_auth;
+mod config_errors;
+mod header_hygiene;
+mod max_tries;
+mod no_retry;
+mod openai_sdk;
+mod retry_causes;
+mod round_robin;
+mod shutdown;
+mod streaming;
+mod tls;
+mod token;

@@ -1,0 +1,76 @@
+//! Streamed (`text/event-stream`) answers reach the client chunk by chunk as the backend
+//! writes them, and a stream that breaks midway reaches the client broken, never retried.
+
+use std::time::{Duration, Instant};
+
+use aoai_proxy::sim::{Backend, BackendOptions, Fault};
+use futures_util::StreamExt;
+
+use crate::common::*;
+
+async fn slow_backend(name: &str) -> Backend {
+    Backend::start(BackendOptions {
+        name: name.into(),
+        answer: "one two three four five six".into(),
+        chunk_delay: Duration::from_millis(150),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn stream_request() -> serde_json::Value {
+    serde_json::json!({"stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "Hi"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_as_the_backend_writes_them() {
+    let id = identity().await;
+    let b = slow_backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let started = Instant::now();
+    let r = client().post(proxy.url(CHAT)).json(&stream_request()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        arrivals.push(started.elapsed());
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    // 10 events, 150 ms apart: the first must not wait for the last.
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(text.contains("\"usage\""));
+    let (first, last) = (arrivals[0], *arrivals.last().unwrap());
+    assert!(arrivals.len() >= 5, "the stream came in {} pieces", arrivals.len());
+    assert!(last - first >= Duration::from_millis(900), "first chunk at {first:?}, last at {last:?}: the stream was held back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_broken_midway_reaches_the_client_broken_and_is_not_retried() {
+    let id = identity().await;
+    let b0 = slow_backend("b0").await;
+    let b1 = slow_backend("b1").await;
+    b0.push_fault(Fault::BreakStream { after_chunks: 3 });
+    let proxy = Proxy::start(&mi_yaml(&[&b0, &b1]), Some(&id));
+    let r = client().post(proxy.url(CHAT)).json(&stream_request()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let mut broke = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => text.push_str(std::str::from_utf8(&c).unwrap()),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(broke, "the client saw a clean end: {text}");
+    assert!(!text.contains("[DONE]"));
+    assert!(text.contains("one"), "the first events should have arrived: {text}");
+    assert_eq!(b1.requests(), 0, "a started response was retried");
+}

@@ -1,0 +1,126 @@
+//! The managed identity token: fetched off the request path, cached, refreshed in the
+//! background, attached as `Authorization: Bearer`; `kind: none` and per-backend `api_key`.
+
+use std::time::{Duration, Instant};
+
+use aoai_proxy::sim::IdentityEndpoint;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_requests_cost_one_token_fetch() {
+    let id = identity().await;
+    let b = backends(2).await;
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    for _ in 0..30 {
+        assert_eq!(chat(&proxy).await.0, 200);
+    }
+    assert_eq!(id.fetches(), 1);
+    for r in b[0].recorded().iter().chain(b[1].recorded().iter()) {
+        assert_eq!(r.headers["authorization"], "Bearer sim-token-1");
+        assert!(r.headers.get("api-key").is_none());
+    }
+    // The token is for Azure OpenAI's resource, asked the App Service way.
+    let q = &id.queries()[0];
+    assert!(q.contains("resource=https%3A%2F%2Fcognitiveservices.azure.com"), "{q}");
+    assert!(q.contains("api-version=2019-08-01"), "{q}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_assigned_client_id_reaches_the_endpoint() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = format!("auth: {{kind: managed_identity, client_id: 11111111-2222-3333-4444-555555555555}}\n{}", backends_yaml(&[&b]));
+    let proxy = Proxy::start(&yaml, Some(&id));
+    assert_eq!(chat(&proxy).await.0, 200);
+    let q = &id.queries()[0];
+    assert!(q.contains("client_id=11111111-2222-3333-4444-555555555555"), "{q}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_token_is_refreshed_before_it_expires() {
+    // Tokens live 4 s: the proxy refreshes at half-life, with no failed request between.
+    let id = IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(4)).await.unwrap();
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while id.fetches() < 3 && Instant::now() < deadline {
+        assert_eq!(chat(&proxy).await.0, 200, "a request failed around a refresh");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(id.fetches() >= 3, "only {} fetches in 20 s", id.fetches());
+    let tokens: std::collections::BTreeSet<String> = b
+        .recorded()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
+        .collect();
+    assert!(tokens.len() >= 2, "requests never used a refreshed token: {tokens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_means_a_prompt_503_then_recovery() {
+    let id = identity().await;
+    id.set_failing(true);
+    let b = backend("b0").await;
+    let proxy = Proxy::start_with(Start { yaml: mi_yaml(&[&b]), identity: Some(&id), wait_ready: false });
+    assert_eq!(proxy.admin_get("/readyz").0, 503);
+    let started = Instant::now();
+    let (status, headers, body) = chat(&proxy).await;
+    assert_eq!(status, 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "the 503 took {:?}", started.elapsed());
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(azure_error_code(&body), "ServiceUnavailable");
+    assert_eq!(b.requests(), 0, "a backend was called without credentials");
+
+    id.set_failing(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.admin_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "the proxy did not recover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(chat(&proxy).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_backends_get_their_key_and_no_token() {
+    let id = identity().await;
+    let b = backends(2).await;
+    let yaml = format!(
+        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", api_key: key-zero}}\n  - {{url: \"{}\"}}\n",
+        b[0].url(),
+        b[1].url()
+    );
+    let proxy = Proxy::start(&yaml, Some(&id));
+    for _ in 0..2 {
+        assert_eq!(chat(&proxy).await.0, 200);
+    }
+    let r0 = &b[0].recorded()[0];
+    assert_eq!(r0.headers["api-key"], "key-zero");
+    assert!(r0.headers.get("authorization").is_none());
+    assert_eq!(b[1].recorded()[0].headers["authorization"], "Bearer sim-token-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kind_none_sends_no_token() {
+    let b = aoai_proxy::sim::Backend::start(aoai_proxy::sim::BackendOptions { record: true, require_auth: false, ..Default::default() }).await.unwrap();
+    let proxy = Proxy::start(&format!("auth: {{kind: none}}\n{}", backends_yaml(&[&b])), None);
+    assert_eq!(chat(&proxy).await.0, 200);
+    let r = &b.recorded()[0];
+    assert!(r.headers.get("authorization").is_none() && r.headers.get("api-key").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_appear_in_logs_or_metrics() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\"}}\n  - {{url: \"{}\", api_key: backend-secret-key}}\nclients: [{{name: c, key: client-secret-key}}]\n", b.url(), b.url().replace("127.0.0.1", "localhost"));
+    let proxy = Proxy::start(&yaml, Some(&id));
+    for key in ["client-secret-key", "wrong-key"] {
+        client().post(proxy.url(CHAT)).header("api-key", key).json(&chat_body()).send().await.unwrap();
+    }
+    let (_, metrics) = proxy.admin_get("/metrics");
+    let everything = format!("{}{metrics}", proxy.log());
+    for secret in ["sim-token-1", "backend-secret-key", "client-secret-key", IDENTITY_HEADER] {
+        assert!(!everything.contains(secret), "{secret} leaked:\n{everything}");
+    }
+}
