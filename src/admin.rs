@@ -29,12 +29,24 @@ impl ServeHttp for Admin {
         let (status, ctype, body) = match session.req_header().uri.path() {
             "/healthz" => (200, "text/plain", "ok\n".to_string()),
             "/readyz" if self.ready() => (200, "text/plain", "ready\n".to_string()),
-            "/readyz" => (503, "text/plain", "not ready: no valid Entra ID token yet\n".to_string()),
+            "/readyz" => (
+                503,
+                "text/plain",
+                "not ready: no valid Entra ID token yet\n".to_string(),
+            ),
             "/metrics" => {
                 let fetches = self.tokens.as_ref().map_or(0, |t| t.fetches());
-                (200, "text/plain; version=0.0.4", self.metrics.render(self.ready(), fetches))
+                (
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(self.ready(), fetches),
+                )
             }
-            _ => (404, "text/plain", "not found: try /healthz, /readyz or /metrics\n".to_string()),
+            _ => (
+                404,
+                "text/plain",
+                "not found: try /healthz, /readyz or /metrics\n".to_string(),
+            ),
         };
         Response::builder()
             .status(status)

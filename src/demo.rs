@@ -23,16 +23,26 @@ const DEMO_KEY: &str = "demo-key";
 pub fn run(args: DemoArgs) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => return tx.send(Err(e.to_string())).unwrap_or(()),
         };
         rt.block_on(async move {
             let started = async {
-                let identity = IdentityEndpoint::start("demo-identity-header", Duration::from_secs(24 * 3600)).await?;
+                let identity =
+                    IdentityEndpoint::start("demo-identity-header", Duration::from_secs(24 * 3600))
+                        .await?;
                 let mut backends = Vec::new();
                 for name in ["eastus-sim", "westus-sim"] {
-                    let options = BackendOptions { name: name.into(), chunk_delay: Duration::from_millis(40), ..Default::default() };
+                    let options = BackendOptions {
+                        name: name.into(),
+                        chunk_delay: Duration::from_millis(40),
+                        ..Default::default()
+                    };
                     backends.push(Backend::start(options).await?);
                 }
                 Ok::<_, std::io::Error>((identity, backends))
@@ -61,7 +71,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
     let admin = SocketAddr::from(([127, 0, 0, 1], args.port.wrapping_add(1)));
     for addr in [listen, admin] {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e} (try --port)"))?;
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e} (try --port)"))?;
     }
     let yaml = format!(
         "listen: [\"{listen}\"]\nadmin: {{listen: \"{admin}\"}}\nauth: {{kind: managed_identity}}\n\

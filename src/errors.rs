@@ -91,7 +91,10 @@ mod tests {
             ProxyError::HeadersTooLarge { limit: 10 },
             ProxyError::BodyTooLarge { limit: 10 },
             ProxyError::NoToken,
-            ProxyError::Upstream { status: 504, detail: "x".into() },
+            ProxyError::Upstream {
+                status: 504,
+                detail: "x".into(),
+            },
         ] {
             let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
             assert!(v["error"]["code"].is_string(), "{e:?}");

@@ -15,4 +15,5 @@ pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod sim;
+pub mod simulate;
 pub mod token;

@@ -25,16 +25,26 @@ struct Cli {
 enum Command {
     /// Run simulated Azure OpenAI backends, a simulated Entra ID endpoint and the proxy on 127.0.0.1.
     Demo(aoai_proxy::demo::DemoArgs),
+    /// Run only the simulated backends (and identity endpoint), for benchmarks and local development.
+    Simulate(aoai_proxy::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,pingora=warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,pingora=warn"),
+    )
+    .init();
     let cli = Cli::parse();
-    if let Some(Command::Demo(args)) = cli.command {
-        return match aoai_proxy::demo::run(args) {
+    let outcome = match cli.command {
+        Some(Command::Demo(args)) => Some(("demo", aoai_proxy::demo::run(args))),
+        Some(Command::Simulate(args)) => Some(("simulate", aoai_proxy::simulate::run(args))),
+        None => None,
+    };
+    if let Some((name, result)) = outcome {
+        return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("aoai-proxy demo: {e}");
+                eprintln!("aoai-proxy {name}: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -52,7 +62,10 @@ fn main() -> ExitCode {
     };
     let problems = config.check_files();
     if !problems.is_empty() {
-        let e = aoai_proxy::config::ConfigError { file: path, problems };
+        let e = aoai_proxy::config::ConfigError {
+            file: path,
+            problems,
+        };
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }

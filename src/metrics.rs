@@ -7,7 +7,9 @@ use std::sync::Arc;
 use crate::retry::{Failure, Outcome};
 
 /// The outcome labels of `aoai_proxy_backend_tries_total`.
-const OUTCOMES: [&str; 9] = ["2xx", "3xx", "4xx", "429", "5xx", "connect", "tls", "timeout", "dropped"];
+const OUTCOMES: [&str; 9] = [
+    "2xx", "3xx", "4xx", "429", "5xx", "connect", "tls", "timeout", "dropped",
+];
 
 fn outcome_slot(o: Outcome) -> usize {
     match o {
@@ -71,16 +73,36 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self, ready: bool, token_fetches: u64) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# TYPE aoai_proxy_requests_total counter\naoai_proxy_requests_total {}", self.requests.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# TYPE aoai_proxy_retries_total counter\naoai_proxy_retries_total {}", self.retries.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# TYPE aoai_proxy_in_flight gauge\naoai_proxy_in_flight {}", self.in_flight());
-        let _ = writeln!(out, "# TYPE aoai_proxy_ready gauge\naoai_proxy_ready {}", u8::from(ready));
+        let _ = writeln!(
+            out,
+            "# TYPE aoai_proxy_requests_total counter\naoai_proxy_requests_total {}",
+            self.requests.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE aoai_proxy_retries_total counter\naoai_proxy_retries_total {}",
+            self.retries.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE aoai_proxy_in_flight gauge\naoai_proxy_in_flight {}",
+            self.in_flight()
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE aoai_proxy_ready gauge\naoai_proxy_ready {}",
+            u8::from(ready)
+        );
         let _ = writeln!(out, "# TYPE aoai_proxy_token_fetches_total counter\naoai_proxy_token_fetches_total {token_fetches}");
         let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
         for (name, row) in self.backends.iter().zip(&self.tries) {
             let name = name.replace('\\', "\\\\").replace('"', "\\\"");
             for (label, n) in OUTCOMES.iter().zip(row) {
-                let _ = writeln!(out, "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{label}\"}} {}", n.load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{label}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
             }
         }
         out

@@ -49,12 +49,20 @@ struct PeerTemplate {
 
 impl Backend {
     fn new(config: &BackendConfig, template: PeerTemplate) -> Result<Self, String> {
-        let host_header = HeaderValue::from_str(&config.url.authority())
-            .map_err(|_| format!("backend {}: the host is not a valid header value", config.name))?;
+        let host_header = HeaderValue::from_str(&config.url.authority()).map_err(|_| {
+            format!(
+                "backend {}: the host is not a valid header value",
+                config.name
+            )
+        })?;
         let auth = match &config.api_key {
             Some(key) => {
-                let mut v = HeaderValue::from_str(key.expose())
-                    .map_err(|_| format!("backend {}: api_key has characters a header cannot carry", config.name))?;
+                let mut v = HeaderValue::from_str(key.expose()).map_err(|_| {
+                    format!(
+                        "backend {}: api_key has characters a header cannot carry",
+                        config.name
+                    )
+                })?;
                 v.set_sensitive(true);
                 BackendAuth::ApiKey(v)
             }
@@ -86,7 +94,12 @@ impl Backend {
     }
 
     fn set_addr(&self, addr: SocketAddr) {
-        if self.peer.load().as_ref().is_some_and(|p| p._address == addr.into()) {
+        if self
+            .peer
+            .load()
+            .as_ref()
+            .is_some_and(|p| p._address == addr.into())
+        {
             return;
         }
         let tls = self.config.url.scheme == Scheme::Https;
@@ -107,8 +120,16 @@ impl Backend {
         let target = (self.config.url.host.as_str(), self.config.url.port);
         match target.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(addr)) => self.set_addr(addr),
-            Ok(None) => log::warn!("backend {}: {} has no address", self.name, self.config.url.host),
-            Err(e) => log::warn!("backend {}: cannot resolve {}: {e}", self.name, self.config.url.host),
+            Ok(None) => log::warn!(
+                "backend {}: {} has no address",
+                self.name,
+                self.config.url.host
+            ),
+            Err(e) => log::warn!(
+                "backend {}: cannot resolve {}: {e}",
+                self.name,
+                self.config.url.host
+            ),
         }
     }
 }
@@ -221,11 +242,19 @@ fn smooth_rotation(weights: &[u16]) -> Vec<usize> {
 /// The system's trusted roots plus the CAs in `extra`: `upstream_tls.ca_file` adds trust,
 /// it never replaces the public roots real Azure endpoints need.
 fn trust_store_with(extra: &std::path::Path) -> Result<Box<[X509]>, String> {
-    let pem = std::fs::read(extra).map_err(|e| format!("upstream_tls.ca_file {}: {e}", extra.display()))?;
-    let mut certs = X509::stack_from_pem(&pem)
-        .map_err(|e| format!("upstream_tls.ca_file {}: not PEM certificates: {e}", extra.display()))?;
+    let pem = std::fs::read(extra)
+        .map_err(|e| format!("upstream_tls.ca_file {}: {e}", extra.display()))?;
+    let mut certs = X509::stack_from_pem(&pem).map_err(|e| {
+        format!(
+            "upstream_tls.ca_file {}: not PEM certificates: {e}",
+            extra.display()
+        )
+    })?;
     if certs.is_empty() {
-        return Err(format!("upstream_tls.ca_file {}: no certificate in the file", extra.display()));
+        return Err(format!(
+            "upstream_tls.ca_file {}: no certificate in the file",
+            extra.display()
+        ));
     }
     let probe = openssl_probe::probe();
     let system = probe
@@ -234,7 +263,10 @@ fn trust_store_with(extra: &std::path::Path) -> Result<Box<[X509]>, String> {
         .and_then(|pem| X509::stack_from_pem(&pem).ok())
         .unwrap_or_default();
     if system.is_empty() {
-        log::warn!("no system CA bundle found: upstream HTTPS trusts only {}", extra.display());
+        log::warn!(
+            "no system CA bundle found: upstream HTTPS trusts only {}",
+            extra.display()
+        );
     }
     certs.extend(system);
     Ok(certs.into_boxed_slice())
@@ -279,21 +311,38 @@ mod tests {
         let r = smooth_rotation(&[5, 1, 1]);
         assert_eq!(r.len(), 7);
         assert_eq!(r.iter().filter(|&&i| i == 0).count(), 5);
-        assert_ne!(&r[..5], &[0, 0, 0, 0, 0], "heavy backend not bunched: {r:?}");
+        assert_ne!(
+            &r[..5],
+            &[0, 0, 0, 0, 0],
+            "heavy backend not bunched: {r:?}"
+        );
     }
 
     #[test]
     fn a_plan_visits_every_backend_before_repeating() {
-        let mut plan = Plan { first: 2, tries: vec![0; 3] };
+        let mut plan = Plan {
+            first: 2,
+            tries: vec![0; 3],
+        };
         let order: Vec<_> = (0..5).map(|_| plan.next(|_| true).unwrap()).collect();
         assert_eq!(order, vec![2, 0, 1, 2, 0]);
     }
 
     #[test]
     fn a_plan_skips_unusable_backends() {
-        let mut plan = Plan { first: 0, tries: vec![0; 3] };
+        let mut plan = Plan {
+            first: 0,
+            tries: vec![0; 3],
+        };
         let order: Vec<_> = (0..3).map(|_| plan.next(|i| i != 1).unwrap()).collect();
         assert_eq!(order, vec![0, 2, 0]);
-        assert_eq!(Plan { first: 0, tries: vec![0; 2] }.next(|_| false), None);
+        assert_eq!(
+            Plan {
+                first: 0,
+                tries: vec![0; 2]
+            }
+            .next(|_| false),
+            None
+        );
     }
 }

@@ -91,7 +91,12 @@ mod tests {
 
     #[test]
     fn failures_retry_then_give_up_with_their_status() {
-        for f in [Failure::Connect, Failure::Tls, Failure::Timeout, Failure::Dropped] {
+        for f in [
+            Failure::Connect,
+            Failure::Tls,
+            Failure::Timeout,
+            Failure::Dropped,
+        ] {
             assert_eq!(decide(Outcome::Failed(f), 1, 3), Verdict::Retry);
             assert_eq!(decide(Outcome::Failed(f), 3, 3), Verdict::GiveUp(f));
         }

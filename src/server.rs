@@ -53,7 +53,9 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
 
     let pool = Arc::new(Pool::new(config).map_err(StartError::Pool)?);
     pool.resolve_all();
-    let metrics = Arc::new(Metrics::new(pool.backends().iter().map(|b| b.name.clone()).collect()));
+    let metrics = Arc::new(Metrics::new(
+        pool.backends().iter().map(|b| b.name.clone()).collect(),
+    ));
 
     let credential = token::credential(&config.auth)?;
     let tokens = credential.map(|credential| {
@@ -88,13 +90,18 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
         limits: config.limits.clone(),
         metrics: metrics.clone(),
     };
-    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "aoai-proxy");
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "aoai-proxy");
     for addr in &config.listen {
         service.add_tcp(addr);
     }
     if let Some(tls) = &config.tls {
         service
-            .add_tls(&tls.listen, &tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+            .add_tls(
+                &tls.listen,
+                &tls.cert.to_string_lossy(),
+                &tls.key.to_string_lossy(),
+            )
             .map_err(|e| StartError::Tls(e.to_string()))?;
     }
     server.add_service(service);
@@ -145,7 +152,10 @@ struct GracefulSignal {
 impl ShutdownSignalWatch for GracefulSignal {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             log::error!("cannot install signal handlers: shutting down");
             return ShutdownSignal::FastShutdown;
         };

@@ -102,7 +102,8 @@ impl TokenCache {
         let mut header = HeaderValue::try_from(format!("Bearer {secret}"))
             .map_err(|_| "the token has characters a header cannot carry".to_string())?;
         header.set_sensitive(true);
-        self.current.store(Some(Arc::new(CachedToken { header, expires_at })));
+        self.current
+            .store(Some(Arc::new(CachedToken { header, expires_at })));
         self.fetches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -169,14 +170,26 @@ impl BackgroundService for Refresher {
                 Ok(lifetime) => {
                     failures = 0;
                     let wait = refresh_after(lifetime, self.margin);
-                    log::info!("Entra ID token fetched for {}: valid {}s, refresh in {}s", self.scope, lifetime.as_secs(), wait.as_secs());
+                    log::info!(
+                        "Entra ID token fetched for {}: valid {}s, refresh in {}s",
+                        self.scope,
+                        lifetime.as_secs(),
+                        wait.as_secs()
+                    );
                     wait
                 }
                 Err(e) => {
                     failures += 1;
                     let wait = backoff(failures);
-                    let state = if self.cache.is_ready() { "the current token stays in use" } else { "no valid token: requests get 503" };
-                    log::warn!("Entra ID token fetch failed ({e}); {state}; retrying in {}s", wait.as_secs());
+                    let state = if self.cache.is_ready() {
+                        "the current token stays in use"
+                    } else {
+                        "no valid token: requests get 503"
+                    };
+                    log::warn!(
+                        "Entra ID token fetch failed ({e}); {state}; retrying in {}s",
+                        wait.as_secs()
+                    );
                     wait
                 }
             };
@@ -195,12 +208,27 @@ mod tests {
     #[test]
     fn refresh_comes_before_expiry() {
         let m = Duration::from_secs(300);
-        assert_eq!(refresh_after(Duration::from_secs(86_400), m), Duration::from_secs(86_100));
+        assert_eq!(
+            refresh_after(Duration::from_secs(86_400), m),
+            Duration::from_secs(86_100)
+        );
         // Short-lived tokens refresh at half-life, still well before they lapse.
-        assert_eq!(refresh_after(Duration::from_secs(3600), m), Duration::from_secs(3300));
-        assert_eq!(refresh_after(Duration::from_secs(400), m), Duration::from_secs(200));
-        assert_eq!(refresh_after(Duration::from_secs(60), m), Duration::from_secs(30));
-        assert_eq!(refresh_after(Duration::from_secs(1), m), Duration::from_secs(1));
+        assert_eq!(
+            refresh_after(Duration::from_secs(3600), m),
+            Duration::from_secs(3300)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(400), m),
+            Duration::from_secs(200)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(60), m),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(1), m),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

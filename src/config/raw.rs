@@ -132,10 +132,16 @@ pub(super) fn parse(text: &str) -> Result<RawConfig, Vec<Problem>> {
                 message = rest.to_string();
             }
         }
-        let key = path.rsplit(['.', ']']).find(|s| !s.is_empty() && !s.starts_with('['));
+        let key = path
+            .rsplit(['.', ']'])
+            .find(|s| !s.is_empty() && !s.starts_with('['));
         let line = inner.location().map(|l| key_line(text, l.line(), key));
         let path = if path == "." { String::new() } else { path };
-        vec![Problem { path, line, message }]
+        vec![Problem {
+            path,
+            line,
+            message,
+        }]
     })
 }
 
@@ -150,7 +156,9 @@ fn key_line(text: &str, from: usize, key: Option<&str>) -> usize {
         .take(64)
         .find(|(_, l)| {
             let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(&pattern) || l.contains(&format!("{{{pattern}")) || l.contains(&format!(" {pattern}"))
+            t.starts_with(&pattern)
+                || l.contains(&format!("{{{pattern}"))
+                || l.contains(&format!(" {pattern}"))
         })
         .map_or(from, |(i, _)| i + 1)
 }
@@ -197,12 +205,18 @@ impl RawConfig {
             })
             .collect();
         for name in duplicates(backends.iter().map(|b| b.name.as_str())) {
-            p.add("backends", format!("two backends are named {name:?}: give each a distinct `name`"));
+            p.add(
+                "backends",
+                format!("two backends are named {name:?}: give each a distinct `name`"),
+            );
         }
 
         let max_tries = self.retry.and_then(|r| r.max_tries).unwrap_or(3);
         let max_tries = NonZeroU32::new(max_tries).unwrap_or_else(|| {
-            p.add("retry.max_tries", "must be at least 1 (the first try counts)");
+            p.add(
+                "retry.max_tries",
+                "must be at least 1 (the first try counts)",
+            );
             NonZeroU32::MIN
         });
 
@@ -340,7 +354,10 @@ impl RawAuth {
         };
         for (key, present) in given {
             if present && !allowed.contains(&key) {
-                p.add(format!("auth.{key}"), format!("is not used with kind {kind_name}"));
+                p.add(
+                    format!("auth.{key}"),
+                    format!("is not used with kind {kind_name}"),
+                );
             }
         }
         let s = |v: &Option<EnvString>| v.as_ref().map(|v| v.0.clone());
@@ -368,15 +385,22 @@ impl RawAuth {
             },
             RawKind::ClientSecret => {
                 let mut required = |value: Option<String>, key: &str, var: &str| {
-                    value.or_else(|| std::env::var(var).ok()).unwrap_or_else(|| {
-                        p.add(format!("auth.{key}"), format!("is required with kind client_secret (or set {var})"));
-                        String::new()
-                    })
+                    value
+                        .or_else(|| std::env::var(var).ok())
+                        .unwrap_or_else(|| {
+                            p.add(
+                                format!("auth.{key}"),
+                                format!("is required with kind client_secret (or set {var})"),
+                            );
+                            String::new()
+                        })
                 };
                 let tenant_id = required(s(&self.tenant_id), "tenant_id", "AZURE_TENANT_ID");
                 let client_id = required(s(&self.client_id), "client_id", "AZURE_CLIENT_ID");
                 let secret = required(
-                    self.client_secret.as_ref().map(|v| v.0.expose().to_string()),
+                    self.client_secret
+                        .as_ref()
+                        .map(|v| v.0.expose().to_string()),
                     "client_secret",
                     "AZURE_CLIENT_SECRET",
                 );

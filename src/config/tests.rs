@@ -33,7 +33,11 @@ fn unknown_keys_name_the_key_and_line() {
     let p = problems(&format!("{MINIMAL}    wieght: 2\n"));
     assert_eq!(p[0].path, "backends[0].wieght");
     assert_eq!(p[0].line, Some(5));
-    assert!(p[0].message.contains("unknown field `wieght`"), "{}", p[0].message);
+    assert!(
+        p[0].message.contains("unknown field `wieght`"),
+        "{}",
+        p[0].message
+    );
     let p = problems(&format!("{MINIMAL}retries: 3\n"));
     assert_eq!(p[0].path, "retries");
 }
@@ -41,7 +45,10 @@ fn unknown_keys_name_the_key_and_line() {
 #[test]
 fn environment_variables_are_substituted_or_named() {
     std::env::set_var("AOAI_TEST_CONFIG_KEY", "k-123");
-    let c = Config::from_yaml(&format!("{MINIMAL}    api_key: ${{AOAI_TEST_CONFIG_KEY}}\n")).unwrap();
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}    api_key: ${{AOAI_TEST_CONFIG_KEY}}\n"
+    ))
+    .unwrap();
     assert_eq!(c.backends[0].api_key.as_ref().unwrap().expose(), "k-123");
     let p = problems(&format!("{MINIMAL}    api_key: ${{AOAI_TEST_UNSET_VAR}}\n"));
     assert_eq!(p[0].path, "backends[0].api_key");
@@ -53,8 +60,17 @@ fn environment_variables_are_substituted_or_named() {
 fn every_validation_problem_is_reported() {
     let yaml = "listen: []\nauth: {kind: managed_identity, tenant_id: t}\nbackends: []\nclients: []\nretry: {max_tries: 0}\n";
     let paths: Vec<String> = problems(yaml).into_iter().map(|p| p.path).collect();
-    for expected in ["listen", "backends", "clients", "retry.max_tries", "auth.tenant_id"] {
-        assert!(paths.iter().any(|p| p == expected), "{expected} missing from {paths:?}");
+    for expected in [
+        "listen",
+        "backends",
+        "clients",
+        "retry.max_tries",
+        "auth.tenant_id",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "{expected} missing from {paths:?}"
+        );
     }
 }
 
@@ -62,18 +78,30 @@ fn every_validation_problem_is_reported() {
 fn bad_values_are_refused() {
     for (yaml, path) in [
         ("  - url: ftp://a\n", "backends[1].url"),
-        ("  - url: https://a.openai.azure.com/openai/deployments\n", "backends[1].url"),
-        ("  - {url: \"https://b\", weight: 0}\n", "backends[1].weight"),
-        ("  - {url: \"https://b\", name: a.openai.azure.com}\n", "backends"),
+        (
+            "  - url: https://a.openai.azure.com/openai/deployments\n",
+            "backends[1].url",
+        ),
+        (
+            "  - {url: \"https://b\", weight: 0}\n",
+            "backends[1].weight",
+        ),
+        (
+            "  - {url: \"https://b\", name: a.openai.azure.com}\n",
+            "backends",
+        ),
     ] {
         let p = problems(&format!("{MINIMAL}{yaml}"));
         assert_eq!(p[0].path, path, "{yaml}: {p:?}");
     }
     let p = problems(&format!("{MINIMAL}timeouts: {{connect: 5 parsecs}}\n"));
     assert_eq!(p[0].path, "timeouts.connect");
-    let p = problems("listen: [\"nowhere\"]\nauth: {kind: none}\nbackends: [{url: \"https://a\"}]\n");
+    let p =
+        problems("listen: [\"nowhere\"]\nauth: {kind: none}\nbackends: [{url: \"https://a\"}]\n");
     assert_eq!(p[0].path, "listen[0]");
-    let p = problems("listen: [\"127.0.0.1:1\"]\nauth: {kind: magic}\nbackends: [{url: \"https://a\"}]\n");
+    let p = problems(
+        "listen: [\"127.0.0.1:1\"]\nauth: {kind: magic}\nbackends: [{url: \"https://a\"}]\n",
+    );
     assert_eq!(p[0].path, "auth.kind");
 }
 
@@ -82,7 +110,9 @@ fn user_assigned_identity_takes_one_id() {
     let c = Config::from_yaml("listen: [\"127.0.0.1:1\"]\nauth: {kind: managed_identity, client_id: abc}\nbackends: [{url: \"https://a\"}]\n").unwrap();
     assert_eq!(
         c.auth.credential,
-        CredentialKind::ManagedIdentity { user_assigned: Some(UserAssigned::ClientId("abc".into())) }
+        CredentialKind::ManagedIdentity {
+            user_assigned: Some(UserAssigned::ClientId("abc".into()))
+        }
     );
     problems("listen: [\"127.0.0.1:1\"]\nauth: {kind: managed_identity, client_id: a, object_id: b}\nbackends: [{url: \"https://a\"}]\n");
 }
@@ -91,14 +121,24 @@ fn user_assigned_identity_takes_one_id() {
 fn errors_print_file_line_and_path() {
     let e = ConfigError {
         file: "conf.yaml".into(),
-        problems: vec![Problem { path: "backends[0].url".into(), line: Some(7), message: "bad".into() }],
+        problems: vec![Problem {
+            path: "backends[0].url".into(),
+            line: Some(7),
+            message: "bad".into(),
+        }],
     };
     assert_eq!(e.to_string(), "conf.yaml:7: backends[0].url: bad");
 }
 
 #[test]
 fn secrets_do_not_print_in_debug() {
-    let c = Config::from_yaml(&format!("{MINIMAL}    api_key: very-secret-key\nclients: [{{name: a, key: client-secret-key}}]\n")).unwrap();
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}    api_key: very-secret-key\nclients: [{{name: a, key: client-secret-key}}]\n"
+    ))
+    .unwrap();
     let dump = format!("{c:?}");
-    assert!(!dump.contains("very-secret-key") && !dump.contains("client-secret-key"), "{dump}");
+    assert!(
+        !dump.contains("very-secret-key") && !dump.contains("client-secret-key"),
+        "{dump}"
+    );
 }

@@ -37,13 +37,15 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
                 .find('}')
                 .ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
             let name = &tail[..end];
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
             }
-            let value = lookup(name)
-                .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &tail[end + 1..];
         } else {
@@ -139,7 +141,11 @@ impl std::str::FromStr for BackendUrl {
         let scheme = match url.scheme() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
-            other => return Err(format!("scheme {other:?} is not supported: use https (or http)")),
+            other => {
+                return Err(format!(
+                    "scheme {other:?} is not supported: use https (or http)"
+                ))
+            }
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err("credentials in the URL are not allowed: use api_key".into());
@@ -177,7 +183,9 @@ impl std::str::FromStr for HumanDuration {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: f64 = num
             .parse()
@@ -223,7 +231,11 @@ impl std::str::FromStr for ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            u => return Err(format!("unknown unit {u:?} in {s:?}: use B, KiB, MiB or GiB")),
+            u => {
+                return Err(format!(
+                    "unknown unit {u:?} in {s:?}: use B, KiB, MiB or GiB"
+                ))
+            }
         };
         n.checked_mul(mult)
             .map(ByteSize)
@@ -279,7 +291,10 @@ mod tests {
     #[test]
     fn backend_urls() {
         let u: BackendUrl = "https://aoai-eastus.openai.azure.com".parse().unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Https, "aoai-eastus.openai.azure.com", 443));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Https, "aoai-eastus.openai.azure.com", 443)
+        );
         assert_eq!(u.authority(), "aoai-eastus.openai.azure.com");
         let u: BackendUrl = "http://127.0.0.1:9001/".parse().unwrap();
         assert_eq!(u.authority(), "127.0.0.1:9001");
@@ -291,9 +306,18 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert_eq!("2m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(120));
-        assert_eq!("1.5".parse::<HumanDuration>().unwrap().0, Duration::from_millis(1500));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "2m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            "1.5".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(1500)
+        );
         assert!("5 parsecs".parse::<HumanDuration>().is_err());
         assert_eq!("16MiB".parse::<ByteSize>().unwrap().0, 16 << 20);
         assert_eq!("64KiB".parse::<ByteSize>().unwrap().0, 65536);

@@ -16,7 +16,7 @@ use crate::retry::Failure;
 /// What a try produced.
 pub enum Attempt {
     /// The response header arrived; the body is still to be read from the session.
-    Response(HttpSession),
+    Response(Box<HttpSession>),
     /// No response header.
     Failed(Failure, Box<Error>),
 }
@@ -44,7 +44,7 @@ pub async fn send(
         session.read_response_header().await
     };
     match tokio::time::timeout(header_timeout, exchange).await {
-        Ok(Ok(())) => Attempt::Response(session),
+        Ok(Ok(())) => Attempt::Response(Box::new(session)),
         Ok(Err(e)) => Attempt::Failed(Failure::Dropped, e),
         Err(_) => Attempt::Failed(
             Failure::Timeout,
@@ -68,7 +68,12 @@ fn connect_failure(e: &Error) -> Failure {
 
 /// Reads and discards a response that will not be delivered (a retried 429 or 5xx) so its
 /// connection can go back to the pool; closes it instead when that takes too long.
-pub fn discard(connector: Arc<Connector>, peer: Arc<HttpPeer>, mut session: HttpSession, idle: Duration) {
+pub fn discard(
+    connector: Arc<Connector>,
+    peer: Arc<HttpPeer>,
+    mut session: Box<HttpSession>,
+    idle: Duration,
+) {
     tokio::spawn(async move {
         let drained = tokio::time::timeout(Duration::from_secs(2), async {
             let mut read = 0usize;
@@ -82,7 +87,9 @@ pub fn discard(connector: Arc<Connector>, peer: Arc<HttpPeer>, mut session: Http
         })
         .await;
         if matches!(drained, Ok(Ok(()))) {
-            connector.release_http_session(session, &*peer, Some(idle)).await;
+            connector
+                .release_http_session(*session, &*peer, Some(idle))
+                .await;
         }
     });
 }

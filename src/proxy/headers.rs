@@ -116,7 +116,8 @@ mod tests {
         .unwrap();
         r.insert_header("host", "proxy.local").unwrap();
         r.insert_header("api-key", "client-key").unwrap();
-        r.insert_header("authorization", "Bearer client-token").unwrap();
+        r.insert_header("authorization", "Bearer client-token")
+            .unwrap();
         r.insert_header("transfer-encoding", "chunked").unwrap();
         r.insert_header("x-ms-client-request-id", "abc").unwrap();
         r.insert_header("connection", "keep-alive").unwrap();

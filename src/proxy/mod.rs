@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -119,7 +120,11 @@ impl AoaiProxy {
     }
 
     /// The credential for backend `index`, or `None` when it needs a token and none is held.
-    fn credential<'a>(&'a self, index: usize, token: Option<&'a HeaderValue>) -> Option<Credential<'a>> {
+    fn credential<'a>(
+        &'a self,
+        index: usize,
+        token: Option<&'a HeaderValue>,
+    ) -> Option<Credential<'a>> {
         match (&self.pool.get(index).auth, &self.tokens) {
             (BackendAuth::ApiKey(key), _) => Some(Credential::ApiKey(key)),
             (BackendAuth::Token, None) => Some(Credential::None),
@@ -128,22 +133,37 @@ impl AoaiProxy {
     }
 
     /// Tries backends until one answers for good, then streams that answer to the client.
-    async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx, body: Bytes) -> Result<()> {
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<()> {
         let token = self.tokens.as_ref().and_then(|t| t.header());
         let mut plan = self.pool.plan();
         loop {
             let Some(index) = plan.next(|i| self.credential(i, token.as_ref()).is_some()) else {
                 return ProxyError::NoToken.respond(session).await;
             };
-            let credential = self.credential(index, token.as_ref()).unwrap_or(Credential::None);
+            let credential = self
+                .credential(index, token.as_ref())
+                .unwrap_or(Credential::None);
             let backend = self.pool.get(index).clone();
             ctx.tries += 1;
             ctx.backend = Some(index);
-            let req = headers::upstream_request(session.req_header(), &backend.host_header, credential, &body)?;
+            let req = headers::upstream_request(
+                session.req_header(),
+                &backend.host_header,
+                credential,
+                &body,
+            )?;
             let attempt = match backend.peer() {
                 None => Attempt::Failed(
                     Failure::Connect,
-                    Error::explain(ErrorType::ConnectError, "the backend's host name has not resolved"),
+                    Error::explain(
+                        ErrorType::ConnectError,
+                        "the backend's host name has not resolved",
+                    ),
                 ),
                 Some(peer) => {
                     let send = forward::send(
@@ -164,24 +184,36 @@ impl AoaiProxy {
                 }
             };
             let outcome = match &attempt {
-                Attempt::Response(up) => Outcome::Status(up.response_header().map_or(0, |r| r.status.as_u16())),
+                Attempt::Response(up) => {
+                    Outcome::Status(up.response_header().map_or(0, |r| r.status.as_u16()))
+                }
                 Attempt::Failed(f, _) => Outcome::Failed(*f),
             };
             let verdict = retry::decide(outcome, ctx.tries, self.max_tries);
-            self.metrics.record_try(index, outcome, verdict == Verdict::Retry);
+            self.metrics
+                .record_try(index, outcome, verdict == Verdict::Retry);
             match (attempt, verdict) {
                 (Attempt::Response(up), Verdict::Deliver) => {
                     let peer = backend.peer();
                     return self.relay(session, up, peer).await;
                 }
                 (Attempt::Response(up), _) => {
-                    log::info!("backend {} answered {outcome:?} (try {}/{}): retrying", backend.name, ctx.tries, self.max_tries);
+                    log::info!(
+                        "backend {} answered {outcome:?} (try {}/{}): retrying",
+                        backend.name,
+                        ctx.tries,
+                        self.max_tries
+                    );
                     if let Some(peer) = backend.peer() {
                         forward::discard(self.connector.clone(), peer, up, self.timeouts.pool_idle);
                     }
                 }
                 (Attempt::Failed(f, e), Verdict::GiveUp(_)) => {
-                    log::warn!("backend {}: {} ({e}); no tries left", backend.name, f.as_str());
+                    log::warn!(
+                        "backend {}: {} ({e}); no tries left",
+                        backend.name,
+                        f.as_str()
+                    );
                     return ProxyError::Upstream {
                         status: f.status(),
                         detail: give_up_message(f, &backend.name, ctx.tries),
@@ -190,33 +222,53 @@ impl AoaiProxy {
                     .await;
                 }
                 (Attempt::Failed(f, e), _) => {
-                    log::info!("backend {}: {} ({e}) (try {}/{}): retrying", backend.name, f.as_str(), ctx.tries, self.max_tries);
+                    log::info!(
+                        "backend {}: {} ({e}) (try {}/{}): retrying",
+                        backend.name,
+                        f.as_str(),
+                        ctx.tries,
+                        self.max_tries
+                    );
                 }
             }
         }
     }
 
     /// Streams the chosen response to the client, chunk by chunk as the backend sends it.
-    async fn relay(&self, session: &mut Session, mut up: pingora::protocols::http::client::HttpSession, peer: Option<Arc<HttpPeer>>) -> Result<()> {
+    async fn relay(
+        &self,
+        session: &mut Session,
+        mut up: Box<HttpSession>,
+        peer: Option<Arc<HttpPeer>>,
+    ) -> Result<()> {
         let head = up
             .response_header()
             .map(headers::client_response)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "response header missing"))?;
         session.write_response_header(Box::new(head), false).await?;
         loop {
-            let chunk = tokio::time::timeout(self.timeouts.body_idle, up.read_response_body()).await;
+            let chunk =
+                tokio::time::timeout(self.timeouts.body_idle, up.read_response_body()).await;
             match chunk {
                 Ok(Ok(Some(bytes))) => session.write_response_body(Some(bytes), false).await?,
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(e.into_up()),
                 Err(_) => {
-                    return Error::e_explain(ErrorType::ReadTimedout, format!("backend silent for {:?} mid-response", self.timeouts.body_idle));
+                    return Error::e_explain(
+                        ErrorType::ReadTimedout,
+                        format!(
+                            "backend silent for {:?} mid-response",
+                            self.timeouts.body_idle
+                        ),
+                    );
                 }
             }
         }
         session.write_response_body(None, true).await?;
         if let Some(peer) = peer {
-            self.connector.release_http_session(up, &*peer, Some(self.timeouts.pool_idle)).await;
+            self.connector
+                .release_http_session(*up, &*peer, Some(self.timeouts.pool_idle))
+                .await;
         }
         Ok(())
     }
@@ -265,23 +317,43 @@ impl ProxyHttp for AoaiProxy {
     }
 
     /// Never reached: [`Self::request_filter`] answers every request.
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        Error::e_explain(ErrorType::InternalError, "requests are answered in request_filter")
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        Error::e_explain(
+            ErrorType::InternalError,
+            "requests are answered in request_filter",
+        )
     }
 
     /// Answers an error that escaped the request: nothing if the response had started
     /// (the client sees the stream break, never a clean end), else an Azure-shaped 502.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut RequestCtx) -> FailToProxy {
-        let client_gone = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError)
-            && e.esource() == &pingora::ErrorSource::Downstream;
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let client_gone = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+        ) && e.esource() == &pingora::ErrorSource::Downstream;
         let error_code = if session.response_written().is_some() || client_gone {
             0
         } else {
-            let err = ProxyError::Upstream { status: 502, detail: "The proxy failed while handling the request.".into() };
+            let err = ProxyError::Upstream {
+                status: 502,
+                detail: "The proxy failed while handling the request.".into(),
+            };
             let _ = err.respond(session).await;
             502
         };
-        FailToProxy { error_code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// Writes one access-log line per request.

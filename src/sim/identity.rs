@@ -31,6 +31,15 @@ impl IdentityEndpoint {
     /// Starts one that hands out tokens valid for `lifetime` to callers sending `secret` as
     /// `x-identity-header`.
     pub async fn start(secret: &str, lifetime: Duration) -> io::Result<IdentityEndpoint> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), secret, lifetime).await
+    }
+
+    /// Starts one on `addr`.
+    pub async fn start_on(
+        addr: SocketAddr,
+        secret: &str,
+        lifetime: Duration,
+    ) -> io::Result<IdentityEndpoint> {
         let state = Arc::new(State {
             secret: secret.to_string(),
             lifetime_secs: AtomicU64::new(lifetime.as_secs()),
@@ -39,7 +48,7 @@ impl IdentityEndpoint {
             queries: Mutex::default(),
         });
         let s = state.clone();
-        let server = serve(SocketAddr::from(([127, 0, 0, 1], 0)), None, move |req| {
+        let server = serve(addr, None, move |req| {
             let s = s.clone();
             Box::pin(async move { Ok(token(&s, req)) })
         })
@@ -59,7 +68,11 @@ impl IdentityEndpoint {
 
     /// The query strings of all requests received.
     pub fn queries(&self) -> Vec<String> {
-        self.state.queries.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.state
+            .queries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// While `true`, every request gets a 500 (an outage).
@@ -69,31 +82,49 @@ impl IdentityEndpoint {
 
     /// The lifetime of tokens handed out from now on.
     pub fn set_lifetime(&self, lifetime: Duration) {
-        self.state.lifetime_secs.store(lifetime.as_secs(), Ordering::SeqCst);
+        self.state
+            .lifetime_secs
+            .store(lifetime.as_secs(), Ordering::SeqCst);
     }
 }
 
 fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
     let query = req.uri().query().unwrap_or("").to_string();
-    state.queries.lock().unwrap_or_else(|e| e.into_inner()).push(query.clone());
-    let header_ok = req.headers().get("x-identity-header").is_some_and(|v| v.as_bytes() == state.secret.as_bytes());
+    state
+        .queries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(query.clone());
+    let header_ok = req
+        .headers()
+        .get("x-identity-header")
+        .is_some_and(|v| v.as_bytes() == state.secret.as_bytes());
     if !header_ok {
         return azure_error(401, "Unauthorized", "missing or wrong x-identity-header");
     }
     if state.failing.load(Ordering::SeqCst) {
-        return azure_error(500, "InternalServerError", "simulated identity endpoint outage");
+        return azure_error(
+            500,
+            "InternalServerError",
+            "simulated identity endpoint outage",
+        );
     }
     let resource = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("resource="))
         .unwrap_or("https://cognitiveservices.azure.com");
     let n = state.fetches.fetch_add(1, Ordering::SeqCst) + 1;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let expires_on = now + state.lifetime_secs.load(Ordering::SeqCst);
-    json(200, &json!({
-        "access_token": format!("sim-token-{n}"),
-        "expires_on": expires_on.to_string(),
-        "resource": resource,
-        "token_type": "Bearer",
-    }))
+    json(
+        200,
+        &json!({
+            "access_token": format!("sim-token-{n}"),
+            "expires_on": expires_on.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+        }),
+    )
 }

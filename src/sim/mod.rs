@@ -82,8 +82,12 @@ where
                         let _ = http.serve_connection(TokioIo::new(stream), service).await;
                     }
                     Some(acceptor) => {
-                        let Ok(ssl) = pingora::tls::ssl::Ssl::new(acceptor.context()) else { return };
-                        let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else { return };
+                        let Ok(ssl) = pingora::tls::ssl::Ssl::new(acceptor.context()) else {
+                            return;
+                        };
+                        let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
+                            return;
+                        };
                         if Pin::new(&mut tls).accept().await.is_err() {
                             return;
                         }
@@ -122,11 +126,18 @@ fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(http_body_util::Full::new(body).map_err(|e: Infallible| match e {}).boxed())
+        .body(
+            http_body_util::Full::new(body)
+                .map_err(|e: Infallible| match e {})
+                .boxed(),
+        )
         .unwrap_or_default()
 }
 
 /// Azure OpenAI's error shape.
 fn azure_error(status: u16, code: &str, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+    json(
+        status,
+        &serde_json::json!({"error": {"code": code, "message": message}}),
+    )
 }

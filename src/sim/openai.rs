@@ -21,7 +21,10 @@ use super::{azure_error, json, serve, Body, Server, TlsIdentity};
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// Answer with this status, these headers and Azure's error body.
-    Status { status: u16, headers: Vec<(String, String)> },
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
     /// Wait this long, then answer normally.
     Delay(Duration),
     /// Close the connection without answering.
@@ -37,7 +40,10 @@ impl Fault {
             status: 429,
             headers: vec![
                 ("retry-after".into(), retry_after_secs.to_string()),
-                ("retry-after-ms".into(), (retry_after_secs * 1000).to_string()),
+                (
+                    "retry-after-ms".into(),
+                    (retry_after_secs * 1000).to_string(),
+                ),
                 ("x-ratelimit-remaining-requests".into(), "0".into()),
             ],
         }
@@ -160,7 +166,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     state.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
-    let uri = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     if state.options.record {
         lock(&state.recorded).push(Recorded {
             method: parts.method.to_string(),
@@ -169,15 +179,24 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             body: body.clone(),
         });
     }
-    let fault = lock(&state.script).pop_front().or_else(|| lock(&state.always).clone());
+    let fault = lock(&state.script)
+        .pop_front()
+        .or_else(|| lock(&state.always).clone());
     let mut break_after = None;
     match fault {
         Some(Fault::Drop) => return Err(io::Error::other("simulated dropped connection")),
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Status { status, headers }) => {
-            let mut resp = azure_error(status, &status.to_string(), &fault_message(status, &headers));
+            let mut resp = azure_error(
+                status,
+                &status.to_string(),
+                &fault_message(status, &headers),
+            );
             for (k, v) in headers {
-                if let (Ok(k), Ok(v)) = (http::HeaderName::try_from(k), http::HeaderValue::try_from(v)) {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::try_from(k),
+                    http::HeaderValue::try_from(v),
+                ) {
                     resp.headers_mut().insert(k, v);
                 }
             }
@@ -187,14 +206,25 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         None => {}
     }
     let has_key = parts.headers.contains_key("api-key")
-        || parts.headers.get("authorization").is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
+        || parts
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
     if state.options.require_auth && !has_key {
-        let resp = azure_error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.");
+        let resp = azure_error(
+            401,
+            "401",
+            "Access denied due to invalid subscription key or wrong API endpoint.",
+        );
         return Ok(named(resp, &state.options.name));
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = parts.uri.path();
-    let model = request["model"].as_str().map(str::to_string).or_else(|| deployment(path)).unwrap_or_else(|| "gpt-4o".into());
+    let model = request["model"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| deployment(path))
+        .unwrap_or_else(|| "gpt-4o".into());
     let resp = if path.ends_with("/chat/completions") {
         chat(&state.options, &request, &model, break_after)
     } else if path.ends_with("/completions") {
@@ -217,7 +247,10 @@ fn named(mut resp: Response<Body>, name: &str) -> Response<Body> {
 fn fault_message(status: u16, headers: &[(String, String)]) -> String {
     match status {
         429 => {
-            let secs = headers.iter().find(|(k, _)| k == "retry-after").map_or("1", |(_, v)| v.as_str());
+            let secs = headers
+                .iter()
+                .find(|(k, _)| k == "retry-after")
+                .map_or("1", |(_, v)| v.as_str());
             format!("Requests to the ChatCompletions_Create Operation have exceeded the call rate limit. Please retry after {secs} seconds.")
         }
         _ => format!("Simulated error {status}."),
@@ -238,18 +271,26 @@ fn usage(prompt: u64, completion: u64) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-fn chat(options: &BackendOptions, request: &Value, model: &str, break_after: Option<usize>) -> Response<Body> {
+fn chat(
+    options: &BackendOptions,
+    request: &Value,
+    model: &str,
+    break_after: Option<usize>,
+) -> Response<Body> {
     let prompt = tokens(&request["messages"].to_string());
     let completion = tokens(&options.answer);
     let id = "chatcmpl-sim";
     if request["stream"].as_bool() != Some(true) {
-        return json(200, &json!({
-            "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
-            "system_fingerprint": "fp_sim",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
-                         "message": {"role": "assistant", "content": options.answer, "refusal": null}}],
-            "usage": usage(prompt, completion),
-        }));
+        return json(
+            200,
+            &json!({
+                "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                "system_fingerprint": "fp_sim",
+                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                             "message": {"role": "assistant", "content": options.answer, "refusal": null}}],
+                "usage": usage(prompt, completion),
+            }),
+        );
     }
     let chunk = |delta: Value, finish: Value| -> Bytes {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
@@ -257,9 +298,16 @@ fn chat(options: &BackendOptions, request: &Value, model: &str, break_after: Opt
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
         Bytes::from(format!("data: {c}\n\n"))
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     let words: Vec<&str> = options.answer.split_inclusive(' ').collect();
-    events.extend(words.iter().map(|w| chunk(json!({"content": w}), Value::Null)));
+    events.extend(
+        words
+            .iter()
+            .map(|w| chunk(json!({"content": w}), Value::Null)),
+    );
     events.push(chunk(json!({}), json!("stop")));
     if request["stream_options"]["include_usage"].as_bool() == Some(true) {
         let u = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
@@ -268,16 +316,22 @@ fn chat(options: &BackendOptions, request: &Value, model: &str, break_after: Opt
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let delay = options.chunk_delay;
-    let stream = futures_util::stream::unfold((events.into_iter(), 0usize), move |(mut events, sent)| async move {
-        if break_after == Some(sent) {
-            return Some((Err(io::Error::other("simulated broken stream")), (events, sent + 1)));
-        }
-        let next = events.next()?;
-        if sent > 0 && !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        Some((Ok(Frame::data(next)), (events, sent + 1)))
-    });
+    let stream = futures_util::stream::unfold(
+        (events.into_iter(), 0usize),
+        move |(mut events, sent)| async move {
+            if break_after == Some(sent) {
+                return Some((
+                    Err(io::Error::other("simulated broken stream")),
+                    (events, sent + 1),
+                ));
+            }
+            let next = events.next()?;
+            if sent > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok(Frame::data(next)), (events, sent + 1)))
+        },
+    );
     Response::builder()
         .status(200)
         .header("content-type", "text/event-stream")

@@ -12,8 +12,11 @@ fn sha(bytes: &[u8]) -> String {
 
 /// A JSON chat body of about `size` bytes, with content that varies along its length.
 fn body_of(size: usize) -> Vec<u8> {
-    let filler: String = (0..size).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
-    serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": filler}]})).unwrap()
+    let filler: String = (0..size)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"messages": [{"role": "user", "content": filler}]}))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,19 +24,38 @@ async fn bodies_from_1kb_to_8mb_are_replayed_exactly() {
     let id = identity().await;
     let b = backends(3).await;
     let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1], &b[2]]), Some(&id));
-    for (round, size) in [1_000usize, 64 * 1024 + 1, 300_000, 2_000_000, 8_000_000].into_iter().enumerate() {
+    for (round, size) in [1_000usize, 64 * 1024 + 1, 300_000, 2_000_000, 8_000_000]
+        .into_iter()
+        .enumerate()
+    {
         let body = body_of(size);
         // Each round starts at b[round % 3]: that one and the next throttle, the third answers.
         let first = round % 3;
         b[first].push_fault(Fault::throttle(1));
-        b[(first + 1) % 3].push_fault(Fault::Status { status: 502, headers: vec![] });
-        let r = client().post(proxy.url(CHAT)).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        b[(first + 1) % 3].push_fault(Fault::Status {
+            status: 502,
+            headers: vec![],
+        });
+        let r = client()
+            .post(proxy.url(CHAT))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "size {size}");
         let want = sha(&body);
         for (i, backend) in b.iter().enumerate() {
-            let got = backend.recorded().last().map(|r| sha(&r.body)).unwrap_or_default();
+            let got = backend
+                .recorded()
+                .last()
+                .map(|r| sha(&r.body))
+                .unwrap_or_default();
             assert_eq!(got, want, "size {size}: backend {i} got a different body");
-            assert_eq!(backend.recorded().last().unwrap().headers["content-length"], body.len().to_string());
+            assert_eq!(
+                backend.recorded().last().unwrap().headers["content-length"],
+                body.len().to_string()
+            );
         }
     }
 }
@@ -45,9 +67,15 @@ async fn a_chunked_request_body_is_replayed_exactly() {
     b[0].push_fault(Fault::throttle(1));
     let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
     let body = body_of(500_000);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
     let stream = futures_util::stream::iter(chunks);
-    let r = client().post(proxy.url(CHAT)).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for backend in &b {
         assert_eq!(sha(&backend.recorded()[0].body), sha(&body));
@@ -58,18 +86,43 @@ async fn a_chunked_request_body_is_replayed_exactly() {
 async fn a_body_over_the_limit_gets_413_and_reaches_no_backend() {
     let id = identity().await;
     let b = backend("b0").await;
-    let proxy = Proxy::start(&format!("{}limits: {{max_body_bytes: 1MiB}}\n", mi_yaml(&[&b])), Some(&id));
-    let r = client().post(proxy.url(CHAT)).body(body_of(2_000_000)).send().await.unwrap();
+    let proxy = Proxy::start(
+        &format!("{}limits: {{max_body_bytes: 1MiB}}\n", mi_yaml(&[&b])),
+        Some(&id),
+    );
+    let r = client()
+        .post(proxy.url(CHAT))
+        .body(body_of(2_000_000))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(azure_error_code(&r.text().await.unwrap()), "RequestEntityTooLarge");
+    assert_eq!(
+        azure_error_code(&r.text().await.unwrap()),
+        "RequestEntityTooLarge"
+    );
     // Chunked, so the size is only known while reading.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body_of(2_000_000).chunks(50_000).map(|c| Ok(c.to_vec())).collect();
-    let r = client().post(proxy.url(CHAT)).body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).send().await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body_of(2_000_000)
+        .chunks(50_000)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
     if let Ok(r) = r {
         assert_eq!(r.status(), 413);
     }
     assert_eq!(b.requests(), 0);
     // Just under the limit passes.
-    let r = client().post(proxy.url(CHAT)).body(body_of(1_000_000)).send().await.unwrap();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .body(body_of(1_000_000))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }

@@ -6,7 +6,10 @@ use crate::common::*;
 async fn only_configured_keys_get_through() {
     let id = identity().await;
     let b = backend("b0").await;
-    let yaml = format!("{}clients:\n  - {{name: team-a, key: key-a}}\n  - {{name: team-b, key: key-b}}\n", mi_yaml(&[&b]));
+    let yaml = format!(
+        "{}clients:\n  - {{name: team-a, key: key-a}}\n  - {{name: team-b, key: key-b}}\n",
+        mi_yaml(&[&b])
+    );
     let proxy = Proxy::start(&yaml, Some(&id));
     let send = |header: Option<(&'static str, &'static str)>| {
         let mut req = client().post(proxy.url(CHAT)).json(&chat_body());
@@ -18,7 +21,12 @@ async fn only_configured_keys_get_through() {
             (r.status().as_u16(), r.text().await.unwrap())
         }
     };
-    for bad in [None, Some(("api-key", "nope")), Some(("authorization", "Bearer nope")), Some(("authorization", "Basic a2V5LWE="))] {
+    for bad in [
+        None,
+        Some(("api-key", "nope")),
+        Some(("authorization", "Bearer nope")),
+        Some(("authorization", "Basic a2V5LWE=")),
+    ] {
         let (status, body) = send(bad).await;
         assert_eq!(status, 401, "{bad:?}");
         assert_eq!(azure_error_code(&body), "401");

@@ -16,7 +16,11 @@ fn check(yaml: &str) -> (i32, String, String) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (out.status.code().unwrap_or(-1), stderr, file.display().to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        stderr,
+        file.display().to_string(),
+    )
 }
 
 const GOOD: &str = "listen: [\"127.0.0.1:8080\"]\nauth:\n  kind: managed_identity\nbackends:\n  - url: https://a.openai.azure.com\n";
@@ -30,8 +34,17 @@ fn a_valid_file_passes() {
 #[test]
 fn the_shipped_example_passes() {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/aoai-proxy.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy")).args(["-c", file, "-t"]).env("IDENTITY_ENDPOINT", "http://127.0.0.1:9/unused").env("IDENTITY_HEADER", "unused").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .args(["-c", file, "-t"])
+        .env("IDENTITY_ENDPOINT", "http://127.0.0.1:9/unused")
+        .env("IDENTITY_HEADER", "unused")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -54,16 +67,23 @@ fn errors_name_file_line_and_key() {
 
 #[test]
 fn a_missing_file_is_an_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy")).args(["-c", "/nonexistent/aoai.yaml", "-t"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .args(["-c", "/nonexistent/aoai.yaml", "-t"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/aoai.yaml: cannot read the file"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/aoai.yaml: cannot read the file"));
 }
 
 #[test]
 fn a_bad_file_stops_the_proxy_from_starting() {
     let file = scratch_dir().join("bad.yaml");
     std::fs::write(&file, format!("{GOOD}surprise: 1\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy")).args(["-c", file.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .args(["-c", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
 }

@@ -28,12 +28,22 @@ async fn client_credentials_never_reach_a_backend() {
     assert_eq!(&got.body[..], &body[..]);
     assert_eq!(got.headers["authorization"], "Bearer sim-token-1");
     assert!(got.headers.get("api-key").is_none());
-    assert_eq!(got.headers["host"], format!("127.0.0.1:{}", b.addr().port()));
+    assert_eq!(
+        got.headers["host"],
+        format!("127.0.0.1:{}", b.addr().port())
+    );
     assert_eq!(got.headers["x-ms-client-request-id"], "req-123");
     assert_eq!(got.headers["x-custom"], "Mixed Case Value");
     assert_eq!(got.headers["content-type"], "application/json");
-    let all: String = got.headers.iter().map(|(k, v)| format!("{k}: {v:?}\n")).collect();
-    assert!(!all.contains("client-api-key") && !all.contains("client-bearer"), "{all}");
+    let all: String = got
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v:?}\n"))
+        .collect();
+    assert!(
+        !all.contains("client-api-key") && !all.contains("client-bearer"),
+        "{all}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,9 +51,18 @@ async fn get_requests_and_v1_paths_pass_unchanged() {
     let id = identity().await;
     let b = backend("b0").await;
     let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
-    let r = client().get(proxy.url("/openai/models?api-version=2024-10-21")).send().await.unwrap();
+    let r = client()
+        .get(proxy.url("/openai/models?api-version=2024-10-21"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "the simulator has no /openai/models");
-    let r = client().post(proxy.url("/openai/v1/chat/completions")).json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []})).send().await.unwrap();
+    let r = client()
+        .post(proxy.url("/openai/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": []}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["model"], "gpt-4o-mini");
@@ -59,7 +78,13 @@ async fn oversized_headers_get_431_and_reach_no_backend() {
     let id = identity().await;
     let b = backend("b0").await;
     let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
-    let r = client().post(proxy.url(CHAT)).header("x-big", "v".repeat(40_000)).json(&chat_body()).send().await.unwrap();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .header("x-big", "v".repeat(40_000))
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
     assert!(matches!(r.status().as_u16(), 431 | 400), "{}", r.status());
     assert_eq!(b.requests(), 0);
     // The proxy keeps serving.

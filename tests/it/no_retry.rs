@@ -10,14 +10,24 @@ async fn client_errors_are_delivered_at_once() {
     let b = backends(2).await;
     let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
     let mut expected = [0u64, 0];
-    for (i, status) in [400u16, 401, 403, 404, 409, 413, 422, 501].into_iter().enumerate() {
+    for (i, status) in [400u16, 401, 403, 404, 409, 413, 422, 501]
+        .into_iter()
+        .enumerate()
+    {
         let target = &b[i % 2];
-        target.push_fault(Fault::Status { status, headers: vec![("x-ms-error".into(), "sim".into())] });
+        target.push_fault(Fault::Status {
+            status,
+            headers: vec![("x-ms-error".into(), "sim".into())],
+        });
         let (got, headers, body) = chat(&proxy).await;
         assert_eq!(got, status);
         assert_eq!(headers["x-ms-error"], "sim");
         assert_eq!(azure_error_code(&body), status.to_string());
         expected[i % 2] += 1;
-        assert_eq!(counts(&[&b[0], &b[1]]), expected.to_vec(), "status {status} was retried");
+        assert_eq!(
+            counts(&[&b[0], &b[1]]),
+            expected.to_vec(),
+            "status {status} was retried"
+        );
     }
 }

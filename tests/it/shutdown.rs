@@ -18,18 +18,31 @@ async fn sigterm_lets_a_stream_finish_then_exits_zero() {
     })
     .await
     .unwrap();
-    let mut proxy = Proxy::start(&format!("{}server: {{grace_period: 60s}}\n", mi_yaml(&[&b])), Some(&id));
+    let mut proxy = Proxy::start(
+        &format!("{}server: {{grace_period: 60s}}\n", mi_yaml(&[&b])),
+        Some(&id),
+    );
     let body = serde_json::json!({"stream": true, "messages": []});
-    let r = client().post(proxy.url(CHAT)).json(&body).send().await.unwrap();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let mut stream = r.bytes_stream();
     let mut text = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
 
-    let status = std::process::Command::new("kill").args(["-TERM", &proxy.pid().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let signalled = Instant::now();
 
     while let Some(chunk) = stream.next().await {
-        text.push_str(std::str::from_utf8(&chunk.expect("the stream broke during shutdown")).unwrap());
+        text.push_str(
+            std::str::from_utf8(&chunk.expect("the stream broke during shutdown")).unwrap(),
+        );
     }
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
 
@@ -39,7 +52,12 @@ async fn sigterm_lets_a_stream_finish_then_exits_zero() {
         assert!(Instant::now() < deadline, "still accepting after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(20))).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0));
-    assert!(signalled.elapsed() < Duration::from_secs(20), "exit waited for the whole grace period");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exit waited for the whole grace period"
+    );
 }

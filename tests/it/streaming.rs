@@ -29,7 +29,12 @@ async fn events_arrive_as_the_backend_writes_them() {
     let b = slow_backend("b0").await;
     let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
     let started = Instant::now();
-    let r = client().post(proxy.url(CHAT)).json(&stream_request()).send().await.unwrap();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .json(&stream_request())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut arrivals = Vec::new();
@@ -44,8 +49,15 @@ async fn events_arrive_as_the_backend_writes_them() {
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     assert!(text.contains("\"usage\""));
     let (first, last) = (arrivals[0], *arrivals.last().unwrap());
-    assert!(arrivals.len() >= 5, "the stream came in {} pieces", arrivals.len());
-    assert!(last - first >= Duration::from_millis(900), "first chunk at {first:?}, last at {last:?}: the stream was held back");
+    assert!(
+        arrivals.len() >= 5,
+        "the stream came in {} pieces",
+        arrivals.len()
+    );
+    assert!(
+        last - first >= Duration::from_millis(900),
+        "first chunk at {first:?}, last at {last:?}: the stream was held back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +67,12 @@ async fn a_stream_broken_midway_reaches_the_client_broken_and_is_not_retried() {
     let b1 = slow_backend("b1").await;
     b0.push_fault(Fault::BreakStream { after_chunks: 3 });
     let proxy = Proxy::start(&mi_yaml(&[&b0, &b1]), Some(&id));
-    let r = client().post(proxy.url(CHAT)).json(&stream_request()).send().await.unwrap();
+    let r = client()
+        .post(proxy.url(CHAT))
+        .json(&stream_request())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let mut body = r.bytes_stream();
     let mut text = String::new();
@@ -71,6 +88,9 @@ async fn a_stream_broken_midway_reaches_the_client_broken_and_is_not_retried() {
     }
     assert!(broke, "the client saw a clean end: {text}");
     assert!(!text.contains("[DONE]"));
-    assert!(text.contains("one"), "the first events should have arrived: {text}");
+    assert!(
+        text.contains("one"),
+        "the first events should have arrived: {text}"
+    );
     assert_eq!(b1.requests(), 0, "a started response was retried");
 }

@@ -7,7 +7,14 @@ use crate::common::certs::TestCa;
 use crate::common::*;
 
 async fn https_backend(name: &str, ca: &TestCa) -> Backend {
-    Backend::start(BackendOptions { name: name.into(), record: true, tls: Some(ca.leaf()), ..Default::default() }).await.unwrap()
+    Backend::start(BackendOptions {
+        name: name.into(),
+        record: true,
+        tls: Some(ca.leaf()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn write_ca(ca: &TestCa) -> std::path::PathBuf {
@@ -21,7 +28,11 @@ async fn https_backends_are_verified_with_the_extra_ca() {
     let ca = TestCa::new("aoai-proxy test CA");
     let id = identity().await;
     let b = https_backend("b0", &ca).await;
-    let yaml = format!("upstream_tls: {{ca_file: \"{}\"}}\n{}", write_ca(&ca).display(), mi_yaml(&[&b]));
+    let yaml = format!(
+        "upstream_tls: {{ca_file: \"{}\"}}\n{}",
+        write_ca(&ca).display(),
+        mi_yaml(&[&b])
+    );
     let proxy = Proxy::start(&yaml, Some(&id));
     let (status, _, body) = chat(&proxy).await;
     assert_eq!(status, 200, "{body}\n{}", proxy.log());
@@ -37,14 +48,25 @@ async fn an_untrusted_certificate_fails_and_is_retried_elsewhere() {
     let id = identity().await;
     let bad = https_backend("bad", &rogue).await;
     let good = https_backend("good", &trusted).await;
-    let yaml = format!("upstream_tls: {{ca_file: \"{}\"}}\n{}", write_ca(&trusted).display(), mi_yaml(&[&bad, &good]));
+    let yaml = format!(
+        "upstream_tls: {{ca_file: \"{}\"}}\n{}",
+        write_ca(&trusted).display(),
+        mi_yaml(&[&bad, &good])
+    );
     let proxy = Proxy::start(&yaml, Some(&id));
     let (status, headers, _) = chat(&proxy).await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-sim-backend"], "good");
-    assert_eq!(bad.requests(), 0, "a request reached a backend whose certificate is not trusted");
+    assert_eq!(
+        bad.requests(),
+        0,
+        "a request reached a backend whose certificate is not trusted"
+    );
     let (_, metrics) = proxy.admin_get("/metrics");
-    assert!(metrics.contains("backend=\"b0\",outcome=\"tls\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("backend=\"b0\",outcome=\"tls\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +103,12 @@ async fn clients_can_connect_over_https() {
         .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap()])
         .build()
         .unwrap();
-    let r = client.post(format!("https://localhost:{port}{CHAT}")).json(&chat_body()).send().await.unwrap();
+    let r = client
+        .post(format!("https://localhost:{port}{CHAT}"))
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(b.requests(), 1);
 }

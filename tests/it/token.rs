@@ -22,7 +22,10 @@ async fn thirty_requests_cost_one_token_fetch() {
     }
     // The token is for Azure OpenAI's resource, asked the App Service way.
     let q = &id.queries()[0];
-    assert!(q.contains("resource=https%3A%2F%2Fcognitiveservices.azure.com"), "{q}");
+    assert!(
+        q.contains("resource=https%3A%2F%2Fcognitiveservices.azure.com"),
+        "{q}"
+    );
     assert!(q.contains("api-version=2019-08-01"), "{q}");
 }
 
@@ -30,22 +33,34 @@ async fn thirty_requests_cost_one_token_fetch() {
 async fn user_assigned_client_id_reaches_the_endpoint() {
     let id = identity().await;
     let b = backend("b0").await;
-    let yaml = format!("auth: {{kind: managed_identity, client_id: 11111111-2222-3333-4444-555555555555}}\n{}", backends_yaml(&[&b]));
+    let yaml = format!(
+        "auth: {{kind: managed_identity, client_id: 11111111-2222-3333-4444-555555555555}}\n{}",
+        backends_yaml(&[&b])
+    );
     let proxy = Proxy::start(&yaml, Some(&id));
     assert_eq!(chat(&proxy).await.0, 200);
     let q = &id.queries()[0];
-    assert!(q.contains("client_id=11111111-2222-3333-4444-555555555555"), "{q}");
+    assert!(
+        q.contains("client_id=11111111-2222-3333-4444-555555555555"),
+        "{q}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_token_is_refreshed_before_it_expires() {
     // Tokens live 4 s: the proxy refreshes at half-life, with no failed request between.
-    let id = IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(4)).await.unwrap();
+    let id = IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(4))
+        .await
+        .unwrap();
     let b = backend("b0").await;
     let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
     let deadline = Instant::now() + Duration::from_secs(20);
     while id.fetches() < 3 && Instant::now() < deadline {
-        assert_eq!(chat(&proxy).await.0, 200, "a request failed around a refresh");
+        assert_eq!(
+            chat(&proxy).await.0,
+            200,
+            "a request failed around a refresh"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(id.fetches() >= 3, "only {} fetches in 20 s", id.fetches());
@@ -54,7 +69,10 @@ async fn a_short_lived_token_is_refreshed_before_it_expires() {
         .iter()
         .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
         .collect();
-    assert!(tokens.len() >= 2, "requests never used a refreshed token: {tokens:?}");
+    assert!(
+        tokens.len() >= 2,
+        "requests never used a refreshed token: {tokens:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,12 +80,20 @@ async fn no_token_means_a_prompt_503_then_recovery() {
     let id = identity().await;
     id.set_failing(true);
     let b = backend("b0").await;
-    let proxy = Proxy::start_with(Start { yaml: mi_yaml(&[&b]), identity: Some(&id), wait_ready: false });
+    let proxy = Proxy::start_with(Start {
+        yaml: mi_yaml(&[&b]),
+        identity: Some(&id),
+        wait_ready: false,
+    });
     assert_eq!(proxy.admin_get("/readyz").0, 503);
     let started = Instant::now();
     let (status, headers, body) = chat(&proxy).await;
     assert_eq!(status, 503);
-    assert!(started.elapsed() < Duration::from_secs(2), "the 503 took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(azure_error_code(&body), "ServiceUnavailable");
     assert_eq!(b.requests(), 0, "a backend was called without credentials");
@@ -97,13 +123,25 @@ async fn api_key_backends_get_their_key_and_no_token() {
     let r0 = &b[0].recorded()[0];
     assert_eq!(r0.headers["api-key"], "key-zero");
     assert!(r0.headers.get("authorization").is_none());
-    assert_eq!(b[1].recorded()[0].headers["authorization"], "Bearer sim-token-1");
+    assert_eq!(
+        b[1].recorded()[0].headers["authorization"],
+        "Bearer sim-token-1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kind_none_sends_no_token() {
-    let b = aoai_proxy::sim::Backend::start(aoai_proxy::sim::BackendOptions { record: true, require_auth: false, ..Default::default() }).await.unwrap();
-    let proxy = Proxy::start(&format!("auth: {{kind: none}}\n{}", backends_yaml(&[&b])), None);
+    let b = aoai_proxy::sim::Backend::start(aoai_proxy::sim::BackendOptions {
+        record: true,
+        require_auth: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let proxy = Proxy::start(
+        &format!("auth: {{kind: none}}\n{}", backends_yaml(&[&b])),
+        None,
+    );
     assert_eq!(chat(&proxy).await.0, 200);
     let r = &b.recorded()[0];
     assert!(r.headers.get("authorization").is_none() && r.headers.get("api-key").is_none());
@@ -116,11 +154,25 @@ async fn tokens_never_appear_in_logs_or_metrics() {
     let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\"}}\n  - {{url: \"{}\", api_key: backend-secret-key}}\nclients: [{{name: c, key: client-secret-key}}]\n", b.url(), b.url().replace("127.0.0.1", "localhost"));
     let proxy = Proxy::start(&yaml, Some(&id));
     for key in ["client-secret-key", "wrong-key"] {
-        client().post(proxy.url(CHAT)).header("api-key", key).json(&chat_body()).send().await.unwrap();
+        client()
+            .post(proxy.url(CHAT))
+            .header("api-key", key)
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
     }
     let (_, metrics) = proxy.admin_get("/metrics");
     let everything = format!("{}{metrics}", proxy.log());
-    for secret in ["sim-token-1", "backend-secret-key", "client-secret-key", IDENTITY_HEADER] {
-        assert!(!everything.contains(secret), "{secret} leaked:\n{everything}");
+    for secret in [
+        "sim-token-1",
+        "backend-secret-key",
+        "client-secret-key",
+        IDENTITY_HEADER,
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} leaked:\n{everything}"
+        );
     }
 }

@@ -21,13 +21,20 @@ pub const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on 127.0.0.1")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
 }
 
 /// A fresh scratch directory for one test.
 pub fn scratch_dir() -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("aoai-proxy-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir = std::env::temp_dir().join(format!(
+        "aoai-proxy-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     std::fs::create_dir_all(&dir).expect("cannot create a scratch directory");
     dir
 }
@@ -53,18 +60,26 @@ pub struct Start<'a> {
 impl Proxy {
     /// Starts the proxy with `yaml` and waits until it is ready.
     pub fn start(yaml: &str, identity: Option<&IdentityEndpoint>) -> Proxy {
-        Self::start_with(Start { yaml: yaml.to_string(), identity, wait_ready: true })
+        Self::start_with(Start {
+            yaml: yaml.to_string(),
+            identity,
+            wait_ready: true,
+        })
     }
 
     pub fn start_with(s: Start<'_>) -> Proxy {
         let dir = scratch_dir();
         let (port, admin) = (free_port(), free_port());
         let file = dir.join("aoai-proxy.yaml");
-        let yaml = format!("listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{}", s.yaml);
+        let yaml = format!(
+            "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{}",
+            s.yaml
+        );
         std::fs::write(&file, yaml).expect("cannot write the configuration");
         let log = std::fs::File::create(dir.join("proxy.log")).expect("cannot create the log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"));
-        cmd.arg("--config").arg(&file)
+        cmd.arg("--config")
+            .arg(&file)
             .env("RUST_LOG", "info")
             .env("NO_PROXY", "127.0.0.1,localhost")
             // Never let a managed identity fall back to the instance metadata service.
@@ -73,10 +88,16 @@ impl Proxy {
             .stdout(Stdio::null())
             .stderr(log.try_clone().expect("log handle"));
         if let Some(id) = s.identity {
-            cmd.env("IDENTITY_ENDPOINT", id.endpoint()).env("IDENTITY_HEADER", IDENTITY_HEADER);
+            cmd.env("IDENTITY_ENDPOINT", id.endpoint())
+                .env("IDENTITY_HEADER", IDENTITY_HEADER);
         }
         let child = cmd.spawn().expect("cannot start aoai-proxy");
-        let mut proxy = Proxy { child, port, admin, dir };
+        let mut proxy = Proxy {
+            child,
+            port,
+            admin,
+            dir,
+        };
         let path = if s.wait_ready { "/readyz" } else { "/healthz" };
         proxy.wait_for(path);
         proxy
@@ -94,7 +115,10 @@ impl Proxy {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("aoai-proxy did not answer 200 on {path} within 30 s:\n{}", self.log());
+        panic!(
+            "aoai-proxy did not answer 200 on {path} within 30 s:\n{}",
+            self.log()
+        );
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -140,17 +164,26 @@ fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes()).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.get(9..12)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// An HTTP client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
 }
 
 /// Simulated backends named b0, b1, ... that record what they receive.
@@ -163,17 +196,28 @@ pub async fn backends(n: usize) -> Vec<Backend> {
 }
 
 pub async fn backend(name: &str) -> Backend {
-    Backend::start(BackendOptions { name: name.into(), record: true, ..Default::default() }).await.expect("backend")
+    Backend::start(BackendOptions {
+        name: name.into(),
+        record: true,
+        ..Default::default()
+    })
+    .await
+    .expect("backend")
 }
 
 /// A managed identity endpoint handing out day-long tokens.
 pub async fn identity() -> IdentityEndpoint {
-    IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(24 * 3600)).await.expect("identity endpoint")
+    IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(24 * 3600))
+        .await
+        .expect("identity endpoint")
 }
 
 /// `auth` for a managed identity plus a `backends` list for `urls`.
 pub fn mi_yaml(backends: &[&Backend]) -> String {
-    format!("auth: {{kind: managed_identity}}\n{}", backends_yaml(backends))
+    format!(
+        "auth: {{kind: managed_identity}}\n{}",
+        backends_yaml(backends)
+    )
 }
 
 pub fn backends_yaml(backends: &[&Backend]) -> String {
@@ -191,7 +235,12 @@ pub fn chat_body() -> Value {
 
 /// POSTs a chat request; (status, headers, body).
 pub async fn chat(proxy: &Proxy) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client().post(proxy.url(CHAT)).json(&chat_body()).send().await.expect("request");
+    let r = client()
+        .post(proxy.url(CHAT))
+        .json(&chat_body())
+        .send()
+        .await
+        .expect("request");
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.text().await.expect("body"))
@@ -205,6 +254,12 @@ pub fn counts(backends: &[&Backend]) -> Vec<u64> {
 /// Asserts `body` is an Azure-shaped error and returns its code.
 pub fn azure_error_code(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
-    assert!(v["error"]["message"].is_string(), "no error.message in {body}");
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string()
+    assert!(
+        v["error"]["message"].is_string(),
+        "no error.message in {body}"
+    );
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error.code in {body}"))
+        .to_string()
 }

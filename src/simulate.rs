@@ -1,0 +1,100 @@
+//! `aoai-proxy simulate`: the simulator as a process of its own, for benchmarks and for
+//! developing against a local stand-in for Azure OpenAI.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::sim::{Backend, BackendOptions, IdentityEndpoint};
+
+/// Options of `aoai-proxy simulate`.
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// Where a simulated Azure OpenAI backend listens; repeat for several.
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:9001")]
+    pub listen: Vec<SocketAddr>,
+    /// Also run a simulated App Service managed identity endpoint here.
+    #[arg(long, value_name = "ADDR")]
+    pub identity: Option<SocketAddr>,
+    /// The `x-identity-header` the identity endpoint expects.
+    #[arg(long, default_value = "sim-identity-header")]
+    pub identity_header: String,
+    /// Size of the assistant's answer in bytes (words of the simulator's text, repeated).
+    #[arg(long, default_value_t = 56)]
+    pub answer_bytes: usize,
+    /// Pause between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub chunk_delay_ms: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// An answer of about `bytes` bytes.
+fn answer(bytes: usize) -> String {
+    let words = [
+        "Hello!",
+        "This",
+        "answer",
+        "comes",
+        "from",
+        "the",
+        "aoai-proxy",
+        "simulator.",
+    ];
+    let mut out = String::new();
+    for w in words.iter().cycle() {
+        if out.len() + w.len() + 1 > bytes.max(6) {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+    }
+    out
+}
+
+/// Runs the simulators until Ctrl+C.
+pub fn run(args: SimulateArgs) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let mut keep = Vec::new();
+        for (i, addr) in args.listen.iter().enumerate() {
+            let options = BackendOptions {
+                name: format!("sim-{i}"),
+                answer: answer(args.answer_bytes),
+                chunk_delay: Duration::from_millis(args.chunk_delay_ms),
+                ..Default::default()
+            };
+            let b = Backend::start_on(*addr, options)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+            println!("simulated Azure OpenAI backend sim-{i} at {}", b.url());
+            keep.push(b);
+        }
+        let _identity = match args.identity {
+            Some(addr) => {
+                let id = IdentityEndpoint::start_on(
+                    addr,
+                    &args.identity_header,
+                    Duration::from_secs(24 * 3600),
+                )
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+                println!(
+                    "simulated managed identity: IDENTITY_ENDPOINT={} IDENTITY_HEADER={}",
+                    id.endpoint(),
+                    args.identity_header
+                );
+                Some(id)
+            }
+            None => None,
+        };
+        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
