@@ -69,7 +69,12 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
+    // What start-up would build, without the network: the credential and the backend pool.
     if let Err(e) = aoai_proxy::token::credential(&config.auth) {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = aoai_proxy::pool::Pool::new(&config) {
         eprintln!("{}: {e}", path.display());
         return ExitCode::FAILURE;
     }

@@ -106,7 +106,7 @@ impl Backend {
         let mut peer = HttpPeer::new(addr, tls, self.config.url.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.peer_options.connect_timeout);
-        o.total_connection_timeout = Some(self.peer_options.connect_timeout * 2);
+        o.total_connection_timeout = Some(self.peer_options.connect_timeout.saturating_mul(2));
         o.idle_timeout = Some(self.peer_options.pool_idle);
         o.verify_cert = true;
         o.verify_hostname = true;

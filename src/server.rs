@@ -57,7 +57,12 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
         pool.backends().iter().map(|b| b.name.clone()).collect(),
     ));
 
-    let credential = token::credential(&config.auth)?;
+    // No backend without an api_key means no token to fetch (and nothing to wait for).
+    let needs_token = config.backends.iter().any(|b| b.api_key.is_none());
+    let credential = token::credential(&config.auth)?.filter(|_| needs_token);
+    if !needs_token && config.auth.credential != crate::config::CredentialKind::None {
+        log::info!("every backend has an api_key: no Entra ID token is fetched");
+    }
     let tokens = credential.map(|credential| {
         let cache = Arc::new(TokenCache::default());
         server.add_service(background_service(
@@ -170,10 +175,20 @@ impl ShutdownSignalWatch for GracefulSignal {
         );
         let metrics = self.metrics.clone();
         std::thread::spawn(move || {
-            // Let the listeners close before counting.
-            std::thread::sleep(Duration::from_millis(200));
-            while metrics.in_flight() > 0 {
+            // Exit once nothing has been in flight for a whole second: a request whose header
+            // was still arriving on a kept-alive connection gets counted in that time.
+            let mut idle_since = None;
+            loop {
                 std::thread::sleep(Duration::from_millis(50));
+                if metrics.in_flight() > 0 {
+                    idle_since = None;
+                } else if idle_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    >= Duration::from_secs(1)
+                {
+                    break;
+                }
             }
             log::info!("all requests finished: exiting");
             std::process::exit(0);

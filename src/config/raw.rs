@@ -256,13 +256,22 @@ impl RawConfig {
                 pool_idle: t.pool_idle.map_or(d.pool_idle, |v| v.0),
             },
         };
-        for (key, v) in [
-            ("timeouts.connect", timeouts.connect),
-            ("timeouts.response_header", timeouts.response_header),
-            ("timeouts.body_idle", timeouts.body_idle),
+        let hour = std::time::Duration::from_secs(3600);
+        for (key, v, max) in [
+            ("timeouts.connect", timeouts.connect, hour / 6),
+            (
+                "timeouts.response_header",
+                timeouts.response_header,
+                hour * 24,
+            ),
+            ("timeouts.body_idle", timeouts.body_idle, hour * 24),
+            ("timeouts.pool_idle", timeouts.pool_idle, hour * 24),
         ] {
-            if v.is_zero() {
+            if v.is_zero() && key != "timeouts.pool_idle" {
                 p.add(key, "must be more than zero");
+            }
+            if v > max {
+                p.add(key, format!("must be at most {}s", max.as_secs()));
             }
         }
 
@@ -279,6 +288,9 @@ impl RawConfig {
         if limits.max_header_bytes < 1024 || limits.max_header_bytes > 96 << 10 {
             p.add("limits.max_header_bytes", "must be between 1KiB and 96KiB");
         }
+        if limits.max_body_bytes < 1024 || limits.max_body_bytes > 1 << 30 {
+            p.add("limits.max_body_bytes", "must be between 1KiB and 1GiB");
+        }
 
         let threads = self
             .server
@@ -292,6 +304,33 @@ impl RawConfig {
             .server
             .and_then(|s| s.grace_period)
             .map_or(std::time::Duration::from_secs(60), |g| g.0);
+
+        let mut addresses: Vec<(&str, &str)> = self
+            .listen
+            .iter()
+            .map(|l| ("listen", l.0.as_str()))
+            .collect();
+        addresses.extend(
+            self.tls
+                .as_ref()
+                .map(|t| ("tls.listen", t.listen.0.as_str())),
+        );
+        addresses.extend(
+            self.admin
+                .as_ref()
+                .map(|a| ("admin.listen", a.listen.0.as_str())),
+        );
+        for addr in duplicates(addresses.iter().map(|(_, a)| *a)) {
+            let keys: Vec<&str> = addresses
+                .iter()
+                .filter(|(_, a)| *a == addr)
+                .map(|(k, _)| *k)
+                .collect();
+            p.add(
+                keys[0],
+                format!("{addr} is given more than once ({})", keys.join(", ")),
+            );
+        }
 
         if !p.0.is_empty() {
             return Err(p.0);

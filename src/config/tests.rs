@@ -142,3 +142,39 @@ fn secrets_do_not_print_in_debug() {
         "{dump}"
     );
 }
+
+#[test]
+fn limits_and_timeouts_have_bounds() {
+    for (yaml, path) in [
+        ("limits: {max_body_bytes: 0}\n", "limits.max_body_bytes"),
+        ("limits: {max_body_bytes: 2GiB}\n", "limits.max_body_bytes"),
+        ("timeouts: {connect: 0s}\n", "timeouts.connect"),
+        ("timeouts: {connect: 1h}\n", "timeouts.connect"),
+        (
+            "timeouts: {response_header: 2000000h}\n",
+            "timeouts.response_header",
+        ),
+    ] {
+        let p = problems(&format!("{MINIMAL}{yaml}"));
+        assert_eq!(p[0].path, path, "{yaml}");
+    }
+}
+
+#[test]
+fn secrets_lose_surrounding_whitespace_and_refuse_control_characters() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}    api_key: \"k-1\\n\"\nclients: [{{name: a, key: \" key-a \"}}]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.backends[0].api_key.as_ref().unwrap().expose(), "k-1");
+    assert_eq!(c.clients.unwrap()[0].key.expose(), "key-a");
+    let p = problems(&format!("{MINIMAL}    api_key: \"a\\nb\"\n"));
+    assert_eq!(p[0].path, "backends[0].api_key");
+}
+
+#[test]
+fn one_address_cannot_serve_two_listeners() {
+    let p = problems(&format!("{MINIMAL}admin: {{listen: \"127.0.0.1:8080\"}}\n"));
+    assert_eq!(p[0].path, "listen");
+    assert!(p[0].message.contains("admin.listen"), "{}", p[0].message);
+}

@@ -57,15 +57,22 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
     Ok(out)
 }
 
-/// A secret read from the file (after `${NAME}` substitution); never empty.
+/// A secret read from the file (after `${NAME}` substitution), without surrounding
+/// whitespace (a key read from a mounted file often ends in a newline); never empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretValue(pub Secret);
 
 impl<'de> Deserialize<'de> for SecretValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let EnvString(s) = EnvString::deserialize(d)?;
-        if s.trim().is_empty() {
+        let s = s.trim();
+        if s.is_empty() {
             return Err(de::Error::custom("must not be empty"));
+        }
+        if s.bytes().any(|b| b.is_ascii_control()) {
+            return Err(de::Error::custom(
+                "must not contain control characters (it is sent in a header)",
+            ));
         }
         Ok(SecretValue(Secret::new(s)))
     }

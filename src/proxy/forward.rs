@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -30,29 +32,83 @@ pub async fn send(
     header_timeout: Duration,
     write_timeout: Duration,
 ) -> Attempt {
-    let (mut session, _reused) = match connector.get_http_session(peer).await {
-        Ok(s) => s,
-        Err(e) => return Attempt::Failed(connect_failure(&e), e),
-    };
-    session.set_write_timeout(Some(write_timeout));
-    let exchange = async {
+    let deadline = Instant::now() + header_timeout;
+    let mut req = Some(req);
+    let mut may_retry_stale = true;
+    loop {
+        let (mut session, reused) = match connector.get_http_session(peer).await {
+            Ok(s) => s,
+            Err(e) => return Attempt::Failed(connect_failure(&e), e),
+        };
+        session.set_write_timeout(Some(write_timeout));
+        // A pooled connection may have been closed by the backend a moment ago: that is the
+        // pool's doing, not the backend's, so it gets one more go on another connection.
+        let retry_if_stale = reused && may_retry_stale;
+        let this_try = if retry_if_stale {
+            req.clone()
+        } else {
+            req.take()
+        };
+        let Some(this_try) = this_try else {
+            return Attempt::Failed(
+                Failure::Dropped,
+                Error::explain(ErrorType::InternalError, "no request left to send"),
+            );
+        };
+        match exchange(&mut session, this_try, body, deadline).await {
+            Ok(()) => return Attempt::Response(Box::new(session)),
+            Err(Exchange::Timeout) => {
+                let e = Error::explain(
+                    ErrorType::ReadTimedout,
+                    format!("no response header within {header_timeout:?}"),
+                );
+                return Attempt::Failed(Failure::Timeout, e);
+            }
+            Err(Exchange::Failed(e)) if retry_if_stale => {
+                log::debug!("a pooled connection failed ({e}); trying a new one");
+                may_retry_stale = false;
+            }
+            Err(Exchange::Failed(e)) => return Attempt::Failed(Failure::Dropped, e),
+        }
+    }
+}
+
+enum Exchange {
+    Timeout,
+    Failed(Box<Error>),
+}
+
+/// Writes the request and reads the response header, all before `deadline`.
+async fn exchange(
+    session: &mut HttpSession,
+    req: RequestHeader,
+    body: &Bytes,
+    deadline: Instant,
+) -> Result<(), Exchange> {
+    let write = async {
         session.write_request_header(Box::new(req)).await?;
         if !body.is_empty() {
             session.write_request_body(body.clone(), true).await?;
         }
-        session.finish_request_body().await?;
-        session.read_response_header().await
+        session.finish_request_body().await
     };
-    match tokio::time::timeout(header_timeout, exchange).await {
-        Ok(Ok(())) => Attempt::Response(Box::new(session)),
-        Ok(Err(e)) => Attempt::Failed(Failure::Dropped, e),
-        Err(_) => Attempt::Failed(
-            Failure::Timeout,
-            Error::explain(
-                ErrorType::ReadTimedout,
-                format!("no response header within {header_timeout:?}"),
-            ),
-        ),
+    match tokio::time::timeout_at(deadline, write).await {
+        Err(_) => return Err(Exchange::Timeout),
+        Ok(Ok(())) => {}
+        Ok(Err(write_error)) => {
+            // A backend may answer before reading the whole body (413, 401) and close: that
+            // answer is what the client should get, not a failed try.
+            let early = deadline.min(Instant::now() + Duration::from_secs(1));
+            return match tokio::time::timeout_at(early, session.read_response_header()).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Exchange::Failed(write_error)),
+            };
+        }
+    }
+    match tokio::time::timeout_at(deadline, session.read_response_header()).await {
+        Err(_) => Err(Exchange::Timeout),
+        Ok(Err(e)) => Err(Exchange::Failed(e)),
+        Ok(Ok(())) => Ok(()),
     }
 }
 

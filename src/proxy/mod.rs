@@ -100,7 +100,11 @@ impl AoaiProxy {
         }
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             let total = first.as_ref().map_or(0, |f| f.len()) + buf.len() + chunk.len();
             if total as u64 > limit {
                 return Ok(Err(ProxyError::BodyTooLarge { limit }));
@@ -109,7 +113,8 @@ impl AoaiProxy {
                 None if buf.is_empty() => first = Some(chunk),
                 taken => {
                     if let Some(f) = taken {
-                        buf.reserve(declared.unwrap_or(0) as usize);
+                        // Grow with what arrives; trust the declared length only up to 1 MiB.
+                        buf.reserve(declared.unwrap_or(0).min(1 << 20) as usize);
                         buf.extend_from_slice(&f);
                     }
                     buf.extend_from_slice(&chunk);
@@ -157,7 +162,8 @@ impl AoaiProxy {
                 credential,
                 &body,
             )?;
-            let attempt = match backend.peer() {
+            let peer = backend.peer();
+            let attempt = match &peer {
                 None => Attempt::Failed(
                     Failure::Connect,
                     Error::explain(
@@ -168,7 +174,7 @@ impl AoaiProxy {
                 Some(peer) => {
                     let send = forward::send(
                         &self.connector,
-                        &peer,
+                        peer,
                         req,
                         &body,
                         self.timeouts.response_header,
@@ -178,7 +184,7 @@ impl AoaiProxy {
                         a = send => a,
                         _ = session.downstream_session.read_body_or_idle(true) => {
                             // The client left: stop here so the backend stops generating.
-                            return Error::e_explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend");
+                            return Err(Error::explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend").into_down());
                         }
                     }
                 }
@@ -194,7 +200,6 @@ impl AoaiProxy {
                 .record_try(index, outcome, verdict == Verdict::Retry);
             match (attempt, verdict) {
                 (Attempt::Response(up), Verdict::Deliver) => {
-                    let peer = backend.peer();
                     return self.relay(session, up, peer).await;
                 }
                 (Attempt::Response(up), _) => {
@@ -204,7 +209,7 @@ impl AoaiProxy {
                         ctx.tries,
                         self.max_tries
                     );
-                    if let Some(peer) = backend.peer() {
+                    if let Some(peer) = peer {
                         forward::discard(self.connector.clone(), peer, up, self.timeouts.pool_idle);
                     }
                 }
@@ -245,26 +250,37 @@ impl AoaiProxy {
             .response_header()
             .map(headers::client_response)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "response header missing"))?;
-        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| e.into_down())?;
+        let idle = self.timeouts.body_idle;
         loop {
-            let chunk =
-                tokio::time::timeout(self.timeouts.body_idle, up.read_response_body()).await;
+            let chunk = tokio::select! {
+                biased;
+                chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
+                // Between chunks, notice a client that left so the backend stops generating.
+                _ = session.downstream_session.read_body_or_idle(true) => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
+                }
+            };
             match chunk {
-                Ok(Ok(Some(bytes))) => session.write_response_body(Some(bytes), false).await?,
+                Ok(Ok(Some(bytes))) => session
+                    .write_response_body(Some(bytes), false)
+                    .await
+                    .map_err(|e| e.into_down())?,
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(e.into_up()),
                 Err(_) => {
-                    return Error::e_explain(
-                        ErrorType::ReadTimedout,
-                        format!(
-                            "backend silent for {:?} mid-response",
-                            self.timeouts.body_idle
-                        ),
-                    );
+                    let why = format!("backend silent for {idle:?} mid-response");
+                    return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
                 }
             }
         }
-        session.write_response_body(None, true).await?;
+        session
+            .write_response_body(None, true)
+            .await
+            .map_err(|e| e.into_down())?;
         if let Some(peer) = peer {
             self.connector
                 .release_http_session(*up, &*peer, Some(self.timeouts.pool_idle))
@@ -301,13 +317,18 @@ impl ProxyHttp for AoaiProxy {
     /// Serves the whole request: admission, body, tries and the streamed answer. Returns
     /// `true` (answered), so Pingora's own upstream phases never run.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // A client that stops reading must not hold a backend stream forever.
+        session.set_write_timeout(Some(self.timeouts.body_idle));
         if let Err(e) = self.admit(session, ctx) {
+            // The body is left unread: close afterwards rather than drain it.
+            session.set_keepalive(None);
             e.respond(session).await?;
             return Ok(true);
         }
         let body = match self.read_body(session).await? {
             Ok(body) => body,
             Err(e) => {
+                session.set_keepalive(None);
                 e.respond(session).await?;
                 return Ok(true);
             }
@@ -336,24 +357,44 @@ impl ProxyHttp for AoaiProxy {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let client_gone = matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
-        ) && e.esource() == &pingora::ErrorSource::Downstream;
-        let error_code = if session.response_written().is_some() || client_gone {
-            0
+        use ErrorType::*;
+        let answer = if session.response_written().is_some() {
+            None
+        } else if e.esource() == &pingora::ErrorSource::Downstream {
+            match e.etype() {
+                // The client is gone or stalled: nobody to answer.
+                ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout => None,
+                // It sent something unreadable (a malformed chunked body).
+                _ => Some(ProxyError::BadRequestBody),
+            }
         } else {
-            let err = ProxyError::Upstream {
+            Some(ProxyError::Upstream {
                 status: 502,
                 detail: "The proxy failed while handling the request.".into(),
-            };
-            let _ = err.respond(session).await;
-            502
+            })
+        };
+        let error_code = match answer {
+            None => 0,
+            Some(err) => {
+                let _ = err.respond(session).await;
+                err.status()
+            }
         };
         FailToProxy {
             error_code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Keeps a client that leaves out of the error log (the access log records it); a backend
+    /// that fails mid-response is still logged as an error.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        use ErrorType::*;
+        e.esource() == &pingora::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout
+            )
     }
 
     /// Writes one access-log line per request.

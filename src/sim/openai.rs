@@ -31,6 +31,9 @@ pub enum Fault {
     Drop,
     /// Stream this many chunks, then break the connection mid-response.
     BreakStream { after_chunks: usize },
+    /// Answer with this status before reading the request body, then close (as Azure does
+    /// with a 413 for a body that is too large).
+    EarlyStatus(u16),
 }
 
 impl Fault {
@@ -164,6 +167,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let fault = lock(&state.script)
+        .pop_front()
+        .or_else(|| lock(&state.always).clone());
+    if let Some(Fault::EarlyStatus(status)) = fault {
+        let mut resp = azure_error(status, &status.to_string(), &fault_message(status, &[]));
+        resp.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+        return Ok(named(resp, &state.options.name));
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
     let uri = parts
@@ -179,9 +191,6 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             body: body.clone(),
         });
     }
-    let fault = lock(&state.script)
-        .pop_front()
-        .or_else(|| lock(&state.always).clone());
     let mut break_after = None;
     match fault {
         Some(Fault::Drop) => return Err(io::Error::other("simulated dropped connection")),
@@ -203,7 +212,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             return Ok(named(resp, &state.options.name));
         }
         Some(Fault::BreakStream { after_chunks }) => break_after = Some(after_chunks),
-        None => {}
+        Some(Fault::EarlyStatus(_)) | None => {}
     }
     let has_key = parts.headers.contains_key("api-key")
         || parts

@@ -126,3 +126,23 @@ async fn a_body_over_the_limit_gets_413_and_reaches_no_backend() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_during_the_upload_goes_to_the_client() {
+    let id = identity().await;
+    let b = backends(2).await;
+    b[0].push_fault(Fault::EarlyStatus(413));
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    let r = client()
+        .post(proxy.url(CHAT))
+        .body(body_of(8_000_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        413,
+        "the backend's own early 413 must reach the client"
+    );
+    assert_eq!(b[1].requests(), 0, "a 413 is not retried");
+}

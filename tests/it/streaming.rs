@@ -94,3 +94,65 @@ async fn a_stream_broken_midway_reaches_the_client_broken_and_is_not_retried() {
     );
     assert_eq!(b1.requests(), 0, "a started response was retried");
 }
+
+/// Polls the proxy's in-flight gauge until it reads 0 (at most `within`).
+async fn wait_idle(proxy: &Proxy, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let (_, m) = proxy.admin_get("/metrics");
+        if m.contains("aoai_proxy_in_flight 0") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_frees_the_backend() {
+    let id = identity().await;
+    let b = Backend::start(BackendOptions {
+        answer: (0..40).map(|i| format!("w{i} ")).collect(),
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let r = client()
+        .post(proxy.url(CHAT))
+        .json(&stream_request())
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    drop(body);
+    // The whole stream would take 4 s; the proxy lets go well before.
+    assert!(
+        wait_idle(&proxy, Duration::from_millis(1500)).await,
+        "the request stayed in flight after the client left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_waiting_frees_the_backend() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    b.set_fault(Some(Fault::Delay(Duration::from_secs(10))));
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let waiting = tokio::spawn({
+        let url = proxy.url(CHAT);
+        async move { client().post(url).json(&chat_body()).send().await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.requests() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waiting.abort();
+    assert!(
+        wait_idle(&proxy, Duration::from_secs(2)).await,
+        "the request stayed in flight after the client left"
+    );
+    assert!(!proxy.log().contains("ERROR"), "{}", proxy.log());
+}
