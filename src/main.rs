@@ -70,7 +70,9 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     // What start-up would build, without the network: the credential and the backend pool.
-    if let Err(e) = aoai_proxy::token::credential(&config.auth) {
+    if let Err(e) =
+        aoai_proxy::token::CredentialSource::new(&config.auth, config.upstream_ca_file.as_deref())
+    {
         eprintln!("{}: {e}", path.display());
         return ExitCode::FAILURE;
     }

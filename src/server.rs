@@ -29,8 +29,6 @@ pub enum StartError {
     Tls(String),
 }
 
-/// How long before expiry a token is replaced.
-const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// How often backend host names are resolved again.
 const DNS_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -59,19 +57,20 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
 
     // No backend without an api_key means no token to fetch (and nothing to wait for).
     let needs_token = config.backends.iter().any(|b| b.api_key.is_none());
-    let credential = token::credential(&config.auth)?.filter(|_| needs_token);
+    let source = token::CredentialSource::new(&config.auth, config.upstream_ca_file.as_deref())?
+        .filter(|_| needs_token);
     if !needs_token && config.auth.credential != crate::config::CredentialKind::None {
         log::info!("every backend has an api_key: no Entra ID token is fetched");
     }
-    let tokens = credential.map(|credential| {
+    let tokens = source.map(|source| {
         let cache = Arc::new(TokenCache::default());
         server.add_service(background_service(
             "entra-token",
             Refresher {
-                credential,
+                source,
                 scope: config.auth.scope.clone(),
                 cache: cache.clone(),
-                margin: TOKEN_REFRESH_MARGIN,
+                margin: config.auth.refresh_before,
             },
         ));
         cache

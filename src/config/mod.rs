@@ -54,6 +54,8 @@ pub struct Auth {
     pub credential: CredentialKind,
     /// The token scope, by default `https://cognitiveservices.azure.com/.default`.
     pub scope: String,
+    /// How long before expiry a token is replaced. Default 10 minutes.
+    pub refresh_before: Duration,
 }
 
 /// The default Entra ID scope for Azure OpenAI.

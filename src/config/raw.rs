@@ -68,6 +68,7 @@ struct RawAuth {
     tenant_id: Option<EnvString>,
     client_secret: Option<SecretValue>,
     token_file: Option<EnvString>,
+    refresh_before: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +242,15 @@ impl RawConfig {
         });
 
         let credential = self.auth.credential(&mut p);
+        let refresh_before = self
+            .auth
+            .refresh_before
+            .map_or(std::time::Duration::from_secs(600), |d| d.0);
+        if refresh_before < std::time::Duration::from_secs(1)
+            || refresh_before > std::time::Duration::from_secs(12 * 3600)
+        {
+            p.add("auth.refresh_before", "must be between 1s and 12h");
+        }
         let uses_token = backends.iter().any(|b| b.api_key.is_none());
         if credential == CredentialKind::None && uses_token {
             log::debug!("auth.kind none: backends without api_key get no credentials");
@@ -353,6 +363,7 @@ impl RawConfig {
                     .auth
                     .scope
                     .map_or_else(|| DEFAULT_SCOPE.to_string(), |s| s.0),
+                refresh_before,
             },
             backends,
             max_tries,

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -26,11 +25,14 @@ use pingora::{Error, ErrorType, Result};
 use crate::config::{ClientKey, Limits, Timeouts};
 use crate::errors::ProxyError;
 use crate::metrics::{InFlight, Metrics};
-use crate::pool::{BackendAuth, Pool};
+use crate::pool::{Backend, BackendAuth, Pool};
 use crate::retry::{self, Failure, Outcome, Verdict};
-use crate::token::TokenCache;
+use crate::token::{TokenCache, TokenRef};
 use forward::Attempt;
 use headers::Credential;
+
+/// How long a request that got a 401 waits for a new token before the 401 goes to the client.
+const TOKEN_WAIT: Duration = Duration::from_secs(10);
 
 /// The proxy service: everything a request needs, shared by all requests.
 pub struct AoaiProxy {
@@ -128,12 +130,12 @@ impl AoaiProxy {
     fn credential<'a>(
         &'a self,
         index: usize,
-        token: Option<&'a HeaderValue>,
+        token: Option<&'a TokenRef>,
     ) -> Option<Credential<'a>> {
         match (&self.pool.get(index).auth, &self.tokens) {
             (BackendAuth::ApiKey(key), _) => Some(Credential::ApiKey(key)),
             (BackendAuth::Token, None) => Some(Credential::None),
-            (BackendAuth::Token, Some(_)) => token.map(Credential::Bearer),
+            (BackendAuth::Token, Some(_)) => token.map(|t| Credential::Bearer(&t.header)),
         }
     }
 
@@ -144,10 +146,16 @@ impl AoaiProxy {
         ctx: &mut RequestCtx,
         body: Bytes,
     ) -> Result<()> {
-        let token = self.tokens.as_ref().and_then(|t| t.header());
+        let mut token = self.tokens.as_ref().and_then(|t| t.token());
         let mut plan = self.pool.plan();
+        // Set when the next try must go to the same backend (with a fresh token).
+        let mut again: Option<usize> = None;
+        let mut token_replaced = false;
         loop {
-            let Some(index) = plan.next(|i| self.credential(i, token.as_ref()).is_some()) else {
+            let next = again
+                .take()
+                .or_else(|| plan.next(|i| self.credential(i, token.as_ref()).is_some()));
+            let Some(index) = next else {
                 return ProxyError::NoToken.respond(session).await;
             };
             let credential = self
@@ -156,46 +164,36 @@ impl AoaiProxy {
             let backend = self.pool.get(index).clone();
             ctx.tries += 1;
             ctx.backend = Some(index);
-            let req = headers::upstream_request(
-                session.req_header(),
-                &backend.host_header,
-                credential,
-                &body,
-            )?;
             let peer = backend.peer();
-            let attempt = match &peer {
-                None => Attempt::Failed(
-                    Failure::Connect,
-                    Error::explain(
-                        ErrorType::ConnectError,
-                        "the backend's host name has not resolved",
-                    ),
-                ),
-                Some(peer) => {
-                    let send = forward::send(
-                        &self.connector,
-                        peer,
-                        req,
-                        &body,
-                        self.timeouts.response_header,
-                        self.timeouts.body_idle,
-                    );
-                    tokio::select! {
-                        a = send => a,
-                        _ = session.downstream_session.read_body_or_idle(true) => {
-                            // The client left: stop here so the backend stops generating.
-                            return Err(Error::explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend").into_down());
-                        }
-                    }
-                }
-            };
+            let attempt = self
+                .try_once(session, &backend, peer.as_deref(), credential, &body)
+                .await?;
             let outcome = match &attempt {
                 Attempt::Response(up) => {
                     Outcome::Status(up.response_header().map_or(0, |r| r.status.as_u16()))
                 }
                 Attempt::Failed(f, _) => Outcome::Failed(*f),
             };
-            let verdict = retry::decide(outcome, ctx.tries, self.max_tries);
+            let mut verdict = retry::decide(outcome, ctx.tries, self.max_tries);
+
+            // A 401 to our token: the token may have been revoked or rotated. Fetch a new one
+            // and try this backend once more; a second 401 goes to the client.
+            let bearer = matches!(credential, Credential::Bearer(_));
+            if outcome == Outcome::Status(401)
+                && bearer
+                && !token_replaced
+                && ctx.tries < self.max_tries
+            {
+                token_replaced = true;
+                if let (Some(cache), Some(used)) = (&self.tokens, &token) {
+                    if let Some(fresh) = cache.replace(used.generation, TOKEN_WAIT).await {
+                        token = Some(fresh);
+                        again = Some(index);
+                        verdict = Verdict::Retry;
+                    }
+                }
+            }
+
             self.metrics
                 .record_try(index, outcome, verdict == Verdict::Retry);
             match (attempt, verdict) {
@@ -219,9 +217,10 @@ impl AoaiProxy {
                         backend.name,
                         f.as_str()
                     );
+                    let detail = give_up_message(f, &backend.name, ctx.tries);
                     return ProxyError::Upstream {
                         status: f.status(),
-                        detail: give_up_message(f, &backend.name, ctx.tries),
+                        detail,
                     }
                     .respond(session)
                     .await;
@@ -235,6 +234,46 @@ impl AoaiProxy {
                         self.max_tries
                     );
                 }
+            }
+        }
+    }
+
+    /// One try on `backend`, abandoned (with an error) if the client leaves meanwhile, so the
+    /// backend stops generating for nobody.
+    async fn try_once(
+        &self,
+        session: &mut Session,
+        backend: &Backend,
+        peer: Option<&HttpPeer>,
+        credential: Credential<'_>,
+        body: &Bytes,
+    ) -> Result<Attempt> {
+        let Some(peer) = peer else {
+            let e = Error::explain(
+                ErrorType::ConnectError,
+                "the backend's host name has not resolved",
+            );
+            return Ok(Attempt::Failed(Failure::Connect, e));
+        };
+        let req = headers::upstream_request(
+            session.req_header(),
+            &backend.host_header,
+            credential,
+            body,
+        )?;
+        let send = forward::send(
+            &self.connector,
+            peer,
+            req,
+            body,
+            self.timeouts.response_header,
+            self.timeouts.body_idle,
+        );
+        tokio::select! {
+            attempt = send => Ok(attempt),
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                let e = Error::explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend");
+                Err(e.into_down())
             }
         }
     }

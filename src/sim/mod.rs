@@ -1,7 +1,9 @@
 //! A simulator of what the proxy talks to in Azure, for the demo, the tests and the benchmarks:
 //! Azure OpenAI backends ([`Backend`]) and an App Service managed identity endpoint
-//! ([`IdentityEndpoint`]). Nothing in the proxy depends on it.
+//! ([`IdentityEndpoint`]) and an Entra ID token endpoint ([`EntraEndpoint`]). Nothing in the
+//! proxy depends on it.
 
+mod entra;
 mod identity;
 mod openai;
 
@@ -20,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use pingora::tls::ssl::{SslAcceptor, SslMethod};
 use tokio::net::TcpListener;
 
+pub use entra::{EntraEndpoint, TokenRequest};
 pub use identity::IdentityEndpoint;
 pub use openai::{Backend, BackendOptions, Fault, Recorded};
 

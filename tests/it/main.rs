@@ -6,6 +6,7 @@ mod common;
 mod body_replay;
 mod client_auth;
 mod config_errors;
+mod credentials;
 mod header_hygiene;
 mod max_tries;
 mod no_retry;

@@ -84,6 +84,7 @@ async fn no_token_means_a_prompt_503_then_recovery() {
         yaml: mi_yaml(&[&b]),
         identity: Some(&id),
         wait_ready: false,
+        env: Vec::new(),
     });
     assert_eq!(proxy.admin_get("/readyz").0, 503);
     let started = Instant::now();
@@ -175,4 +176,171 @@ async fn tokens_never_appear_in_logs_or_metrics() {
             "{secret} leaked:\n{everything}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_while_the_token_is_valid_fails_no_request() {
+    // 8 s tokens are refreshed at half-life: from 4 s on, every refresh fails, and the token
+    // fetched first stays valid until 8 s.
+    let id = IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(8))
+        .await
+        .unwrap();
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    id.set_failing(true);
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let (status, _, body) = chat(&proxy).await;
+        assert_eq!(status, 200, "a request failed during the outage: {body}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served > 20);
+    assert!(
+        id.queries().len() >= 2,
+        "no refresh was attempted during the outage"
+    );
+    assert_eq!(id.fetches(), 1, "only the first fetch succeeded");
+    assert!(
+        proxy.log().contains("the current token stays in use"),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_first_requests_cost_one_fetch() {
+    let id = identity().await;
+    let b = backends(2).await;
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    let all = (0..64).map(|_| chat(&proxy));
+    for (status, _, _) in futures_util::future::join_all(all).await {
+        assert_eq!(status, 200);
+    }
+    assert_eq!(id.fetches(), 1);
+    assert_eq!(id.queries().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_never_call_the_token_endpoint() {
+    // No token at all: 64 concurrent requests are answered 503 and cause no fetch of their own.
+    let id = identity().await;
+    id.set_failing(true);
+    let b = backend("b0").await;
+    let proxy = Proxy::start_with(Start {
+        yaml: mi_yaml(&[&b]),
+        identity: Some(&id),
+        wait_ready: false,
+        env: Vec::new(),
+    });
+    let before = id.queries().len();
+    let all = (0..64).map(|_| chat(&proxy));
+    for (status, _, _) in futures_util::future::join_all(all).await {
+        assert_eq!(status, 503);
+    }
+    // The refresher keeps to its own backoff (1 s, 2 s, 4 s, ...), whatever the requests do.
+    assert!(
+        id.queries().len() < before + 8,
+        "{} fetch attempts for 64 requests",
+        id.queries().len() - before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_brings_a_fresh_token_and_one_more_try() {
+    use aoai_proxy::sim::Fault;
+    let id = identity().await;
+    let b = backends(2).await;
+    b[0].push_fault(Fault::Status {
+        status: 401,
+        headers: vec![],
+    });
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    let (status, headers, _) = chat(&proxy).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers["x-sim-backend"], "b0",
+        "the retry goes to the same backend with the new token"
+    );
+    assert_eq!(id.fetches(), 2);
+    let seen: Vec<String> = b[0]
+        .recorded()
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, vec!["Bearer sim-token-1", "Bearer sim-token-2"]);
+    assert_eq!(b[1].requests(), 0);
+    // Later requests use the new token.
+    assert_eq!(chat(&proxy).await.0, 200);
+    assert_eq!(
+        b[1].recorded()[0].headers["authorization"],
+        "Bearer sim-token-2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_401_goes_to_the_client() {
+    use aoai_proxy::sim::Fault;
+    let id = identity().await;
+    let b = backends(2).await;
+    b[0].set_fault(Some(Fault::Status {
+        status: 401,
+        headers: vec![],
+    }));
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    let (status, _, body) = chat(&proxy).await;
+    assert_eq!(status, 401);
+    assert_eq!(azure_error_code(&body), "401");
+    assert_eq!(
+        b[0].requests(),
+        2,
+        "one try with the old token, one with the new"
+    );
+    assert_eq!(b[1].requests(), 0, "a 401 is not sent to other backends");
+    assert_eq!(id.fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_from_an_api_key_backend_is_not_retried() {
+    use aoai_proxy::sim::Fault;
+    let id = identity().await;
+    let b = backends(2).await;
+    b[0].push_fault(Fault::Status {
+        status: 401,
+        headers: vec![],
+    });
+    let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", api_key: wrong}}\n  - {{url: \"{}\"}}\n", b[0].url(), b[1].url());
+    let proxy = Proxy::start(&yaml, Some(&id));
+    assert_eq!(chat(&proxy).await.0, 401);
+    assert_eq!(counts(&[&b[0], &b[1]]), vec![1, 0]);
+    assert_eq!(id.fetches(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_margin_is_configurable() {
+    // 12 s tokens replaced 2 s ahead: the second fetch comes about 10 s after the first, not
+    // at half-life (6 s) as with the default margin.
+    let id = IdentityEndpoint::start(IDENTITY_HEADER, Duration::from_secs(12))
+        .await
+        .unwrap();
+    let b = backend("b0").await;
+    let yaml = mi_yaml(&[&b]).replace(
+        "kind: managed_identity",
+        "kind: managed_identity, refresh_before: 2s",
+    );
+    let _proxy = Proxy::start(&yaml, Some(&id));
+    let first = Instant::now();
+    while id.fetches() < 2 {
+        assert!(
+            first.elapsed() < Duration::from_secs(12),
+            "no refresh before the token expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = first.elapsed();
+    assert!(
+        after >= Duration::from_secs(8),
+        "refreshed after {after:?}: the margin was not used"
+    );
 }

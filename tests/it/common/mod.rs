@@ -55,6 +55,8 @@ pub struct Start<'a> {
     pub identity: Option<&'a IdentityEndpoint>,
     /// Wait for `/readyz` (a token is held) rather than `/healthz`.
     pub wait_ready: bool,
+    /// More environment for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Proxy {
@@ -64,6 +66,7 @@ impl Proxy {
             yaml: yaml.to_string(),
             identity,
             wait_ready: true,
+            env: Vec::new(),
         })
     }
 
@@ -91,6 +94,7 @@ impl Proxy {
             cmd.env("IDENTITY_ENDPOINT", id.endpoint())
                 .env("IDENTITY_HEADER", IDENTITY_HEADER);
         }
+        cmd.envs(s.env);
         let child = cmd.spawn().expect("cannot start aoai-proxy");
         let mut proxy = Proxy {
             child,
