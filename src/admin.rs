@@ -9,12 +9,14 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::token::TokenCache;
 
 /// The admin endpoints.
 pub struct Admin {
     pub tokens: Option<Arc<TokenCache>>,
     pub metrics: Arc<Metrics>,
+    pub pool: Arc<Pool>,
 }
 
 impl Admin {
@@ -36,11 +38,9 @@ impl ServeHttp for Admin {
             ),
             "/metrics" => {
                 let fetches = self.tokens.as_ref().map_or(0, |t| t.fetches());
-                (
-                    200,
-                    "text/plain; version=0.0.4",
-                    self.metrics.render(self.ready(), fetches),
-                )
+                let mut text = self.metrics.render(self.ready(), fetches);
+                text.push_str(&crate::metrics::render_health(&self.pool));
+                (200, "text/plain; version=0.0.4", text)
             }
             _ => (
                 404,

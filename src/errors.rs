@@ -20,6 +20,13 @@ pub enum ProxyError {
     NoToken,
     /// The last try got no response header.
     Upstream { status: u16, detail: String },
+    /// Every backend that serves the deployment is cooling after a 429/503.
+    AllCooling {
+        deployment: Option<String>,
+        left: std::time::Duration,
+    },
+    /// No backend serves this deployment (every backend has a `deployments` map without it).
+    DeploymentNotFound { deployment: String },
 }
 
 impl ProxyError {
@@ -32,6 +39,8 @@ impl ProxyError {
             ProxyError::BadRequestBody => 400,
             ProxyError::NoToken => 503,
             ProxyError::Upstream { status, .. } => *status,
+            ProxyError::AllCooling { .. } => 429,
+            ProxyError::DeploymentNotFound { .. } => 404,
         }
     }
 
@@ -62,6 +71,18 @@ impl ProxyError {
                 if *status == 504 { "GatewayTimeout" } else { "BadGateway" },
                 detail.clone(),
             ),
+            ProxyError::AllCooling { deployment, left } => (
+                "429",
+                format!(
+                    "Every backend{} is throttled. Please retry after {} seconds.",
+                    deployment.as_ref().map(|d| format!(" for deployment {d}")).unwrap_or_default(),
+                    retry_after_secs(*left)
+                ),
+            ),
+            ProxyError::DeploymentNotFound { deployment } => (
+                "DeploymentNotFound",
+                format!("No backend serves the deployment {deployment:?}."),
+            ),
         };
         serde_json::json!({"error": {"code": code, "message": message}}).to_string()
     }
@@ -72,12 +93,22 @@ impl ProxyError {
         let mut resp = ResponseHeader::build(self.status(), Some(4))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
-        if self.status() == 503 {
-            resp.insert_header("retry-after", "1")?;
+        match self {
+            ProxyError::NoToken => resp.insert_header("retry-after", "1")?,
+            ProxyError::AllCooling { left, .. } => {
+                resp.insert_header("retry-after", retry_after_secs(*left).to_string())?;
+                resp.insert_header("retry-after-ms", left.as_millis().max(1).to_string())?;
+            }
+            _ => {}
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }
+}
+
+/// Whole seconds for `retry-after`, rounded up so a client never comes back too early.
+fn retry_after_secs(left: std::time::Duration) -> u64 {
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

@@ -7,13 +7,17 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod deployment;
 pub mod errors;
+pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod simulate;
+pub mod throttle;
 pub mod token;

@@ -96,7 +96,7 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE aoai_proxy_token_fetches_total counter\naoai_proxy_token_fetches_total {token_fetches}");
         let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
         for (name, row) in self.backends.iter().zip(&self.tries) {
-            let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+            let name = label(name);
             for (label, n) in OUTCOMES.iter().zip(row) {
                 let _ = writeln!(
                     out,
@@ -116,4 +116,42 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Cooldowns, ejections and probe results of every backend, as Prometheus gauges.
+pub fn render_health(pool: &crate::pool::Pool) -> String {
+    let now = std::time::Instant::now();
+    let mut out = String::from(
+        "# TYPE aoai_proxy_backend_cooling_seconds gauge\n# TYPE aoai_proxy_backend_ejected_seconds gauge\n# TYPE aoai_proxy_backend_probe_up gauge\n",
+    );
+    for b in pool.backends() {
+        let name = label(&b.name);
+        let s = b.health.snapshot(now);
+        for (deployment, left) in &s.cooling {
+            let d = label(deployment.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                out,
+                "aoai_proxy_backend_cooling_seconds{{backend=\"{name}\",deployment=\"{d}\"}} {:.3}",
+                left.as_secs_f64()
+            );
+        }
+        let ejected = s.ejected.map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "aoai_proxy_backend_ejected_seconds{{backend=\"{name}\"}} {ejected:.3}"
+        );
+        if let Some(up) = s.probe_up {
+            let _ = writeln!(
+                out,
+                "aoai_proxy_backend_probe_up{{backend=\"{name}\"}} {}",
+                u8::from(up)
+            );
+        }
+    }
+    out
+}
+
+/// A label value with `\` and `"` escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
 }

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -14,7 +14,10 @@ use pingora::services::background::BackgroundService;
 use pingora::tls::x509::X509;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{BackendConfig, Config, Scheme};
+use crate::config::{BackendConfig, Config, CooldownPolicy, EjectionPolicy, Scheme};
+use crate::health::BackendHealth;
+use crate::retry::Outcome;
+use crate::throttle;
 
 /// How a backend is authenticated.
 #[derive(Debug)]
@@ -26,14 +29,15 @@ pub enum BackendAuth {
 }
 
 /// One Azure OpenAI instance.
-#[derive(Debug)]
 pub struct Backend {
     /// The name used in logs and metrics.
     pub name: String,
     /// `Host` for the requests sent to it.
     pub host_header: HeaderValue,
     pub auth: BackendAuth,
-    config: BackendConfig,
+    /// Cooldowns, ejection and probe results.
+    pub health: BackendHealth,
+    pub(crate) config: BackendConfig,
     peer_options: PeerTemplate,
     /// The peer for the current address; `None` until the host name resolves.
     peer: ArcSwapOption<HttpPeer>,
@@ -72,6 +76,7 @@ impl Backend {
             name: config.name.clone(),
             host_header,
             auth,
+            health: BackendHealth::new(&config.name),
             config: config.clone(),
             peer_options: template,
             peer: ArcSwapOption::empty(),
@@ -81,6 +86,64 @@ impl Backend {
             backend.set_addr(SocketAddr::new(ip, config.url.port));
         }
         Ok(backend)
+    }
+
+    /// Its own name for the client's `deployment`, or `None` when it does not serve it.
+    pub fn deployment_name<'a>(&'a self, deployment: Option<&'a str>) -> Option<&'a str> {
+        match (&self.config.deployments, deployment) {
+            (None, d) => Some(d.unwrap_or("")),
+            (Some(map), Some(d)) => map.get(d).map(String::as_str),
+            (Some(_), None) => Some(""),
+        }
+    }
+
+    /// Whether it serves `deployment` (a backend with a `deployments` map serves only those).
+    pub fn serves(&self, deployment: Option<&str>) -> bool {
+        self.deployment_name(deployment).is_some()
+    }
+
+    /// Whether it has a `deployments` map that renames `deployment`.
+    pub fn renames<'a>(&'a self, deployment: Option<&'a str>) -> Option<&'a str> {
+        let own = self.deployment_name(deployment)?;
+        (self.config.deployments.is_some() && Some(own) != deployment && !own.is_empty())
+            .then_some(own)
+    }
+
+    /// Updates cooldowns and passive health with what a try produced: a 429 or 503 cools the
+    /// deployment for the time the backend asked (or the default); connection failures,
+    /// timeouts and 5xx count towards ejection; any other answer shows it alive.
+    pub fn observe(
+        &self,
+        outcome: Outcome,
+        headers: Option<&http::HeaderMap>,
+        deployment: Option<&str>,
+        cooldown: &CooldownPolicy,
+        ejection: &EjectionPolicy,
+    ) {
+        match outcome {
+            Outcome::Status(status @ (429 | 503)) => {
+                let asked =
+                    headers.and_then(|h| throttle::requested_cooldown(h, SystemTime::now()));
+                let (period, why) = match asked {
+                    Some(d) if d > cooldown.max => (
+                        cooldown.max,
+                        "the time it asked for, capped by cooldown.max",
+                    ),
+                    Some(d) => (d, "the time it asked for"),
+                    None => (cooldown.default, "no usable retry-after: cooldown.default"),
+                };
+                self.health
+                    .cool(deployment, period, &format!("{status}, {why}"));
+                if status == 503 {
+                    self.health.record_failure(ejection);
+                } else {
+                    self.health.record_success();
+                }
+            }
+            Outcome::Status(status) if status >= 500 => self.health.record_failure(ejection),
+            Outcome::Status(_) => self.health.record_success(),
+            Outcome::Failed(_) => self.health.record_failure(ejection),
+        }
     }
 
     /// The peer to connect to, or `None` while the host name has not resolved.
@@ -137,34 +200,49 @@ impl Backend {
 /// The backends and their rotation.
 pub struct Pool {
     backends: Box<[Arc<Backend>]>,
+    /// Priority groups, lowest priority first.
+    groups: Box<[Group]>,
+    /// For each backend, the index of its group.
+    group_of: Box<[usize]>,
+}
+
+/// Backends of one priority, with their own rotation.
+struct Group {
     /// One round of the smooth weighted rotation: backend indexes, each as often as its weight.
     rotation: Box<[usize]>,
     counter: RoundRobin,
 }
 
-/// Where one request goes: its first backend, then the others in rotation order for retries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    first: usize,
+/// Where one request goes, and where its retries go next.
+pub struct Plan<'a> {
+    pool: &'a Pool,
+    /// This request's turn in each group's rotation, taken when the group is first used.
+    turns: Vec<Option<usize>>,
     /// Tries made so far on each backend.
     tries: Vec<u16>,
 }
 
-impl Plan {
-    /// The next backend for this request among those `usable` accepts: the one tried least,
-    /// nearest in rotation order, so every backend is tried once before any is tried twice.
+impl Plan<'_> {
+    /// The next backend for this request among those `usable` accepts: the least tried, then
+    /// the lowest priority, then the nearest in that group's rotation. So a request stays in
+    /// the first group while it has a usable backend, and every backend is tried once before
+    /// any is tried twice.
     pub fn next(&mut self, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let n = self.tries.len();
-        let mut best: Option<usize> = None;
-        for i in (0..n).map(|k| (self.first + k) % n).filter(|&i| usable(i)) {
-            if best.is_none_or(|b| self.tries[i] < self.tries[b]) {
-                best = Some(i);
-            }
-        }
-        if let Some(i) = best {
-            self.tries[i] = self.tries[i].saturating_add(1);
-        }
-        best
+        let candidates: Vec<usize> = (0..self.tries.len()).filter(|&i| usable(i)).collect();
+        let fewest = candidates.iter().map(|&i| self.tries[i]).min()?;
+        let group = candidates
+            .iter()
+            .filter(|&&i| self.tries[i] == fewest)
+            .map(|&i| self.pool.group_of[i])
+            .min()?;
+        let g = &self.pool.groups[group];
+        let turn = *self.turns[group].get_or_insert_with(|| g.counter.next(&[]) as usize);
+        let len = g.rotation.len();
+        let chosen = (0..len)
+            .map(|k| g.rotation[(turn + k) % len])
+            .find(|&i| self.tries[i] == fewest && candidates.contains(&i))?;
+        self.tries[chosen] = self.tries[chosen].saturating_add(1);
+        Some(chosen)
     }
 }
 
@@ -185,11 +263,38 @@ impl Pool {
             .iter()
             .map(|b| Backend::new(b, template.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let weights: Vec<u16> = config.backends.iter().map(|b| b.weight).collect();
+        let mut priorities: Vec<u8> = config.backends.iter().map(|b| b.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let group_of: Box<[usize]> = config
+            .backends
+            .iter()
+            .map(|b| {
+                priorities
+                    .iter()
+                    .position(|&p| p == b.priority)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let groups = (0..priorities.len())
+            .map(|g| {
+                let members: Vec<usize> =
+                    (0..backends.len()).filter(|&i| group_of[i] == g).collect();
+                let weights: Vec<u16> =
+                    members.iter().map(|&i| config.backends[i].weight).collect();
+                Group {
+                    rotation: smooth_rotation(&weights)
+                        .into_iter()
+                        .map(|k| members[k])
+                        .collect(),
+                    counter: RoundRobin::new(),
+                }
+            })
+            .collect();
         Ok(Pool {
             backends: backends.into(),
-            rotation: smooth_rotation(&weights).into(),
-            counter: RoundRobin::new(),
+            groups,
+            group_of,
         })
     }
 
@@ -198,11 +303,11 @@ impl Pool {
         &self.backends
     }
 
-    /// Takes the next turn of the rotation: one per request, so every backend gets its share.
-    pub fn plan(&self) -> Plan {
-        let turn = self.counter.next(&[]) as usize;
+    /// A new plan: one per request, so each group's rotation advances once per request served.
+    pub fn plan(&self) -> Plan<'_> {
         Plan {
-            first: self.rotation[turn % self.rotation.len()],
+            pool: self,
+            turns: vec![None; self.groups.len()],
             tries: vec![0; self.backends.len()],
         }
     }
@@ -318,31 +423,49 @@ mod tests {
         );
     }
 
+    fn pool(backends: &[(u8, u16)]) -> Pool {
+        let mut yaml = String::from("listen: [\"127.0.0.1:1\"]\nauth: {kind: none}\nbackends:\n");
+        for (i, (priority, weight)) in backends.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - {{url: \"http://127.0.0.1:{}\", priority: {priority}, weight: {weight}}}\n",
+                1000 + i
+            ));
+        }
+        Pool::new(&Config::from_yaml(&yaml).unwrap()).unwrap()
+    }
+
     #[test]
     fn a_plan_visits_every_backend_before_repeating() {
-        let mut plan = Plan {
-            first: 2,
-            tries: vec![0; 3],
-        };
+        let p = pool(&[(0, 1), (0, 1), (0, 1)]);
+        let mut plan = p.plan();
         let order: Vec<_> = (0..5).map(|_| plan.next(|_| true).unwrap()).collect();
-        assert_eq!(order, vec![2, 0, 1, 2, 0]);
+        assert_eq!(order, vec![0, 1, 2, 0, 1]);
+        // The next request starts one further along.
+        assert_eq!(p.plan().next(|_| true), Some(1));
     }
 
     #[test]
     fn a_plan_skips_unusable_backends() {
-        let mut plan = Plan {
-            first: 0,
-            tries: vec![0; 3],
-        };
+        let p = pool(&[(0, 1), (0, 1), (0, 1)]);
+        let mut plan = p.plan();
         let order: Vec<_> = (0..3).map(|_| plan.next(|i| i != 1).unwrap()).collect();
         assert_eq!(order, vec![0, 2, 0]);
-        assert_eq!(
-            Plan {
-                first: 0,
-                tries: vec![0; 2]
-            }
-            .next(|_| false),
-            None
-        );
+        assert_eq!(p.plan().next(|_| false), None);
+    }
+
+    #[test]
+    fn lower_priority_groups_go_first_and_spill_in_order() {
+        let p = pool(&[(1, 1), (0, 1), (0, 1), (2, 1)]);
+        let mut plan = p.plan();
+        let order: Vec<_> = (0..4).map(|_| plan.next(|_| true).unwrap()).collect();
+        assert_eq!(order, vec![1, 2, 0, 3]);
+        // The first group unusable: the second takes the traffic, round robin within itself.
+        let firsts: Vec<_> = (0..2)
+            .map(|_| p.plan().next(|i| i == 0 || i == 3).unwrap())
+            .collect();
+        assert_eq!(firsts, vec![0, 0]);
+        // An unused group's rotation did not move.
+        let firsts: Vec<_> = (0..2).map(|_| p.plan().next(|_| true).unwrap()).collect();
+        assert_eq!(firsts, vec![2, 1]);
     }
 }

@@ -15,6 +15,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Resolver};
+use crate::probe::Prober;
 use crate::proxy::AoaiProxy;
 use crate::token::{self, Refresher, TokenCache};
 
@@ -76,6 +77,10 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
         cache
     });
     server.add_service(background_service(
+        "health-checks",
+        Prober { pool: pool.clone() },
+    ));
+    server.add_service(background_service(
         "dns",
         Resolver {
             pool: pool.clone(),
@@ -85,7 +90,7 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
 
     let pool_options = ConnectorOptions::new(1024);
     let proxy = AoaiProxy {
-        pool,
+        pool: pool.clone(),
         tokens: tokens.clone(),
         connector: Arc::new(Connector::new(Some(pool_options))),
         max_tries: config.max_tries.get(),
@@ -93,6 +98,8 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
         timeouts: config.timeouts.clone(),
         limits: config.limits.clone(),
         metrics: metrics.clone(),
+        cooldown: config.cooldown.clone(),
+        ejection: config.ejection.clone(),
     };
     let mut service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "aoai-proxy");
@@ -116,6 +123,7 @@ pub fn build(config: &Config) -> Result<Proxy, StartError> {
             pingora::apps::http_app::HttpServer::new_app(Admin {
                 tokens,
                 metrics: metrics.clone(),
+                pool,
             }),
         );
         admin.add_tcp(addr);

@@ -13,6 +13,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::health::EjectionPolicy;
 use crate::secret::Secret;
 pub use values::{BackendUrl, Scheme};
 
@@ -38,6 +39,44 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub server: ServerSettings,
+    /// How throttled backends are left alone.
+    pub cooldown: CooldownPolicy,
+    /// When failing backends are ejected.
+    pub ejection: EjectionPolicy,
+}
+
+/// Cooldowns after a 429 or 503.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CooldownPolicy {
+    /// When the answer says nothing usable about how long. Default 10 s.
+    pub default: Duration,
+    /// The longest cooldown honoured, whatever the backend says. Default 1 h.
+    pub max: Duration,
+}
+
+impl Default for CooldownPolicy {
+    fn default() -> Self {
+        CooldownPolicy {
+            default: Duration::from_secs(10),
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// An active health check of one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+}
+
+/// What an active health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// Opens a connection (and the TLS handshake, for https).
+    Tcp,
+    /// `GET path`: any answer below 500 counts as up (Azure answers 401 without credentials).
+    Http { path: String },
 }
 
 /// The HTTPS listener.
@@ -101,6 +140,13 @@ pub struct BackendConfig {
     pub weight: u16,
     /// When set, this backend gets `api-key` instead of a bearer token.
     pub api_key: Option<Secret>,
+    /// Lower goes first: higher groups get traffic only while every backend of the lower ones
+    /// is cooling or unhealthy. Default 0.
+    pub priority: u8,
+    /// When set, the only deployments this backend serves, each mapped to its own name.
+    pub deployments: Option<std::collections::BTreeMap<String, String>>,
+    /// An optional active health check.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// A client allowed in when `clients` is configured.

@@ -7,9 +7,18 @@ use serde::Deserialize;
 
 use super::values::{BackendUrl, ByteSize, EnvString, HumanDuration, ListenAddr, SecretValue};
 use super::{
-    duplicates, Auth, BackendConfig, ClientKey, Config, CredentialKind, Limits, Problem,
-    ServerSettings, Timeouts, TlsListener, UserAssigned, DEFAULT_SCOPE,
+    duplicates, Auth, BackendConfig, ClientKey, Config, CooldownPolicy, CredentialKind,
+    EjectionPolicy, HealthCheck, HealthCheckKind, Limits, Problem, ServerSettings, Timeouts,
+    TlsListener, UserAssigned, DEFAULT_SCOPE,
 };
+
+/// Azure OpenAI deployment names: letters, digits, `-`, `_` and `.`.
+fn valid_deployment(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +34,38 @@ pub(super) struct RawConfig {
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
     server: Option<RawServer>,
+    cooldown: Option<RawCooldown>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCooldown {
+    default: Option<HumanDuration>,
+    max: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    failures: Option<u32>,
+    ejection: Option<HumanDuration>,
+    max_ejection: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+enum RawCheckKind {
+    Tcp,
+    Http,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    kind: RawCheckKind,
+    path: Option<EnvString>,
+    interval: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +119,9 @@ struct RawBackend {
     name: Option<EnvString>,
     weight: Option<u16>,
     api_key: Option<SecretValue>,
+    priority: Option<u8>,
+    deployments: Option<std::collections::BTreeMap<String, EnvString>>,
+    health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Deserialize)]
@@ -197,11 +241,50 @@ impl RawConfig {
                 if weight == 0 {
                     p.add(format!("backends[{i}].weight"), "must be at least 1");
                 }
+                let deployments = b.deployments.map(|map| {
+                    if map.is_empty() {
+                        p.add(format!("backends[{i}].deployments"), "an empty map would serve nothing: remove it to serve every deployment");
+                    }
+                    map.into_iter()
+                        .map(|(from, to)| {
+                            for name in [&from, &to.0] {
+                                if !valid_deployment(name) {
+                                    p.add(format!("backends[{i}].deployments.{from}"), format!("{name:?} is not a deployment name (letters, digits, - _ .)"));
+                                }
+                            }
+                            (from, to.0)
+                        })
+                        .collect()
+                });
+                let health_check = b.health_check.map(|h| {
+                    let interval = h.interval.map_or(std::time::Duration::from_secs(10), |d| d.0);
+                    if interval < std::time::Duration::from_millis(100) {
+                        p.add(format!("backends[{i}].health_check.interval"), "must be at least 100ms");
+                    }
+                    let kind = match (h.kind, h.path) {
+                        (RawCheckKind::Tcp, None) => HealthCheckKind::Tcp,
+                        (RawCheckKind::Tcp, Some(_)) => {
+                            p.add(format!("backends[{i}].health_check.path"), "is used only with kind http");
+                            HealthCheckKind::Tcp
+                        }
+                        (RawCheckKind::Http, path) => {
+                            let path = path.map_or_else(|| "/".to_string(), |p| p.0);
+                            if !path.starts_with('/') {
+                                p.add(format!("backends[{i}].health_check.path"), "must start with /");
+                            }
+                            HealthCheckKind::Http { path }
+                        }
+                    };
+                    HealthCheck { kind, interval }
+                });
                 BackendConfig {
                     name: b.name.map(|n| n.0).unwrap_or_else(|| b.url.authority()),
                     url: b.url,
                     weight: weight.max(1),
                     api_key: b.api_key.map(|k| k.0),
+                    priority: b.priority.unwrap_or(0),
+                    deployments,
+                    health_check,
                 }
             })
             .collect();
@@ -342,6 +425,53 @@ impl RawConfig {
             );
         }
 
+        let dc = CooldownPolicy::default();
+        let cooldown = CooldownPolicy {
+            default: self
+                .cooldown
+                .as_ref()
+                .and_then(|c| c.default)
+                .map_or(dc.default, |d| d.0),
+            max: self
+                .cooldown
+                .as_ref()
+                .and_then(|c| c.max)
+                .map_or(dc.max, |d| d.0),
+        };
+        if cooldown.default.is_zero() || cooldown.default > cooldown.max {
+            p.add(
+                "cooldown.default",
+                "must be more than zero and at most cooldown.max",
+            );
+        }
+        let de = EjectionPolicy::default();
+        let ejection = EjectionPolicy {
+            failures: self
+                .health
+                .as_ref()
+                .and_then(|h| h.failures)
+                .unwrap_or(de.failures),
+            base: self
+                .health
+                .as_ref()
+                .and_then(|h| h.ejection)
+                .map_or(de.base, |d| d.0),
+            max: self
+                .health
+                .as_ref()
+                .and_then(|h| h.max_ejection)
+                .map_or(de.max, |d| d.0),
+        };
+        if ejection.failures == 0 {
+            p.add("health.failures", "must be at least 1");
+        }
+        if ejection.base.is_zero() || ejection.base > ejection.max {
+            p.add(
+                "health.ejection",
+                "must be more than zero and at most health.max_ejection",
+            );
+        }
+
         if !p.0.is_empty() {
             return Err(p.0);
         }
@@ -374,6 +504,8 @@ impl RawConfig {
                 threads: threads.max(1),
                 grace_period,
             },
+            cooldown,
+            ejection,
         })
     }
 }

@@ -22,7 +22,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use crate::config::{ClientKey, Limits, Timeouts};
+use crate::config::{ClientKey, CooldownPolicy, EjectionPolicy, Limits, Timeouts};
+use crate::deployment;
 use crate::errors::ProxyError;
 use crate::metrics::{InFlight, Metrics};
 use crate::pool::{Backend, BackendAuth, Pool};
@@ -45,6 +46,8 @@ pub struct AoaiProxy {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    pub cooldown: CooldownPolicy,
+    pub ejection: EjectionPolicy,
 }
 
 /// Per-request state.
@@ -139,6 +142,47 @@ impl AoaiProxy {
         }
     }
 
+    /// Whether backend `index` may take a try of this request: it serves the deployment, has
+    /// credentials, is not cooling for it and, when `healthy_only`, is neither ejected nor
+    /// failing its probes.
+    fn available(
+        &self,
+        index: usize,
+        deployment: Option<&str>,
+        token: Option<&TokenRef>,
+        healthy_only: bool,
+    ) -> bool {
+        let b = self.pool.get(index);
+        let now = Instant::now();
+        b.serves(deployment)
+            && self.credential(index, token).is_some()
+            && b.health.cooling_left(deployment, now).is_none()
+            && (!healthy_only || !(b.health.is_ejected(now) || b.health.is_probe_down()))
+    }
+
+    /// Why no backend can take this request: no backend serves the deployment (404), none has
+    /// credentials (503), or every one that could is cooling (429 for the shortest cooldown).
+    fn unavailable(&self, deployment: Option<&str>, token: Option<&TokenRef>) -> ProxyError {
+        let serving: Vec<usize> = (0..self.pool.backends().len())
+            .filter(|&i| self.pool.get(i).serves(deployment))
+            .collect();
+        if serving.is_empty() {
+            return ProxyError::DeploymentNotFound {
+                deployment: deployment.unwrap_or_default().to_string(),
+            };
+        }
+        let now = Instant::now();
+        serving
+            .iter()
+            .filter(|&&i| self.credential(i, token).is_some())
+            .filter_map(|&i| self.pool.get(i).health.cooling_left(deployment, now))
+            .min()
+            .map_or(ProxyError::NoToken, |left| ProxyError::AllCooling {
+                deployment: deployment.map(str::to_string),
+                left,
+            })
+    }
+
     /// Tries backends until one answers for good, then streams that answer to the client.
     async fn forward(
         &self,
@@ -146,18 +190,19 @@ impl AoaiProxy {
         ctx: &mut RequestCtx,
         body: Bytes,
     ) -> Result<()> {
+        let deployment = deployment::requested(session.req_header().uri.path(), &body);
+        let dep = deployment.as_deref();
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
+        // Ejected or probe-failing backends sit out, unless nothing else could serve at all.
+        let n = self.pool.backends().len();
+        let healthy_only = (0..n).any(|i| self.available(i, dep, token.as_ref(), true));
         let mut plan = self.pool.plan();
-        // Set when the next try must go to the same backend (with a fresh token).
-        let mut again: Option<usize> = None;
+        let Some(mut index) = plan.next(|i| self.available(i, dep, token.as_ref(), healthy_only))
+        else {
+            return self.unavailable(dep, token.as_ref()).respond(session).await;
+        };
         let mut token_replaced = false;
         loop {
-            let next = again
-                .take()
-                .or_else(|| plan.next(|i| self.credential(i, token.as_ref()).is_some()));
-            let Some(index) = next else {
-                return ProxyError::NoToken.respond(session).await;
-            };
             let credential = self
                 .credential(index, token.as_ref())
                 .unwrap_or(Credential::None);
@@ -166,15 +211,18 @@ impl AoaiProxy {
             ctx.backend = Some(index);
             let peer = backend.peer();
             let attempt = self
-                .try_once(session, &backend, peer.as_deref(), credential, &body)
+                .try_once(session, &backend, peer.as_deref(), credential, &body, dep)
                 .await?;
-            let outcome = match &attempt {
-                Attempt::Response(up) => {
-                    Outcome::Status(up.response_header().map_or(0, |r| r.status.as_u16()))
-                }
-                Attempt::Failed(f, _) => Outcome::Failed(*f),
+            let (outcome, headers) = match &attempt {
+                Attempt::Response(up) => match up.response_header() {
+                    Some(r) => (Outcome::Status(r.status.as_u16()), Some(&r.headers)),
+                    None => (Outcome::Status(0), None),
+                },
+                Attempt::Failed(f, _) => (Outcome::Failed(*f), None),
             };
+            backend.observe(outcome, headers, dep, &self.cooldown, &self.ejection);
             let mut verdict = retry::decide(outcome, ctx.tries, self.max_tries);
+            let mut next = None;
 
             // A 401 to our token: the token may have been revoked or rotated. Fetch a new one
             // and try this backend once more; a second 401 goes to the client.
@@ -188,9 +236,19 @@ impl AoaiProxy {
                 if let (Some(cache), Some(used)) = (&self.tokens, &token) {
                     if let Some(fresh) = cache.replace(used.generation, TOKEN_WAIT).await {
                         token = Some(fresh);
-                        again = Some(index);
+                        next = Some(index);
                         verdict = Verdict::Retry;
                     }
+                }
+            }
+            if verdict == Verdict::Retry && next.is_none() {
+                next = plan.next(|i| self.available(i, dep, token.as_ref(), healthy_only));
+                if next.is_none() {
+                    // Everything else is cooling or already spent: this answer is the last.
+                    verdict = match outcome {
+                        Outcome::Status(_) => Verdict::Deliver,
+                        Outcome::Failed(f) => Verdict::GiveUp(f),
+                    };
                 }
             }
 
@@ -235,6 +293,10 @@ impl AoaiProxy {
                     );
                 }
             }
+            let Some(n) = next else {
+                return Error::e_explain(ErrorType::InternalError, "retry without a next backend");
+            };
+            index = n;
         }
     }
 
@@ -247,6 +309,7 @@ impl AoaiProxy {
         peer: Option<&HttpPeer>,
         credential: Credential<'_>,
         body: &Bytes,
+        deployment: Option<&str>,
     ) -> Result<Attempt> {
         let Some(peer) = peer else {
             let e = Error::explain(
@@ -255,12 +318,24 @@ impl AoaiProxy {
             );
             return Ok(Attempt::Failed(Failure::Connect, e));
         };
-        let req = headers::upstream_request(
+        // A backend that knows the deployment by another name gets that name.
+        let renamed = backend.renames(deployment);
+        let in_path = renamed
+            .and_then(|own| deployment::rename_in_path(session.req_header().raw_path(), own));
+        let renamed_body = match (renamed, &in_path) {
+            (Some(own), None) => deployment::rename_in_body(body, own),
+            _ => None,
+        };
+        let body = renamed_body.as_ref().unwrap_or(body);
+        let mut req = headers::upstream_request(
             session.req_header(),
             &backend.host_header,
             credential,
             body,
         )?;
+        if let Some(path) = in_path {
+            req.set_raw_path(&path)?;
+        }
         let send = forward::send(
             &self.connector,
             peer,

@@ -91,6 +91,8 @@ pub struct Recorded {
     pub uri: String,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 struct State {
@@ -189,6 +191,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             uri: uri.clone(),
             headers: parts.headers.clone(),
             body: body.clone(),
+            at: std::time::Instant::now(),
         });
     }
     let mut break_after = None;

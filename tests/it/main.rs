@@ -3,6 +3,7 @@
 
 mod common;
 
+mod balancing;
 mod body_replay;
 mod client_auth;
 mod config_errors;

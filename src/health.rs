@@ -1,0 +1,266 @@
+//! Each backend's state, in one place: cooldowns per deployment (the backend asked for them),
+//! passive ejection (it kept failing), and the result of active probes. Read lock-free on every
+//! request; changed rarely, and logged when it changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+/// When passive health ejects a backend, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EjectionPolicy {
+    /// Consecutive failures (connection errors, timeouts, 5xx) that eject a backend. Default 3.
+    pub failures: u32,
+    /// The first ejection; each further one while it keeps failing doubles it. Default 10 s.
+    pub base: Duration,
+    /// The longest ejection. Default 5 min.
+    pub max: Duration,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        EjectionPolicy {
+            failures: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Nanoseconds since an arbitrary start: lets an `Instant` live in an atomic.
+fn nanos(at: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
+    u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Cooldown ends per deployment (`None`: requests that name no deployment), in [`nanos`].
+type Cooldowns = HashMap<Option<Arc<str>>, u64>;
+
+/// What a metrics endpoint shows of a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// (deployment, time left) for each cooldown in force.
+    pub cooling: Vec<(Option<String>, Duration)>,
+    /// Time left of an ejection in force.
+    pub ejected: Option<Duration>,
+    /// `Some(false)` while active probes fail; `None` without probes.
+    pub probe_up: Option<bool>,
+}
+
+/// One backend's state.
+pub struct BackendHealth {
+    name: String,
+    cooldowns: ArcSwap<Cooldowns>,
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: AtomicU64,
+    probed: AtomicBool,
+    probe_down: AtomicBool,
+}
+
+impl BackendHealth {
+    pub fn new(name: &str) -> Self {
+        BackendHealth {
+            name: name.to_string(),
+            cooldowns: ArcSwap::default(),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            probed: AtomicBool::new(false),
+            probe_down: AtomicBool::new(false),
+        }
+    }
+
+    /// How long `deployment` still cools on this backend.
+    pub fn cooling_left(&self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
+        let map = self.cooldowns.load();
+        if map.is_empty() {
+            return None;
+        }
+        let until = *map.get(&deployment.map(Arc::from))?;
+        let now = nanos(now);
+        (until > now).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// Takes `deployment` on this backend out of rotation for `period`.
+    pub fn cool(&self, deployment: Option<&str>, period: Duration, why: &str) {
+        let now = Instant::now();
+        let until = nanos(now + period);
+        let key: Option<Arc<str>> = deployment.map(Arc::from);
+        self.cooldowns.rcu(|map| {
+            let now = nanos(now);
+            let mut next: Cooldowns = map
+                .iter()
+                .filter(|(_, &t)| t > now)
+                .map(|(k, t)| (k.clone(), *t))
+                .collect();
+            let slot = next.entry(key.clone()).or_insert(0);
+            *slot = (*slot).max(until);
+            next
+        });
+        log::warn!(
+            "backend {} cooling {}for {:.1}s ({why})",
+            self.name,
+            deployment
+                .map(|d| format!("for deployment {d} "))
+                .unwrap_or_default(),
+            period.as_secs_f64()
+        );
+    }
+
+    /// Whether passive health has this backend out of rotation now.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.load(Ordering::Acquire) > nanos(now)
+    }
+
+    /// Whether active probes currently find it down.
+    pub fn is_probe_down(&self) -> bool {
+        self.probe_down.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection failure, timeout or 5xx; ejects after `policy.failures` in a row,
+    /// and again at once (for twice as long) if it fails right after an ejection.
+    pub fn record_failure(&self, policy: &EjectionPolicy) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let ejections = self.ejections.load(Ordering::Acquire);
+        let now = Instant::now();
+        if self.is_ejected(now) || (failures < policy.failures && ejections == 0) {
+            return;
+        }
+        let period = policy
+            .base
+            .saturating_mul(1 << ejections.min(16))
+            .min(policy.max);
+        self.ejected_until
+            .store(nanos(now + period), Ordering::Release);
+        self.ejections.fetch_add(1, Ordering::AcqRel);
+        self.failures.store(0, Ordering::Release);
+        log::warn!(
+            "backend {} ejected for {}s after {failures} failure(s) in a row",
+            self.name,
+            period.as_secs()
+        );
+    }
+
+    /// Counts an answer below 500: the backend is alive, and back in rotation if it was out.
+    pub fn record_success(&self) {
+        self.failures.store(0, Ordering::Release);
+        if self.ejections.swap(0, Ordering::AcqRel) > 0 {
+            self.ejected_until.store(0, Ordering::Release);
+            log::info!("backend {} answered again: back in rotation", self.name);
+        }
+    }
+
+    /// Records an active probe's verdict.
+    pub fn set_probe(&self, up: bool) {
+        self.probed.store(true, Ordering::Release);
+        let was_down = self.probe_down.swap(!up, Ordering::AcqRel);
+        match (was_down, up) {
+            (false, false) => log::warn!(
+                "backend {} failed its health checks: out of rotation",
+                self.name
+            ),
+            (true, true) => log::info!(
+                "backend {} passed its health check: back in rotation",
+                self.name
+            ),
+            _ => {}
+        }
+    }
+
+    /// The state for metrics.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let n = nanos(now);
+        let mut cooling: Vec<_> = self
+            .cooldowns
+            .load()
+            .iter()
+            .filter(|(_, &t)| t > n)
+            .map(|(d, &t)| {
+                (
+                    d.as_deref().map(str::to_string),
+                    Duration::from_nanos(t - n),
+                )
+            })
+            .collect();
+        cooling.sort_by(|a, b| a.0.cmp(&b.0));
+        let until = self.ejected_until.load(Ordering::Acquire);
+        Snapshot {
+            cooling,
+            ejected: (until > n).then(|| Duration::from_nanos(until - n)),
+            probe_up: self
+                .probed
+                .load(Ordering::Acquire)
+                .then(|| !self.is_probe_down()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cooldowns_are_per_deployment() {
+        let h = BackendHealth::new("b");
+        let now = Instant::now();
+        assert_eq!(h.cooling_left(Some("gpt-4o"), now), None);
+        h.cool(Some("gpt-4o"), Duration::from_secs(5), "test");
+        let left = h.cooling_left(Some("gpt-4o"), Instant::now()).unwrap();
+        assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
+        assert_eq!(h.cooling_left(Some("gpt-35"), now), None);
+        assert_eq!(h.cooling_left(None, now), None);
+        assert_eq!(
+            h.cooling_left(Some("gpt-4o"), now + Duration::from_secs(6)),
+            None
+        );
+        // A shorter cooldown never cuts a longer one short.
+        h.cool(Some("gpt-4o"), Duration::from_secs(1), "test");
+        assert!(h.cooling_left(Some("gpt-4o"), Instant::now()).unwrap() > Duration::from_secs(4));
+    }
+
+    #[test]
+    fn ejection_grows_while_failing_and_one_success_restores() {
+        let policy = EjectionPolicy {
+            failures: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(25),
+        };
+        let h = BackendHealth::new("b");
+        h.record_failure(&policy);
+        h.record_failure(&policy);
+        assert!(!h.is_ejected(Instant::now()));
+        h.record_failure(&policy);
+        let first = h.snapshot(Instant::now()).ejected.unwrap();
+        assert!(first > Duration::from_secs(9) && first <= Duration::from_secs(10));
+        // Back after the ejection, it fails at once: ejected again, for twice as long.
+        h.ejected_until.store(0, Ordering::Release);
+        h.record_failure(&policy);
+        let second = h.snapshot(Instant::now()).ejected.unwrap();
+        assert!(second > Duration::from_secs(19), "{second:?}");
+        h.ejected_until.store(0, Ordering::Release);
+        h.record_failure(&policy);
+        assert!(
+            h.snapshot(Instant::now()).ejected.unwrap() <= Duration::from_secs(25),
+            "capped"
+        );
+        h.record_success();
+        assert!(!h.is_ejected(Instant::now()));
+        h.record_failure(&policy);
+        assert!(!h.is_ejected(Instant::now()), "a success resets the count");
+    }
+
+    #[test]
+    fn probes_flip_state() {
+        let h = BackendHealth::new("b");
+        assert_eq!(h.snapshot(Instant::now()).probe_up, None);
+        h.set_probe(false);
+        assert!(h.is_probe_down());
+        h.set_probe(true);
+        assert_eq!(h.snapshot(Instant::now()).probe_up, Some(true));
+    }
+}

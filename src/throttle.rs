@@ -1,0 +1,164 @@
+//! How long a throttled backend asked to be left alone, read from its own response headers.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+
+/// The cooldown a 429 or 503 asks for: `retry-after-ms`, else `retry-after` (seconds or an HTTP
+/// date), else the longest of `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens`.
+/// `None` when none of them is usable (missing, `-1`, zero, garbage).
+pub fn requested_cooldown(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if ms.is_finite() && ms > 0.0 {
+            return Duration::try_from_secs_f64(ms / 1000.0).ok();
+        }
+    }
+    if let Some(v) = text("retry-after") {
+        if let Ok(secs) = v.parse::<f64>() {
+            if secs.is_finite() && secs > 0.0 {
+                return Duration::try_from_secs_f64(secs).ok();
+            }
+        } else if let Ok(date) = httpdate::parse_http_date(v) {
+            if let Ok(left) = date.duration_since(now) {
+                if !left.is_zero() {
+                    return Some(left);
+                }
+            }
+        }
+    }
+    ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .into_iter()
+        .filter_map(|h| text(h).and_then(parse_reset))
+        .max()
+}
+
+/// `x-ratelimit-reset-*`: a bare number of seconds, or a Go-style duration (`1s`, `6m0s`, `250ms`).
+fn parse_reset(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs > 0.0)
+            .then(|| Duration::try_from_secs_f64(secs).ok())
+            .flatten();
+    }
+    let mut total = 0f64;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (num, after) = rest.split_at(split);
+        let n: f64 = num.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, tail) = after.split_at(unit_len);
+        total += n * match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            _ => return None,
+        };
+        rest = tail;
+    }
+    (total > 0.0)
+        .then(|| Duration::try_from_secs_f64(total).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn cooldown(pairs: &[(&'static str, &str)]) -> Option<Duration> {
+        requested_cooldown(
+            &headers(pairs),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        )
+    }
+
+    #[test]
+    fn retry_after_ms_comes_first() {
+        assert_eq!(
+            cooldown(&[("retry-after-ms", "1500"), ("retry-after", "9")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            cooldown(&[("retry-after-ms", "12.5")]),
+            Some(Duration::from_micros(12_500))
+        );
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(
+            cooldown(&[("retry-after", "7")]),
+            Some(Duration::from_secs(7))
+        );
+        // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+        assert_eq!(
+            cooldown(&[("retry-after", "Tue, 14 Nov 2023 22:13:50 GMT")]),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            cooldown(&[("retry-after", "Tue, 14 Nov 2023 22:00:00 GMT")]),
+            None,
+            "a date in the past"
+        );
+    }
+
+    #[test]
+    fn ratelimit_resets_when_nothing_else() {
+        assert_eq!(
+            cooldown(&[
+                ("x-ratelimit-reset-requests", "1s"),
+                ("x-ratelimit-reset-tokens", "6m0s")
+            ]),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            cooldown(&[("x-ratelimit-reset-tokens", "250ms")]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            cooldown(&[("x-ratelimit-reset-requests", "2")]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            cooldown(&[("x-ratelimit-reset-requests", "1m30s")]),
+            Some(Duration::from_secs(90))
+        );
+    }
+
+    #[test]
+    fn unusable_values_are_ignored() {
+        for bad in ["-1", "0", "soon", "", "NaN", "inf", "1x"] {
+            assert_eq!(
+                cooldown(&[
+                    ("retry-after-ms", bad),
+                    ("retry-after", bad),
+                    ("x-ratelimit-reset-requests", bad)
+                ]),
+                None,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            cooldown(&[("retry-after-ms", "-1"), ("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(cooldown(&[]), None);
+    }
+}
