@@ -4,14 +4,20 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::sim::{Backend, BackendOptions, IdentityEndpoint};
+use crate::sim::{Backend, BackendOptions, Fault, IdentityEndpoint};
 
 /// Options of `aoai-proxy simulate`.
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
     /// Where a simulated Azure OpenAI backend listens; repeat for several.
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:9001")]
+    #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
+    /// A backend here answers every request 429 (with `retry-after-ms`); repeat for several.
+    #[arg(long = "throttled", value_name = "ADDR")]
+    pub throttled: Vec<SocketAddr>,
+    /// The `retry-after-ms` of the throttled backends.
+    #[arg(long, default_value_t = 1000)]
+    pub retry_after_ms: u64,
     /// Also run a simulated App Service managed identity endpoint here.
     #[arg(long, value_name = "ADDR")]
     pub identity: Option<SocketAddr>,
@@ -56,6 +62,12 @@ fn answer(bytes: usize) -> String {
 
 /// Runs the simulators until Ctrl+C.
 pub fn run(args: SimulateArgs) -> Result<(), String> {
+    if args.listen.is_empty() && args.throttled.is_empty() && args.identity.is_none() {
+        return Err(
+            "nothing to simulate: give --listen ADDR (and/or --throttled ADDR, --identity ADDR)"
+                .into(),
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -74,6 +86,28 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?;
             println!("simulated Azure OpenAI backend sim-{i} at {}", b.url());
+            keep.push(b);
+        }
+        for addr in &args.throttled {
+            let options = BackendOptions {
+                name: format!("throttled-{}", addr.port()),
+                ..Default::default()
+            };
+            let b = Backend::start_on(*addr, options)
+                .await
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let secs = args.retry_after_ms.div_ceil(1000);
+            b.set_fault(Some(Fault::Status {
+                status: 429,
+                headers: vec![
+                    ("retry-after-ms".into(), args.retry_after_ms.to_string()),
+                    ("retry-after".into(), secs.to_string()),
+                ],
+            }));
+            println!(
+                "simulated Azure OpenAI backend answering 429 at {}",
+                b.url()
+            );
             keep.push(b);
         }
         let _identity = match args.identity {

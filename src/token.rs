@@ -264,7 +264,9 @@ impl TokenCache {
         self.token().filter(|t| t.generation > generation)
     }
 
-    fn store(&self, secret: &str, expires_at: u64) -> Result<(), String> {
+    /// Puts a token (valid until `expires_at`, Unix seconds) in the cache. The refresher's job;
+    /// public for benchmarks.
+    pub fn store(&self, secret: &str, expires_at: u64) -> Result<(), String> {
         let mut header = HeaderValue::try_from(format!("Bearer {secret}"))
             .map_err(|_| "the token has characters a header cannot carry".to_string())?;
         header.set_sensitive(true);

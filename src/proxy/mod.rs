@@ -379,10 +379,16 @@ impl AoaiProxy {
                 }
             };
             match chunk {
-                Ok(Ok(Some(bytes))) => session
-                    .write_response_body(Some(bytes), false)
-                    .await
-                    .map_err(|e| e.into_down())?,
+                Ok(Ok(Some(bytes))) => {
+                    let (bytes, done) = coalesce(&mut up, bytes)?;
+                    session
+                        .write_response_body(Some(bytes), false)
+                        .await
+                        .map_err(|e| e.into_down())?;
+                    if done {
+                        break;
+                    }
+                }
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) => return Err(e.into_up()),
                 Err(_) => {
@@ -402,6 +408,31 @@ impl AoaiProxy {
         }
         Ok(())
     }
+}
+
+/// Joins to `first` the body chunks the backend has already delivered, so a burst of events
+/// goes to the client in one write rather than one each. Never waits: a read that would block
+/// ends the batch (the read is cancel-safe: Pingora's own proxy loop drops it in a `select!`).
+/// Returns the batch and whether the body is complete.
+fn coalesce(up: &mut HttpSession, first: Bytes) -> Result<(Bytes, bool)> {
+    use futures_util::FutureExt;
+    const MAX_BATCH: usize = 64 * 1024;
+    let mut batch: Option<BytesMut> = None;
+    let mut done = false;
+    while batch.as_ref().map_or(first.len(), |b| b.len()) < MAX_BATCH {
+        match up.read_response_body().now_or_never() {
+            Some(Ok(Some(more))) => batch
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&more),
+            Some(Ok(None)) => {
+                done = true;
+                break;
+            }
+            Some(Err(e)) => return Err(e.into_up()),
+            None => break,
+        }
+    }
+    Ok((batch.map_or(first, BytesMut::freeze), done))
 }
 
 fn give_up_message(f: Failure, backend: &str, tries: u32) -> String {

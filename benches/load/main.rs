@@ -1,0 +1,378 @@
+//! The load benchmark: the simulator directly (the limit), aoai-proxy and nginx doing the same
+//! job, side by side on 127.0.0.1, one worker each.
+//!
+//! Run it with `scripts/bench` (installs nginx when Debian has it), or `cargo bench --bench load`.
+//! It writes `benches/results/latest.md`, `.json` and `.svg` and prints the table. A full run
+//! takes about three minutes; every load loop is bounded in time.
+
+mod client;
+mod report;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use report::{Machine, Run, Streams};
+
+/// How long each measurement lasts (after a warm-up of [`WARMUP`]).
+const SECONDS: f64 = 3.0;
+const WARMUP: Duration = Duration::from_millis(500);
+const CONNECTIONS: [usize; 3] = [1, 32, 256];
+const OPEN_STREAMS: usize = 1000;
+const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
+const BODY: &str = r#"{"messages":[{"role":"user","content":"Hello"}]}"#;
+const STREAM_BODY: &str = r#"{"stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until `port` accepts connections (at most 20 s).
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr(port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(cmd: &mut Command, dir: &Path, name: &str) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc(child)
+}
+
+/// CPU seconds used so far by process `pid` (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+/// A `/proc/PID/status` size in MB (VmRSS now, VmHWM the peak).
+fn memory_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Something to send load to.
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    port: u16,
+    /// The process whose CPU and memory count (none for the simulator itself).
+    pid: Option<u32>,
+}
+
+/// Runs `conns` connections against `target` for [`SECONDS`].
+async fn measure(target: &Target, scenario: &str, conns: usize, streaming: bool) -> Run {
+    let req = client::request(CHAT, if streaming { STREAM_BODY } else { BODY });
+    let cpu_before = target.pid.map(cpu_seconds);
+    let record_from = Instant::now() + WARMUP;
+    let until = record_from + Duration::from_secs_f64(SECONDS);
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let req = req.clone();
+            let a = addr(target.port);
+            tokio::spawn(async move { client::hammer(a, &req, record_from, until).await })
+        })
+        .collect();
+    let mut samples = client::Samples::default();
+    for t in tasks {
+        samples.merge(t.await.expect("load task"));
+    }
+    let cpu = target
+        .pid
+        .zip(cpu_before)
+        .map(|(pid, before)| cpu_seconds(pid) - before);
+    Run::from_samples(
+        target.name,
+        scenario,
+        conns,
+        streaming,
+        SECONDS,
+        samples,
+        cpu,
+        target.pid.map(|p| memory_mb(p, "VmRSS:")),
+    )
+}
+
+/// Opens [`OPEN_STREAMS`] slow streams at once through `target` and reads its memory while
+/// they are all open.
+async fn open_streams(target: &Target) -> Streams {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = client::request(CHAT, STREAM_BODY);
+    let tasks: Vec<_> = (0..OPEN_STREAMS)
+        .map(|_| {
+            let req = req.clone();
+            let a = addr(target.port);
+            tokio::spawn(async move {
+                let opened = async {
+                    let mut s = tokio::net::TcpStream::connect(a).await.ok()?;
+                    s.write_all(&req).await.ok()?;
+                    let mut buf = [0u8; 4096];
+                    let n = s.read(&mut buf).await.ok()?;
+                    (n > 0 && buf[..n].starts_with(b"HTTP/1.1 200")).then_some(s)
+                };
+                tokio::time::timeout(Duration::from_secs(20), opened)
+                    .await
+                    .ok()
+                    .flatten()
+            })
+        })
+        .collect();
+    // Hold every stream that opened while the proxy's memory is read.
+    let mut held = Vec::new();
+    for t in tasks {
+        if let Ok(Some(stream)) = t.await {
+            held.push(stream);
+        }
+    }
+    let rss = memory_mb(target.pid.expect("a proxy"), "VmRSS:");
+    let open = held.len();
+    drop(held);
+    Streams {
+        target: target.name.to_string(),
+        open,
+        rss_mb: rss,
+    }
+}
+
+fn aoai_config(dir: &Path, name: &str, port: u16, backends: &[u16]) -> PathBuf {
+    let mut yaml = format!(
+        "listen: [\"127.0.0.1:{port}\"]\nauth: {{kind: none}}\nserver: {{threads: 1}}\nbackends:\n"
+    );
+    for p in backends {
+        yaml.push_str(&format!(
+            "  - {{url: \"http://127.0.0.1:{p}\", api_key: bench-backend-key}}\n"
+        ));
+    }
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).expect("config");
+    file
+}
+
+/// nginx doing the same job: round robin, the next upstream on errors, timeouts, 429 and 5xx
+/// (up to 3 tries, POST included), the same header rewrite, no buffering of streams.
+fn nginx_config(dir: &Path, servers: &[(u16, &[u16])]) -> PathBuf {
+    let d = dir.display();
+    let mut conf = format!(
+        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
+    );
+    for (i, (listen, upstreams)) in servers.iter().enumerate() {
+        conf.push_str(&format!("  upstream u{i} {{\n"));
+        for p in *upstreams {
+            conf.push_str(&format!("    server 127.0.0.1:{p};\n"));
+        }
+        conf.push_str("    keepalive 256;\n  }\n");
+        conf.push_str(&format!(
+            "  server {{\n    listen 127.0.0.1:{listen};\n    location / {{\n      proxy_pass http://u{i};\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"\";\n      proxy_set_header api-key \"bench-backend-key\";\n      proxy_next_upstream error timeout http_429 http_500 http_502 http_503 http_504 non_idempotent;\n      proxy_next_upstream_tries 3;\n      proxy_buffering off;\n    }}\n  }}\n"
+        ));
+    }
+    conf.push_str("}\n");
+    let file = dir.join("nginx.conf");
+    std::fs::write(&file, conf).expect("nginx.conf");
+    file
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn main() {
+    // `cargo bench` passes --bench; any other argument filters nothing here.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("aoai-proxy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let bin = env!("CARGO_BIN_EXE_aoai-proxy");
+
+    let sims: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let (throttled, refused, slow) = (free_port(), free_port(), free_port());
+    let mut sim_cmd = Command::new(bin);
+    sim_cmd.args(["simulate", "--threads", "1", "--answer-bytes", "500"]);
+    for p in &sims {
+        sim_cmd.args(["--listen", &format!("127.0.0.1:{p}")]);
+    }
+    sim_cmd.args([
+        "--throttled",
+        &format!("127.0.0.1:{throttled}"),
+        "--retry-after-ms",
+        "2000",
+    ]);
+    let sim = spawn(&mut sim_cmd, &dir, "simulator");
+    let slow_sim = spawn(
+        Command::new(bin).args([
+            "simulate",
+            "--threads",
+            "1",
+            "--answer-bytes",
+            "100",
+            "--chunk-delay-ms",
+            "100",
+            "--listen",
+            &format!("127.0.0.1:{slow}"),
+        ]),
+        &dir,
+        "slow-simulator",
+    );
+    for p in sims.iter().chain([&throttled, &slow]) {
+        wait_port(*p, "the simulator");
+    }
+
+    let scenarios: [(&str, Vec<u16>); 4] = [
+        ("normal", sims.clone()),
+        ("one backend 429", vec![sims[0], sims[1], throttled]),
+        ("one backend refusing", vec![sims[0], sims[1], refused]),
+        ("1000 streams", vec![slow]),
+    ];
+    let mut proxies = Vec::new();
+    let mut aoai_ports = Vec::new();
+    for (name, backends) in &scenarios {
+        let port = free_port();
+        let file = aoai_config(&dir, &name.replace(' ', "-"), port, backends);
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&file).env("RUST_LOG", "warn");
+        proxies.push(spawn(
+            &mut cmd,
+            &dir,
+            &format!("aoai-{}", name.replace(' ', "-")),
+        ));
+        wait_port(port, "aoai-proxy");
+        aoai_ports.push(port);
+    }
+    let nginx_ports: Vec<u16> = scenarios.iter().map(|_| free_port()).collect();
+    let nginx = nginx_binary().map(|bin| {
+        let servers: Vec<(u16, &[u16])> = nginx_ports
+            .iter()
+            .zip(&scenarios)
+            .map(|(p, (_, b))| (*p, b.as_slice()))
+            .collect();
+        let conf = nginx_config(&dir, &servers);
+        let p = spawn(
+            Command::new(&bin).arg("-p").arg(&dir).arg("-c").arg(&conf),
+            &dir,
+            "nginx",
+        );
+        wait_port(nginx_ports[0], "nginx");
+        p
+    });
+    if nginx.is_none() {
+        eprintln!("nginx not found: measuring aoai-proxy against the simulator only (scripts/bench installs nginx)");
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let direct = Target {
+        name: "direct",
+        port: sims[0],
+        pid: None,
+    };
+    let at = |i: usize| {
+        let mut t = vec![Target {
+            name: "aoai-proxy",
+            port: aoai_ports[i],
+            pid: Some(proxies[i].0.id()),
+        }];
+        if let Some(n) = &nginx {
+            t.push(Target {
+                name: "nginx",
+                port: nginx_ports[i],
+                pid: Some(n.0.id()),
+            });
+        }
+        t
+    };
+    let mut runs = Vec::new();
+    rt.block_on(async {
+        for streaming in [false, true] {
+            for conns in CONNECTIONS {
+                for target in std::iter::once(direct.clone()).chain(at(0)) {
+                    let run = measure(&target, "normal", conns, streaming).await;
+                    eprintln!("{}", run.line());
+                    runs.push(run);
+                }
+            }
+        }
+        for (i, (name, _)) in scenarios.iter().enumerate().take(3).skip(1) {
+            for target in at(i) {
+                let run = measure(&target, name, 32, false).await;
+                eprintln!("{}", run.line());
+                runs.push(run);
+            }
+        }
+    });
+    let streams: Vec<Streams> = rt.block_on(async {
+        let mut v = Vec::new();
+        for target in at(3) {
+            let s = open_streams(&target).await;
+            eprintln!(
+                "{}: {} streams open, RSS {:.1} MB",
+                s.target, s.open, s.rss_mb
+            );
+            v.push(s);
+        }
+        v
+    });
+    let peaks: Vec<(String, f64)> = at(0)
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_string(),
+                t.pid.map_or(0.0, |p| memory_mb(p, "VmHWM:")),
+            )
+        })
+        .collect();
+
+    let machine = Machine::read(nginx_binary().as_deref());
+    let report = report::Report::new(machine, runs, streams, peaks);
+    let out = root.join("benches/results");
+    std::fs::create_dir_all(&out).expect("results dir");
+    std::fs::write(out.join("latest.json"), report.json()).expect("json");
+    std::fs::write(out.join("latest.md"), report.markdown()).expect("markdown");
+    std::fs::write(out.join("latest.svg"), report.svg()).expect("svg");
+    println!("{}", report.markdown());
+    println!("written: {}/latest.{{md,json,svg}}", out.display());
+    drop((sim, slow_sim, proxies, nginx));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,142 @@
+//! Micro-benchmarks of the pure code on the request path: backend selection (with cooling and
+//! ejected backends), the token read and header rewrite, the retry decision, Retry-After
+//! parsing, and finding the deployment a request names.
+//!
+//! Run: `cargo bench --bench micro`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use aoai_proxy::config::Config;
+use aoai_proxy::deployment;
+use aoai_proxy::health::EjectionPolicy;
+use aoai_proxy::pool::Pool;
+use aoai_proxy::proxy::headers::{self, Credential};
+use aoai_proxy::retry::{self, Failure, Outcome};
+use aoai_proxy::throttle;
+use aoai_proxy::token::TokenCache;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use pingora::http::RequestHeader;
+
+fn pool() -> Pool {
+    let yaml = "listen: [\"127.0.0.1:1\"]\nauth: {kind: none}\nbackends:\n  - {url: \"http://127.0.0.1:1001\", weight: 2}\n  - {url: \"http://127.0.0.1:1002\"}\n  - {url: \"http://127.0.0.1:1003\"}\n  - {url: \"http://127.0.0.1:1004\", priority: 1}\n";
+    Pool::new(&Config::from_yaml(yaml).expect("config")).expect("pool")
+}
+
+fn selection(c: &mut Criterion) {
+    let p = pool();
+    let usable = |p: &Pool, i: usize| {
+        let h = &p.get(i).health;
+        let now = Instant::now();
+        h.cooling_left(Some("gpt-4o"), now).is_none() && !h.is_ejected(now)
+    };
+    c.bench_function("select: first try, all healthy", |b| {
+        b.iter(|| black_box(p.plan().next(|i| usable(&p, i))))
+    });
+    p.get(0)
+        .health
+        .cool(Some("gpt-4o"), Duration::from_secs(3600), "bench");
+    let policy = EjectionPolicy {
+        failures: 1,
+        ..Default::default()
+    };
+    p.get(1).health.record_failure(&policy);
+    c.bench_function("select: first try, one cooling, one ejected", |b| {
+        b.iter(|| black_box(p.plan().next(|i| usable(&p, i))))
+    });
+    c.bench_function("select: three tries", |b| {
+        b.iter(|| {
+            let mut plan = p.plan();
+            for _ in 0..3 {
+                black_box(plan.next(|i| usable(&p, i)));
+            }
+        })
+    });
+}
+
+fn token_and_headers(c: &mut Criterion) {
+    let cache = TokenCache::default();
+    let far = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    cache.store(&"e".repeat(1500), far).expect("token");
+    c.bench_function("token: read the cached header", |b| {
+        b.iter(|| black_box(cache.token()))
+    });
+    let mut client = RequestHeader::build(
+        "POST",
+        b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        None,
+    )
+    .expect("request");
+    for (k, v) in [
+        ("host", "proxy"),
+        ("api-key", "client-key"),
+        ("content-type", "application/json"),
+        ("user-agent", "AzureOpenAI/Python 1.0"),
+        ("x-stainless-lang", "python"),
+        ("content-length", "64"),
+    ] {
+        client.insert_header(k, v).expect("header");
+    }
+    let host = http::HeaderValue::from_static("aoai-eastus.openai.azure.com");
+    let body = Bytes::from_static(br#"{"messages":[{"role":"user","content":"Hello"}]}"#);
+    let token = cache.token().expect("token");
+    c.bench_function("headers: build the upstream request", |b| {
+        b.iter(|| {
+            black_box(headers::upstream_request(
+                &client,
+                &host,
+                Credential::Bearer(&token.header),
+                &body,
+            ))
+        })
+    });
+}
+
+fn decisions(c: &mut Criterion) {
+    c.bench_function("retry: decide", |b| {
+        b.iter(|| {
+            black_box(retry::decide(black_box(Outcome::Status(429)), 1, 3));
+            black_box(retry::decide(
+                black_box(Outcome::Failed(Failure::Connect)),
+                3,
+                3,
+            ));
+        })
+    });
+    let mut h = http::HeaderMap::new();
+    h.insert("retry-after-ms", "1500".parse().expect("value"));
+    let now = SystemTime::now();
+    c.bench_function("retry-after: retry-after-ms", |b| {
+        b.iter(|| black_box(throttle::requested_cooldown(&h, now)))
+    });
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "retry-after",
+        "Tue, 14 Nov 2023 22:13:50 GMT".parse().expect("value"),
+    );
+    h.insert("x-ratelimit-reset-tokens", "6m0s".parse().expect("value"));
+    c.bench_function("retry-after: http date", |b| {
+        b.iter(|| black_box(throttle::requested_cooldown(&h, now)))
+    });
+    let body =
+        br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"stream":true}"#;
+    c.bench_function("deployment: from the path", |b| {
+        b.iter(|| {
+            black_box(deployment::requested(
+                "/openai/deployments/gpt-4o/chat/completions",
+                b"",
+            ))
+        })
+    });
+    c.bench_function("deployment: from a /openai/v1 body", |b| {
+        b.iter(|| black_box(deployment::requested("/openai/v1/chat/completions", body)))
+    });
+}
+
+criterion_group!(benches, selection, token_and_headers, decisions);
+criterion_main!(benches);
