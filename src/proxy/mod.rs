@@ -7,17 +7,17 @@
 //! (pingora-core `BODY_BUF_LIMIT`; pingora-proxy `proxy_h1.rs` `proxy_handle_downstream`), and it
 //! has no retry on a response status (https://github.com/cloudflare/pingora/issues/873).
 
+mod admission;
 mod forward;
 pub mod headers;
+mod relay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -63,72 +63,6 @@ pub struct RequestCtx {
 }
 
 impl AoaiProxy {
-    /// Checks the header size and the client key; `Err` is the answer to send.
-    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
-        let req = session.req_header();
-        let size = headers::header_bytes(req);
-        if size > self.limits.max_header_bytes {
-            return Err(ProxyError::HeadersTooLarge {
-                limit: self.limits.max_header_bytes,
-            });
-        }
-        if let Some(clients) = &self.clients {
-            let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
-            let client = clients
-                .iter()
-                .find(|c| headers::constant_time_eq(c.key.expose().as_bytes(), key))
-                .ok_or(ProxyError::Unauthorized)?;
-            ctx.client = Some(client.name.clone());
-        }
-        Ok(())
-    }
-
-    /// Reads the whole request body (it is re-sent on every try), up to the limit.
-    async fn read_body(&self, session: &mut Session) -> Result<Result<Bytes, ProxyError>> {
-        let limit = self.limits.max_body_bytes;
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Ok(Err(ProxyError::BodyTooLarge { limit }));
-        }
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue && !session.is_body_done() {
-            let cont = ResponseHeader::build(100, Some(0))?;
-            session.write_response_header(Box::new(cont), false).await?;
-        }
-        let mut first: Option<Bytes> = None;
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| e.into_down())?
-        {
-            let total = first.as_ref().map_or(0, |f| f.len()) + buf.len() + chunk.len();
-            if total as u64 > limit {
-                return Ok(Err(ProxyError::BodyTooLarge { limit }));
-            }
-            match first.take() {
-                None if buf.is_empty() => first = Some(chunk),
-                taken => {
-                    if let Some(f) = taken {
-                        // Grow with what arrives; trust the declared length only up to 1 MiB.
-                        buf.reserve(declared.unwrap_or(0).min(1 << 20) as usize);
-                        buf.extend_from_slice(&f);
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-            }
-        }
-        Ok(Ok(first.unwrap_or_else(|| buf.freeze())))
-    }
-
     /// The credential for backend `index`, or `None` when it needs a token and none is held.
     fn credential<'a>(
         &'a self,
@@ -352,87 +286,6 @@ impl AoaiProxy {
             }
         }
     }
-
-    /// Streams the chosen response to the client, chunk by chunk as the backend sends it.
-    async fn relay(
-        &self,
-        session: &mut Session,
-        mut up: Box<HttpSession>,
-        peer: Option<Arc<HttpPeer>>,
-    ) -> Result<()> {
-        let head = up
-            .response_header()
-            .map(headers::client_response)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "response header missing"))?;
-        session
-            .write_response_header(Box::new(head), false)
-            .await
-            .map_err(|e| e.into_down())?;
-        let idle = self.timeouts.body_idle;
-        loop {
-            let chunk = tokio::select! {
-                biased;
-                chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
-                // Between chunks, notice a client that left so the backend stops generating.
-                _ = session.downstream_session.read_body_or_idle(true) => {
-                    return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
-                }
-            };
-            match chunk {
-                Ok(Ok(Some(bytes))) => {
-                    let (bytes, done) = coalesce(&mut up, bytes)?;
-                    session
-                        .write_response_body(Some(bytes), false)
-                        .await
-                        .map_err(|e| e.into_down())?;
-                    if done {
-                        break;
-                    }
-                }
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => return Err(e.into_up()),
-                Err(_) => {
-                    let why = format!("backend silent for {idle:?} mid-response");
-                    return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
-                }
-            }
-        }
-        session
-            .write_response_body(None, true)
-            .await
-            .map_err(|e| e.into_down())?;
-        if let Some(peer) = peer {
-            self.connector
-                .release_http_session(*up, &*peer, Some(self.timeouts.pool_idle))
-                .await;
-        }
-        Ok(())
-    }
-}
-
-/// Joins to `first` the body chunks the backend has already delivered, so a burst of events
-/// goes to the client in one write rather than one each. Never waits: a read that would block
-/// ends the batch (the read is cancel-safe: Pingora's own proxy loop drops it in a `select!`).
-/// Returns the batch and whether the body is complete.
-fn coalesce(up: &mut HttpSession, first: Bytes) -> Result<(Bytes, bool)> {
-    use futures_util::FutureExt;
-    const MAX_BATCH: usize = 64 * 1024;
-    let mut batch: Option<BytesMut> = None;
-    let mut done = false;
-    while batch.as_ref().map_or(first.len(), |b| b.len()) < MAX_BATCH {
-        match up.read_response_body().now_or_never() {
-            Some(Ok(Some(more))) => batch
-                .get_or_insert_with(|| BytesMut::from(&first[..]))
-                .extend_from_slice(&more),
-            Some(Ok(None)) => {
-                done = true;
-                break;
-            }
-            Some(Err(e)) => return Err(e.into_up()),
-            None => break,
-        }
-    }
-    Ok((batch.map_or(first, BytesMut::freeze), done))
 }
 
 fn give_up_message(f: Failure, backend: &str, tries: u32) -> String {

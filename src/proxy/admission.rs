@@ -1,0 +1,81 @@
+//! Admission: what a request must pass before any backend is tried (header size, client key),
+//! and reading its body once, whole, so every try can send it again.
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::{headers, AoaiProxy, RequestCtx};
+use crate::errors::ProxyError;
+
+impl AoaiProxy {
+    /// Checks the header size and the client key; `Err` is the answer to send.
+    pub(super) fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+        let req = session.req_header();
+        let size = headers::header_bytes(req);
+        if size > self.limits.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge {
+                limit: self.limits.max_header_bytes,
+            });
+        }
+        if let Some(clients) = &self.clients {
+            let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
+            let client = clients
+                .iter()
+                .find(|c| headers::constant_time_eq(c.key.expose().as_bytes(), key))
+                .ok_or(ProxyError::Unauthorized)?;
+            ctx.client = Some(client.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Reads the whole request body (it is re-sent on every try), up to the limit.
+    pub(super) async fn read_body(
+        &self,
+        session: &mut Session,
+    ) -> Result<Result<Bytes, ProxyError>> {
+        let limit = self.limits.max_body_bytes;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(Err(ProxyError::BodyTooLarge { limit }));
+        }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !session.is_body_done() {
+            let cont = ResponseHeader::build(100, Some(0))?;
+            session.write_response_header(Box::new(cont), false).await?;
+        }
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
+            let total = first.as_ref().map_or(0, |f| f.len()) + buf.len() + chunk.len();
+            if total as u64 > limit {
+                return Ok(Err(ProxyError::BodyTooLarge { limit }));
+            }
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                taken => {
+                    if let Some(f) = taken {
+                        // Grow with what arrives; trust the declared length only up to 1 MiB.
+                        buf.reserve(declared.unwrap_or(0).min(1 << 20) as usize);
+                        buf.extend_from_slice(&f);
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(Ok(first.unwrap_or_else(|| buf.freeze())))
+    }
+}

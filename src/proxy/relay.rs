@@ -1,0 +1,95 @@
+//! Relaying the chosen response: the header, then the body chunk by chunk as the backend sends
+//! it, bursts joined into one write, never waiting for more than has arrived.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use super::{headers, AoaiProxy};
+
+impl AoaiProxy {
+    /// Streams the chosen response to the client, chunk by chunk as the backend sends it.
+    pub(super) async fn relay(
+        &self,
+        session: &mut Session,
+        mut up: Box<HttpSession>,
+        peer: Option<Arc<HttpPeer>>,
+    ) -> Result<()> {
+        let head = up
+            .response_header()
+            .map(headers::client_response)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "response header missing"))?;
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(|e| e.into_down())?;
+        let idle = self.timeouts.body_idle;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
+                // Between chunks, notice a client that left so the backend stops generating.
+                _ = session.downstream_session.read_body_or_idle(true) => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
+                }
+            };
+            match chunk {
+                Ok(Ok(Some(bytes))) => {
+                    let (bytes, done) = coalesce(&mut up, bytes)?;
+                    session
+                        .write_response_body(Some(bytes), false)
+                        .await
+                        .map_err(|e| e.into_down())?;
+                    if done {
+                        break;
+                    }
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(e.into_up()),
+                Err(_) => {
+                    let why = format!("backend silent for {idle:?} mid-response");
+                    return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
+                }
+            }
+        }
+        session
+            .write_response_body(None, true)
+            .await
+            .map_err(|e| e.into_down())?;
+        if let Some(peer) = peer {
+            self.connector
+                .release_http_session(*up, &*peer, Some(self.timeouts.pool_idle))
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// Joins to `first` the body chunks the backend has already delivered, so a burst of events
+/// goes to the client in one write rather than one each. Never waits: a read that would block
+/// ends the batch (the read is cancel-safe: Pingora's own proxy loop drops it in a `select!`).
+/// Returns the batch and whether the body is complete.
+fn coalesce(up: &mut HttpSession, first: Bytes) -> Result<(Bytes, bool)> {
+    use futures_util::FutureExt;
+    const MAX_BATCH: usize = 64 * 1024;
+    let mut batch: Option<BytesMut> = None;
+    let mut done = false;
+    while batch.as_ref().map_or(first.len(), |b| b.len()) < MAX_BATCH {
+        match up.read_response_body().now_or_never() {
+            Some(Ok(Some(more))) => batch
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&more),
+            Some(Ok(None)) => {
+                done = true;
+                break;
+            }
+            Some(Err(e)) => return Err(e.into_up()),
+            None => break,
+        }
+    }
+    Ok((batch.map_or(first, BytesMut::freeze), done))
+}
