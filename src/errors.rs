@@ -97,13 +97,18 @@ impl ProxyError {
             ProxyError::NoToken => resp.insert_header("retry-after", "1")?,
             ProxyError::AllCooling { left, .. } => {
                 resp.insert_header("retry-after", retry_after_secs(*left).to_string())?;
-                resp.insert_header("retry-after-ms", left.as_millis().max(1).to_string())?;
+                resp.insert_header("retry-after-ms", retry_after_ms(*left).to_string())?;
             }
             _ => {}
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }
+}
+
+/// Milliseconds for `retry-after-ms`, rounded up so a client never comes back too early.
+fn retry_after_ms(left: std::time::Duration) -> u128 {
+    left.as_nanos().div_ceil(1_000_000).max(1)
 }
 
 /// Whole seconds for `retry-after`, rounded up so a client never comes back too early.
@@ -114,6 +119,16 @@ fn retry_after_secs(left: std::time::Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_round_up() {
+        use std::time::Duration;
+        assert_eq!(retry_after_ms(Duration::from_micros(1_500_300)), 1501);
+        assert_eq!(retry_after_ms(Duration::from_millis(2000)), 2000);
+        assert_eq!(retry_after_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+    }
 
     #[test]
     fn bodies_have_azures_error_shape() {

@@ -89,7 +89,7 @@ impl BackendHealth {
     /// Takes `deployment` on this backend out of rotation for `period`.
     pub fn cool(&self, deployment: Option<&str>, period: Duration, why: &str) {
         let now = Instant::now();
-        let until = nanos(now + period);
+        let until = nanos(now.checked_add(period).unwrap_or(now));
         let key: Option<Arc<str>> = deployment.map(Arc::from);
         self.cooldowns.rcu(|map| {
             let now = nanos(now);
@@ -135,8 +135,10 @@ impl BackendHealth {
             .base
             .saturating_mul(1 << ejections.min(16))
             .min(policy.max);
-        self.ejected_until
-            .store(nanos(now + period), Ordering::Release);
+        self.ejected_until.store(
+            nanos(now.checked_add(period).unwrap_or(now)),
+            Ordering::Release,
+        );
         self.ejections.fetch_add(1, Ordering::AcqRel);
         self.failures.store(0, Ordering::Release);
         log::warn!(

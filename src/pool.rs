@@ -146,6 +146,11 @@ impl Backend {
         }
     }
 
+    /// The extra trusted CAs (with the system roots) for this backend's TLS, if configured.
+    pub fn trusted_cas(&self) -> Option<Arc<Box<[X509]>>> {
+        self.peer_options.ca.clone()
+    }
+
     /// The peer to connect to, or `None` while the host name has not resolved.
     pub fn peer(&self) -> Option<Arc<HttpPeer>> {
         self.peer.load_full()

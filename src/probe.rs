@@ -33,7 +33,7 @@ impl Check {
     fn for_backend(b: &Backend, kind: &HealthCheckKind) -> Check {
         let tls = b.config.url.scheme == Scheme::Https;
         let host = b.config.url.host.clone();
-        let ca = b.peer().and_then(|p| p.options.ca.clone());
+        let ca = b.trusted_cas();
         match kind {
             HealthCheckKind::Tcp => {
                 let mut check = if tls {

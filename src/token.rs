@@ -215,6 +215,24 @@ pub struct TokenCache {
     refresh_now: Notify,
     /// The generation of the newest token.
     newest: watch::Sender<u64>,
+    /// When a 401 last forced a fetch ([`nanos_since_start`]; 0: never).
+    last_forced: AtomicU64,
+    /// The generation whose refusal forced that fetch.
+    forced_for: AtomicU64,
+}
+
+/// The least time between two fetches forced by 401s.
+pub const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(10);
+
+/// The longest a single token fetch may take (the Azure CLI credential has no timeout of its own).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn nanos_since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl Default for TokenCache {
@@ -224,6 +242,8 @@ impl Default for TokenCache {
             fetches: AtomicU64::new(0),
             refresh_now: Notify::new(),
             newest: watch::Sender::new(0),
+            last_forced: AtomicU64::new(0),
+            forced_for: AtomicU64::new(0),
         }
     }
 }
@@ -249,19 +269,48 @@ impl TokenCache {
         self.fetches.load(Ordering::Relaxed)
     }
 
-    /// A backend refused the token of `generation` (401): asks for a new one and waits up to
-    /// `within` for it. However many requests report the same token, one fetch is made.
+    /// A backend refused the token of `generation` (401): asks for a new one (see
+    /// [`Self::report_refused`]) and waits up to `within` for it. However many requests report
+    /// the same token, one fetch is made.
     pub async fn replace(&self, generation: u64, within: Duration) -> Option<TokenRef> {
         let mut newest = self.newest.subscribe();
         if *newest.borrow() <= generation {
-            log::warn!("a backend refused the Entra ID token (401): fetching a new one");
-            self.refresh_now.notify_one();
+            if !self.report_refused(generation) {
+                return None;
+            }
             let waited = tokio::time::timeout(within, newest.wait_for(|g| *g > generation)).await;
             if !matches!(waited, Ok(Ok(_))) {
                 return None;
             }
         }
         self.token().filter(|t| t.generation > generation)
+    }
+
+    /// A backend refused the token of `generation`: wakes the refresher for a new one, at most
+    /// once every [`FORCED_REFRESH_EVERY`] (a backend missing its role assignment must not turn
+    /// every request into a token fetch). Whether a fetch was asked for.
+    pub fn report_refused(&self, generation: u64) -> bool {
+        if *self.newest.borrow() > generation
+            || self.forced_for.load(Ordering::Acquire) == generation
+        {
+            // Already replaced, or a fetch for this very token is under way.
+            return true;
+        }
+        let now = nanos_since_start();
+        let last = self.last_forced.load(Ordering::Acquire);
+        let due = last == 0 || now.saturating_sub(last) >= FORCED_REFRESH_EVERY.as_nanos() as u64;
+        if !due
+            || self
+                .last_forced
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        self.forced_for.store(generation, Ordering::Release);
+        log::warn!("a backend refused the Entra ID token (401): fetching a new one");
+        self.refresh_now.notify_one();
+        true
     }
 
     /// Puts a token (valid until `expires_at`, Unix seconds) in the cache. The refresher's job;
@@ -316,10 +365,13 @@ impl Refresher {
     /// Fetches one token into the cache; returns how long it is valid.
     async fn fetch(&self) -> Result<Duration, String> {
         let credential = self.source.build().map_err(|e| e.to_string())?;
-        let token = credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let token = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            credential.get_token(&[self.scope.as_str()], None),
+        )
+        .await
+        .map_err(|_| format!("no answer within {}s", FETCH_TIMEOUT.as_secs()))?
+        .map_err(|e| e.to_string())?;
         let expires_at = u64::try_from(token.expires_on.unix_timestamp()).unwrap_or(0);
         let lifetime = Duration::from_secs(expires_at.saturating_sub(now_secs()));
         if lifetime.is_zero() {
@@ -418,6 +470,24 @@ mod tests {
         assert_eq!(t.generation, 1);
         cache.store("t", now_secs().saturating_sub(1)).unwrap();
         assert!(cache.token().is_none());
+    }
+
+    #[test]
+    fn forced_refreshes_are_rate_limited() {
+        let cache = TokenCache::default();
+        cache.store("t", now_secs() + 100).unwrap();
+        assert!(cache.report_refused(1), "the first report asks for a fetch");
+        assert!(
+            cache.report_refused(1),
+            "a report of the same token waits for that fetch"
+        );
+        cache.store("t2", now_secs() + 100).unwrap();
+        assert!(
+            cache.report_refused(1),
+            "a token already replaced needs no fetch"
+        );
+        // The new token refused too, within 10 s: no second forced fetch.
+        assert!(!cache.report_refused(2));
     }
 
     #[tokio::test]

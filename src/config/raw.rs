@@ -444,6 +444,9 @@ impl RawConfig {
                 "must be more than zero and at most cooldown.max",
             );
         }
+        if cooldown.max > std::time::Duration::from_secs(7 * 24 * 3600) {
+            p.add("cooldown.max", "must be at most 7 days");
+        }
         let de = EjectionPolicy::default();
         let ejection = EjectionPolicy {
             failures: self
@@ -470,6 +473,9 @@ impl RawConfig {
                 "health.ejection",
                 "must be more than zero and at most health.max_ejection",
             );
+        }
+        if ejection.max > std::time::Duration::from_secs(24 * 3600) {
+            p.add("health.max_ejection", "must be at most 1 day");
         }
 
         if !p.0.is_empty() {

@@ -105,16 +105,24 @@ impl AoaiProxy {
                 deployment: deployment.unwrap_or_default().to_string(),
             };
         }
+        let with_credentials: Vec<usize> = serving
+            .into_iter()
+            .filter(|&i| self.credential(i, token).is_some())
+            .collect();
+        if with_credentials.is_empty() {
+            return ProxyError::NoToken;
+        }
+        // A cooldown may have ended a moment ago: then the shortest wait is (almost) none.
         let now = Instant::now();
-        serving
+        let left = with_credentials
             .iter()
-            .filter(|&&i| self.credential(i, token).is_some())
             .filter_map(|&i| self.pool.get(i).health.cooling_left(deployment, now))
             .min()
-            .map_or(ProxyError::NoToken, |left| ProxyError::AllCooling {
-                deployment: deployment.map(str::to_string),
-                left,
-            })
+            .unwrap_or(std::time::Duration::from_millis(1));
+        ProxyError::AllCooling {
+            deployment: deployment.map(str::to_string),
+            left,
+        }
     }
 
     /// Tries backends until one answers for good, then streams that answer to the client.
@@ -161,17 +169,21 @@ impl AoaiProxy {
             // A 401 to our token: the token may have been revoked or rotated. Fetch a new one
             // and try this backend once more; a second 401 goes to the client.
             let bearer = matches!(credential, Credential::Bearer(_));
-            if outcome == Outcome::Status(401)
-                && bearer
-                && !token_replaced
-                && ctx.tries < self.max_tries
+            if let (Outcome::Status(401), true, Some(cache), Some(used)) =
+                (outcome, bearer, &self.tokens, &token)
             {
-                token_replaced = true;
-                if let (Some(cache), Some(used)) = (&self.tokens, &token) {
+                if token_replaced || ctx.tries >= self.max_tries {
+                    // No try left to use a new token: still have one fetched for the requests to come.
+                    cache.report_refused(used.generation);
+                } else {
+                    token_replaced = true;
                     if let Some(fresh) = cache.replace(used.generation, TOKEN_WAIT).await {
+                        // The backend may have started cooling while we waited.
+                        if self.available(index, dep, Some(&fresh), false) {
+                            next = Some(index);
+                            verdict = Verdict::Retry;
+                        }
                         token = Some(fresh);
-                        next = Some(index);
-                        verdict = Verdict::Retry;
                     }
                 }
             }

@@ -39,12 +39,12 @@ impl AoaiProxy {
             };
             match chunk {
                 Ok(Ok(Some(bytes))) => {
-                    let (bytes, done) = coalesce(&mut up, bytes)?;
+                    let (bytes, end) = coalesce(&mut up, bytes);
                     session
                         .write_response_body(Some(bytes), false)
                         .await
                         .map_err(|e| e.into_down())?;
-                    if done {
+                    if end? {
                         break;
                     }
                 }
@@ -72,24 +72,28 @@ impl AoaiProxy {
 /// Joins to `first` the body chunks the backend has already delivered, so a burst of events
 /// goes to the client in one write rather than one each. Never waits: a read that would block
 /// ends the batch (the read is cancel-safe: Pingora's own proxy loop drops it in a `select!`).
-/// Returns the batch and whether the body is complete.
-fn coalesce(up: &mut HttpSession, first: Bytes) -> Result<(Bytes, bool)> {
+/// Returns the batch, and whether the body is complete (or the error that ended it).
+fn coalesce(up: &mut HttpSession, first: Bytes) -> (Bytes, Result<bool>) {
     use futures_util::FutureExt;
     const MAX_BATCH: usize = 64 * 1024;
     let mut batch: Option<BytesMut> = None;
-    let mut done = false;
+    let mut end = Ok(false);
     while batch.as_ref().map_or(first.len(), |b| b.len()) < MAX_BATCH {
         match up.read_response_body().now_or_never() {
             Some(Ok(Some(more))) => batch
                 .get_or_insert_with(|| BytesMut::from(&first[..]))
                 .extend_from_slice(&more),
             Some(Ok(None)) => {
-                done = true;
+                end = Ok(true);
                 break;
             }
-            Some(Err(e)) => return Err(e.into_up()),
+            // What arrived before the error still goes to the client; then the stream breaks.
+            Some(Err(e)) => {
+                end = Err(e.into_up());
+                break;
+            }
             None => break,
         }
     }
-    Ok((batch.map_or(first, BytesMut::freeze), done))
+    (batch.map_or(first, BytesMut::freeze), end)
 }

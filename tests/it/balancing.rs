@@ -18,20 +18,23 @@ fn throttled(headers: &[(&str, &str)]) -> Fault {
     }
 }
 
-/// b0 answers one 429 with `headers`; requests keep coming. Returns how long b0 got no
-/// request after its 429, and checks that b1 served everything meanwhile.
+/// Once the proxy is up, b0 answers one 429 with the headers `headers()` gives at that moment;
+/// requests keep coming. Returns how long b0 got no request after its 429 (b1 served them).
 async fn silence_after_429(
-    headers: &[(&str, &str)],
+    headers: impl Fn() -> Vec<(String, String)>,
     extra_yaml: &str,
     at_most: Duration,
 ) -> Duration {
     let id = identity().await;
     let b = backends(2).await;
-    b[0].push_fault(throttled(headers));
     let proxy = Proxy::start(
         &format!("{}{extra_yaml}", mi_yaml(&[&b[0], &b[1]])),
         Some(&id),
     );
+    b[0].push_fault(Fault::Status {
+        status: 429,
+        headers: headers(),
+    });
     let started = Instant::now();
     while b[0].requests() < 2 && started.elapsed() < at_most + Duration::from_secs(2) {
         let (status, _, body) = chat(&proxy).await;
@@ -43,10 +46,19 @@ async fn silence_after_429(
     seen[1].at - seen[0].at
 }
 
+fn fixed(pairs: &'static [(&'static str, &'static str)]) -> impl Fn() -> Vec<(String, String)> {
+    move || {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_ms_is_honoured() {
     let gap = silence_after_429(
-        &[("retry-after-ms", "1200"), ("retry-after", "9")],
+        fixed(&[("retry-after-ms", "1200"), ("retry-after", "9")]),
         "",
         Duration::from_millis(1200),
     )
@@ -59,7 +71,7 @@ async fn retry_after_ms_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_seconds_is_honoured() {
-    let gap = silence_after_429(&[("retry-after", "1")], "", Duration::from_secs(1)).await;
+    let gap = silence_after_429(fixed(&[("retry-after", "1")]), "", Duration::from_secs(1)).await;
     assert!(
         gap >= Duration::from_millis(950) && gap < Duration::from_millis(1400),
         "{gap:?}"
@@ -68,9 +80,14 @@ async fn retry_after_seconds_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_as_a_date_is_honoured() {
-    let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
-    // The date has whole seconds: the cooldown is between 1 and 2 s.
-    let gap = silence_after_429(&[("retry-after", &date)], "", Duration::from_secs(2)).await;
+    // Two seconds ahead, in whole seconds: the cooldown is between 1 and 2 s.
+    let date = || {
+        vec![(
+            "retry-after".to_string(),
+            httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2)),
+        )]
+    };
+    let gap = silence_after_429(date, "", Duration::from_secs(2)).await;
     assert!(
         gap >= Duration::from_millis(950) && gap < Duration::from_millis(2400),
         "{gap:?}"
@@ -79,15 +96,11 @@ async fn retry_after_as_a_date_is_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratelimit_reset_headers_are_honoured() {
-    let gap = silence_after_429(
-        &[
-            ("x-ratelimit-reset-requests", "1s"),
-            ("x-ratelimit-reset-tokens", "1.3s"),
-        ],
-        "",
-        Duration::from_millis(1300),
-    )
-    .await;
+    let headers = fixed(&[
+        ("x-ratelimit-reset-requests", "1s"),
+        ("x-ratelimit-reset-tokens", "1.3s"),
+    ]);
+    let gap = silence_after_429(headers, "", Duration::from_millis(1300)).await;
     assert!(
         gap >= Duration::from_millis(1250) && gap < Duration::from_millis(1700),
         "{gap:?}"
@@ -96,8 +109,9 @@ async fn ratelimit_reset_headers_are_honoured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_headers_get_the_configured_default() {
+    let headers = fixed(&[("retry-after-ms", "-1"), ("retry-after", "soon")]);
     let gap = silence_after_429(
-        &[("retry-after-ms", "-1"), ("retry-after", "soon")],
+        headers,
         "cooldown: {default: 800ms}\n",
         Duration::from_millis(800),
     )
@@ -185,10 +199,11 @@ async fn the_first_priority_group_takes_traffic_until_it_cools_then_gets_it_back
     }
     assert_eq!(counts(&[&b[0], &b[1], &b[2]]), vec![4, 0, 0]);
     b[0].push_fault(throttled(&[("retry-after-ms", "800")]));
-    let cooled = Instant::now();
     for _ in 0..4 {
         assert_eq!(chat(&proxy).await.0, 200);
     }
+    // The cooldown runs from the moment b0 answered 429.
+    let cooled = b[0].recorded().last().expect("the 429").at;
     assert_eq!(
         counts(&[&b[0], &b[1], &b[2]]),
         vec![5, 2, 2],

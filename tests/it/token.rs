@@ -344,3 +344,32 @@ async fn the_refresh_margin_is_configurable() {
         "refreshed after {after:?}: the margin was not used"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_with_no_try_left_still_gets_a_new_token_for_later_requests() {
+    use aoai_proxy::sim::Fault;
+    let id = identity().await;
+    let b = backend("b0").await;
+    b.push_fault(Fault::Status {
+        status: 401,
+        headers: vec![],
+    });
+    let proxy = Proxy::start(
+        &format!("{}retry: {{max_tries: 1}}\n", mi_yaml(&[&b])),
+        Some(&id),
+    );
+    assert_eq!(chat(&proxy).await.0, 401);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while id.fetches() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the refused token was never replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(chat(&proxy).await.0, 200);
+    assert_eq!(
+        b.recorded()[1].headers["authorization"],
+        "Bearer sim-token-2"
+    );
+}
