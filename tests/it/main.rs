@@ -8,6 +8,7 @@ mod body_replay;
 mod client_auth;
 mod config_errors;
 mod credentials;
+mod demo;
 mod header_hygiene;
 mod max_tries;
 mod no_retry;

@@ -1,0 +1,81 @@
+//! `aoai-proxy demo`: the `curl` and `openai` SDK lines it prints work as printed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A port whose next port is free too (the demo's admin listener takes it).
+fn two_free_ports() -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn the_printed_lines_work_as_printed() {
+    let port = two_free_ports();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .args(["demo", "--port", &port.to_string()])
+        .env("RUST_LOG", "warn")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo");
+    let stdout = demo.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The lines to run follow their headings.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut curl, mut python, mut heading) = (None, None, String::new());
+    while python.is_none() && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        let line = line.trim().to_string();
+        if heading.starts_with("curl (non-streaming)") && line.starts_with("curl ") {
+            curl = Some(line.clone());
+        } else if heading.starts_with("openai Python SDK") && line.starts_with("python3 ") {
+            python = Some(line.clone());
+        }
+        if !line.is_empty() {
+            heading = line;
+        }
+    }
+    let run = |line: &str| {
+        Command::new("sh")
+            .args(["-c", line])
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .output()
+            .expect("sh")
+    };
+    let curl = curl.expect("the demo printed no curl line");
+    let out = run(&curl);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"chat.completion\"") && body.contains("aoai-proxy simulator"),
+        "{curl}\n{body}"
+    );
+    let python = python.expect("the demo printed no openai line");
+    let out = run(&python);
+    assert!(
+        out.status.success(),
+        "{python}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Hello! This answer comes from the aoai-proxy simulator."
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
