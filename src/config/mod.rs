@@ -4,6 +4,7 @@
 //! Unknown keys are errors, `${NAME}` is replaced from the environment, and every error names
 //! the file, the key path and, where YAML gives it, the line.
 
+mod auth;
 mod raw;
 pub mod values;
 

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::auth::RawAuth;
 use super::values::{BackendUrl, ByteSize, EnvString, HumanDuration, ListenAddr, SecretValue};
 use super::{
     duplicates, Auth, BackendConfig, ClientKey, Config, CooldownPolicy, CredentialKind,
     EjectionPolicy, HealthCheck, HealthCheckKind, Limits, Problem, ServerSettings, Timeouts,
-    TlsListener, UserAssigned, DEFAULT_SCOPE,
+    TlsListener, DEFAULT_SCOPE,
 };
 
 /// Azure OpenAI deployment names: letters, digits, `-`, `_` and `.`.
@@ -86,30 +87,6 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawUpstreamTls {
     ca_file: Option<EnvString>,
-}
-
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "snake_case")]
-enum RawKind {
-    ManagedIdentity,
-    WorkloadIdentity,
-    ClientSecret,
-    AzureCli,
-    None,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    kind: RawKind,
-    scope: Option<EnvString>,
-    client_id: Option<EnvString>,
-    object_id: Option<EnvString>,
-    resource_id: Option<EnvString>,
-    tenant_id: Option<EnvString>,
-    client_secret: Option<SecretValue>,
-    token_file: Option<EnvString>,
-    refresh_before: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -209,10 +186,10 @@ fn key_line(text: &str, from: usize, key: Option<&str>) -> usize {
 }
 
 /// Collects problems that need more than one value to see.
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(pub(super) Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             line: None,
@@ -513,93 +490,5 @@ impl RawConfig {
             cooldown,
             ejection,
         })
-    }
-}
-
-impl RawAuth {
-    /// The credential for `kind`, refusing keys that kind does not use.
-    fn credential(&self, p: &mut Problems) -> CredentialKind {
-        let given = [
-            ("client_id", self.client_id.is_some()),
-            ("object_id", self.object_id.is_some()),
-            ("resource_id", self.resource_id.is_some()),
-            ("tenant_id", self.tenant_id.is_some()),
-            ("client_secret", self.client_secret.is_some()),
-            ("token_file", self.token_file.is_some()),
-        ];
-        let allowed: &[&str] = match self.kind {
-            RawKind::ManagedIdentity => &["client_id", "object_id", "resource_id"],
-            RawKind::WorkloadIdentity => &["tenant_id", "client_id", "token_file"],
-            RawKind::ClientSecret => &["tenant_id", "client_id", "client_secret"],
-            RawKind::AzureCli | RawKind::None => &[],
-        };
-        let kind_name = match self.kind {
-            RawKind::ManagedIdentity => "managed_identity",
-            RawKind::WorkloadIdentity => "workload_identity",
-            RawKind::ClientSecret => "client_secret",
-            RawKind::AzureCli => "azure_cli",
-            RawKind::None => "none",
-        };
-        for (key, present) in given {
-            if present && !allowed.contains(&key) {
-                p.add(
-                    format!("auth.{key}"),
-                    format!("is not used with kind {kind_name}"),
-                );
-            }
-        }
-        let s = |v: &Option<EnvString>| v.as_ref().map(|v| v.0.clone());
-        match self.kind {
-            RawKind::ManagedIdentity => {
-                let ids: Vec<UserAssigned> = [
-                    s(&self.client_id).map(UserAssigned::ClientId),
-                    s(&self.object_id).map(UserAssigned::ObjectId),
-                    s(&self.resource_id).map(UserAssigned::ResourceId),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                if ids.len() > 1 {
-                    p.add("auth", "give only one of client_id, object_id, resource_id");
-                }
-                CredentialKind::ManagedIdentity {
-                    user_assigned: ids.into_iter().next(),
-                }
-            }
-            RawKind::WorkloadIdentity => CredentialKind::WorkloadIdentity {
-                tenant_id: s(&self.tenant_id),
-                client_id: s(&self.client_id),
-                token_file: s(&self.token_file).map(PathBuf::from),
-            },
-            RawKind::ClientSecret => {
-                let mut required = |value: Option<String>, key: &str, var: &str| {
-                    value
-                        .or_else(|| std::env::var(var).ok())
-                        .unwrap_or_else(|| {
-                            p.add(
-                                format!("auth.{key}"),
-                                format!("is required with kind client_secret (or set {var})"),
-                            );
-                            String::new()
-                        })
-                };
-                let tenant_id = required(s(&self.tenant_id), "tenant_id", "AZURE_TENANT_ID");
-                let client_id = required(s(&self.client_id), "client_id", "AZURE_CLIENT_ID");
-                let secret = required(
-                    self.client_secret
-                        .as_ref()
-                        .map(|v| v.0.expose().to_string()),
-                    "client_secret",
-                    "AZURE_CLIENT_SECRET",
-                );
-                CredentialKind::ClientSecret {
-                    tenant_id,
-                    client_id,
-                    secret: crate::secret::Secret::new(secret),
-                }
-            }
-            RawKind::AzureCli => CredentialKind::AzureCli,
-            RawKind::None => CredentialKind::None,
-        }
     }
 }
