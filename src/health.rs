@@ -30,8 +30,8 @@ impl Default for EjectionPolicy {
     }
 }
 
-/// Nanoseconds since an arbitrary start: lets an `Instant` live in an atomic.
-fn nanos(at: Instant) -> u64 {
+/// Nanoseconds since an arbitrary start (never 0): lets an `Instant` live in an atomic.
+pub(crate) fn nanos(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
     u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)

@@ -459,6 +459,57 @@ mod tests {
     }
 
     #[test]
+    fn a_throttled_answer_cools_the_deployment_for_as_long_as_allowed() {
+        use std::time::Instant;
+        let p = pool(&[(0, 1), (0, 1)]);
+        let cooldown = CooldownPolicy {
+            default: Duration::from_secs(10),
+            max: Duration::from_secs(3600),
+        };
+        let eject_at_once = EjectionPolicy {
+            failures: 1,
+            ..Default::default()
+        };
+        let mut asks_two_hours = http::HeaderMap::new();
+        asks_two_hours.insert("retry-after", "7200".parse().unwrap());
+        let b = p.get(0);
+        b.observe(
+            Outcome::Status(429),
+            Some(&asks_two_hours),
+            Some("gpt-4o"),
+            &cooldown,
+            &eject_at_once,
+        );
+        let left = b
+            .health
+            .cooling_left(Some("gpt-4o"), Instant::now())
+            .unwrap();
+        assert!(
+            left <= Duration::from_secs(3600) && left > Duration::from_secs(3590),
+            "capped by cooldown.max: {left:?}"
+        );
+        assert!(
+            !b.health.is_ejected(Instant::now()),
+            "a 429 shows the backend alive"
+        );
+        // A 503 with nothing usable: the default cooldown, and it counts towards ejection.
+        let b = p.get(1);
+        b.observe(
+            Outcome::Status(503),
+            Some(&http::HeaderMap::new()),
+            None,
+            &cooldown,
+            &eject_at_once,
+        );
+        let left = b.health.cooling_left(None, Instant::now()).unwrap();
+        assert!(
+            left <= Duration::from_secs(10) && left > Duration::from_secs(9),
+            "{left:?}"
+        );
+        assert!(b.health.is_ejected(Instant::now()));
+    }
+
+    #[test]
     fn lower_priority_groups_go_first_and_spill_in_order() {
         let p = pool(&[(1, 1), (0, 1), (0, 1), (2, 1)]);
         let mut plan = p.plan();

@@ -215,7 +215,7 @@ pub struct TokenCache {
     refresh_now: Notify,
     /// The generation of the newest token.
     newest: watch::Sender<u64>,
-    /// When a 401 last forced a fetch ([`nanos_since_start`]; 0: never).
+    /// When a 401 last forced a fetch ([`crate::health::nanos`]; 0: never).
     last_forced: AtomicU64,
     /// The generation whose refusal forced that fetch.
     forced_for: AtomicU64,
@@ -226,14 +226,6 @@ pub const FORCED_REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// The longest a single token fetch may take (the Azure CLI credential has no timeout of its own).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn nanos_since_start() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
 
 impl Default for TokenCache {
     fn default() -> Self {
@@ -296,7 +288,7 @@ impl TokenCache {
             // Already replaced, or a fetch for this very token is under way.
             return true;
         }
-        let now = nanos_since_start();
+        let now = crate::health::nanos(std::time::Instant::now());
         let last = self.last_forced.load(Ordering::Acquire);
         let due = last == 0 || now.saturating_sub(last) >= FORCED_REFRESH_EVERY.as_nanos() as u64;
         if !due

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
-use super::{json, serve, Body, Server, TlsIdentity};
+use super::{json, lock, serve, Body, Server, TlsIdentity};
 
 /// A token request as received: the tenant from the path and the form fields.
 #[derive(Clone, Debug)]
@@ -67,11 +67,7 @@ impl EntraEndpoint {
 
     /// Every token request received.
     pub fn requests(&self) -> Vec<TokenRequest> {
-        self.state
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.state.requests).clone()
     }
 
     /// While `true`, every request gets a 500.
@@ -102,14 +98,10 @@ async fn token(state: &State, req: Request<Incoming>) -> Result<Response<Body>, 
     else {
         return Ok(oauth_error(404, "not_found", "unknown path"));
     };
-    state
-        .requests
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(TokenRequest {
-            tenant,
-            form: form.clone(),
-        });
+    lock(&state.requests).push(TokenRequest {
+        tenant,
+        form: form.clone(),
+    });
     if state.failing.load(Ordering::SeqCst) {
         return Ok(oauth_error(
             500,

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
-use super::{azure_error, json, serve, Body, Server};
+use super::{azure_error, json, lock, serve, Body, Server};
 
 struct State {
     secret: String,
@@ -68,11 +68,7 @@ impl IdentityEndpoint {
 
     /// The query strings of all requests received.
     pub fn queries(&self) -> Vec<String> {
-        self.state
-            .queries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.state.queries).clone()
     }
 
     /// While `true`, every request gets a 500 (an outage).
@@ -90,11 +86,7 @@ impl IdentityEndpoint {
 
 fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
     let query = req.uri().query().unwrap_or("").to_string();
-    state
-        .queries
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(query.clone());
+    lock(&state.queries).push(query.clone());
     let header_ok = req
         .headers()
         .get("x-identity-header")

@@ -122,6 +122,11 @@ fn acceptor(id: &TlsIdentity) -> Result<SslAcceptor, pingora::tls::error::ErrorS
     Ok(b.build())
 }
 
+/// Locks `m`, going on after a panic elsewhere held it (the simulator's state stays usable).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A complete JSON response.
 fn json(status: u16, value: &serde_json::Value) -> Response<Body> {
     use http_body_util::BodyExt;

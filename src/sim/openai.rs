@@ -15,7 +15,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
-use super::{azure_error, json, serve, Body, Server, TlsIdentity};
+use super::{azure_error, json, lock, serve, Body, Server, TlsIdentity};
 
 /// What a simulated backend does instead of answering normally.
 #[derive(Clone, Debug)]
@@ -161,10 +161,6 @@ impl Backend {
     pub fn recorded(&self) -> Vec<Recorded> {
         lock(&self.state.recorded).clone()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
