@@ -1,55 +1,62 @@
-//! Micro-benchmarks of the pure code on the request path: backend selection (with cooling and
-//! ejected backends), the token read and header rewrite, the retry decision, Retry-After
-//! parsing, and finding the deployment a request names.
+//! Micro-benchmarks of the pure code on the request path: backend selection (the real
+//! `Pool::select`, with cooling and ejected backends), the token read and header rewrite, the
+//! retry decision, Retry-After parsing, and finding the deployment a request names.
 //!
 //! Run: `cargo bench --bench micro`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
+use aoai_proxy::balance::{cooldown, deployment, Credential, Pool};
 use aoai_proxy::config::Config;
-use aoai_proxy::deployment;
-use aoai_proxy::health::EjectionPolicy;
-use aoai_proxy::pool::Pool;
-use aoai_proxy::proxy::headers::{self, Credential};
-use aoai_proxy::retry::{self, Failure, Outcome};
-use aoai_proxy::throttle;
-use aoai_proxy::token::TokenCache;
+use aoai_proxy::credentials::TokenCache;
+use aoai_proxy::proxy::headers;
+use aoai_proxy::retry::{self, Failure, Outcome, Sent, Tries};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderValue, StatusCode};
 use pingora::http::RequestHeader;
 
+/// Four backends in two priority groups, taking the proxy's token.
 fn pool() -> Pool {
-    let yaml = "listen: [\"127.0.0.1:1\"]\nauth: {kind: none}\nbackends:\n  - {url: \"http://127.0.0.1:1001\", weight: 2}\n  - {url: \"http://127.0.0.1:1002\"}\n  - {url: \"http://127.0.0.1:1003\"}\n  - {url: \"http://127.0.0.1:1004\", priority: 1}\n";
-    Pool::new(&Config::from_yaml(yaml).expect("config")).expect("pool")
+    let yaml = "listen: [\"127.0.0.1:1\"]\nauth: {kind: managed_identity}\nbackends:\n  - {url: \"http://127.0.0.1:1001\", weight: 2}\n  - {url: \"http://127.0.0.1:1002\"}\n  - {url: \"http://127.0.0.1:1003\"}\n  - {url: \"http://127.0.0.1:1004\", priority: 1}\n";
+    Pool::new(&Config::from_yaml(yaml).expect("config"), None).expect("pool")
 }
 
 fn selection(c: &mut Criterion) {
     let p = pool();
-    let usable = |p: &Pool, i: usize| {
-        let h = &p.get(i).health;
-        let now = Instant::now();
-        h.cooling_left(Some("gpt-4o"), now).is_none() && !h.is_ejected(now)
-    };
+    let token = Some(HeaderValue::from_static("Bearer e30.e30.sig"));
+    let gpt = Some("gpt-4o");
     c.bench_function("select: first try, all healthy", |b| {
-        b.iter(|| black_box(p.plan().next(|i| usable(&p, i))))
+        b.iter(|| {
+            black_box(
+                p.select(gpt, token.clone(), Instant::now())
+                    .map(|(_, pick)| pick),
+            )
+        })
     });
     p.get(0)
         .health
-        .cool(Some("gpt-4o"), Duration::from_secs(3600), "bench");
-    let policy = EjectionPolicy {
-        failures: 1,
-        ..Default::default()
-    };
-    p.get(1).health.record_failure(&policy);
+        .cool(gpt, Duration::from_secs(3600), "bench");
+    for _ in 0..3 {
+        p.observe(1, Outcome::Failed(Failure::Connect), None, gpt);
+    }
     c.bench_function("select: first try, one cooling, one ejected", |b| {
-        b.iter(|| black_box(p.plan().next(|i| usable(&p, i))))
+        b.iter(|| {
+            black_box(
+                p.select(gpt, token.clone(), Instant::now())
+                    .map(|(_, pick)| pick),
+            )
+        })
     });
     c.bench_function("select: three tries", |b| {
         b.iter(|| {
-            let mut plan = p.plan();
-            for _ in 0..3 {
-                black_box(plan.next(|i| usable(&p, i)));
+            let (mut s, first) = p
+                .select(gpt, token.clone(), Instant::now())
+                .expect("a backend");
+            black_box(first);
+            for _ in 0..2 {
+                black_box(s.next(Instant::now()));
             }
         })
     });
@@ -90,7 +97,7 @@ fn token_and_headers(c: &mut Criterion) {
             black_box(headers::upstream_request(
                 &client,
                 &host,
-                Credential::Bearer(&token.header),
+                Credential::EntraToken(token.header.clone()),
                 &body,
             ))
         })
@@ -98,21 +105,25 @@ fn token_and_headers(c: &mut Criterion) {
 }
 
 fn decisions(c: &mut Criterion) {
+    let tries = |made| Tries {
+        made,
+        max: 3,
+        sent: Sent::EntraToken,
+        token_refreshed: false,
+    };
     c.bench_function("retry: decide", |b| {
         b.iter(|| {
-            black_box(retry::decide(black_box(Outcome::Status(429)), 1, 3));
-            black_box(retry::decide(
-                black_box(Outcome::Failed(Failure::Connect)),
-                3,
-                3,
-            ));
+            let throttled = black_box(Outcome::Status(StatusCode::TOO_MANY_REQUESTS));
+            black_box(retry::decide(tries(1), throttled, || Some(1usize)));
+            let failed = black_box(Outcome::Failed(Failure::Connect));
+            black_box(retry::decide(tries(3), failed, || Some(1usize)));
         })
     });
     let mut h = http::HeaderMap::new();
     h.insert("retry-after-ms", "1500".parse().expect("value"));
     let now = SystemTime::now();
     c.bench_function("retry-after: retry-after-ms", |b| {
-        b.iter(|| black_box(throttle::requested_cooldown(&h, now)))
+        b.iter(|| black_box(cooldown::requested_cooldown(&h, now)))
     });
     let mut h = http::HeaderMap::new();
     h.insert(
@@ -121,7 +132,7 @@ fn decisions(c: &mut Criterion) {
     );
     h.insert("x-ratelimit-reset-tokens", "6m0s".parse().expect("value"));
     c.bench_function("retry-after: http date", |b| {
-        b.iter(|| black_box(throttle::requested_cooldown(&h, now)))
+        b.iter(|| black_box(cooldown::requested_cooldown(&h, now)))
     });
     let body =
         br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"stream":true}"#;

@@ -3,21 +3,20 @@
 //! Requests go round robin to the configured backends with a cached Entra ID token; a try
 //! that fails (connection, timeout, 408/429/5xx) is sent again, body and all, to the next
 //! backend until `retry.max_tries` tries are spent.
+//!
+//! The parts, each in its own module: [`config`] (the YAML file, validated), [`credentials`]
+//! (Entra ID tokens), [`balance`] (the backends and choosing one), [`retry`] (what follows a
+//! try), [`proxy`] (the Pingora request path), [`metrics`], and [`server`] (start-up, admin
+//! listener, shutdown). [`demo`] holds the commands that run the simulator.
 
-pub mod admin;
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod balance;
 pub mod config;
+pub mod credentials;
+#[cfg(feature = "sim")]
 pub mod demo;
-pub mod deployment;
-pub mod errors;
-pub mod health;
 pub mod metrics;
-pub mod pool;
-pub mod probe;
 pub mod proxy;
 pub mod retry;
-pub mod secret;
 pub mod server;
-pub mod sim;
-pub mod simulate;
-pub mod throttle;
-pub mod token;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use aoai_proxy::config::Config;
+use aoai_proxy::server::Proxy;
 
 /// One endpoint in front of many Azure OpenAI instances.
 #[derive(Parser)]
@@ -24,9 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run simulated Azure OpenAI backends, a simulated Entra ID endpoint and the proxy on 127.0.0.1.
+    #[cfg(feature = "sim")]
     Demo(aoai_proxy::demo::DemoArgs),
     /// Run only the simulated backends (and identity endpoint), for benchmarks and local development.
-    Simulate(aoai_proxy::simulate::SimulateArgs),
+    #[cfg(feature = "sim")]
+    Simulate(aoai_proxy::demo::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,21 +38,23 @@ fn main() -> ExitCode {
     )
     .init();
     let cli = Cli::parse();
-    let outcome = match cli.command {
-        Some(Command::Demo(args)) => Some(("demo", aoai_proxy::demo::run(args))),
-        Some(Command::Simulate(args)) => Some(("simulate", aoai_proxy::simulate::run(args))),
-        None => None,
-    };
-    if let Some((name, result)) = outcome {
-        return match result {
+    match cli.command {
+        #[cfg(feature = "sim")]
+        Some(Command::Demo(args)) => {
+            aoai_proxy::demo::run(args).unwrap_or_else(|e| failed("demo", &e))
+        }
+        #[cfg(feature = "sim")]
+        Some(Command::Simulate(args)) => match aoai_proxy::demo::simulate::run(args) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("aoai-proxy {name}: {e}");
-                ExitCode::FAILURE
-            }
-        };
+            Err(e) => failed("simulate", &e),
+        },
+        None => serve(cli.config, cli.test),
     }
-    let Some(path) = cli.config else {
+}
+
+/// Checks the configuration at `path` and, unless only `test`ing, serves with it.
+fn serve(path: Option<PathBuf>, test: bool) -> ExitCode {
+    let Some(path) = path else {
         eprintln!("aoai-proxy: give a configuration with --config FILE (or try `aoai-proxy demo`)");
         return ExitCode::from(2);
     };
@@ -60,35 +65,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let problems = config.check_files();
-    if !problems.is_empty() {
-        let e = aoai_proxy::config::ConfigError {
-            file: path,
-            problems,
-        };
-        eprintln!("{e}");
-        return ExitCode::FAILURE;
-    }
-    // What start-up would build, without the network: the credential and the backend pool.
-    if let Err(e) =
-        aoai_proxy::token::CredentialSource::new(&config.auth, config.upstream_ca_file.as_deref())
-    {
-        eprintln!("{}: {e}", path.display());
-        return ExitCode::FAILURE;
-    }
-    if let Err(e) = aoai_proxy::pool::Pool::new(&config) {
-        eprintln!("{}: {e}", path.display());
-        return ExitCode::FAILURE;
-    }
-    if cli.test {
+    let proxy = match Proxy::build(&config) {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            eprintln!("{}", e.report(&path));
+            return ExitCode::FAILURE;
+        }
+    };
+    if test {
         println!("{}: the configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    match aoai_proxy::server::build(&config) {
-        Ok(proxy) => proxy.run_forever(),
-        Err(e) => {
-            eprintln!("aoai-proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    proxy.run()
+}
+
+#[cfg(feature = "sim")]
+fn failed(command: &str, e: &str) -> ExitCode {
+    eprintln!("aoai-proxy {command}: {e}");
+    ExitCode::FAILURE
 }

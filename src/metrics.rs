@@ -1,38 +1,93 @@
-//! Counters kept in one place and served as Prometheus text by the admin listener.
+//! Counters kept in one place and served as Prometheus text by the admin listener, and the
+//! in-flight count that graceful shutdown waits on.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
+use tokio::sync::Notify;
+
+use crate::balance::Pool;
 use crate::retry::{Failure, Outcome};
 
-/// The outcome labels of `aoai_proxy_backend_tries_total`.
-const OUTCOMES: [&str; 9] = [
-    "2xx", "3xx", "4xx", "429", "5xx", "connect", "tls", "timeout", "dropped",
-];
+/// The `outcome` label of `aoai_proxy_backend_tries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryLabel {
+    S2xx,
+    S3xx,
+    S4xx,
+    S429,
+    S5xx,
+    Connect,
+    Tls,
+    Timeout,
+    Dropped,
+}
 
-fn outcome_slot(o: Outcome) -> usize {
-    match o {
-        Outcome::Status(429) => 3,
-        Outcome::Status(s) if s < 300 => 0,
-        Outcome::Status(s) if s < 400 => 1,
-        Outcome::Status(s) if s < 500 => 2,
-        Outcome::Status(_) => 4,
-        Outcome::Failed(Failure::Connect) => 5,
-        Outcome::Failed(Failure::Tls) => 6,
-        Outcome::Failed(Failure::Timeout) => 7,
-        Outcome::Failed(Failure::Dropped) => 8,
+impl TryLabel {
+    /// Every label, in the order they are rendered (and stored: `label as usize`).
+    pub const ALL: [TryLabel; 9] = [
+        TryLabel::S2xx,
+        TryLabel::S3xx,
+        TryLabel::S4xx,
+        TryLabel::S429,
+        TryLabel::S5xx,
+        TryLabel::Connect,
+        TryLabel::Tls,
+        TryLabel::Timeout,
+        TryLabel::Dropped,
+    ];
+
+    /// The label of what a try produced.
+    pub fn of(outcome: Outcome) -> TryLabel {
+        match outcome {
+            Outcome::Status(s) => match s.as_u16() {
+                429 => TryLabel::S429,
+                0..300 => TryLabel::S2xx,
+                300..400 => TryLabel::S3xx,
+                400..500 => TryLabel::S4xx,
+                _ => TryLabel::S5xx,
+            },
+            Outcome::Failed(Failure::Connect) => TryLabel::Connect,
+            Outcome::Failed(Failure::Tls) => TryLabel::Tls,
+            Outcome::Failed(Failure::Timeout) => TryLabel::Timeout,
+            Outcome::Failed(Failure::Dropped) => TryLabel::Dropped,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TryLabel::S2xx => "2xx",
+            TryLabel::S3xx => "3xx",
+            TryLabel::S4xx => "4xx",
+            TryLabel::S429 => "429",
+            TryLabel::S5xx => "5xx",
+            TryLabel::Connect => "connect",
+            TryLabel::Tls => "tls",
+            TryLabel::Timeout => "timeout",
+            TryLabel::Dropped => "dropped",
+        }
     }
 }
 
 /// All counters of the process.
 pub struct Metrics {
     backends: Vec<String>,
-    /// `[backend][outcome]`.
-    tries: Vec<[AtomicU64; OUTCOMES.len()]>,
+    /// `[backend][label as usize]`.
+    tries: Vec<[AtomicU64; TryLabel::ALL.len()]>,
     requests: AtomicU64,
     retries: AtomicU64,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<InFlightCount>,
+}
+
+/// Requests being served, and the wake-up a draining shutdown waits for.
+#[derive(Default)]
+struct InFlightCount {
+    count: AtomicUsize,
+    /// Set once shutdown waits: only then does the last request out notify.
+    draining: AtomicBool,
+    idle: Notify,
 }
 
 impl Metrics {
@@ -49,11 +104,11 @@ impl Metrics {
     }
 
     /// Counts one try on backend `index`; `retried` when another try follows it.
-    pub fn record_try(&self, index: usize, outcome: Outcome, retried: bool) {
+    pub fn record_try(&self, index: usize, outcome: Outcome, retried: Retried) {
         if let Some(row) = self.tries.get(index) {
-            row[outcome_slot(outcome)].fetch_add(1, Ordering::Relaxed);
+            row[TryLabel::of(outcome) as usize].fetch_add(1, Ordering::Relaxed);
         }
-        if retried {
+        if retried == Retried::Yes {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -61,47 +116,53 @@ impl Metrics {
     /// Marks a request as started; it counts as in flight until the guard drops.
     pub fn start_request(&self) -> InFlight {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.count.fetch_add(1, Ordering::AcqRel);
         InFlight(self.in_flight.clone())
     }
 
     /// Requests being served now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.count.load(Ordering::Acquire)
+    }
+
+    /// Returns once no request is in flight.
+    pub async fn idle(&self) {
+        // SeqCst here and in `InFlight::drop`: either this sees the last request's decrement,
+        // or that request sees `draining` and notifies.
+        self.in_flight.draining.store(true, Ordering::SeqCst);
+        while self.in_flight.count.load(Ordering::SeqCst) > 0 {
+            self.in_flight.idle.notified().await;
+        }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self, ready: bool, token_fetches: u64) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# TYPE aoai_proxy_requests_total counter\naoai_proxy_requests_total {}",
-            self.requests.load(Ordering::Relaxed)
+        let mut gauge = |kind: &str, name: &str, value: u64| {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+        };
+        gauge(
+            "counter",
+            "aoai_proxy_requests_total",
+            self.requests.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# TYPE aoai_proxy_retries_total counter\naoai_proxy_retries_total {}",
-            self.retries.load(Ordering::Relaxed)
+        gauge(
+            "counter",
+            "aoai_proxy_retries_total",
+            self.retries.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# TYPE aoai_proxy_in_flight gauge\naoai_proxy_in_flight {}",
-            self.in_flight()
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE aoai_proxy_ready gauge\naoai_proxy_ready {}",
-            u8::from(ready)
-        );
-        let _ = writeln!(out, "# TYPE aoai_proxy_token_fetches_total counter\naoai_proxy_token_fetches_total {token_fetches}");
+        gauge("gauge", "aoai_proxy_in_flight", self.in_flight() as u64);
+        gauge("gauge", "aoai_proxy_ready", u64::from(ready));
+        gauge("counter", "aoai_proxy_token_fetches_total", token_fetches);
         let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
         for (name, row) in self.backends.iter().zip(&self.tries) {
             let name = label(name);
-            for (label, n) in OUTCOMES.iter().zip(row) {
+            for l in TryLabel::ALL {
                 let _ = writeln!(
                     out,
-                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{label}\"}} {}",
-                    n.load(Ordering::Relaxed)
+                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{}\"}} {}",
+                    l.as_str(),
+                    row[l as usize].load(Ordering::Relaxed)
                 );
             }
         }
@@ -109,18 +170,28 @@ impl Metrics {
     }
 }
 
+/// Whether another try followed the one being counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retried {
+    Yes,
+    No,
+}
+
 /// Counts a request in flight until dropped.
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<InFlightCount>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let before = self.0.count.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.0.draining.load(Ordering::SeqCst) {
+            self.0.idle.notify_one();
+        }
     }
 }
 
 /// Cooldowns, ejections and probe results of every backend, as Prometheus gauges.
-pub fn render_health(pool: &crate::pool::Pool) -> String {
-    let now = std::time::Instant::now();
+pub fn render_health(pool: &Pool) -> String {
+    let now = Instant::now();
     let mut out = String::from(
         "# TYPE aoai_proxy_backend_cooling_seconds gauge\n# TYPE aoai_proxy_backend_ejected_seconds gauge\n# TYPE aoai_proxy_backend_probe_up gauge\n",
     );
@@ -154,4 +225,46 @@ pub fn render_health(pool: &crate::pool::Pool) -> String {
 /// A label value with `\` and `"` escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn every_outcome_has_its_label() {
+        let status = |s| TryLabel::of(Outcome::Status(StatusCode::from_u16(s).unwrap()));
+        let labels: Vec<&str> = [200, 302, 404, 429, 503]
+            .into_iter()
+            .map(|s| status(s).as_str())
+            .collect();
+        assert_eq!(labels, ["2xx", "3xx", "4xx", "429", "5xx"]);
+        assert_eq!(
+            TryLabel::of(Outcome::Failed(Failure::Timeout)).as_str(),
+            "timeout"
+        );
+        for (i, l) in TryLabel::ALL.iter().enumerate() {
+            assert_eq!(*l as usize, i, "{l:?} is stored where it is rendered");
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_returns_when_the_last_request_ends() {
+        let m = Arc::new(Metrics::new(vec![]));
+        let a = m.start_request();
+        let b = m.start_request();
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move { m.idle().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one request is still in flight");
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("idle() did not return")
+            .unwrap();
+    }
 }

@@ -1,21 +1,23 @@
 //! Configuration: the YAML file as serde reads it ([`raw`]), and the validated [`Config`]
-//! that the rest of the program uses.
+//! ([`validate`]) that the rest of the program uses and serde never sees.
 //!
-//! Unknown keys are errors, `${NAME}` is replaced from the environment, and every error names
-//! the file, the key path and, where YAML gives it, the line.
+//! Unknown keys are errors, `${NAME}` is replaced from the environment ([`env`]), and every
+//! error names the file, the key path and, where YAML gives it, the line. Each default is
+//! named once, here, beside the setting it belongs to.
 
 mod auth;
+mod env;
 mod raw;
+mod validate;
 pub mod values;
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::health::EjectionPolicy;
-use crate::secret::Secret;
+use crate::credentials::Secret;
 pub use values::{BackendUrl, Scheme};
 
 /// The validated configuration.
@@ -46,38 +48,9 @@ pub struct Config {
     pub ejection: EjectionPolicy,
 }
 
-/// Cooldowns after a 429 or 503.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CooldownPolicy {
-    /// When the answer says nothing usable about how long. Default 10 s.
-    pub default: Duration,
-    /// The longest cooldown honoured, whatever the backend says. Default 1 h.
-    pub max: Duration,
-}
-
-impl Default for CooldownPolicy {
-    fn default() -> Self {
-        CooldownPolicy {
-            default: Duration::from_secs(10),
-            max: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// An active health check of one backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub kind: HealthCheckKind,
-    pub interval: Duration,
-}
-
-/// What an active health check does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HealthCheckKind {
-    /// Opens a connection (and the TLS handshake, for https).
-    Tcp,
-    /// `GET path`: any answer below 500 counts as up (Azure answers 401 without credentials).
-    Http { path: String },
+impl Config {
+    /// `retry.max_tries` when the file does not say.
+    pub const DEFAULT_MAX_TRIES: NonZeroU32 = NonZeroU32::new(3).expect("3 is not zero");
 }
 
 /// The HTTPS listener.
@@ -92,14 +65,17 @@ pub struct TlsListener {
 #[derive(Clone, Debug)]
 pub struct Auth {
     pub credential: CredentialKind,
-    /// The token scope, by default `https://cognitiveservices.azure.com/.default`.
+    /// The token scope.
     pub scope: String,
-    /// How long before expiry a token is replaced. Default 10 minutes.
+    /// How long before expiry a token is replaced.
     pub refresh_before: Duration,
 }
 
-/// The default Entra ID scope for Azure OpenAI.
-pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+impl Auth {
+    /// The Entra ID scope of Azure OpenAI.
+    pub const DEFAULT_SCOPE: &'static str = "https://cognitiveservices.azure.com/.default";
+    pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(600);
+}
 
 /// The credential kinds of `auth.kind`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +100,19 @@ pub enum CredentialKind {
     None,
 }
 
+impl CredentialKind {
+    /// Its name in `auth.kind`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CredentialKind::ManagedIdentity { .. } => "managed_identity",
+            CredentialKind::WorkloadIdentity { .. } => "workload_identity",
+            CredentialKind::ClientSecret { .. } => "client_secret",
+            CredentialKind::AzureCli => "azure_cli",
+            CredentialKind::None => "none",
+        }
+    }
+}
+
 /// A user-assigned managed identity, by one of its ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UserAssigned {
@@ -138,16 +127,44 @@ pub struct BackendConfig {
     /// Used in logs and metrics; defaults to the URL's host (and port, when one is given).
     pub name: String,
     pub url: BackendUrl,
+    /// Its share of the rotation within its priority group.
     pub weight: u16,
     /// When set, this backend gets `api-key` instead of a bearer token.
     pub api_key: Option<Secret>,
     /// Lower goes first: higher groups get traffic only while every backend of the lower ones
-    /// is cooling or unhealthy. Default 0.
+    /// is cooling or unhealthy.
     pub priority: u8,
     /// When set, the only deployments this backend serves, each mapped to its own name.
-    pub deployments: Option<std::collections::BTreeMap<String, String>>,
+    pub deployments: Option<BTreeMap<String, String>>,
     /// An optional active health check.
     pub health_check: Option<HealthCheck>,
+}
+
+impl BackendConfig {
+    pub const DEFAULT_WEIGHT: u16 = 1;
+    pub const DEFAULT_PRIORITY: u8 = 0;
+}
+
+/// An active health check of one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+    /// The path an `http` check asks for when none is given.
+    pub const DEFAULT_PATH: &'static str = "/";
+}
+
+/// What an active health check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// Opens a connection (and the TLS handshake, for https).
+    Tcp,
+    /// `GET path`: any answer below 500 counts as up (Azure answers 401 without credentials).
+    Http { path: String },
 }
 
 /// A client allowed in when `clients` is configured.
@@ -160,17 +177,19 @@ pub struct ClientKey {
 /// Upstream timeouts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP connect (and TLS handshake) to a backend. Default 5 s.
+    /// TCP connect (and TLS handshake) to a backend.
     pub connect: Duration,
-    /// From the request sent to the response header received. Default 300 s.
+    /// From the request sent to the response header received.
     pub response_header: Duration,
-    /// Longest silence between two reads of a response body. Default 300 s.
+    /// Longest silence between two reads of a response body.
     pub body_idle: Duration,
-    /// How long an idle upstream connection is kept for reuse. Default 60 s.
+    /// How long an idle upstream connection is kept for reuse.
     pub pool_idle: Duration,
 }
 
 impl Default for Timeouts {
+    /// 5 s to connect, 300 s for the response header (long non-streaming completions take a
+    /// while), 300 s between body chunks, 60 s of pooled idleness.
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(5),
@@ -184,13 +203,14 @@ impl Default for Timeouts {
 /// Request size limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// The largest request body accepted (and replayed on retries). Default 32 MiB.
+    /// The largest request body accepted (and replayed on retries).
     pub max_body_bytes: u64,
-    /// The largest total size of request headers. Default 32 KiB.
+    /// The largest total size of request headers.
     pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
+    /// 32 MiB of body, 32 KiB of headers.
     fn default() -> Self {
         Limits {
             max_body_bytes: 32 << 20,
@@ -202,10 +222,61 @@ impl Default for Limits {
 /// Process settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
-    /// Worker threads of the proxy service. Default: the number of CPUs.
+    /// Worker threads of the proxy service.
     pub threads: usize,
-    /// How long in-flight requests may take to finish after SIGTERM. Default 60 s.
+    /// How long in-flight requests may take to finish after SIGTERM.
     pub grace_period: Duration,
+}
+
+impl Default for ServerSettings {
+    /// One thread per CPU, 60 s of grace.
+    fn default() -> Self {
+        ServerSettings {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            grace_period: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Cooldowns after a 429 or 503.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CooldownPolicy {
+    /// When the answer says nothing usable about how long.
+    pub default: Duration,
+    /// The longest cooldown honoured, whatever the backend says.
+    pub max: Duration,
+}
+
+impl Default for CooldownPolicy {
+    /// 10 s when the backend does not say; at most 1 h whatever it says.
+    fn default() -> Self {
+        CooldownPolicy {
+            default: Duration::from_secs(10),
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// When passive health ejects a backend, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EjectionPolicy {
+    /// Consecutive failures (connection errors, timeouts, 5xx) that eject a backend.
+    pub failures: u32,
+    /// The first ejection; each further one while it keeps failing doubles it.
+    pub base: Duration,
+    /// The longest ejection.
+    pub max: Duration,
+}
+
+impl Default for EjectionPolicy {
+    /// 3 failures in a row eject for 10 s, doubling to 5 min while it keeps failing.
+    fn default() -> Self {
+        EjectionPolicy {
+            failures: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        }
+    }
 }
 
 /// A configuration that could not be loaded: every problem found, with where it is.
@@ -224,21 +295,27 @@ pub struct Problem {
     pub message: String,
 }
 
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.path.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.path, self.message)
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
+    /// One line a problem: `file:line: key.path: message`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.problems.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.file.display())?;
-            if let Some(line) = p.line {
-                write!(f, ":{line}")?;
-            }
-            if p.path.is_empty() {
-                write!(f, ": {}", p.message)?;
-            } else {
-                write!(f, ": {}: {}", p.path, p.message)?;
-            }
+            write!(f, "{}{p}", self.file.display())?;
         }
         Ok(())
     }
@@ -247,90 +324,33 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Reads, substitutes and validates the YAML file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |problems| ConfigError {
             file: path.to_owned(),
-            problems: vec![Problem {
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            error(vec![Problem {
                 path: String::new(),
                 line: None,
                 message: format!("cannot read the file: {e}"),
-            }],
+            }])
         })?;
-        Self::from_yaml(&text).map_err(|problems| ConfigError {
-            file: path.to_owned(),
-            problems,
-        })
+        Self::from_yaml(&text).map_err(error)
     }
 
-    /// Parses and validates a YAML document.
+    /// Parses and validates a YAML document, with `${NAME}` from the process environment.
     pub fn from_yaml(text: &str) -> Result<Config, Vec<Problem>> {
-        let raw = raw::parse(text)?;
-        raw.validate()
+        raw::parse(text)?.validate()
     }
 
-    /// Checks what the file names on disk: certificates and keys exist and parse.
-    pub fn check_files(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut check = |path: &str, file: &Path, what: PemKind| {
-            if let Err(message) = what.check(file) {
-                problems.push(Problem {
-                    path: path.into(),
-                    line: None,
-                    message: format!("{}: {message}", file.display()),
-                });
-            }
-        };
-        if let Some(tls) = &self.tls {
-            check("tls.cert", &tls.cert, PemKind::Certificates);
-            check("tls.key", &tls.key, PemKind::PrivateKey);
-        }
-        if let Some(ca) = &self.upstream_ca_file {
-            check("upstream_tls.ca_file", ca, PemKind::Certificates);
-        }
-        if let CredentialKind::WorkloadIdentity {
-            token_file: Some(f),
-            ..
-        } = &self.auth.credential
-        {
-            if let Err(e) = std::fs::read(f) {
-                problems.push(Problem {
-                    path: "auth.token_file".into(),
-                    line: None,
-                    message: format!("{}: {e}", f.display()),
-                });
-            }
-        }
-        problems
+    /// [`Self::from_yaml`] with `${NAME}` (and the `AZURE_*` defaults of `auth`) read from
+    /// `env` instead of the process environment, which is never changed.
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String> + 'static,
+    ) -> Result<Config, Vec<Problem>> {
+        env::with_lookup(Box::new(env), || Self::from_yaml(text))
     }
-}
-
-#[derive(Clone, Copy)]
-enum PemKind {
-    Certificates,
-    PrivateKey,
-}
-
-impl PemKind {
-    fn check(self, file: &Path) -> Result<(), String> {
-        use pingora::tls::pkey::PKey;
-        use pingora::tls::x509::X509;
-        let pem = std::fs::read(file).map_err(|e| e.to_string())?;
-        match self {
-            PemKind::Certificates => match X509::stack_from_pem(&pem) {
-                Ok(certs) if !certs.is_empty() => Ok(()),
-                Ok(_) => Err("no PEM certificate in the file".into()),
-                Err(e) => Err(format!("not a PEM certificate: {e}")),
-            },
-            PemKind::PrivateKey => PKey::private_key_from_pem(&pem)
-                .map(|_| ())
-                .map_err(|e| format!("not a PEM private key: {e}")),
-        }
-    }
-}
-
-/// Names must be unique: they label logs and metrics.
-fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut seen = HashSet::new();
-    names.filter(|n| !seen.insert(*n)).collect()
 }
 
 #[cfg(test)]

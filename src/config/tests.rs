@@ -14,7 +14,7 @@ fn the_shipped_example_is_valid() {
     assert_eq!(c.backends[0].weight, 2);
     assert_eq!(c.backends[1].name, "westus");
     assert_eq!(c.max_tries.get(), 3);
-    assert_eq!(c.auth.scope, DEFAULT_SCOPE);
+    assert_eq!(c.auth.scope, Auth::DEFAULT_SCOPE);
 }
 
 #[test]
@@ -44,10 +44,11 @@ fn unknown_keys_name_the_key_and_line() {
 
 #[test]
 fn environment_variables_are_substituted_or_named() {
-    std::env::set_var("AOAI_TEST_CONFIG_KEY", "k-123");
-    let c = Config::from_yaml(&format!(
-        "{MINIMAL}    api_key: ${{AOAI_TEST_CONFIG_KEY}}\n"
-    ))
+    let env = |name: &str| (name == "AOAI_TEST_CONFIG_KEY").then(|| "k-123".to_string());
+    let c = Config::from_yaml_with_env(
+        &format!("{MINIMAL}    api_key: ${{AOAI_TEST_CONFIG_KEY}}\n"),
+        env,
+    )
     .unwrap();
     assert_eq!(c.backends[0].api_key.as_ref().unwrap().expose(), "k-123");
     let p = problems(&format!("{MINIMAL}    api_key: ${{AOAI_TEST_UNSET_VAR}}\n"));
@@ -177,4 +178,57 @@ fn one_address_cannot_serve_two_listeners() {
     let p = problems(&format!("{MINIMAL}admin: {{listen: \"127.0.0.1:8080\"}}\n"));
     assert_eq!(p[0].path, "listen");
     assert!(p[0].message.contains("admin.listen"), "{}", p[0].message);
+}
+
+#[test]
+fn client_secret_settings_default_to_the_azure_variables() {
+    let env = |name: &str| match name {
+        "AZURE_TENANT_ID" => Some("tenant-from-env".to_string()),
+        "AZURE_CLIENT_ID" => Some("client-from-env".to_string()),
+        "AZURE_CLIENT_SECRET" => Some("secret-from-env".to_string()),
+        _ => None,
+    };
+    let yaml = "listen: [\"127.0.0.1:1\"]\nauth: {kind: client_secret, client_id: from-file}\nbackends: [{url: \"https://a\"}]\n";
+    let c = Config::from_yaml_with_env(yaml, env).unwrap();
+    let CredentialKind::ClientSecret {
+        tenant_id,
+        client_id,
+        secret,
+    } = c.auth.credential
+    else {
+        panic!("not a client secret: {:?}", c.auth.credential);
+    };
+    assert_eq!(
+        (tenant_id.as_str(), client_id.as_str()),
+        ("tenant-from-env", "from-file")
+    );
+    assert_eq!(secret.expose(), "secret-from-env");
+    // Unset (or empty) and not in the file: named.
+    let p = Config::from_yaml_with_env(yaml, |_| Some(String::new())).unwrap_err();
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["auth.tenant_id", "auth.client_secret"]);
+}
+
+#[test]
+fn defaults_are_the_named_ones() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.max_tries, Config::DEFAULT_MAX_TRIES);
+    assert_eq!(c.auth.refresh_before, Auth::DEFAULT_REFRESH_BEFORE);
+    assert_eq!(c.cooldown, CooldownPolicy::default());
+    assert_eq!(c.ejection, EjectionPolicy::default());
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(
+        c.server.grace_period,
+        ServerSettings::default().grace_period
+    );
+    let c = Config::from_yaml(&format!("{MINIMAL}    health_check: {{kind: http}}\n")).unwrap();
+    assert_eq!(
+        c.backends[0].health_check,
+        Some(HealthCheck {
+            kind: HealthCheckKind::Http {
+                path: HealthCheck::DEFAULT_PATH.into()
+            },
+            interval: HealthCheck::DEFAULT_INTERVAL,
+        })
+    );
 }

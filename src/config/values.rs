@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer};
 
-use crate::secret::Secret;
+use crate::credentials::Secret;
 
 /// A string after `${NAME}` substitution from the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,45 +16,10 @@ pub struct EnvString(pub String);
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand_env(&raw, |name| std::env::var(name).ok())
+        super::env::expand(&raw, super::env::var)
             .map(EnvString)
             .map_err(de::Error::custom)
     }
-}
-
-/// Replaces each `${NAME}` in `raw` with `lookup(NAME)`; `$$` is a literal `$`.
-pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
-            let name = &tail[..end];
-            let valid =
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(format!(
-                    "`${{{name}}}` is not a valid environment variable name"
-                ));
-            }
-            let value =
-                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
-            out.push_str(&value);
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// A secret read from the file (after `${NAME}` substitution), without surrounding
@@ -278,22 +243,6 @@ impl NumOrStr {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(name: &str) -> Option<String> {
-        (name == "KEY").then(|| "s3cret".to_string())
-    }
-
-    #[test]
-    fn env_substitution() {
-        assert_eq!(expand_env("a-${KEY}-b", env).unwrap(), "a-s3cret-b");
-        assert_eq!(expand_env("$$5 and $x", env).unwrap(), "$5 and $x");
-        assert_eq!(
-            expand_env("${MISSING}", env).unwrap_err(),
-            "environment variable MISSING is not set"
-        );
-        assert!(expand_env("${KEY", env).is_err());
-        assert!(expand_env("${K-1}", env).is_err());
-    }
 
     #[test]
     fn backend_urls() {

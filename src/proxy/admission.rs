@@ -6,8 +6,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
+use super::answers::ProxyError;
 use super::{headers, AoaiProxy, RequestCtx};
-use crate::errors::ProxyError;
 
 impl AoaiProxy {
     /// Checks the header size and the client key; `Err` is the answer to send.

@@ -6,6 +6,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
+use crate::balance::Credential;
+
 /// Request headers that never reach a backend: the client's own credentials, hop-by-hop
 /// headers, and framing the proxy sets itself (the body is re-sent whole with a length).
 const DROPPED_REQUEST_HEADERS: [HeaderName; 10] = [
@@ -29,21 +31,13 @@ const DROPPED_RESPONSE_HEADERS: [HeaderName; 4] = [
     header::UPGRADE,
 ];
 
-/// The credential header a backend gets.
-#[derive(Debug, Clone, Copy)]
-pub enum Credential<'a> {
-    Bearer(&'a HeaderValue),
-    ApiKey(&'a HeaderValue),
-    None,
-}
-
 /// Builds the request for one backend from the client's request.
 ///
 /// The path, query, method and other headers stay as the client sent them.
 pub fn upstream_request(
     client: &RequestHeader,
     host: &HeaderValue,
-    credential: Credential<'_>,
+    credential: Credential,
     body: &Bytes,
 ) -> Result<RequestHeader> {
     let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
@@ -55,9 +49,9 @@ pub fn upstream_request(
     }
     req.insert_header(header::HOST, host.clone())?;
     match credential {
-        Credential::Bearer(v) => req.insert_header(header::AUTHORIZATION, v.clone())?,
-        Credential::ApiKey(v) => req.insert_header("api-key", v.clone())?,
-        Credential::None => {}
+        Credential::EntraToken(v) => req.insert_header(header::AUTHORIZATION, v)?,
+        Credential::ApiKey(v) => req.insert_header("api-key", v)?,
+        Credential::Nothing => {}
     }
     if had_body || !body.is_empty() {
         req.insert_header(header::CONTENT_LENGTH, body.len())?;
@@ -65,13 +59,11 @@ pub fn upstream_request(
     Ok(req)
 }
 
-/// The response header for the client: the backend's, less its hop-by-hop headers.
-pub fn client_response(upstream: &ResponseHeader) -> ResponseHeader {
-    let mut resp = upstream.clone();
+/// Makes a backend's response header the client's: removes its hop-by-hop headers.
+pub fn strip_response(resp: &mut ResponseHeader) {
     for name in &DROPPED_RESPONSE_HEADERS {
         resp.remove_header(name);
     }
-    resp
 }
 
 /// The total size of the request headers as sent (names, values and separators).
@@ -129,7 +121,7 @@ mod tests {
         let host = HeaderValue::from_static("aoai.example.com");
         let token = HeaderValue::from_static("Bearer entra");
         let body = Bytes::from_static(b"{}");
-        let req = upstream_request(&client(), &host, Credential::Bearer(&token), &body).unwrap();
+        let req = upstream_request(&client(), &host, Credential::EntraToken(token), &body).unwrap();
         assert_eq!(req.headers["authorization"], "Bearer entra");
         assert!(req.headers.get("api-key").is_none());
         assert_eq!(req.headers["host"], "aoai.example.com");
@@ -143,7 +135,7 @@ mod tests {
         );
 
         let key = HeaderValue::from_static("backend-key");
-        let req = upstream_request(&client(), &host, Credential::ApiKey(&key), &body).unwrap();
+        let req = upstream_request(&client(), &host, Credential::ApiKey(key), &body).unwrap();
         assert_eq!(req.headers["api-key"], "backend-key");
         assert!(req.headers.get("authorization").is_none());
     }

@@ -9,22 +9,25 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
+use super::exchange::Answer;
 use super::{headers, AoaiProxy};
 
 impl AoaiProxy {
-    /// Streams the chosen response to the client, chunk by chunk as the backend sends it.
+    /// Streams the chosen answer to the client, chunk by chunk as the backend sends it, then
+    /// returns its connection to the pool.
     pub(super) async fn relay(
         &self,
         session: &mut Session,
-        mut up: Box<HttpSession>,
+        answer: Answer,
         peer: Option<Arc<HttpPeer>>,
     ) -> Result<()> {
-        let head = up
-            .response_header()
-            .map(headers::client_response)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "response header missing"))?;
+        let Answer {
+            mut head,
+            session: mut up,
+        } = answer;
+        headers::strip_response(&mut head);
         session
-            .write_response_header(Box::new(head), false)
+            .write_response_header(head, false)
             .await
             .map_err(|e| e.into_down())?;
         let idle = self.timeouts.body_idle;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use aoai_proxy::sim::Fault;
+use aoai_sim::Fault;
 
 use crate::common::*;
 
@@ -36,7 +36,7 @@ async fn silence_after_429(
         headers: headers(),
     });
     let started = Instant::now();
-    while b[0].requests() < 2 && started.elapsed() < at_most + Duration::from_secs(2) {
+    while b[0].requests() < 2 && started.elapsed() < at_most + Duration::from_secs(5) {
         let (status, _, body) = chat(&proxy).await;
         assert_eq!(status, 200, "{body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -64,7 +64,7 @@ async fn retry_after_ms_is_honoured() {
     )
     .await;
     assert!(
-        gap >= Duration::from_millis(1150) && gap < Duration::from_millis(1600),
+        gap >= Duration::from_millis(1150) && gap < Duration::from_millis(2700),
         "{gap:?}"
     );
 }
@@ -73,7 +73,7 @@ async fn retry_after_ms_is_honoured() {
 async fn retry_after_seconds_is_honoured() {
     let gap = silence_after_429(fixed(&[("retry-after", "1")]), "", Duration::from_secs(1)).await;
     assert!(
-        gap >= Duration::from_millis(950) && gap < Duration::from_millis(1400),
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(2500),
         "{gap:?}"
     );
 }
@@ -89,7 +89,7 @@ async fn retry_after_as_a_date_is_honoured() {
     };
     let gap = silence_after_429(date, "", Duration::from_secs(2)).await;
     assert!(
-        gap >= Duration::from_millis(950) && gap < Duration::from_millis(2400),
+        gap >= Duration::from_millis(950) && gap < Duration::from_millis(3500),
         "{gap:?}"
     );
 }
@@ -102,7 +102,7 @@ async fn ratelimit_reset_headers_are_honoured() {
     ]);
     let gap = silence_after_429(headers, "", Duration::from_millis(1300)).await;
     assert!(
-        gap >= Duration::from_millis(1250) && gap < Duration::from_millis(1700),
+        gap >= Duration::from_millis(1250) && gap < Duration::from_millis(2800),
         "{gap:?}"
     );
 }
@@ -117,7 +117,7 @@ async fn unusable_headers_get_the_configured_default() {
     )
     .await;
     assert!(
-        gap >= Duration::from_millis(750) && gap < Duration::from_millis(1200),
+        gap >= Duration::from_millis(750) && gap < Duration::from_millis(2300),
         "{gap:?}"
     );
 }
@@ -171,7 +171,11 @@ async fn everything_cooling_is_an_immediate_429_with_the_shortest_wait() {
     // Now every backend is cooling: the proxy answers by itself, at once.
     let started = Instant::now();
     let (status, headers, body) = chat(&proxy).await;
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the 429 took {:?}",
+        started.elapsed()
+    );
     assert_eq!(status, 429);
     assert!(headers.get("x-sim-backend").is_none(), "a backend answered");
     let ms: u64 = headers["retry-after-ms"].to_str().unwrap().parse().unwrap();
@@ -202,16 +206,16 @@ async fn the_first_priority_group_takes_traffic_until_it_cools_then_gets_it_back
     for _ in 0..4 {
         assert_eq!(chat(&proxy).await.0, 200);
     }
-    // The cooldown runs from the moment b0 answered 429.
-    let cooled = b[0].recorded().last().expect("the 429").at;
     assert_eq!(
         counts(&[&b[0], &b[1], &b[2]]),
         vec![5, 2, 2],
         "spilled round robin over the second group"
     );
-    while cooled.elapsed() < Duration::from_millis(850) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy
+        .wait_for_metrics("the cooldown of ptu ends", |m| {
+            !m.contains("aoai_proxy_backend_cooling_seconds{backend=\"ptu\"")
+        })
+        .await;
     for _ in 0..3 {
         assert_eq!(chat(&proxy).await.0, 200);
     }
@@ -336,15 +340,16 @@ async fn a_failing_backend_is_ejected_then_restored_by_one_success() {
         !metrics.contains("aoai_proxy_backend_ejected_seconds{backend=\"b0\"} 0.000"),
         "{metrics}"
     );
-    let ejected = Instant::now();
     for _ in 0..6 {
         assert_eq!(chat(&proxy).await.0, 200);
     }
     assert_eq!(b[0].requests(), 2, "an ejected backend got traffic");
     b[0].set_fault(None);
-    while ejected.elapsed() < Duration::from_millis(1100) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy
+        .wait_for_metrics("the ejection of b0 ends", |m| {
+            m.contains("aoai_proxy_backend_ejected_seconds{backend=\"b0\"} 0.000")
+        })
+        .await;
     for _ in 0..4 {
         assert_eq!(chat(&proxy).await.0, 200);
     }
@@ -359,9 +364,10 @@ async fn a_failing_backend_is_ejected_then_restored_by_one_success() {
 async fn active_checks_take_a_dead_backend_out_before_any_request_fails() {
     let id = identity().await;
     let live = crate::common::backend("live").await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = DeadPort::new();
     let yaml = format!(
-        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{dead}\", name: dead, health_check: {{kind: tcp, interval: 100ms}}}}\n  - {{url: \"{}\", name: live, health_check: {{kind: http, path: /, interval: 100ms}}}}\n",
+        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: dead, health_check: {{kind: tcp, interval: 100ms}}}}\n  - {{url: \"{}\", name: live, health_check: {{kind: http, path: /, interval: 100ms}}}}\n",
+        dead.url(),
         live.url()
     );
     let proxy = Proxy::start(&yaml, Some(&id));

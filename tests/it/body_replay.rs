@@ -1,7 +1,7 @@
 //! The request body is re-sent byte for byte on every try, far past Pingora's 64 KiB replay
 //! buffer, and bodies over the limit are refused before any backend sees them.
 
-use aoai_proxy::sim::Fault;
+use aoai_sim::Fault;
 use sha2::{Digest, Sha256};
 
 use crate::common::*;

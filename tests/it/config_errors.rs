@@ -87,3 +87,98 @@ fn a_bad_file_stops_the_proxy_from_starting() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
 }
+
+/// Runs aoai-proxy on `yaml` with `args` (`-t` or nothing) until it exits: (exit code, stderr).
+fn run_with(yaml: &str, args: &[&str]) -> (i32, String) {
+    let file = scratch_dir().join("conf.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .arg("-c")
+        .arg(&file)
+        .args(args)
+        .env("IDENTITY_ENDPOINT", "http://127.0.0.1:9/unused")
+        .env("IDENTITY_HEADER", "unused")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_start_fails_exactly_where_test_does() {
+    // Valid YAML that only building the credential refuses: its token file cannot be read.
+    let yaml = GOOD.replace(
+        "kind: managed_identity",
+        "kind: workload_identity\n  tenant_id: t\n  client_id: c\n  token_file: /nonexistent/sa-token",
+    );
+    let expected = "auth.kind workload_identity: cannot read the token file /nonexistent/sa-token";
+    let (code, checked) = run_with(&yaml, &["-t"]);
+    assert_ne!(code, 0);
+    assert!(checked.contains(expected), "{checked}");
+    let (code, started) = run_with(&yaml, &[]);
+    assert_ne!(code, 0, "the proxy started");
+    assert!(started.contains(expected), "{started}");
+}
+
+#[test]
+fn a_listener_key_that_does_not_match_its_certificate_is_named() {
+    let ca = crate::common::certs::TestCa::new("listener CA");
+    let (one, other) = (ca.leaf(), ca.leaf());
+    let dir = scratch_dir();
+    std::fs::write(dir.join("tls.crt"), &one.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &other.key_pem).unwrap();
+    let yaml = format!(
+        "{GOOD}tls: {{listen: \"127.0.0.1:8443\", cert: \"{}\", key: \"{}\"}}\n",
+        dir.join("tls.crt").display(),
+        dir.join("tls.key").display()
+    );
+    let (code, stderr, file) = check(&yaml);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!(
+            "{file}: tls.key: {}",
+            dir.join("tls.key").display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_unusable_file_is_reported_at_once() {
+    let (code, stderr, file) = check(&format!(
+        "{GOOD}tls: {{listen: \"127.0.0.1:8443\", cert: /nonexistent/tls.crt, key: /nonexistent/tls.key}}\nupstream_tls: {{ca_file: /nonexistent/ca.pem}}\n"
+    ));
+    assert_ne!(code, 0);
+    for key in ["tls.cert", "tls.key", "upstream_tls.ca_file"] {
+        assert!(
+            stderr.contains(&format!("{file}: {key}: /nonexistent/")),
+            "{key} in:\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_touches_no_network() {
+    // A token endpoint that counts what it is asked, and a backend whose name cannot resolve.
+    let id = identity().await;
+    let file = scratch_dir().join("conf.yaml");
+    std::fs::write(
+        &file,
+        "listen: [\"127.0.0.1:8080\"]\nauth: {kind: managed_identity}\nbackends:\n  - url: https://aoai.invalid\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .args(["-c", file.to_str().unwrap(), "-t"])
+        .env("IDENTITY_ENDPOINT", id.endpoint())
+        .env("IDENTITY_HEADER", IDENTITY_HEADER)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(id.queries().is_empty(), "--test fetched a token");
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aoai_proxy::sim::EntraEndpoint;
+use aoai_sim::EntraEndpoint;
 
 use crate::common::certs::TestCa;
 use crate::common::*;

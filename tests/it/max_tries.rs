@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aoai_proxy::sim::Fault;
+use aoai_sim::Fault;
 
 use crate::common::*;
 
@@ -84,13 +84,11 @@ async fn every_backend_is_tried_once_before_any_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_at_all_is_a_502_in_azures_shape() {
     let id = identity().await;
-    let dead: Vec<String> = (0..3)
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
+    let dead: Vec<DeadPort> = (0..3).map(|_| DeadPort::new()).collect();
     let yaml = format!(
         "auth: {{kind: managed_identity}}\nbackends:\n{}",
         dead.iter()
-            .map(|u| format!("  - {{url: \"{u}\"}}\n"))
+            .map(|d| format!("  - {{url: \"{}\"}}\n", d.url()))
             .collect::<String>()
     );
     let proxy = Proxy::start(&yaml, Some(&id));

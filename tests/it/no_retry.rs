@@ -1,7 +1,7 @@
 //! Statuses other than 408/429/5xx are the client's business: delivered at once, never retried.
 //! (A 401 to the proxy's own Entra ID token is the one exception: see `token.rs`.)
 
-use aoai_proxy::sim::Fault;
+use aoai_sim::Fault;
 
 use crate::common::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use aoai_proxy::sim::{Backend, Fault};
+use aoai_sim::{Backend, Fault};
 
 use crate::common::*;
 
@@ -61,8 +61,8 @@ async fn no_response_header_within_the_timeout_goes_to_the_next_backend() {
 async fn a_refused_connection_goes_to_the_next_backend() {
     let id = identity().await;
     let b = backend("b1").await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{dead}\", name: dead}}\n  - {{url: \"{}\", name: b1}}\n", b.url());
+    let dead = DeadPort::new();
+    let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: dead}}\n  - {{url: \"{}\", name: b1}}\n", dead.url(), b.url());
     let proxy = Proxy::start(&yaml, Some(&id));
     for _ in 0..4 {
         let (status, headers, _) = chat(&proxy).await;

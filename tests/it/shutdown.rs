@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use aoai_proxy::sim::{Backend, BackendOptions};
+use aoai_sim::{Backend, BackendOptions};
 use futures_util::StreamExt;
 
 use crate::common::*;

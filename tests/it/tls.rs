@@ -1,7 +1,7 @@
 //! HTTPS: upstream TLS with SNI, `Host` and verification always on (extra CA from
 //! `upstream_tls.ca_file`), an untrusted backend failing over, and the client-facing listener.
 
-use aoai_proxy::sim::{Backend, BackendOptions};
+use aoai_sim::{Backend, BackendOptions};
 
 use crate::common::certs::TestCa;
 use crate::common::*;

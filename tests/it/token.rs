@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use aoai_proxy::sim::IdentityEndpoint;
+use aoai_sim::IdentityEndpoint;
 
 use crate::common::*;
 
@@ -132,7 +132,7 @@ async fn api_key_backends_get_their_key_and_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kind_none_sends_no_token() {
-    let b = aoai_proxy::sim::Backend::start(aoai_proxy::sim::BackendOptions {
+    let b = aoai_sim::Backend::start(aoai_sim::BackendOptions {
         record: true,
         require_auth: false,
         ..Default::default()
@@ -249,7 +249,7 @@ async fn requests_never_call_the_token_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_brings_a_fresh_token_and_one_more_try() {
-    use aoai_proxy::sim::Fault;
+    use aoai_sim::Fault;
     let id = identity().await;
     let b = backends(2).await;
     b[0].push_fault(Fault::Status {
@@ -281,7 +281,7 @@ async fn a_401_brings_a_fresh_token_and_one_more_try() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_401_goes_to_the_client() {
-    use aoai_proxy::sim::Fault;
+    use aoai_sim::Fault;
     let id = identity().await;
     let b = backends(2).await;
     b[0].set_fault(Some(Fault::Status {
@@ -303,7 +303,7 @@ async fn a_second_401_goes_to_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_from_an_api_key_backend_is_not_retried() {
-    use aoai_proxy::sim::Fault;
+    use aoai_sim::Fault;
     let id = identity().await;
     let b = backends(2).await;
     b[0].push_fault(Fault::Status {
@@ -347,7 +347,7 @@ async fn the_refresh_margin_is_configurable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_with_no_try_left_still_gets_a_new_token_for_later_requests() {
-    use aoai_proxy::sim::Fault;
+    use aoai_sim::Fault;
     let id = identity().await;
     let b = backend("b0").await;
     b.push_fault(Fault::Status {

@@ -2,7 +2,7 @@
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use aoai_proxy::sim::TlsIdentity;
+use aoai_sim::TlsIdentity;
 
 /// A test CA.
 pub struct TestCa {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use aoai_proxy::sim::{Backend, BackendOptions, IdentityEndpoint};
+use aoai_sim::{Backend, BackendOptions, IdentityEndpoint};
 use serde_json::{json, Value};
 
 /// The header secret of the simulated identity endpoint.
@@ -19,7 +19,33 @@ pub const IDENTITY_HEADER: &str = "test-identity-header";
 /// The chat path every test uses.
 pub const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
 
-/// A port that was free a moment ago.
+/// A port on 127.0.0.1 that refuses every connection for as long as this lives: its socket is
+/// bound, so no other test can be given the port, but it never listens.
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a port on 127.0.0.1");
+        let port = socket.local_addr().expect("its address").port();
+        DeadPort {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A port that was free a moment ago (for the proxy's own listeners, bound at once).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -137,6 +163,19 @@ impl Proxy {
     /// GET on the admin listener: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         admin_get(self.admin, path).expect("the admin listener does not answer")
+    }
+
+    /// Polls `/metrics` (every 20 ms, at most 10 s) until `ready` holds for its text; the text.
+    pub async fn wait_for_metrics(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, metrics) = self.admin_get("/metrics");
+            if ready(&metrics) {
+                return metrics;
+            }
+            assert!(Instant::now() < deadline, "{what} within 10 s:\n{metrics}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -8,9 +8,9 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::balance::Pool;
+use crate::credentials::TokenCache;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
-use crate::token::TokenCache;
 
 /// The admin endpoints.
 pub struct Admin {

@@ -1,8 +1,25 @@
-//! How long a throttled backend asked to be left alone, read from its own response headers.
+//! How long a throttled backend asked to be left alone, read from its own response headers,
+//! and how long it is left alone ([`period`]).
 
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+
+use crate::config::CooldownPolicy;
+
+/// The cooldown a 429 or 503 with `headers` gets, and why: the time the backend asked for,
+/// capped by `cooldown.max`, or `cooldown.default` when it asked for nothing usable.
+pub fn period(
+    headers: Option<&HeaderMap>,
+    policy: &CooldownPolicy,
+    now: SystemTime,
+) -> (Duration, &'static str) {
+    match headers.and_then(|h| requested_cooldown(h, now)) {
+        Some(d) if d > policy.max => (policy.max, "the time it asked for, capped by cooldown.max"),
+        Some(d) => (d, "the time it asked for"),
+        None => (policy.default, "no usable retry-after: cooldown.default"),
+    }
+}
 
 /// The cooldown a 429 or 503 asks for: `retry-after-ms`, else `retry-after` (seconds or an HTTP
 /// date), else the longest of `x-ratelimit-reset-requests` / `x-ratelimit-reset-tokens`.
@@ -87,6 +104,30 @@ mod tests {
             &headers(pairs),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         )
+    }
+
+    #[test]
+    fn the_period_is_what_was_asked_within_the_policy() {
+        let policy = CooldownPolicy {
+            default: Duration::from_secs(10),
+            max: Duration::from_secs(3600),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let asks = |v: &str| headers(&[("retry-after", v)]);
+        assert_eq!(
+            period(Some(&asks("7")), &policy, now).0,
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            period(Some(&asks("7200")), &policy, now).0,
+            Duration::from_secs(3600),
+            "capped by cooldown.max"
+        );
+        assert_eq!(
+            period(Some(&asks("soon")), &policy, now).0,
+            Duration::from_secs(10)
+        );
+        assert_eq!(period(None, &policy, now).0, Duration::from_secs(10));
     }
 
     #[test]

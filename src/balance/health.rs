@@ -1,44 +1,28 @@
 //! Each backend's state, in one place: cooldowns per deployment (the backend asked for them),
-//! passive ejection (it kept failing), and the result of active probes. Read lock-free on every
-//! request; changed rarely, and logged when it changes.
+//! passive ejection (it kept failing), and the result of active probes. Read lock-free and
+//! without allocating on every request; changed rarely, and logged when it changes.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use http::HeaderMap;
 
-/// When passive health ejects a backend, and for how long.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EjectionPolicy {
-    /// Consecutive failures (connection errors, timeouts, 5xx) that eject a backend. Default 3.
-    pub failures: u32,
-    /// The first ejection; each further one while it keeps failing doubles it. Default 10 s.
-    pub base: Duration,
-    /// The longest ejection. Default 5 min.
-    pub max: Duration,
-}
-
-impl Default for EjectionPolicy {
-    fn default() -> Self {
-        EjectionPolicy {
-            failures: 3,
-            base: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-        }
-    }
-}
+use super::cooldown;
+use crate::config::{CooldownPolicy, EjectionPolicy};
+use crate::retry::Outcome;
 
 /// Nanoseconds since an arbitrary start (never 0): lets an `Instant` live in an atomic.
-pub(crate) fn nanos(at: Instant) -> u64 {
+fn nanos(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
     u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Cooldown ends per deployment (`None`: requests that name no deployment), in [`nanos`].
-type Cooldowns = HashMap<Option<Arc<str>>, u64>;
+/// Cooldown ends per deployment (`None`: requests that name no deployment), in [`nanos`]. A
+/// short list: a backend cools for few deployments at once, and a scan allocates nothing.
+type Cooldowns = Box<[(Option<Box<str>>, u64)]>;
 
 /// What a metrics endpoint shows of a backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,30 +61,36 @@ impl BackendHealth {
 
     /// How long `deployment` still cools on this backend.
     pub fn cooling_left(&self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
-        let map = self.cooldowns.load();
-        if map.is_empty() {
+        let list = self.cooldowns.load();
+        if list.is_empty() {
             return None;
         }
-        let until = *map.get(&deployment.map(Arc::from))?;
+        let until = list
+            .iter()
+            .find(|(d, _)| d.as_deref() == deployment)
+            .map(|(_, until)| *until)?;
         let now = nanos(now);
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
-    /// Takes `deployment` on this backend out of rotation for `period`.
+    /// Takes `deployment` on this backend out of rotation for `period`; a shorter cooldown
+    /// never cuts a longer one short.
     pub fn cool(&self, deployment: Option<&str>, period: Duration, why: &str) {
         let now = Instant::now();
         let until = nanos(now.checked_add(period).unwrap_or(now));
-        let key: Option<Arc<str>> = deployment.map(Arc::from);
-        self.cooldowns.rcu(|map| {
+        self.cooldowns.rcu(|list| {
             let now = nanos(now);
-            let mut next: Cooldowns = map
+            let mut next: Vec<(Option<Box<str>>, u64)> = list
                 .iter()
-                .filter(|(_, &t)| t > now)
-                .map(|(k, t)| (k.clone(), *t))
+                .filter(|(d, t)| *t > now && d.as_deref() != deployment)
+                .cloned()
                 .collect();
-            let slot = next.entry(key.clone()).or_insert(0);
-            *slot = (*slot).max(until);
-            next
+            let longer = list
+                .iter()
+                .find(|(d, _)| d.as_deref() == deployment)
+                .map_or(until, |(_, t)| until.max(*t));
+            next.push((deployment.map(Box::from), longer));
+            next.into_boxed_slice()
         });
         log::warn!(
             "backend {} cooling {}for {:.1}s ({why})",
@@ -122,9 +112,41 @@ impl BackendHealth {
         self.probe_down.load(Ordering::Acquire)
     }
 
+    /// Whether it is out of rotation for its health: ejected, or failing its probes.
+    pub fn is_unhealthy(&self, now: Instant) -> bool {
+        self.is_ejected(now) || self.is_probe_down()
+    }
+
+    /// Takes in what a try produced: a 429 or 503 cools the deployment for the time the backend
+    /// asked (see [`cooldown::period`]); connection failures, timeouts and 5xx count towards
+    /// ejection; any other answer shows the backend alive.
+    pub fn observe(
+        &self,
+        outcome: Outcome,
+        headers: Option<&HeaderMap>,
+        deployment: Option<&str>,
+        cooldown: &CooldownPolicy,
+        ejection: &EjectionPolicy,
+    ) {
+        match outcome {
+            Outcome::Status(status) if matches!(status.as_u16(), 429 | 503) => {
+                let (period, why) = cooldown::period(headers, cooldown, SystemTime::now());
+                self.cool(deployment, period, &format!("{}, {why}", status.as_u16()));
+                if status.as_u16() == 503 {
+                    self.record_failure(ejection);
+                } else {
+                    self.record_success();
+                }
+            }
+            Outcome::Status(status) if status.as_u16() >= 500 => self.record_failure(ejection),
+            Outcome::Status(_) => self.record_success(),
+            Outcome::Failed(_) => self.record_failure(ejection),
+        }
+    }
+
     /// Counts a connection failure, timeout or 5xx; ejects after `policy.failures` in a row,
     /// and again at once (for twice as long) if it fails right after an ejection.
-    pub fn record_failure(&self, policy: &EjectionPolicy) {
+    fn record_failure(&self, policy: &EjectionPolicy) {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let ejections = self.ejections.load(Ordering::Acquire);
         let now = Instant::now();
@@ -149,7 +171,7 @@ impl BackendHealth {
     }
 
     /// Counts an answer below 500: the backend is alive, and back in rotation if it was out.
-    pub fn record_success(&self) {
+    fn record_success(&self) {
         self.failures.store(0, Ordering::Release);
         if self.ejections.swap(0, Ordering::AcqRel) > 0 {
             self.ejected_until.store(0, Ordering::Release);
@@ -181,8 +203,8 @@ impl BackendHealth {
             .cooldowns
             .load()
             .iter()
-            .filter(|(_, &t)| t > n)
-            .map(|(d, &t)| {
+            .filter(|(_, t)| *t > n)
+            .map(|(d, t)| {
                 (
                     d.as_deref().map(str::to_string),
                     Duration::from_nanos(t - n),
@@ -254,6 +276,56 @@ mod tests {
         assert!(!h.is_ejected(Instant::now()));
         h.record_failure(&policy);
         assert!(!h.is_ejected(Instant::now()), "a success resets the count");
+    }
+
+    #[test]
+    fn a_throttled_answer_cools_the_deployment_for_as_long_as_allowed() {
+        let cooldown = CooldownPolicy {
+            default: Duration::from_secs(10),
+            max: Duration::from_secs(3600),
+        };
+        let eject_at_once = EjectionPolicy {
+            failures: 1,
+            ..Default::default()
+        };
+        let status = |s| Outcome::Status(http::StatusCode::from_u16(s).unwrap());
+        let mut asks_two_hours = HeaderMap::new();
+        asks_two_hours.insert("retry-after", "7200".parse().unwrap());
+        let h = BackendHealth::new("b");
+        h.observe(
+            status(429),
+            Some(&asks_two_hours),
+            Some("gpt-4o"),
+            &cooldown,
+            &eject_at_once,
+        );
+        let left = h.cooling_left(Some("gpt-4o"), Instant::now()).unwrap();
+        assert!(
+            left <= Duration::from_secs(3600) && left > Duration::from_secs(3590),
+            "capped by cooldown.max: {left:?}"
+        );
+        assert!(
+            !h.is_ejected(Instant::now()),
+            "a 429 shows the backend alive"
+        );
+        // A 503 with nothing usable: the default cooldown, and it counts towards ejection.
+        let h = BackendHealth::new("b");
+        h.observe(
+            status(503),
+            Some(&HeaderMap::new()),
+            None,
+            &cooldown,
+            &eject_at_once,
+        );
+        let left = h.cooling_left(None, Instant::now()).unwrap();
+        assert!(
+            left <= Duration::from_secs(10) && left > Duration::from_secs(9),
+            "{left:?}"
+        );
+        assert!(h.is_ejected(Instant::now()));
+        // Any answer below 500 brings it back.
+        h.observe(status(404), None, None, &cooldown, &eject_at_once);
+        assert!(!h.is_ejected(Instant::now()));
     }
 
     #[test]

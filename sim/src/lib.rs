@@ -1,7 +1,9 @@
-//! A simulator of what the proxy talks to in Azure, for the demo, the tests and the benchmarks:
-//! Azure OpenAI backends ([`Backend`]) and an App Service managed identity endpoint
-//! ([`IdentityEndpoint`]) and an Entra ID token endpoint ([`EntraEndpoint`]). Nothing in the
-//! proxy depends on it.
+//! aoai-sim: what aoai-proxy talks to in Azure, simulated for its demo, tests and benchmarks:
+//! Azure OpenAI backends ([`Backend`]), an App Service managed identity endpoint
+//! ([`IdentityEndpoint`]) and an Entra ID token endpoint ([`EntraEndpoint`]).
+//!
+//! A crate of its own so that the proxy links none of it: only `aoai-proxy demo` and
+//! `aoai-proxy simulate` (the `sim` feature), the tests and the benchmarks use it.
 
 mod entra;
 mod identity;
@@ -19,7 +21,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use pingora::tls::ssl::{SslAcceptor, SslMethod};
+use openssl::ssl::{SslAcceptor, SslMethod};
 use tokio::net::TcpListener;
 
 pub use entra::{EntraEndpoint, TokenRequest};
@@ -52,8 +54,27 @@ impl Drop for Server {
     }
 }
 
-/// Binds `addr` and serves `handler` on each HTTP/1.1 request, over TLS when `tls` is set.
-async fn serve<H>(addr: SocketAddr, tls: Option<TlsIdentity>, handler: H) -> io::Result<Server>
+/// Where a simulated server listens: an address to bind, or a socket bound already (so a
+/// caller can learn the port before any thread starts).
+pub enum Bind {
+    Addr(SocketAddr),
+    Listener(std::net::TcpListener),
+}
+
+impl From<SocketAddr> for Bind {
+    fn from(addr: SocketAddr) -> Self {
+        Bind::Addr(addr)
+    }
+}
+
+impl From<std::net::TcpListener> for Bind {
+    fn from(listener: std::net::TcpListener) -> Self {
+        Bind::Listener(listener)
+    }
+}
+
+/// Binds and serves `handler` on each HTTP/1.1 request, over TLS when `tls` is set.
+async fn serve<H>(bind: Bind, tls: Option<TlsIdentity>, handler: H) -> io::Result<Server>
 where
     H: Fn(Request<Incoming>) -> Reply + Send + Sync + 'static,
 {
@@ -61,7 +82,13 @@ where
         Some(id) => Some(Arc::new(acceptor(&id).map_err(io::Error::other)?)),
         None => None,
     };
-    let listener = TcpListener::bind(addr).await?;
+    let listener = match bind {
+        Bind::Addr(addr) => TcpListener::bind(addr).await?,
+        Bind::Listener(l) => {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)?
+        }
+    };
     let addr = listener.local_addr()?;
     let handler = Arc::new(handler);
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -85,7 +112,7 @@ where
                         let _ = http.serve_connection(TokioIo::new(stream), service).await;
                     }
                     Some(acceptor) => {
-                        let Ok(ssl) = pingora::tls::ssl::Ssl::new(acceptor.context()) else {
+                        let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
                             return;
                         };
                         let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
@@ -106,9 +133,9 @@ where
     })
 }
 
-fn acceptor(id: &TlsIdentity) -> Result<SslAcceptor, pingora::tls::error::ErrorStack> {
-    use pingora::tls::pkey::PKey;
-    use pingora::tls::x509::X509;
+fn acceptor(id: &TlsIdentity) -> Result<SslAcceptor, openssl::error::ErrorStack> {
+    use openssl::pkey::PKey;
+    use openssl::x509::X509;
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
     let mut chain = X509::stack_from_pem(&id.cert_pem)?.into_iter();
     if let Some(leaf) = chain.next() {

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
-use super::{azure_error, json, lock, serve, Body, Server};
+use super::{azure_error, json, lock, serve, Bind, Body, Server};
 
 struct State {
     secret: String,
@@ -34,9 +34,9 @@ impl IdentityEndpoint {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), secret, lifetime).await
     }
 
-    /// Starts one on `addr`.
+    /// Starts one on `bind` (an address, or a socket bound already).
     pub async fn start_on(
-        addr: SocketAddr,
+        bind: impl Into<Bind>,
         secret: &str,
         lifetime: Duration,
     ) -> io::Result<IdentityEndpoint> {
@@ -48,7 +48,7 @@ impl IdentityEndpoint {
             queries: Mutex::default(),
         });
         let s = state.clone();
-        let server = serve(addr, None, move |req| {
+        let server = serve(bind.into(), None, move |req| {
             let s = s.clone();
             Box::pin(async move { Ok(token(&s, req)) })
         })

@@ -1,6 +1,6 @@
 //! Active health checks: backends with a `health_check` are probed on their interval with
 //! pingora-load-balancing's TCP or HTTP checks, and the results feed the same state passive
-//! health uses ([`crate::health::BackendHealth`]).
+//! health uses ([`super::health::BackendHealth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +12,8 @@ use pingora::lb::Backend as LbBackend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use super::{Backend, Pool};
 use crate::config::{HealthCheckKind, Scheme};
-use crate::pool::{Backend, Pool};
 
 /// Consecutive failed probes that take a backend out; one success brings it back.
 const PROBE_FAILURES: u32 = 2;

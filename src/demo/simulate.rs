@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::sim::{Backend, BackendOptions, Fault, IdentityEndpoint};
+use aoai_sim::{Backend, BackendOptions, Fault, IdentityEndpoint};
 
 /// Options of `aoai-proxy simulate`.
 #[derive(clap::Args, Debug)]

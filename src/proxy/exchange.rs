@@ -1,5 +1,5 @@
-//! One try: connect to a backend (or reuse a pooled connection), send the request and its
-//! whole body, and wait for the response header.
+//! The upstream exchange of one try: connect to a backend (or reuse a pooled connection), send
+//! the request and its whole body, and wait for the response header.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,20 +7,65 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-use crate::retry::Failure;
+use crate::retry::{Failure, Outcome};
 
 /// What a try produced.
 pub enum Attempt {
-    /// The response header arrived; the body is still to be read from the session.
-    Response(Box<HttpSession>),
+    /// The response header arrived; the body is still to be read.
+    Answered(Answer),
     /// No response header.
     Failed(Failure, Box<Error>),
+}
+
+impl Attempt {
+    /// What the retry policy and the balancer see of it.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Answered(a) => Outcome::Status(a.head.status),
+            Attempt::Failed(f, _) => Outcome::Failed(*f),
+        }
+    }
+
+    /// The response headers, when it answered.
+    pub fn headers(&self) -> Option<&HeaderMap> {
+        match self {
+            Attempt::Answered(a) => Some(&a.head.headers),
+            Attempt::Failed(..) => None,
+        }
+    }
+}
+
+/// A backend's answer: its response header, and the session to read the body from.
+pub struct Answer {
+    pub head: Box<ResponseHeader>,
+    pub session: Box<HttpSession>,
+}
+
+impl Answer {
+    /// The answer in `session`, whose response header has been read.
+    fn read(session: Box<HttpSession>) -> Attempt {
+        match session.response_header() {
+            Some(head) => Attempt::Answered(Answer {
+                head: Box::new(head.clone()),
+                session,
+            }),
+            None => Attempt::Failed(
+                Failure::Dropped,
+                Error::explain(ErrorType::InvalidHTTPHeader, "no response header"),
+            ),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.head.status
+    }
 }
 
 /// Sends `req` with `body` to `peer` and waits up to `header_timeout` for the response header.
@@ -56,7 +101,7 @@ pub async fn send(
             );
         };
         match exchange(&mut session, this_try, body, deadline).await {
-            Ok(()) => return Attempt::Response(Box::new(session)),
+            Ok(()) => return Answer::read(Box::new(session)),
             Err(Exchange::Timeout) => {
                 let e = Error::explain(
                     ErrorType::ReadTimedout,
@@ -122,14 +167,10 @@ fn connect_failure(e: &Error) -> Failure {
     }
 }
 
-/// Reads and discards a response that will not be delivered (a retried 429 or 5xx) so its
+/// Reads and discards an answer that will not be delivered (a retried 429 or 5xx) so its
 /// connection can go back to the pool; closes it instead when that takes too long.
-pub fn discard(
-    connector: Arc<Connector>,
-    peer: Arc<HttpPeer>,
-    mut session: Box<HttpSession>,
-    idle: Duration,
-) {
+pub fn discard(connector: Arc<Connector>, peer: Arc<HttpPeer>, answer: Answer, idle: Duration) {
+    let mut session = answer.session;
     tokio::spawn(async move {
         let drained = tokio::time::timeout(Duration::from_secs(2), async {
             let mut read = 0usize;

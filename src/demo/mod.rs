@@ -1,12 +1,18 @@
-//! `aoai-proxy demo`: two simulated Azure OpenAI backends, a simulated managed identity
+//! The commands that run the simulator (the `aoai-sim` crate) rather than serve real traffic:
+//! `aoai-proxy demo` — two simulated Azure OpenAI backends, a simulated managed identity
 //! endpoint and the proxy in front, all on 127.0.0.1, with a `curl` line and an `openai` SDK
-//! line that work as printed.
+//! line that work as printed — and `aoai-proxy simulate` ([`simulate`]).
 
-use std::net::{SocketAddr, TcpStream};
+pub mod simulate;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use aoai_sim::{Backend, BackendOptions, IdentityEndpoint};
+
 use crate::config::Config;
-use crate::sim::{Backend, BackendOptions, IdentityEndpoint};
+use crate::server::Proxy;
 
 /// Options of `aoai-proxy demo`.
 #[derive(clap::Args, Debug)]
@@ -19,8 +25,25 @@ pub struct DemoArgs {
 /// The key clients of the demo use.
 const DEMO_KEY: &str = "demo-key";
 
+/// The `x-identity-header` secret of the demo's identity endpoint.
+const IDENTITY_HEADER: &str = "demo-identity-header";
+
 /// Starts the simulators, prints how to call the proxy, and runs the proxy until Ctrl+C.
-pub fn run(args: DemoArgs) -> Result<(), String> {
+///
+/// Call it before any other thread starts: the managed identity credential finds the
+/// (simulated) App Service endpoint in the environment, exactly as on Azure App Service, and
+/// the environment is set here, while this is the only thread. Nothing is ever sent to the
+/// instance metadata service.
+pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
+    let identity_listener = TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))?;
+    let identity_addr = identity_listener.local_addr().map_err(|e| e.to_string())?;
+    std::env::set_var(
+        "IDENTITY_ENDPOINT",
+        format!("http://{identity_addr}/msi/token"),
+    );
+    std::env::set_var("IDENTITY_HEADER", IDENTITY_HEADER);
+
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -33,9 +56,12 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         };
         rt.block_on(async move {
             let started = async {
-                let identity =
-                    IdentityEndpoint::start("demo-identity-header", Duration::from_secs(24 * 3600))
-                        .await?;
+                let identity = IdentityEndpoint::start_on(
+                    identity_listener,
+                    IDENTITY_HEADER,
+                    Duration::from_secs(24 * 3600),
+                )
+                .await?;
                 let mut backends = Vec::new();
                 for name in ["eastus-sim", "westus-sim"] {
                     let options = BackendOptions {
@@ -50,7 +76,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             match started.await {
                 Ok((identity, backends)) => {
                     let urls: Vec<String> = backends.iter().map(Backend::url).collect();
-                    let _ = tx.send(Ok((identity.endpoint(), urls)));
+                    let _ = tx.send(Ok(urls));
                     // Keep the simulators alive for the life of the process.
                     let _keep = (identity, backends);
                     std::future::pending::<()>().await;
@@ -61,12 +87,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             }
         });
     });
-    let (endpoint, urls) = rx.recv().map_err(|e| e.to_string())??;
-
-    // The managed identity credential finds the (simulated) App Service endpoint here,
-    // exactly as on Azure App Service. Nothing is ever sent to the instance metadata service.
-    std::env::set_var("IDENTITY_ENDPOINT", &endpoint);
-    std::env::set_var("IDENTITY_HEADER", "demo-identity-header");
+    let urls = rx.recv().map_err(|e| e.to_string())??;
 
     let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
     let admin = SocketAddr::from(([127, 0, 0, 1], args.port.wrapping_add(1)));
@@ -81,7 +102,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         urls[0], urls[1]
     );
     let config = Config::from_yaml(&yaml).map_err(|p| format!("demo configuration: {p:?}"))?;
-    let proxy = crate::server::build(&config).map_err(|e| e.to_string())?;
+    let proxy = Proxy::build(&config).map_err(|e| e.to_string())?;
 
     std::thread::spawn(move || {
         if wait_ready(admin, Duration::from_secs(30)) {
@@ -90,7 +111,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             eprintln!("the proxy did not become ready within 30 s: see the log above");
         }
     });
-    proxy.run_forever()
+    Ok(proxy.run())
 }
 
 /// Polls `/readyz` until it answers 200.

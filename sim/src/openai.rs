@@ -15,7 +15,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
-use super::{azure_error, json, lock, serve, Body, Server, TlsIdentity};
+use super::{azure_error, json, lock, serve, Bind, Body, Server, TlsIdentity};
 
 /// What a simulated backend does instead of answering normally.
 #[derive(Clone, Debug)]
@@ -115,8 +115,8 @@ impl Backend {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), options).await
     }
 
-    /// Starts one on `addr`.
-    pub async fn start_on(addr: SocketAddr, options: BackendOptions) -> io::Result<Backend> {
+    /// Starts one on `bind` (an address, or a socket bound already).
+    pub async fn start_on(bind: impl Into<Bind>, options: BackendOptions) -> io::Result<Backend> {
         let tls = options.tls.clone();
         let state = Arc::new(State {
             options,
@@ -126,7 +126,10 @@ impl Backend {
             recorded: Mutex::default(),
         });
         let s = state.clone();
-        let server = serve(addr, tls, move |req| Box::pin(handle(s.clone(), req))).await?;
+        let server = serve(bind.into(), tls, move |req| {
+            Box::pin(handle(s.clone(), req))
+        })
+        .await?;
         Ok(Backend { server, state })
     }
 

@@ -47,7 +47,7 @@ impl EntraEndpoint {
         });
         let s = state.clone();
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = serve(addr, Some(tls), move |req| {
+        let server = serve(addr.into(), Some(tls), move |req| {
             let s = s.clone();
             Box::pin(async move { token(&s, req).await })
         })

@@ -1,9 +1,12 @@
-//! Errors the proxy answers itself, in Azure OpenAI's shape:
+//! The answers the proxy makes itself, in Azure OpenAI's error shape:
 //! `{"error":{"code":"...","message":"..."}}` with `Content-Type: application/json`.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+
+use crate::balance::Unavailable;
+use crate::retry::Failure;
 
 /// An answer made by the proxy rather than a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,37 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The answer when a request's last try got no response header, after `tries` tries that
+    /// ended on backend `backend`.
+    pub fn gave_up(f: Failure, backend: &str, tries: u32) -> ProxyError {
+        let what = match f {
+            Failure::Connect => "could not connect to",
+            Failure::Tls => "could not establish TLS with",
+            Failure::Timeout => "timed out waiting for",
+            Failure::Dropped => "lost the connection to",
+        };
+        ProxyError::Upstream {
+            status: f.status(),
+            detail: format!(
+                "The proxy {what} the Azure OpenAI backend {backend:?} after {tries} tries."
+            ),
+        }
+    }
+
+    /// Why no backend can take a request for `deployment`, as the client is told.
+    pub fn unavailable(why: Unavailable, deployment: Option<&str>) -> ProxyError {
+        match why {
+            Unavailable::UnknownDeployment => ProxyError::DeploymentNotFound {
+                deployment: deployment.unwrap_or_default().to_string(),
+            },
+            Unavailable::NoToken => ProxyError::NoToken,
+            Unavailable::Cooling { shortest } => ProxyError::AllCooling {
+                deployment: deployment.map(str::to_string),
+                left: shortest,
+            },
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {

@@ -1,4 +1,5 @@
-//! The deployment a request is for, and its name on a backend that calls it something else.
+//! The deployment a request is for (from its path or its body), and the request rewritten for a
+//! backend that knows the deployment by another name ([`super::Naming`]).
 
 use bytes::Bytes;
 use serde::Deserialize;

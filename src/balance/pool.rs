@@ -1,0 +1,195 @@
+//! [`Pool`]: the backends, their priority groups and each group's smooth weighted rotation,
+//! and the policies that say how a try's outcome changes a backend's state.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::HeaderMap;
+use pingora::tls::x509::X509;
+
+use super::backend::{Backend, BackendAuth, BackendError, PeerTemplate};
+use crate::config::{Config, CooldownPolicy, CredentialKind, EjectionPolicy};
+use crate::retry::Outcome;
+
+/// The backends and their rotation.
+pub struct Pool {
+    pub(super) backends: Box<[Arc<Backend>]>,
+    /// Priority groups, lowest priority first.
+    pub(super) groups: Box<[Group]>,
+    /// For each backend, the index of its group.
+    pub(super) group_of: Box<[usize]>,
+    cooldown: CooldownPolicy,
+    ejection: EjectionPolicy,
+}
+
+/// Backends of one priority, with their own rotation.
+pub(super) struct Group {
+    /// One round of the smooth weighted rotation: backend indexes, each as often as its weight.
+    pub(super) rotation: Box<[usize]>,
+    /// Turns taken so far; each request takes one when it first uses the group.
+    turns: AtomicUsize,
+}
+
+impl Group {
+    /// A new turn in the rotation.
+    pub(super) fn take_turn(&self) -> usize {
+        self.turns.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Pool {
+    /// Builds the pool from the configuration, without any network (host names resolve in
+    /// [`super::Resolver`]). `ca` is the trust store for upstream TLS when
+    /// `upstream_tls.ca_file` adds to the system roots.
+    pub fn new(config: &Config, ca: Option<Arc<Box<[X509]>>>) -> Result<Self, BackendError> {
+        let template = PeerTemplate {
+            connect_timeout: config.timeouts.connect,
+            pool_idle: config.timeouts.pool_idle,
+            ca,
+        };
+        let uses_tokens = config.auth.credential != CredentialKind::None;
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| Backend::new(b, uses_tokens, template.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut priorities: Vec<u8> = config.backends.iter().map(|b| b.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let group_of: Box<[usize]> = config
+            .backends
+            .iter()
+            .map(|b| priorities.partition_point(|&p| p < b.priority))
+            .collect();
+        let groups = (0..priorities.len())
+            .map(|g| {
+                let members: Vec<usize> =
+                    (0..backends.len()).filter(|&i| group_of[i] == g).collect();
+                let weights: Vec<u16> =
+                    members.iter().map(|&i| config.backends[i].weight).collect();
+                Group {
+                    rotation: smooth_rotation(&weights)
+                        .into_iter()
+                        .map(|k| members[k])
+                        .collect(),
+                    turns: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        Ok(Pool {
+            backends: backends.into(),
+            groups,
+            group_of,
+            cooldown: config.cooldown.clone(),
+            ejection: config.ejection.clone(),
+        })
+    }
+
+    /// The backends in configuration order.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// The backend at `index`.
+    pub fn get(&self, index: usize) -> &Arc<Backend> {
+        &self.backends[index]
+    }
+
+    /// Whether any backend is called with the proxy's Entra ID token (else no token is fetched).
+    pub fn needs_token(&self) -> bool {
+        self.backends
+            .iter()
+            .any(|b| matches!(b.auth, BackendAuth::EntraToken))
+    }
+
+    /// Takes in what a try on backend `index` produced, with the response headers when it
+    /// answered (see [`super::health::BackendHealth::observe`]).
+    pub fn observe(
+        &self,
+        index: usize,
+        outcome: Outcome,
+        headers: Option<&HeaderMap>,
+        deployment: Option<&str>,
+    ) {
+        self.backends[index].health.observe(
+            outcome,
+            headers,
+            deployment,
+            &self.cooldown,
+            &self.ejection,
+        );
+    }
+}
+
+/// The order of one round of weighted round robin, spread out as nginx's smooth weighted
+/// round robin does (weights 3:1 give `a a b a`, not `a a a b`).
+fn smooth_rotation(weights: &[u16]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..current.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A pool of backends on 127.0.0.1 with these (priority, weight) pairs and `extra` YAML.
+    pub(crate) fn pool_with(backends: &[(u8, u16)], extra: &str) -> Pool {
+        let mut yaml = format!("listen: [\"127.0.0.1:1\"]\n{extra}backends:\n");
+        for (i, (priority, weight)) in backends.iter().enumerate() {
+            yaml.push_str(&format!(
+                "  - {{url: \"http://127.0.0.1:{}\", priority: {priority}, weight: {weight}}}\n",
+                1000 + i
+            ));
+        }
+        Pool::new(&Config::from_yaml(&yaml).unwrap(), None).unwrap()
+    }
+
+    /// Such a pool with `auth.kind: none`.
+    pub(crate) fn pool(backends: &[(u8, u16)]) -> Pool {
+        pool_with(backends, "auth: {kind: none}\n")
+    }
+
+    #[test]
+    fn equal_weights_rotate_exactly() {
+        assert_eq!(smooth_rotation(&[1, 1, 1]), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn weights_are_spread_out() {
+        assert_eq!(smooth_rotation(&[3, 1]), vec![0, 0, 1, 0]);
+        let r = smooth_rotation(&[5, 1, 1]);
+        assert_eq!(r.len(), 7);
+        assert_eq!(r.iter().filter(|&&i| i == 0).count(), 5);
+        assert_ne!(
+            &r[..5],
+            &[0, 0, 0, 0, 0],
+            "heavy backend not bunched: {r:?}"
+        );
+    }
+
+    #[test]
+    fn groups_follow_priority() {
+        let p = pool(&[(5, 1), (0, 1), (5, 1), (2, 1)]);
+        assert_eq!(&*p.group_of, &[2, 0, 2, 1]);
+        assert_eq!(&*p.groups[2].rotation, &[0, 2]);
+    }
+
+    #[test]
+    fn only_backends_without_a_key_need_a_token() {
+        let p = pool_with(&[(0, 1)], "auth: {kind: managed_identity}\n");
+        assert!(p.needs_token());
+        assert!(!pool(&[(0, 1)]).needs_token(), "kind none: no token");
+    }
+}

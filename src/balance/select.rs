@@ -1,0 +1,359 @@
+//! Choosing a backend for each try of a request: the one accept rule ([`Fit`]), the walk through
+//! the priority groups' rotations ([`Selection::next`]), and why a request cannot be served at
+//! all ([`Unavailable`]).
+//!
+//! A request takes one turn of a group's rotation the first time it uses that group, then walks
+//! on from there for its retries, so every backend is tried once before any is tried twice. The
+//! clock is read once a pick by the caller; on the healthy path nothing is allocated.
+
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use smallvec::SmallVec;
+
+use super::backend::{BackendAuth, Credential};
+use super::Pool;
+
+/// Why no backend can take a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No backend serves the deployment (404).
+    UnknownDeployment,
+    /// Every backend that serves it needs the proxy's Entra ID token, and none is held (503).
+    NoToken,
+    /// Every backend that could take it is cooling (429): the shortest of their waits.
+    Cooling { shortest: Duration },
+}
+
+/// A backend for one try, with the credential it is sent.
+#[derive(Clone, Debug)]
+pub struct Pick {
+    pub index: usize,
+    pub credential: Credential,
+}
+
+/// How well a backend fits a request, worst first: the accept rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fit {
+    /// It does not serve the deployment.
+    NotServing,
+    /// It needs the proxy's token, and none is held.
+    NoToken,
+    /// It asked to be left alone for this deployment, for this long still.
+    Cooling(Duration),
+    /// It is ejected by passive health, or failing its probes.
+    Unhealthy,
+    /// It may take the request.
+    Ready,
+}
+
+/// One request's choice of backends: which it may use, and which it has tried.
+pub struct Selection<'a> {
+    pool: &'a Pool,
+    deployment: Option<&'a str>,
+    /// The proxy's Entra ID token header, when one is held.
+    token: Option<HeaderValue>,
+    /// The least fit a backend needs: [`Fit::Ready`], or [`Fit::Unhealthy`] when no backend
+    /// that could take the request is healthy (then all are tried rather than none).
+    least: Fit,
+    /// This request's turn in each group's rotation: (group, turn).
+    turns: SmallVec<[(usize, usize); 2]>,
+    /// The backends tried, one entry a try.
+    tried: SmallVec<[usize; 4]>,
+}
+
+impl Pool {
+    /// Starts choosing backends for a request that names `deployment`, with `token` the
+    /// proxy's current Entra ID token header: its first backend, or why none can take it.
+    pub fn select<'a>(
+        &'a self,
+        deployment: Option<&'a str>,
+        token: Option<HeaderValue>,
+        now: Instant,
+    ) -> Result<(Selection<'a>, Pick), Unavailable> {
+        let mut selection = Selection {
+            pool: self,
+            deployment,
+            token,
+            least: Fit::Ready,
+            turns: SmallVec::new(),
+            tried: SmallVec::new(),
+        };
+        let (mut best, mut shortest, mut serving) = (Fit::NotServing, None::<Duration>, false);
+        for i in 0..self.backends.len() {
+            let fit = selection.fit(i, now);
+            serving |= fit != Fit::NotServing;
+            if let Fit::Cooling(left) = fit {
+                shortest = Some(shortest.map_or(left, |s| s.min(left)));
+            }
+            best = best.max(fit);
+        }
+        let why = match (shortest, serving) {
+            (Some(shortest), _) => Unavailable::Cooling { shortest },
+            (None, true) => Unavailable::NoToken,
+            (None, false) => Unavailable::UnknownDeployment,
+        };
+        if best < Fit::Unhealthy {
+            return Err(why);
+        }
+        selection.least = best.min(Fit::Ready);
+        match selection.next(now) {
+            Some(first) => Ok((selection, first)),
+            // Another request changed a backend's state between the two looks: a cooldown or
+            // an ejection began. Come back in a moment.
+            None => Err(Unavailable::Cooling {
+                shortest: shortest.unwrap_or(Duration::from_millis(1)),
+            }),
+        }
+    }
+}
+
+impl Selection<'_> {
+    /// How backend `i` fits this request at `now`.
+    fn fit(&self, i: usize, now: Instant) -> Fit {
+        let b = &self.pool.backends[i];
+        if b.naming(self.deployment).is_none() {
+            Fit::NotServing
+        } else if matches!(b.auth, BackendAuth::EntraToken) && self.token.is_none() {
+            Fit::NoToken
+        } else if let Some(left) = b.health.cooling_left(self.deployment, now) {
+            Fit::Cooling(left)
+        } else if b.health.is_unhealthy(now) {
+            Fit::Unhealthy
+        } else {
+            Fit::Ready
+        }
+    }
+
+    /// Whether backend `i` may take a try of this request at `now`.
+    pub fn accepts(&self, i: usize, now: Instant) -> bool {
+        self.fit(i, now) >= self.least
+    }
+
+    fn tries_of(&self, i: usize) -> usize {
+        self.tried.iter().filter(|&&t| t == i).count()
+    }
+
+    /// This request's turn in `group`, taken the first time it uses the group.
+    fn turn(&mut self, group: usize) -> usize {
+        if let Some(&(_, turn)) = self.turns.iter().find(|(g, _)| *g == group) {
+            return turn;
+        }
+        let turn = self.pool.groups[group].take_turn();
+        self.turns.push((group, turn));
+        turn
+    }
+
+    /// The backend for the next try: among those that accept the request, the least tried,
+    /// then the lowest priority, then the nearest in that group's rotation. So a request stays
+    /// in the first group while it has a usable backend, and every backend is tried once
+    /// before any is tried twice. `None` when no backend accepts the request any more.
+    pub fn next(&mut self, now: Instant) -> Option<Pick> {
+        let mut best: Option<(usize, usize)> = None; // (tries, group)
+        for i in 0..self.pool.backends.len() {
+            if self.accepts(i, now) {
+                let key = (self.tries_of(i), self.pool.group_of[i]);
+                if best.is_none_or(|b| key < b) {
+                    best = Some(key);
+                }
+            }
+        }
+        let (fewest, group) = best?;
+        let turn = self.turn(group);
+        let rotation = &self.pool.groups[group].rotation;
+        let index = (0..rotation.len())
+            .map(|k| rotation[(turn + k) % rotation.len()])
+            .find(|&i| self.tries_of(i) == fewest && self.accepts(i, now))?;
+        self.take(index)
+    }
+
+    /// Backend `index` once more, with a fresh `token`: the retry after a 401 to the old one.
+    /// The backend has just answered, so its health does not matter; `None` when it started
+    /// cooling meanwhile. The repeat does not count as another try on it in the rotation.
+    pub fn again(&mut self, index: usize, token: HeaderValue, now: Instant) -> Option<Pick> {
+        self.token = Some(token);
+        if self.fit(index, now) < Fit::Unhealthy {
+            return None;
+        }
+        let credential = self.pool.backends[index].credential(self.token.as_ref())?;
+        Some(Pick { index, credential })
+    }
+
+    fn take(&mut self, index: usize) -> Option<Pick> {
+        let credential = self.pool.backends[index].credential(self.token.as_ref())?;
+        self.tried.push(index);
+        Some(Pick { index, credential })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pool::tests::{pool, pool_with};
+    use super::*;
+    use crate::retry::{Failure, Outcome};
+
+    const GPT: Option<&str> = Some("gpt-4o");
+
+    /// The backends a request tries, in order, when every try fails and `tries` are allowed.
+    fn walk(p: &Pool, tries: usize, now: Instant) -> Vec<usize> {
+        let Ok((mut s, first)) = p.select(GPT, None, now) else {
+            return vec![];
+        };
+        let mut order = vec![first.index];
+        while order.len() < tries {
+            match s.next(now) {
+                Some(pick) => order.push(pick.index),
+                None => break,
+            }
+        }
+        order
+    }
+
+    fn throttle(p: &Pool, i: usize, secs: u64) {
+        p.get(i).health.cool(GPT, Duration::from_secs(secs), "test");
+    }
+
+    fn fail(p: &Pool, i: usize) {
+        for _ in 0..3 {
+            p.observe(i, Outcome::Failed(Failure::Connect), None, GPT);
+        }
+    }
+
+    #[test]
+    fn a_request_visits_every_backend_before_repeating() {
+        let p = pool(&[(0, 1), (0, 1), (0, 1)]);
+        assert_eq!(walk(&p, 5, Instant::now()), vec![0, 1, 2, 0, 1]);
+        // The next request starts one further along.
+        assert_eq!(walk(&p, 1, Instant::now()), vec![1]);
+    }
+
+    #[test]
+    fn weights_share_the_first_tries() {
+        let p = pool(&[(0, 3), (0, 1)]);
+        let firsts: Vec<usize> = (0..8).flat_map(|_| walk(&p, 1, Instant::now())).collect();
+        assert_eq!(firsts, vec![0, 0, 1, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_cooling_backend_is_never_chosen() {
+        let p = pool(&[(0, 1), (0, 1), (0, 1)]);
+        throttle(&p, 1, 60);
+        for _ in 0..3 {
+            let order = walk(&p, 4, Instant::now());
+            assert!(!order.contains(&1), "{order:?}");
+            assert_eq!(order.len(), 4);
+        }
+        // Cooling is per deployment: another one still goes there.
+        let (s, _) = p.select(Some("embed"), None, Instant::now()).unwrap();
+        assert!(s.accepts(1, Instant::now()));
+        // And it ends when the backend said.
+        let later = Instant::now() + Duration::from_secs(61);
+        assert!(walk(&p, 3, later).contains(&1));
+    }
+
+    #[test]
+    fn everything_cooling_gives_the_shortest_wait() {
+        let p = pool(&[(0, 1), (1, 1)]);
+        throttle(&p, 0, 30);
+        throttle(&p, 1, 5);
+        let Err(Unavailable::Cooling { shortest }) = p.select(GPT, None, Instant::now()) else {
+            panic!("a cooling backend was chosen");
+        };
+        assert!(shortest <= Duration::from_secs(5) && shortest > Duration::from_secs(4));
+    }
+
+    #[test]
+    fn unhealthy_backends_sit_out_unless_nothing_else_could_serve() {
+        let p = pool(&[(0, 1), (0, 1)]);
+        fail(&p, 0);
+        for _ in 0..3 {
+            assert_eq!(walk(&p, 3, Instant::now()), vec![1, 1, 1]);
+        }
+        fail(&p, 1);
+        assert_eq!(
+            walk(&p, 2, Instant::now()).len(),
+            2,
+            "all ejected: all tried"
+        );
+        // A cooling backend is still left alone.
+        throttle(&p, 0, 60);
+        assert_eq!(walk(&p, 3, Instant::now()), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn lower_priority_groups_go_first_and_spill_in_order() {
+        let p = pool(&[(1, 1), (0, 1), (0, 1), (2, 1)]);
+        assert_eq!(walk(&p, 4, Instant::now()), vec![1, 2, 0, 3]);
+        // The first group cooling: the second takes the traffic.
+        throttle(&p, 1, 60);
+        throttle(&p, 2, 60);
+        assert_eq!(walk(&p, 1, Instant::now()), vec![0]);
+        assert_eq!(walk(&p, 1, Instant::now()), vec![0]);
+        // A group a request did not use kept its place in the rotation.
+        let later = Instant::now() + Duration::from_secs(61);
+        let firsts: Vec<usize> = (0..2).flat_map(|_| walk(&p, 1, later)).collect();
+        assert_eq!(firsts, vec![2, 1]);
+    }
+
+    #[test]
+    fn the_reason_a_request_cannot_be_served() {
+        let p = pool_with(&[(0, 1)], "auth: {kind: managed_identity}\n");
+        assert_eq!(
+            p.select(GPT, None, Instant::now()).err(),
+            Some(Unavailable::NoToken),
+            "no token: no backend is called without credentials"
+        );
+        let token = HeaderValue::from_static("Bearer t");
+        let (_, pick) = p.select(GPT, Some(token.clone()), Instant::now()).unwrap();
+        assert!(matches!(pick.credential, Credential::EntraToken(v) if v == token));
+
+        let yaml = "listen: [\"127.0.0.1:1\"]\nauth: {kind: none}\nbackends:\n  - {url: \"http://127.0.0.1:1\", deployments: {gpt-4o: gpt-4o-eu}}\n";
+        let p = Pool::new(&crate::config::Config::from_yaml(yaml).unwrap(), None).unwrap();
+        assert_eq!(
+            p.select(Some("o3"), None, Instant::now()).err(),
+            Some(Unavailable::UnknownDeployment)
+        );
+        assert!(p.select(GPT, None, Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn the_healthy_path_allocates_nothing() {
+        let p = pool_with(
+            &[(0, 1), (0, 1), (1, 1)],
+            "auth: {kind: managed_identity}\n",
+        );
+        let token = HeaderValue::from_static("Bearer t");
+        let info = allocation_counter::measure(|| {
+            let picked = p
+                .select(GPT, Some(token.clone()), Instant::now())
+                .map(|(_, pick)| pick.index);
+            let _ = std::hint::black_box(picked);
+        });
+        assert_eq!(info.count_total, 0, "selection allocated");
+    }
+
+    #[test]
+    fn a_fresh_token_retries_the_same_backend_unless_it_cooled() {
+        let p = pool_with(&[(0, 1), (0, 1)], "auth: {kind: managed_identity}\n");
+        let old = HeaderValue::from_static("Bearer old");
+        let fresh = HeaderValue::from_static("Bearer fresh");
+        let (mut s, first) = p.select(GPT, Some(old), Instant::now()).unwrap();
+        let again = s.again(first.index, fresh.clone(), Instant::now()).unwrap();
+        assert_eq!(again.index, first.index);
+        assert!(matches!(again.credential, Credential::EntraToken(v) if v == fresh));
+        // The repeat is not another turn: the next pick is the other backend, then this one.
+        let (mut s2, first2) = p.select(GPT, Some(fresh.clone()), Instant::now()).unwrap();
+        let again = s2
+            .again(first2.index, fresh.clone(), Instant::now())
+            .unwrap();
+        assert_eq!(s2.next(Instant::now()).unwrap().index, 1 - again.index);
+        // Ejected while the token came: it just answered, so it is tried again all the same.
+        fail(&p, first.index);
+        assert!(s
+            .again(first.index, fresh.clone(), Instant::now())
+            .is_some());
+        // Cooling: not.
+        throttle(&p, first.index, 60);
+        assert!(s.again(first.index, fresh, Instant::now()).is_none());
+    }
+}

@@ -1,0 +1,363 @@
+//! From [`RawConfig`] to [`Config`]: one small validator a section. Each fills in the defaults
+//! named beside the validated types, and reports every problem it finds with its key path, so a
+//! file with three mistakes gets three answers at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{
+    Problems, RawAdmin, RawBackend, RawCheckKind, RawClient, RawConfig, RawCooldown, RawHealth,
+    RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts, RawTls,
+};
+use super::values::{EnvString, HumanDuration, ListenAddr};
+use super::{
+    BackendConfig, ClientKey, Config, CooldownPolicy, EjectionPolicy, HealthCheck, HealthCheckKind,
+    Limits, Problem, ServerSettings, Timeouts, TlsListener,
+};
+
+const HOUR: Duration = Duration::from_secs(3600);
+/// The least duration that is more than zero.
+const POSITIVE: Duration = Duration::from_nanos(1);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, Vec<Problem>> {
+        let mut p = Problems(Vec::new());
+        listeners_are_distinct(&self.listen, self.tls.as_ref(), self.admin.as_ref(), &mut p);
+        if self.listen.is_empty() {
+            p.add("listen", "give at least one \"host:port\" to listen on");
+        }
+        let config = Config {
+            backends: backends(self.backends, &mut p),
+            max_tries: max_tries(self.retry, &mut p),
+            clients: self.clients.map(|c| clients(c, &mut p)),
+            auth: self.auth.validate(&mut p),
+            timeouts: timeouts(self.timeouts, &mut p),
+            limits: limits(self.limits, &mut p),
+            server: server(self.server, &mut p),
+            cooldown: cooldown(self.cooldown, &mut p),
+            ejection: ejection(self.health, &mut p),
+            listen: self.listen.into_iter().map(|l| l.0).collect(),
+            tls: self.tls.map(tls),
+            admin: self.admin.map(|a| a.listen.0),
+            upstream_ca_file: self
+                .upstream_tls
+                .and_then(|u| u.ca_file)
+                .map(|f| PathBuf::from(f.0)),
+        };
+        if p.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(p.0)
+        }
+    }
+}
+
+fn tls(t: RawTls) -> TlsListener {
+    TlsListener {
+        listen: t.listen.0,
+        cert: PathBuf::from(t.cert.0),
+        key: PathBuf::from(t.key.0),
+    }
+}
+
+/// One address cannot serve two listeners.
+fn listeners_are_distinct(
+    listen: &[ListenAddr],
+    tls: Option<&RawTls>,
+    admin: Option<&RawAdmin>,
+    p: &mut Problems,
+) {
+    let mut addresses: Vec<(&str, &str)> =
+        listen.iter().map(|l| ("listen", l.0.as_str())).collect();
+    addresses.extend(tls.map(|t| ("tls.listen", t.listen.0.as_str())));
+    addresses.extend(admin.map(|a| ("admin.listen", a.listen.0.as_str())));
+    for addr in duplicates(addresses.iter().map(|(_, a)| *a)) {
+        let keys: Vec<&str> = addresses
+            .iter()
+            .filter(|(_, a)| *a == addr)
+            .map(|(k, _)| *k)
+            .collect();
+        p.add(
+            keys[0],
+            format!("{addr} is given more than once ({})", keys.join(", ")),
+        );
+    }
+}
+
+fn backends(raw: Vec<RawBackend>, p: &mut Problems) -> Vec<BackendConfig> {
+    if raw.is_empty() {
+        p.add("backends", "give at least one backend");
+    }
+    let backends: Vec<BackendConfig> = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| backend(&format!("backends[{i}]"), b, p))
+        .collect();
+    for name in duplicates(backends.iter().map(|b| b.name.as_str())) {
+        p.add(
+            "backends",
+            format!("two backends are named {name:?}: give each a distinct `name`"),
+        );
+    }
+    backends
+}
+
+fn backend(key: &str, b: RawBackend, p: &mut Problems) -> BackendConfig {
+    let weight = b.weight.unwrap_or(BackendConfig::DEFAULT_WEIGHT);
+    if weight == 0 {
+        p.add(format!("{key}.weight"), "must be at least 1");
+    }
+    BackendConfig {
+        name: b.name.map_or_else(|| b.url.authority(), |n| n.0),
+        url: b.url,
+        weight: weight.max(1),
+        api_key: b.api_key.map(|k| k.0),
+        priority: b.priority.unwrap_or(BackendConfig::DEFAULT_PRIORITY),
+        deployments: b
+            .deployments
+            .map(|map| deployments(&format!("{key}.deployments"), map, p)),
+        health_check: b
+            .health_check
+            .map(|h| health_check(&format!("{key}.health_check"), h, p)),
+    }
+}
+
+/// Azure OpenAI deployment names: letters, digits, `-`, `_` and `.`.
+fn valid_deployment(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn deployments(
+    key: &str,
+    map: BTreeMap<String, EnvString>,
+    p: &mut Problems,
+) -> BTreeMap<String, String> {
+    if map.is_empty() {
+        p.add(
+            key,
+            "an empty map would serve nothing: remove it to serve every deployment",
+        );
+    }
+    map.into_iter()
+        .map(|(from, EnvString(to))| {
+            for name in [&from, &to] {
+                if !valid_deployment(name) {
+                    p.add(
+                        format!("{key}.{from}"),
+                        format!("{name:?} is not a deployment name (letters, digits, - _ .)"),
+                    );
+                }
+            }
+            (from, to)
+        })
+        .collect()
+}
+
+fn health_check(key: &str, h: RawHealthCheck, p: &mut Problems) -> HealthCheck {
+    let interval = duration(
+        p,
+        &format!("{key}.interval"),
+        h.interval,
+        HealthCheck::DEFAULT_INTERVAL,
+        Duration::from_millis(100)..=Duration::MAX,
+    );
+    let kind = match (h.kind, h.path) {
+        (RawCheckKind::Tcp, None) => HealthCheckKind::Tcp,
+        (RawCheckKind::Tcp, Some(_)) => {
+            p.add(format!("{key}.path"), "is used only with kind http");
+            HealthCheckKind::Tcp
+        }
+        (RawCheckKind::Http, path) => {
+            let path = path.map_or_else(|| HealthCheck::DEFAULT_PATH.to_string(), |p| p.0);
+            if !path.starts_with('/') {
+                p.add(format!("{key}.path"), "must start with /");
+            }
+            HealthCheckKind::Http { path }
+        }
+    };
+    HealthCheck { kind, interval }
+}
+
+fn max_tries(raw: Option<RawRetry>, p: &mut Problems) -> NonZeroU32 {
+    match raw.and_then(|r| r.max_tries) {
+        None => Config::DEFAULT_MAX_TRIES,
+        Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
+            p.add(
+                "retry.max_tries",
+                "must be at least 1 (the first try counts)",
+            );
+            NonZeroU32::MIN
+        }),
+    }
+}
+
+fn clients(list: Vec<RawClient>, p: &mut Problems) -> Vec<ClientKey> {
+    if list.is_empty() {
+        p.add(
+            "clients",
+            "an empty list would refuse every request: remove `clients` to let everyone in, or add a key",
+        );
+    }
+    let keys: Vec<ClientKey> = list
+        .into_iter()
+        .map(|c| ClientKey {
+            name: c.name.0,
+            key: c.key.0,
+        })
+        .collect();
+    for name in duplicates(keys.iter().map(|c| c.name.as_str())) {
+        p.add("clients", format!("two clients are named {name:?}"));
+    }
+    keys
+}
+
+fn timeouts(raw: Option<RawTimeouts>, p: &mut Problems) -> Timeouts {
+    let d = Timeouts::default();
+    let t = raw.unwrap_or_default();
+    let positive = |max| POSITIVE..=max;
+    Timeouts {
+        connect: duration(
+            p,
+            "timeouts.connect",
+            t.connect,
+            d.connect,
+            positive(HOUR / 6),
+        ),
+        response_header: duration(
+            p,
+            "timeouts.response_header",
+            t.response_header,
+            d.response_header,
+            positive(DAY),
+        ),
+        body_idle: duration(
+            p,
+            "timeouts.body_idle",
+            t.body_idle,
+            d.body_idle,
+            positive(DAY),
+        ),
+        // Zero keeps no idle connection.
+        pool_idle: duration(
+            p,
+            "timeouts.pool_idle",
+            t.pool_idle,
+            d.pool_idle,
+            Duration::ZERO..=DAY,
+        ),
+    }
+}
+
+fn limits(raw: Option<RawLimits>, p: &mut Problems) -> Limits {
+    let d = Limits::default();
+    let l = raw.unwrap_or_default();
+    let max_body_bytes = l.max_body_bytes.map_or(d.max_body_bytes, |v| v.0);
+    if !(1 << 10..=1 << 30).contains(&max_body_bytes) {
+        p.add("limits.max_body_bytes", "must be between 1KiB and 1GiB");
+    }
+    let max_header_bytes = l
+        .max_header_bytes
+        .map_or(d.max_header_bytes as u64, |v| v.0);
+    if !(1 << 10..=96 << 10).contains(&max_header_bytes) {
+        p.add("limits.max_header_bytes", "must be between 1KiB and 96KiB");
+    }
+    Limits {
+        max_body_bytes,
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+    }
+}
+
+fn server(raw: Option<RawServer>, p: &mut Problems) -> ServerSettings {
+    let d = ServerSettings::default();
+    let s = raw.unwrap_or_default();
+    let threads = s.threads.unwrap_or(d.threads);
+    if threads == 0 {
+        p.add("server.threads", "must be at least 1");
+    }
+    ServerSettings {
+        threads: threads.max(1),
+        grace_period: duration(
+            p,
+            "server.grace_period",
+            s.grace_period,
+            d.grace_period,
+            Duration::ZERO..=Duration::MAX,
+        ),
+    }
+}
+
+fn cooldown(raw: Option<RawCooldown>, p: &mut Problems) -> CooldownPolicy {
+    let d = CooldownPolicy::default();
+    let c = raw.unwrap_or_default();
+    let max = duration(p, "cooldown.max", c.max, d.max, POSITIVE..=DAY * 7);
+    let default = duration(p, "cooldown.default", c.default, d.default, POSITIVE..=max);
+    CooldownPolicy { default, max }
+}
+
+fn ejection(raw: Option<RawHealth>, p: &mut Problems) -> EjectionPolicy {
+    let d = EjectionPolicy::default();
+    let h = raw.unwrap_or_default();
+    let failures = h.failures.unwrap_or(d.failures);
+    if failures == 0 {
+        p.add("health.failures", "must be at least 1");
+    }
+    let max = duration(
+        p,
+        "health.max_ejection",
+        h.max_ejection,
+        d.max,
+        POSITIVE..=DAY,
+    );
+    let base = duration(p, "health.ejection", h.ejection, d.base, POSITIVE..=max);
+    EjectionPolicy {
+        failures,
+        base,
+        max,
+    }
+}
+
+/// A duration setting: the file's value or `default`, which must lie in `range`.
+pub(super) fn duration(
+    p: &mut Problems,
+    key: &str,
+    value: Option<HumanDuration>,
+    default: Duration,
+    range: RangeInclusive<Duration>,
+) -> Duration {
+    let v = value.map_or(default, |v| v.0);
+    if !range.contains(&v) {
+        let (min, max) = (human(*range.start()), human(*range.end()));
+        let message = match *range.start() {
+            Duration::ZERO => format!("must be at most {max}"),
+            POSITIVE => format!("must be more than zero and at most {max}"),
+            _ if *range.end() == Duration::MAX => format!("must be at least {min}"),
+            _ => format!("must be between {min} and {max}"),
+        };
+        p.add(key, message);
+    }
+    v
+}
+
+/// `d` as the file would write it: `250ms`, `10s`, `5m`, `12h`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (d.subsec_nanos(), s) {
+        (0, s) if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        (0, s) if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        (0, s) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}
+
+/// Names must be unique: they label logs and metrics.
+fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    names.filter(|n| !seen.insert(*n)).collect()
+}

@@ -1,0 +1,18 @@
+//! How the proxy proves itself to Azure OpenAI: the Entra ID credential that `auth.kind` names
+//! ([`CredentialSource`]), the cache that requests read without waiting ([`TokenCache`]), the
+//! background task that fills and refreshes it ([`Refresher`]), and [`Secret`], the string
+//! type that never prints.
+//!
+//! Requests never call the credential. One [`Refresher`] fetches a token at start, again
+//! `auth.refresh_before` ahead of expiry, with backoff after a failure (the current token stays
+//! in use while it is valid), and at once when a backend refuses the token with 401.
+
+mod cache;
+mod refresher;
+mod secret;
+mod source;
+
+pub use cache::{TokenCache, TokenRef, UnusableToken, FORCED_REFRESH_EVERY};
+pub use refresher::{backoff, refresh_after, Refresher};
+pub use secret::Secret;
+pub use source::{CredentialError, CredentialSource};

@@ -1,0 +1,206 @@
+//! The try loop: pick a backend, make the try, let the balancer take in what it produced, and
+//! carry out what the retry policy ([`crate::retry::decide`]) says follows. Nothing is decided
+//! here that the policy or the balancer could decide.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use super::answers::ProxyError;
+use super::exchange::{self, Attempt};
+use super::{headers, AoaiProxy, RequestCtx};
+use crate::balance::{deployment, Backend, Credential, Naming, Pick};
+use crate::metrics::Retried;
+use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
+
+/// How long a request that got a 401 waits for a new token before the 401 goes to the client.
+const TOKEN_WAIT: Duration = Duration::from_secs(10);
+
+impl AoaiProxy {
+    /// Tries backends until one answers for good, then streams that answer to the client.
+    pub(super) async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<()> {
+        let deployment = deployment::requested(session.req_header().uri.path(), &body);
+        let dep = deployment.as_deref();
+        let mut token = self.tokens.as_ref().and_then(|t| t.token());
+        let header = token.as_ref().map(|t| t.header.clone());
+        let (mut selection, mut pick) = match self.pool.select(dep, header, Instant::now()) {
+            Ok(first) => first,
+            Err(why) => return ProxyError::unavailable(why, dep).respond(session).await,
+        };
+        let mut token_refreshed = false;
+        loop {
+            ctx.tries += 1;
+            ctx.backend = Some(pick.index);
+            let Pick { index, credential } = pick;
+            let sent = credential.sent();
+            let backend = self.pool.get(index).clone();
+            let peer = backend.peer();
+            let attempt = self
+                .try_once(session, &backend, peer.as_deref(), credential, &body, dep)
+                .await?;
+            let outcome = attempt.outcome();
+            self.pool.observe(index, outcome, attempt.headers(), dep);
+            if let (Outcome::Status(StatusCode::UNAUTHORIZED), Sent::EntraToken) = (outcome, sent) {
+                // The token was refused: whatever this request does next, the requests to
+                // come need a new one.
+                if let (Some(cache), Some(used)) = (&self.tokens, &token) {
+                    cache.report_refused(used.generation);
+                }
+            }
+
+            let tries = Tries {
+                made: ctx.tries,
+                max: self.max_tries,
+                sent,
+                token_refreshed,
+            };
+            let next = match retry::decide(tries, outcome, || selection.next(Instant::now())) {
+                Verdict::Deliver => None,
+                Verdict::Retry(next) => Some(next),
+                Verdict::RetryWithFreshToken => {
+                    token_refreshed = true;
+                    let fresh = match (&self.tokens, &token) {
+                        (Some(cache), Some(used)) => {
+                            cache.replace(used.generation, TOKEN_WAIT).await
+                        }
+                        _ => None,
+                    };
+                    fresh.and_then(|fresh| {
+                        let header = fresh.header.clone();
+                        token = Some(fresh);
+                        selection.again(index, header, Instant::now())
+                    })
+                }
+            };
+            let retried = if next.is_some() {
+                Retried::Yes
+            } else {
+                Retried::No
+            };
+            self.metrics.record_try(index, outcome, retried);
+            let Some(next) = next else {
+                return self
+                    .deliver(session, attempt, peer, &backend, ctx.tries)
+                    .await;
+            };
+            match attempt {
+                Attempt::Answered(answer) => {
+                    log::info!(
+                        "backend {} answered {} (try {}/{}): retrying",
+                        backend.name,
+                        answer.status().as_u16(),
+                        ctx.tries,
+                        self.max_tries
+                    );
+                    if let Some(peer) = peer {
+                        exchange::discard(
+                            self.connector.clone(),
+                            peer,
+                            answer,
+                            self.timeouts.pool_idle,
+                        );
+                    }
+                }
+                Attempt::Failed(f, e) => log::info!(
+                    "backend {}: {} ({e}) (try {}/{}): retrying",
+                    backend.name,
+                    f.as_str(),
+                    ctx.tries,
+                    self.max_tries
+                ),
+            }
+            pick = next;
+        }
+    }
+
+    /// Gives the client what the last try produced: the backend's answer as it was, or a
+    /// 502/504 when it got none.
+    async fn deliver(
+        &self,
+        session: &mut Session,
+        attempt: Attempt,
+        peer: Option<std::sync::Arc<HttpPeer>>,
+        backend: &Backend,
+        tries: u32,
+    ) -> Result<()> {
+        match attempt {
+            Attempt::Answered(answer) => self.relay(session, answer, peer).await,
+            Attempt::Failed(f, e) => {
+                log::warn!(
+                    "backend {}: {} ({e}); giving up after {tries} tries",
+                    backend.name,
+                    f.as_str()
+                );
+                ProxyError::gave_up(f, &backend.name, tries)
+                    .respond(session)
+                    .await
+            }
+        }
+    }
+
+    /// One try on `backend`, abandoned (with an error) if the client leaves meanwhile, so the
+    /// backend stops generating for nobody.
+    async fn try_once(
+        &self,
+        session: &mut Session,
+        backend: &Backend,
+        peer: Option<&HttpPeer>,
+        credential: Credential,
+        body: &Bytes,
+        deployment: Option<&str>,
+    ) -> Result<Attempt> {
+        let Some(peer) = peer else {
+            let e = Error::explain(
+                ErrorType::ConnectError,
+                "the backend's host name has not resolved",
+            );
+            return Ok(Attempt::Failed(Failure::Connect, e));
+        };
+        // A backend that knows the deployment by another name gets that name: in the path
+        // when the path names it, else as the body's `model`.
+        let renamed = match backend.naming(deployment) {
+            Some(Naming::Renamed(own)) => Some(own),
+            _ => None,
+        };
+        let in_path = renamed
+            .and_then(|own| deployment::rename_in_path(session.req_header().raw_path(), own));
+        let renamed_body = match (renamed, &in_path) {
+            (Some(own), None) => deployment::rename_in_body(body, own),
+            _ => None,
+        };
+        let body = renamed_body.as_ref().unwrap_or(body);
+        let mut req = headers::upstream_request(
+            session.req_header(),
+            &backend.host_header,
+            credential,
+            body,
+        )?;
+        if let Some(path) = in_path {
+            req.set_raw_path(&path)?;
+        }
+        let send = exchange::send(
+            &self.connector,
+            peer,
+            req,
+            body,
+            self.timeouts.response_header,
+            self.timeouts.body_idle,
+        );
+        tokio::select! {
+            attempt = send => Ok(attempt),
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                let e = Error::explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend");
+                Err(e.into_down())
+            }
+        }
+    }
+}
