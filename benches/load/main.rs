@@ -225,7 +225,13 @@ fn main() {
     let bin = env!("CARGO_BIN_EXE_aoai-proxy");
 
     let sims: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let (throttled, refused, slow) = (free_port(), free_port(), free_port());
+    let (throttled, slow) = (free_port(), free_port());
+    // The refusing backend: a socket bound (so nothing else takes its port) that never listens.
+    let refusing = tokio::net::TcpSocket::new_v4().expect("a socket");
+    refusing
+        .bind(addr(0))
+        .expect("a port for the refusing backend");
+    let refused = refusing.local_addr().expect("its address").port();
     let mut sim_cmd = Command::new(bin);
     sim_cmd.args(["simulate", "--threads", "1", "--answer-bytes", "500"]);
     for p in &sims {

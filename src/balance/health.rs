@@ -20,6 +20,28 @@ fn nanos(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A point in time as this module keeps it ([`nanos`]): turned from an `Instant` once a pick,
+/// then compared with every backend's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Moment(u64);
+
+impl Moment {
+    pub fn of(at: Instant) -> Moment {
+        Moment(nanos(at))
+    }
+}
+
+/// Where a backend stands for a deployment, as far as its state goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// It asked to be left alone for this deployment, for this long still.
+    Cooling(Duration),
+    /// Ejected by passive health, or failing its probes.
+    Unhealthy,
+    /// It may take requests.
+    Good,
+}
+
 /// Cooldown ends per deployment (`None`: requests that name no deployment), in [`nanos`]. A
 /// short list: a backend cools for few deployments at once, and a scan allocates nothing.
 type Cooldowns = Box<[(Option<Box<str>>, u64)]>;
@@ -39,6 +61,9 @@ pub struct Snapshot {
 pub struct BackendHealth {
     name: String,
     cooldowns: ArcSwap<Cooldowns>,
+    /// The latest end of any cooldown, in [`nanos`]: past it, nothing cools, and a request need
+    /// not look at the list.
+    cooling_until: AtomicU64,
     failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: AtomicU64,
@@ -51,6 +76,7 @@ impl BackendHealth {
         BackendHealth {
             name: name.to_string(),
             cooldowns: ArcSwap::default(),
+            cooling_until: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -61,15 +87,30 @@ impl BackendHealth {
 
     /// How long `deployment` still cools on this backend.
     pub fn cooling_left(&self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
-        let list = self.cooldowns.load();
-        if list.is_empty() {
+        self.cooling_left_at(deployment, Moment::of(now))
+    }
+
+    /// Where it stands for `deployment` at `at`: cooling, unhealthy, or good.
+    pub fn standing(&self, deployment: Option<&str>, at: Moment) -> Standing {
+        if let Some(left) = self.cooling_left_at(deployment, at) {
+            Standing::Cooling(left)
+        } else if self.ejected_until.load(Ordering::Acquire) > at.0 || self.is_probe_down() {
+            Standing::Unhealthy
+        } else {
+            Standing::Good
+        }
+    }
+
+    fn cooling_left_at(&self, deployment: Option<&str>, at: Moment) -> Option<Duration> {
+        let now = at.0;
+        if self.cooling_until.load(Ordering::Acquire) <= now {
             return None;
         }
+        let list = self.cooldowns.load();
         let until = list
             .iter()
             .find(|(d, _)| d.as_deref() == deployment)
             .map(|(_, until)| *until)?;
-        let now = nanos(now);
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
@@ -92,6 +133,8 @@ impl BackendHealth {
             next.push((deployment.map(Box::from), longer));
             next.into_boxed_slice()
         });
+        // After the list: a request that sees the new end finds the new entry too.
+        self.cooling_until.fetch_max(until, Ordering::AcqRel);
         log::warn!(
             "backend {} cooling {}for {:.1}s ({why})",
             self.name,
@@ -110,11 +153,6 @@ impl BackendHealth {
     /// Whether active probes currently find it down.
     pub fn is_probe_down(&self) -> bool {
         self.probe_down.load(Ordering::Acquire)
-    }
-
-    /// Whether it is out of rotation for its health: ejected, or failing its probes.
-    pub fn is_unhealthy(&self, now: Instant) -> bool {
-        self.is_ejected(now) || self.is_probe_down()
     }
 
     /// Takes in what a try produced: a 429 or 503 cools the deployment for the time the backend

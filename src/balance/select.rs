@@ -12,6 +12,7 @@ use http::HeaderValue;
 use smallvec::SmallVec;
 
 use super::backend::{BackendAuth, Credential};
+use super::health::{Moment, Standing};
 use super::Pool;
 
 /// Why no backend can take a request.
@@ -79,14 +80,21 @@ impl Pool {
             turns: SmallVec::new(),
             tried: SmallVec::new(),
         };
+        let at = Moment::of(now);
         let (mut best, mut shortest, mut serving) = (Fit::NotServing, None::<Duration>, false);
+        // The lowest group with a backend of the best fit: where the first try goes.
+        let mut group = usize::MAX;
         for i in 0..self.backends.len() {
-            let fit = selection.fit(i, now);
+            let fit = selection.fit(i, at);
             serving |= fit != Fit::NotServing;
             if let Fit::Cooling(left) = fit {
                 shortest = Some(shortest.map_or(left, |s| s.min(left)));
             }
-            best = best.max(fit);
+            if fit > best {
+                (best, group) = (fit, self.group_of[i]);
+            } else if fit == best {
+                group = group.min(self.group_of[i]);
+            }
         }
         let why = match (shortest, serving) {
             (Some(shortest), _) => Unavailable::Cooling { shortest },
@@ -96,8 +104,8 @@ impl Pool {
         if best < Fit::Unhealthy {
             return Err(why);
         }
-        selection.least = best.min(Fit::Ready);
-        match selection.next(now) {
+        selection.least = best;
+        match selection.pick_in(group, 0, at) {
             Some(first) => Ok((selection, first)),
             // Another request changed a backend's state between the two looks: a cooldown or
             // an ejection began. Come back in a moment.
@@ -109,25 +117,29 @@ impl Pool {
 }
 
 impl Selection<'_> {
-    /// How backend `i` fits this request at `now`.
-    fn fit(&self, i: usize, now: Instant) -> Fit {
+    /// How backend `i` fits this request at `at`.
+    fn fit(&self, i: usize, at: Moment) -> Fit {
         let b = &self.pool.backends[i];
         if b.naming(self.deployment).is_none() {
             Fit::NotServing
         } else if matches!(b.auth, BackendAuth::EntraToken) && self.token.is_none() {
             Fit::NoToken
-        } else if let Some(left) = b.health.cooling_left(self.deployment, now) {
-            Fit::Cooling(left)
-        } else if b.health.is_unhealthy(now) {
-            Fit::Unhealthy
         } else {
-            Fit::Ready
+            match b.health.standing(self.deployment, at) {
+                Standing::Cooling(left) => Fit::Cooling(left),
+                Standing::Unhealthy => Fit::Unhealthy,
+                Standing::Good => Fit::Ready,
+            }
         }
     }
 
     /// Whether backend `i` may take a try of this request at `now`.
     pub fn accepts(&self, i: usize, now: Instant) -> bool {
-        self.fit(i, now) >= self.least
+        self.accepts_at(i, Moment::of(now))
+    }
+
+    fn accepts_at(&self, i: usize, at: Moment) -> bool {
+        self.fit(i, at) >= self.least
     }
 
     fn tries_of(&self, i: usize) -> usize {
@@ -149,9 +161,10 @@ impl Selection<'_> {
     /// in the first group while it has a usable backend, and every backend is tried once
     /// before any is tried twice. `None` when no backend accepts the request any more.
     pub fn next(&mut self, now: Instant) -> Option<Pick> {
+        let at = Moment::of(now);
         let mut best: Option<(usize, usize)> = None; // (tries, group)
         for i in 0..self.pool.backends.len() {
-            if self.accepts(i, now) {
+            if self.accepts_at(i, at) {
                 let key = (self.tries_of(i), self.pool.group_of[i]);
                 if best.is_none_or(|b| key < b) {
                     best = Some(key);
@@ -159,11 +172,17 @@ impl Selection<'_> {
             }
         }
         let (fewest, group) = best?;
+        self.pick_in(group, fewest, at)
+    }
+
+    /// The nearest backend in `group`'s rotation, from this request's turn, that accepts the
+    /// request and has been tried `fewest` times.
+    fn pick_in(&mut self, group: usize, fewest: usize, at: Moment) -> Option<Pick> {
         let turn = self.turn(group);
-        let rotation = &self.pool.groups[group].rotation;
+        let rotation = &self.pool.groups.get(group)?.rotation;
         let index = (0..rotation.len())
             .map(|k| rotation[(turn + k) % rotation.len()])
-            .find(|&i| self.tries_of(i) == fewest && self.accepts(i, now))?;
+            .find(|&i| self.tries_of(i) == fewest && self.accepts_at(i, at))?;
         self.take(index)
     }
 
@@ -172,7 +191,7 @@ impl Selection<'_> {
     /// cooling meanwhile. The repeat does not count as another try on it in the rotation.
     pub fn again(&mut self, index: usize, token: HeaderValue, now: Instant) -> Option<Pick> {
         self.token = Some(token);
-        if self.fit(index, now) < Fit::Unhealthy {
+        if self.fit(index, Moment::of(now)) < Fit::Unhealthy {
             return None;
         }
         let credential = self.pool.backends[index].credential(self.token.as_ref())?;

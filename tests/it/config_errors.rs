@@ -5,14 +5,22 @@ use std::process::Command;
 
 use crate::common::*;
 
-/// Runs `aoai-proxy --config FILE --test` on `yaml`: (exit code, stderr, file path).
-fn check(yaml: &str) -> (i32, String, String) {
+/// Runs `aoai-proxy --config FILE ARGS` on `yaml` until it exits, with the managed identity
+/// of `identity` (or one nothing answers): (exit code, stderr, file path).
+fn run(
+    yaml: &str,
+    args: &[&str],
+    identity: Option<&aoai_sim::IdentityEndpoint>,
+) -> (i32, String, String) {
     let file = scratch_dir().join("conf.yaml");
     std::fs::write(&file, yaml).unwrap();
+    let endpoint = identity.map_or("http://127.0.0.1:9/unused".into(), |id| id.endpoint());
     let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
-        .args(["--config", file.to_str().unwrap(), "--test"])
-        .env("IDENTITY_ENDPOINT", "http://127.0.0.1:9/unused")
-        .env("IDENTITY_HEADER", "unused")
+        .arg("--config")
+        .arg(&file)
+        .args(args)
+        .env("IDENTITY_ENDPOINT", endpoint)
+        .env("IDENTITY_HEADER", IDENTITY_HEADER)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -21,6 +29,11 @@ fn check(yaml: &str) -> (i32, String, String) {
         stderr,
         file.display().to_string(),
     )
+}
+
+/// `--test` on `yaml`.
+fn check(yaml: &str) -> (i32, String, String) {
+    run(yaml, &["--test"], None)
 }
 
 const GOOD: &str = "listen: [\"127.0.0.1:8080\"]\nauth:\n  kind: managed_identity\nbackends:\n  - url: https://a.openai.azure.com\n";
@@ -88,24 +101,6 @@ fn a_bad_file_stops_the_proxy_from_starting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("surprise"));
 }
 
-/// Runs aoai-proxy on `yaml` with `args` (`-t` or nothing) until it exits: (exit code, stderr).
-fn run_with(yaml: &str, args: &[&str]) -> (i32, String) {
-    let file = scratch_dir().join("conf.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
-        .arg("-c")
-        .arg(&file)
-        .args(args)
-        .env("IDENTITY_ENDPOINT", "http://127.0.0.1:9/unused")
-        .env("IDENTITY_HEADER", "unused")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[test]
 fn a_start_fails_exactly_where_test_does() {
     // Valid YAML that only building the credential refuses: its token file cannot be read.
@@ -114,10 +109,10 @@ fn a_start_fails_exactly_where_test_does() {
         "kind: workload_identity\n  tenant_id: t\n  client_id: c\n  token_file: /nonexistent/sa-token",
     );
     let expected = "auth.kind workload_identity: cannot read the token file /nonexistent/sa-token";
-    let (code, checked) = run_with(&yaml, &["-t"]);
+    let (code, checked, _) = check(&yaml);
     assert_ne!(code, 0);
     assert!(checked.contains(expected), "{checked}");
-    let (code, started) = run_with(&yaml, &[]);
+    let (code, started, _) = run(&yaml, &[], None);
     assert_ne!(code, 0, "the proxy started");
     assert!(started.contains(expected), "{started}");
 }
@@ -163,22 +158,8 @@ fn every_unusable_file_is_reported_at_once() {
 async fn test_touches_no_network() {
     // A token endpoint that counts what it is asked, and a backend whose name cannot resolve.
     let id = identity().await;
-    let file = scratch_dir().join("conf.yaml");
-    std::fs::write(
-        &file,
-        "listen: [\"127.0.0.1:8080\"]\nauth: {kind: managed_identity}\nbackends:\n  - url: https://aoai.invalid\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
-        .args(["-c", file.to_str().unwrap(), "-t"])
-        .env("IDENTITY_ENDPOINT", id.endpoint())
-        .env("IDENTITY_HEADER", IDENTITY_HEADER)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let yaml = "listen: [\"127.0.0.1:8080\"]\nauth: {kind: managed_identity}\nbackends:\n  - url: https://aoai.invalid\n";
+    let (code, stderr, _) = run(yaml, &["-t"], Some(&id));
+    assert_eq!(code, 0, "{stderr}");
     assert!(id.queries().is_empty(), "--test fetched a token");
 }
