@@ -16,6 +16,8 @@ use super::{azure_error, json, lock, serve, Bind, Body, Server};
 struct State {
     secret: String,
     lifetime_secs: AtomicU64,
+    /// How long each answer waits, in milliseconds.
+    delay_ms: AtomicU64,
     failing: AtomicBool,
     fetches: AtomicU64,
     queries: Mutex<Vec<String>>,
@@ -43,6 +45,7 @@ impl IdentityEndpoint {
         let state = Arc::new(State {
             secret: secret.to_string(),
             lifetime_secs: AtomicU64::new(lifetime.as_secs()),
+            delay_ms: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             fetches: AtomicU64::new(0),
             queries: Mutex::default(),
@@ -50,7 +53,13 @@ impl IdentityEndpoint {
         let s = state.clone();
         let server = serve(bind.into(), None, move |req| {
             let s = s.clone();
-            Box::pin(async move { Ok(token(&s, req)) })
+            Box::pin(async move {
+                let delay = Duration::from_millis(s.delay_ms.load(Ordering::SeqCst));
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(token(&s, req))
+            })
         })
         .await?;
         Ok(IdentityEndpoint { server, state })
@@ -74,6 +83,12 @@ impl IdentityEndpoint {
     /// While `true`, every request gets a 500 (an outage).
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Every answer from now on comes `delay` late (a slow token endpoint).
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// The lifetime of tokens handed out from now on.

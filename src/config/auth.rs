@@ -46,6 +46,7 @@ pub(super) struct RawAuth {
     client_secret: Option<SecretValue>,
     token_file: Option<EnvString>,
     refresh_before: Option<HumanDuration>,
+    startup_wait: Option<HumanDuration>,
 }
 
 impl RawAuth {
@@ -57,6 +58,13 @@ impl RawAuth {
             Auth::DEFAULT_REFRESH_BEFORE,
             Duration::from_secs(1)..=Duration::from_secs(12 * 3600),
         );
+        let startup_wait = duration(
+            p,
+            "auth.startup_wait",
+            self.startup_wait,
+            Auth::DEFAULT_STARTUP_WAIT,
+            Duration::ZERO..=Duration::from_secs(300),
+        );
         let scope = self
             .scope
             .as_ref()
@@ -65,6 +73,7 @@ impl RawAuth {
             credential: self.credential(p),
             scope,
             refresh_before,
+            startup_wait,
         }
     }
 

@@ -69,12 +69,16 @@ pub struct Auth {
     pub scope: String,
     /// How long before expiry a token is replaced.
     pub refresh_before: Duration,
+    /// How long a request that arrives while no token is held waits for the fetch on its way
+    /// (the first one at start, or one after an outage) before it gets a 503.
+    pub startup_wait: Duration,
 }
 
 impl Auth {
     /// The Entra ID scope of Azure OpenAI.
     pub const DEFAULT_SCOPE: &'static str = "https://cognitiveservices.azure.com/.default";
     pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(600);
+    pub const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(10);
 }
 
 /// The credential kinds of `auth.kind`.

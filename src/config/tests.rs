@@ -214,6 +214,7 @@ fn defaults_are_the_named_ones() {
     let c = Config::from_yaml(MINIMAL).unwrap();
     assert_eq!(c.max_tries, Config::DEFAULT_MAX_TRIES);
     assert_eq!(c.auth.refresh_before, Auth::DEFAULT_REFRESH_BEFORE);
+    assert_eq!(c.auth.startup_wait, Auth::DEFAULT_STARTUP_WAIT);
     assert_eq!(c.cooldown, CooldownPolicy::default());
     assert_eq!(c.ejection, EjectionPolicy::default());
     assert_eq!(c.limits, Limits::default());

@@ -34,10 +34,22 @@ pub struct TokenRef {
 #[error("the token has characters a header cannot carry")]
 pub struct UnusableToken;
 
+/// Where the refresher is with its fetches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fetch {
+    /// One is on its way (the first is, from the start).
+    InFlight,
+    /// The last one failed; the next waits for its backoff.
+    Failed,
+    /// The last one brought a token.
+    Succeeded,
+}
+
 /// The current token.
 pub struct TokenCache {
     current: ArcSwapOption<CachedToken>,
     fetches: AtomicU64,
+    fetch: watch::Sender<Fetch>,
     /// Wakes the refresher for an immediate fetch.
     pub(super) refresh_now: Notify,
     /// The generation of the newest token.
@@ -51,6 +63,7 @@ impl Default for TokenCache {
         TokenCache {
             current: ArcSwapOption::empty(),
             fetches: AtomicU64::new(0),
+            fetch: watch::Sender::new(Fetch::InFlight),
             refresh_now: Notify::new(),
             newest: watch::Sender::new(0),
             forced: Mutex::new(None),
@@ -67,6 +80,28 @@ impl TokenCache {
             header: token.header.clone(),
             generation: token.generation,
         })
+    }
+
+    /// The current token or, while none is held and a fetch is on its way (the first one at
+    /// start, or one after an outage), the token that fetch brings: waits for it up to
+    /// `within`. `None` at once when the last fetch failed and the next has not begun.
+    pub async fn token_or_wait(&self, within: Duration) -> Option<TokenRef> {
+        if let Some(token) = self.token() {
+            return Some(token);
+        }
+        let mut fetch = self.fetch.subscribe();
+        let _ = tokio::time::timeout(within, fetch.wait_for(|f| *f != Fetch::InFlight)).await;
+        self.token()
+    }
+
+    /// The refresher began a fetch.
+    pub(super) fn fetch_started(&self) {
+        self.fetch.send_replace(Fetch::InFlight);
+    }
+
+    /// The refresher's fetch failed.
+    pub(super) fn fetch_failed(&self) {
+        self.fetch.send_replace(Fetch::Failed);
     }
 
     /// Whether a valid token is held (for `/readyz`).
@@ -130,6 +165,7 @@ impl TokenCache {
             generation,
         })));
         self.newest.send_replace(generation);
+        self.fetch.send_replace(Fetch::Succeeded);
         Ok(())
     }
 }
@@ -174,6 +210,39 @@ mod tests {
         );
         // The new token refused too, within 10 s: no second forced fetch.
         assert!(!cache.report_refused(2));
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_token_on_its_way_but_not_for_a_failed_fetch() {
+        let cache = Arc::new(TokenCache::default());
+        let waiter = tokio::spawn({
+            let c = cache.clone();
+            async move { c.token_or_wait(Duration::from_secs(5)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the first fetch is on its way");
+        cache.store("first", now_secs() + 100).unwrap();
+        let t = waiter.await.unwrap().expect("the first token");
+        assert_eq!(t.header.to_str().unwrap(), "Bearer first");
+
+        let cache = TokenCache::default();
+        cache.fetch_failed();
+        let started = std::time::Instant::now();
+        assert!(cache.token_or_wait(Duration::from_secs(5)).await.is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited for a failed fetch"
+        );
+        cache.fetch_started();
+        let started = std::time::Instant::now();
+        assert!(cache
+            .token_or_wait(Duration::from_millis(100))
+            .await
+            .is_none());
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "the wait is bounded"
+        );
     }
 
     #[tokio::test]

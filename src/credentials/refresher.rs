@@ -51,6 +51,7 @@ impl BackgroundService for Refresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut failures = 0u32;
         loop {
+            self.cache.fetch_started();
             let wait = match self.fetch().await {
                 Ok(lifetime) => {
                     failures = 0;
@@ -64,6 +65,7 @@ impl BackgroundService for Refresher {
                     wait
                 }
                 Err(e) => {
+                    self.cache.fetch_failed();
                     failures += 1;
                     let wait = backoff(failures);
                     let state = if self.cache.is_ready() {

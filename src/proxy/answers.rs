@@ -99,7 +99,7 @@ impl ProxyError {
             ),
             ProxyError::NoToken => (
                 "ServiceUnavailable",
-                "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not answered yet. Try again shortly.".to_string(),
+                "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not given one. Try again shortly.".to_string(),
             ),
             ProxyError::Upstream { status, detail } => (
                 if *status == 504 { "GatewayTimeout" } else { "BadGateway" },

@@ -40,6 +40,8 @@ pub struct AoaiProxy {
     pub tokens: Option<Arc<TokenCache>>,
     pub connector: Arc<Connector>,
     pub max_tries: u32,
+    /// How long a request waits for a token on its way (`auth.startup_wait`).
+    pub startup_wait: std::time::Duration,
     pub clients: Option<Vec<ClientKey>>,
     pub timeouts: Timeouts,
     pub limits: Limits,

@@ -13,7 +13,8 @@ use pingora::{Error, ErrorType, Result};
 use super::answers::ProxyError;
 use super::exchange::{self, Attempt};
 use super::{headers, AoaiProxy, RequestCtx};
-use crate::balance::{deployment, Backend, Credential, Naming, Pick};
+use crate::balance::{deployment, Backend, Credential, Naming, Pick, Unavailable};
+use crate::credentials::TokenRef;
 use crate::metrics::Retried;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
 
@@ -31,8 +32,20 @@ impl AoaiProxy {
         let deployment = deployment::requested(session.req_header().uri.path(), &body);
         let dep = deployment.as_deref();
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
-        let header = token.as_ref().map(|t| t.header.clone());
-        let (mut selection, mut pick) = match self.pool.select(dep, header, Instant::now()) {
+        let header = |t: &Option<TokenRef>| t.as_ref().map(|t| t.header.clone());
+        let first = match (
+            self.pool.select(dep, header(&token), Instant::now()),
+            &self.tokens,
+        ) {
+            // Only backends that need the token could serve it, and none is held: the token
+            // may be on its way (the first fetch at start, or one after an outage).
+            (Err(Unavailable::NoToken), Some(cache)) => {
+                token = cache.token_or_wait(self.startup_wait).await;
+                self.pool.select(dep, header(&token), Instant::now())
+            }
+            (first, _) => first,
+        };
+        let (mut selection, mut pick) = match first {
             Ok(first) => first,
             Err(why) => return ProxyError::unavailable(why, dep).respond(session).await,
         };

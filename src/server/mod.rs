@@ -123,6 +123,7 @@ impl Proxy {
                 POOLED_CONNECTIONS,
             )))),
             max_tries: config.max_tries.get(),
+            startup_wait: config.auth.startup_wait,
             clients: config.clients.clone(),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),

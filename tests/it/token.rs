@@ -373,3 +373,78 @@ async fn a_401_with_no_try_left_still_gets_a_new_token_for_later_requests() {
         "Bearer sim-token-2"
     );
 }
+
+/// Polls until the proxy's client port accepts a connection (at most 10 s).
+async fn port_accepts(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the proxy port never accepted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_waits_for_the_first_token() {
+    // The token endpoint takes 1.5 s; the request comes the moment the port accepts.
+    let id = identity().await;
+    id.set_delay(Duration::from_millis(1500));
+    let b = backend("b0").await;
+    let proxy = Proxy::start_with(Start {
+        yaml: mi_yaml(&[&b]),
+        identity: Some(&id),
+        wait_ready: false,
+        env: Vec::new(),
+    });
+    port_accepts(&proxy).await;
+    assert_eq!(
+        proxy.admin_get("/readyz").0,
+        503,
+        "/readyz says 503 until a token is held"
+    );
+    let (status, _, body) = chat(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(id.fetches(), 1);
+    assert_eq!(
+        b.recorded()[0].headers["authorization"],
+        "Bearer sim-token-1"
+    );
+    assert_eq!(proxy.admin_get("/readyz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_token_is_bounded_by_startup_wait() {
+    let id = identity().await;
+    id.set_delay(Duration::from_secs(3));
+    let b = backend("b0").await;
+    let yaml = mi_yaml(&[&b]).replace(
+        "kind: managed_identity",
+        "kind: managed_identity, startup_wait: 400ms",
+    );
+    let proxy = Proxy::start_with(Start {
+        yaml,
+        identity: Some(&id),
+        wait_ready: false,
+        env: Vec::new(),
+    });
+    port_accepts(&proxy).await;
+    let started = Instant::now();
+    let (status, headers, body) = chat(&proxy).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(2),
+        "answered after {waited:?}"
+    );
+    assert_eq!(b.requests(), 0, "a backend was called without credentials");
+    // Once the token has come, requests are served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.admin_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "the token never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(chat(&proxy).await.0, 200);
+}
