@@ -4,14 +4,15 @@
 //! that fails (connection, timeout, 408/429/5xx) is sent again, body and all, to the next
 //! backend until `retry.max_tries` tries are spent.
 //!
-//! The parts, each in its own module: [`config`] (the YAML file, validated), [`credentials`]
-//! (Entra ID tokens), [`balance`] (the backends and choosing one), [`retry`] (what follows a
+//! The parts, each in its own module: [`config`] (the YAML file, validated), [`clients`] (who
+//! may use the proxy), [`credentials`] (Entra ID tokens), [`balance`] (the backends and choosing one), [`retry`] (what follows a
 //! try), [`proxy`] (the Pingora request path), [`metrics`], and [`server`] (start-up, admin
 //! listener, shutdown). [`demo`] holds the commands that run the simulator.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod balance;
+pub mod clients;
 pub mod config;
 pub mod credentials;
 #[cfg(feature = "sim")]

@@ -17,6 +17,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::clients::KeyDigest;
 use crate::credentials::Secret;
 pub use values::{BackendUrl, Scheme};
 
@@ -175,7 +176,8 @@ pub enum HealthCheckKind {
 #[derive(Clone, Debug)]
 pub struct ClientKey {
     pub name: String,
-    pub key: Secret,
+    /// The SHA-256 of its key (`key` is hashed at load, `key_sha256` given).
+    pub digest: KeyDigest,
 }
 
 /// Upstream timeouts.

@@ -99,7 +99,8 @@ pub(super) struct RawRetry {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClient {
     pub(super) name: EnvString,
-    pub(super) key: SecretValue,
+    pub(super) key: Option<SecretValue>,
+    pub(super) key_sha256: Option<EnvString>,
 }
 
 #[derive(Deserialize, Default)]

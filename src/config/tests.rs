@@ -168,7 +168,10 @@ fn secrets_lose_surrounding_whitespace_and_refuse_control_characters() {
     ))
     .unwrap();
     assert_eq!(c.backends[0].api_key.as_ref().unwrap().expose(), "k-1");
-    assert_eq!(c.clients.unwrap()[0].key.expose(), "key-a");
+    assert_eq!(
+        c.clients.unwrap()[0].digest,
+        crate::clients::KeyDigest::of(b"key-a")
+    );
     let p = problems(&format!("{MINIMAL}    api_key: \"a\\nb\"\n"));
     assert_eq!(p[0].path, "backends[0].api_key");
 }
@@ -232,4 +235,28 @@ fn defaults_are_the_named_ones() {
             interval: HealthCheck::DEFAULT_INTERVAL,
         })
     );
+}
+
+#[test]
+fn a_client_gives_a_key_or_its_digest() {
+    let with = |clients: &str| Config::from_yaml(&format!("{MINIMAL}clients:\n{clients}"));
+    // sha256("key-b")
+    let c = with("  - {name: a, key: key-a}\n  - {name: b, key_sha256: A30534A53B23547377DDCCBD1AC85A8A84C13DB43493C16E55A6ABC7B0EBA634}\n").unwrap();
+    let clients = c.clients.unwrap();
+    assert_eq!(clients[1].digest, crate::clients::KeyDigest::of(b"key-b"));
+    for (clients, path) in [
+        ("  - {name: a}\n", "clients[0]"),
+        ("  - {name: a, key: k, key_sha256: 00}\n", "clients[0]"),
+        (
+            "  - {name: a, key_sha256: not-hex}\n",
+            "clients[0].key_sha256",
+        ),
+        (
+            "  - {name: a, key: same}\n  - {name: b, key: same}\n",
+            "clients",
+        ),
+    ] {
+        let p = with(clients).unwrap_err();
+        assert_eq!(p[0].path, path, "{clients}: {p:?}");
+    }
 }

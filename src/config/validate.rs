@@ -17,6 +17,7 @@ use super::{
     BackendConfig, ClientKey, Config, CooldownPolicy, EjectionPolicy, HealthCheck, HealthCheckKind,
     Limits, Problem, ServerSettings, Timeouts, TlsListener,
 };
+use crate::clients::KeyDigest;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// The least duration that is more than zero.
@@ -207,15 +208,47 @@ fn clients(list: Vec<RawClient>, p: &mut Problems) -> Vec<ClientKey> {
     }
     let keys: Vec<ClientKey> = list
         .into_iter()
-        .map(|c| ClientKey {
+        .enumerate()
+        .map(|(i, c)| ClientKey {
+            digest: client_digest(&format!("clients[{i}]"), &c, p),
             name: c.name.0,
-            key: c.key.0,
         })
         .collect();
     for name in duplicates(keys.iter().map(|c| c.name.as_str())) {
         p.add("clients", format!("two clients are named {name:?}"));
     }
+    let mut digests = HashSet::new();
+    for c in &keys {
+        if !digests.insert(c.digest) {
+            p.add(
+                "clients",
+                format!("client {:?} has the key of another client", c.name),
+            );
+        }
+    }
     keys
+}
+
+/// A client's key digest: the SHA-256 of `key`, or `key_sha256` as given; exactly one of them.
+fn client_digest(key: &str, c: &RawClient, p: &mut Problems) -> KeyDigest {
+    match (&c.key, &c.key_sha256) {
+        (Some(k), None) => KeyDigest::of(k.0.expose().as_bytes()),
+        (None, Some(hex)) => KeyDigest::from_hex(&hex.0).unwrap_or_else(|| {
+            p.add(
+                format!("{key}.key_sha256"),
+                "must be 64 hexadecimal digits: the SHA-256 of the key (sha256sum prints it)",
+            );
+            KeyDigest::of(b"")
+        }),
+        (Some(_), Some(_)) => {
+            p.add(key, "give key or key_sha256, not both");
+            KeyDigest::of(b"")
+        }
+        (None, None) => {
+            p.add(key, "give the client's key, or key_sha256");
+            KeyDigest::of(b"")
+        }
+    }
 }
 
 fn timeouts(raw: Option<RawTimeouts>, p: &mut Problems) -> Timeouts {

@@ -21,11 +21,8 @@ impl AoaiProxy {
         }
         if let Some(clients) = &self.clients {
             let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
-            let client = clients
-                .iter()
-                .find(|c| headers::constant_time_eq(c.key.expose().as_bytes(), key))
-                .ok_or(ProxyError::Unauthorized)?;
-            ctx.client = Some(client.name.clone());
+            let client = clients.find(key).ok_or(ProxyError::Unauthorized)?;
+            ctx.client = Some(client.to_string());
         }
         Ok(())
     }

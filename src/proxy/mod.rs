@@ -29,7 +29,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 pub use answers::ProxyError;
 
 use crate::balance::Pool;
-use crate::config::{ClientKey, Limits, Timeouts};
+use crate::clients::Clients;
+use crate::config::{Limits, Timeouts};
 use crate::credentials::TokenCache;
 use crate::metrics::{InFlight, Metrics};
 
@@ -42,7 +43,8 @@ pub struct AoaiProxy {
     pub max_tries: u32,
     /// How long a request waits for a token on its way (`auth.startup_wait`).
     pub startup_wait: std::time::Duration,
-    pub clients: Option<Vec<ClientKey>>,
+    /// The clients allowed in; `None` when the proxy is open.
+    pub clients: Option<Clients>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,

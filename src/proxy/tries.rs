@@ -2,10 +2,11 @@
 //! carry out what the retry policy ([`crate::retry::decide`]) says follows. Nothing is decided
 //! here that the policy or the balancer could decide.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -13,7 +14,7 @@ use pingora::{Error, ErrorType, Result};
 use super::answers::ProxyError;
 use super::exchange::{self, Attempt};
 use super::{headers, AoaiProxy, RequestCtx};
-use crate::balance::{deployment, Backend, Credential, Naming, Pick, Unavailable};
+use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, Unavailable};
 use crate::credentials::TokenRef;
 use crate::metrics::Retried;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
@@ -32,20 +33,7 @@ impl AoaiProxy {
         let deployment = deployment::requested(session.req_header().uri.path(), &body);
         let dep = deployment.as_deref();
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
-        let header = |t: &Option<TokenRef>| t.as_ref().map(|t| t.header.clone());
-        let first = match (
-            self.pool.select(dep, header(&token), Instant::now()),
-            &self.tokens,
-        ) {
-            // Only backends that need the token could serve it, and none is held: the token
-            // may be on its way (the first fetch at start, or one after an outage).
-            (Err(Unavailable::NoToken), Some(cache)) => {
-                token = cache.token_or_wait(self.startup_wait).await;
-                self.pool.select(dep, header(&token), Instant::now())
-            }
-            (first, _) => first,
-        };
-        let (mut selection, mut pick) = match first {
+        let (mut selection, mut pick) = match self.first_pick(dep, &mut token).await {
             Ok(first) => first,
             Err(why) => return ProxyError::unavailable(why, dep).respond(session).await,
         };
@@ -81,23 +69,14 @@ impl AoaiProxy {
                 Verdict::Retry(next) => Some(next),
                 Verdict::RetryWithFreshToken => {
                     token_refreshed = true;
-                    let fresh = match (&self.tokens, &token) {
-                        (Some(cache), Some(used)) => {
-                            cache.replace(used.generation, TOKEN_WAIT).await
-                        }
-                        _ => None,
-                    };
-                    fresh.and_then(|fresh| {
-                        let header = fresh.header.clone();
-                        token = Some(fresh);
-                        selection.again(index, header, Instant::now())
-                    })
+                    self.fresh_token(&mut token)
+                        .await
+                        .and_then(|fresh| selection.again(index, fresh, Instant::now()))
                 }
             };
-            let retried = if next.is_some() {
-                Retried::Yes
-            } else {
-                Retried::No
+            let retried = match next {
+                Some(_) => Retried::Yes,
+                None => Retried::No,
             };
             self.metrics.record_try(index, outcome, retried);
             let Some(next) = next else {
@@ -105,33 +84,75 @@ impl AoaiProxy {
                     .deliver(session, attempt, peer, &backend, ctx.tries)
                     .await;
             };
-            match attempt {
-                Attempt::Answered(answer) => {
-                    log::info!(
-                        "backend {} answered {} (try {}/{}): retrying",
-                        backend.name,
-                        answer.status().as_u16(),
-                        ctx.tries,
-                        self.max_tries
-                    );
-                    if let Some(peer) = peer {
-                        exchange::discard(
-                            self.connector.clone(),
-                            peer,
-                            answer,
-                            self.timeouts.pool_idle,
-                        );
-                    }
-                }
-                Attempt::Failed(f, e) => log::info!(
-                    "backend {}: {} ({e}) (try {}/{}): retrying",
-                    backend.name,
-                    f.as_str(),
-                    ctx.tries,
-                    self.max_tries
-                ),
-            }
+            self.set_aside(attempt, peer, &backend, ctx.tries);
             pick = next;
+        }
+    }
+
+    /// The first backend for a request naming `deployment`, with `token` the one held. When only
+    /// backends that need a token could serve it and none is held, the token may be on its way
+    /// (the first fetch at start, or one after an outage): waits for it, at most
+    /// `auth.startup_wait`, then looks again.
+    async fn first_pick<'a>(
+        &'a self,
+        deployment: Option<&'a str>,
+        token: &mut Option<TokenRef>,
+    ) -> Result<(Selection<'a>, Pick), Unavailable> {
+        let header = |t: &Option<TokenRef>| t.as_ref().map(|t| t.header.clone());
+        match (
+            self.pool.select(deployment, header(token), Instant::now()),
+            &self.tokens,
+        ) {
+            (Err(Unavailable::NoToken), Some(cache)) => {
+                *token = cache.token_or_wait(self.startup_wait).await;
+                self.pool.select(deployment, header(token), Instant::now())
+            }
+            (first, _) => first,
+        }
+    }
+
+    /// A token to replace `token`, which a backend refused: waits for the fetch that the refusal
+    /// asked for, at most [`TOKEN_WAIT`]. Its header, or `None` when none came.
+    async fn fresh_token(&self, token: &mut Option<TokenRef>) -> Option<HeaderValue> {
+        let (cache, used) = (self.tokens.as_ref()?, token.as_ref()?);
+        let fresh = cache.replace(used.generation, TOKEN_WAIT).await?;
+        let header = fresh.header.clone();
+        *token = Some(fresh);
+        Some(header)
+    }
+
+    /// Puts aside what a try produced before the next one: an answer is drained so its
+    /// connection goes back to the pool; either is logged.
+    fn set_aside(
+        &self,
+        attempt: Attempt,
+        peer: Option<Arc<HttpPeer>>,
+        backend: &Backend,
+        tries: u32,
+    ) {
+        match attempt {
+            Attempt::Answered(answer) => {
+                log::info!(
+                    "backend {} answered {} (try {tries}/{}): retrying",
+                    backend.name,
+                    answer.status().as_u16(),
+                    self.max_tries
+                );
+                if let Some(peer) = peer {
+                    exchange::discard(
+                        self.connector.clone(),
+                        peer,
+                        answer,
+                        self.timeouts.pool_idle,
+                    );
+                }
+            }
+            Attempt::Failed(f, e) => log::info!(
+                "backend {}: {} ({e}) (try {tries}/{}): retrying",
+                backend.name,
+                f.as_str(),
+                self.max_tries
+            ),
         }
     }
 
@@ -141,7 +162,7 @@ impl AoaiProxy {
         &self,
         session: &mut Session,
         attempt: Attempt,
-        peer: Option<std::sync::Arc<HttpPeer>>,
+        peer: Option<Arc<HttpPeer>>,
         backend: &Backend,
         tries: u32,
     ) -> Result<()> {

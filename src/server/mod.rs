@@ -19,6 +19,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::balance::{BackendError, Pool, Prober, Resolver};
+use crate::clients::Clients;
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
 use crate::credentials::{CredentialError, CredentialSource, Refresher, TokenCache};
 use crate::metrics::Metrics;
@@ -124,7 +125,10 @@ impl Proxy {
             )))),
             max_tries: config.max_tries.get(),
             startup_wait: config.auth.startup_wait,
-            clients: config.clients.clone(),
+            clients: config
+                .clients
+                .as_ref()
+                .map(|list| Clients::new(list.iter().map(|c| (c.name.as_str(), c.digest)))),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
             metrics: metrics.clone(),

@@ -41,3 +41,32 @@ async fn only_configured_keys_get_through() {
     }
     assert!(proxy.log().contains("client=team-a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_can_be_given_by_the_sha256_of_its_key() {
+    use sha2::{Digest, Sha256};
+    let id = identity().await;
+    let b = backend("b0").await;
+    let digest: String = Sha256::digest(b"key-c")
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    let yaml = format!(
+        "{}clients:\n  - {{name: team-c, key_sha256: {digest}}}\n",
+        mi_yaml(&[&b])
+    );
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let send = |key: &str| {
+        let req = client()
+            .post(proxy.url(CHAT))
+            .header("api-key", key)
+            .json(&chat_body());
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send("key-c").await, 200);
+    // Someone who read the configuration, and sends what it holds.
+    assert_eq!(send(&digest).await, 401, "the digest is not the key");
+    assert_eq!(send("key-d").await, 401);
+    assert_eq!(b.requests(), 1);
+    assert!(proxy.log().contains("client=team-c"));
+}
