@@ -47,11 +47,16 @@ pub struct Config {
     pub cooldown: CooldownPolicy,
     /// When failing backends are ejected.
     pub ejection: EjectionPolicy,
+    /// The path prefixes forwarded to backends (each begins and ends with `/`); anything else
+    /// is answered 404.
+    pub paths: Vec<String>,
 }
 
 impl Config {
     /// `retry.max_tries` when the file does not say.
     pub const DEFAULT_MAX_TRIES: NonZeroU32 = NonZeroU32::new(3).expect("3 is not zero");
+    /// `paths` when the file does not say: Azure OpenAI's.
+    pub const DEFAULT_PATHS: [&'static str; 1] = ["/openai/"];
 }
 
 /// The HTTPS listener.

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) server: Option<RawServer>,
     pub(super) cooldown: Option<RawCooldown>,
     pub(super) health: Option<RawHealth>,
+    pub(super) paths: Option<Vec<EnvString>>,
 }
 
 #[derive(Deserialize, Default)]

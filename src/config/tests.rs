@@ -260,3 +260,20 @@ fn a_client_gives_a_key_or_its_digest() {
         assert_eq!(p[0].path, path, "{clients}: {p:?}");
     }
 }
+
+#[test]
+fn paths_are_prefixes() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.paths, ["/openai/"]);
+    let c = Config::from_yaml(&format!("{MINIMAL}paths: [/openai/, /models/]\n")).unwrap();
+    assert_eq!(c.paths, ["/openai/", "/models/"]);
+    for (paths, path) in [
+        ("[]", "paths"),
+        ("[/openai]", "paths[0]"),
+        ("[openai/]", "paths[0]"),
+        ("[/openai/, /a/../b/]", "paths[1]"),
+    ] {
+        let p = problems(&format!("{MINIMAL}paths: {paths}\n"));
+        assert_eq!(p[0].path, path, "{paths}");
+    }
+}

@@ -41,6 +41,7 @@ impl RawConfig {
             server: server(self.server, &mut p),
             cooldown: cooldown(self.cooldown, &mut p),
             ejection: ejection(self.health, &mut p),
+            paths: paths(self.paths, &mut p),
             listen: self.listen.into_iter().map(|l| l.0).collect(),
             tls: self.tls.map(tls),
             admin: self.admin.map(|a| a.listen.0),
@@ -184,6 +185,32 @@ fn health_check(key: &str, h: RawHealthCheck, p: &mut Problems) -> HealthCheck {
         }
     };
     HealthCheck { kind, interval }
+}
+
+fn paths(raw: Option<Vec<EnvString>>, p: &mut Problems) -> Vec<String> {
+    let Some(list) = raw else {
+        return Config::DEFAULT_PATHS.map(String::from).to_vec();
+    };
+    if list.is_empty() {
+        p.add(
+            "paths",
+            "an empty list would forward nothing: remove it to forward /openai/",
+        );
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, EnvString(prefix))| {
+            let shaped = prefix.starts_with('/') && prefix.ends_with('/');
+            let climbs = prefix.split('/').any(|s| s == "." || s == "..") || prefix.contains('%');
+            if !shaped || climbs {
+                p.add(
+                    format!("paths[{i}]"),
+                    format!("{prefix:?} is not a path prefix: give one like /openai/ (with both slashes)"),
+                );
+            }
+            prefix
+        })
+        .collect()
 }
 
 fn max_tries(raw: Option<RawRetry>, p: &mut Problems) -> NonZeroU32 {

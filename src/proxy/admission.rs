@@ -1,5 +1,5 @@
-//! Admission: what a request must pass before any backend is tried (header size, client key),
-//! and reading its body once, whole, so every try can send it again.
+//! Admission: what a request must pass before any backend is tried (header size, path, client
+//! key), and reading its body once, whole, so every try can send it again.
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -7,11 +7,18 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::answers::ProxyError;
+use super::paths::{self, Refused};
 use super::{headers, AoaiProxy, RequestCtx};
 
 impl AoaiProxy {
-    /// Checks the header size and the client key; `Err` is the answer to send.
-    pub(super) fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+    /// Checks the header size, the shape of the path, the client key and that the path is one
+    /// that is forwarded, in that order; `Err` is the answer to send. An absolute-form target
+    /// is rewritten to origin form.
+    pub(super) fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ProxyError> {
         let req = session.req_header();
         let size = headers::header_bytes(req);
         if size > self.limits.max_header_bytes {
@@ -19,10 +26,22 @@ impl AoaiProxy {
                 limit: self.limits.max_header_bytes,
             });
         }
+        let target = paths::forwarded(req.raw_path(), &self.paths);
+        if target == Err(Refused::Malformed) {
+            return Err(ProxyError::BadPath);
+        }
         if let Some(clients) = &self.clients {
             let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
             let client = clients.find(key).ok_or(ProxyError::Unauthorized)?;
             ctx.client = Some(client.to_string());
+        }
+        let target = target.map_err(|_| ProxyError::PathNotForwarded)?;
+        if target.len() != req.raw_path().len() {
+            let origin = target.to_vec();
+            session
+                .req_header_mut()
+                .set_raw_path(&origin)
+                .map_err(|_| ProxyError::BadPath)?;
         }
         Ok(())
     }

@@ -19,6 +19,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     /// The client sent a body that could not be read.
     BadRequestBody,
+    /// The request path could climb out of the forwarded prefixes (`..`, an encoded `/`).
+    BadPath,
+    /// The request path is not under a forwarded prefix (`paths`).
+    PathNotForwarded,
     /// No Entra ID token is available (not fetched yet, or expired during an outage).
     NoToken,
     /// The last try got no response header.
@@ -70,7 +74,8 @@ impl ProxyError {
             ProxyError::Unauthorized => 401,
             ProxyError::HeadersTooLarge { .. } => 431,
             ProxyError::BodyTooLarge { .. } => 413,
-            ProxyError::BadRequestBody => 400,
+            ProxyError::BadRequestBody | ProxyError::BadPath => 400,
+            ProxyError::PathNotForwarded => 404,
             ProxyError::NoToken => 503,
             ProxyError::Upstream { status, .. } => *status,
             ProxyError::AllCooling { .. } => 429,
@@ -97,6 +102,11 @@ impl ProxyError {
                 "BadRequest",
                 "The request body could not be read.".to_string(),
             ),
+            ProxyError::BadPath => (
+                "BadRequest",
+                "The request path has a `.` or `..` segment, or an encoded `/` or `\\`: the proxy does not forward it.".to_string(),
+            ),
+            ProxyError::PathNotForwarded => ("404", "Resource not found.".to_string()),
             ProxyError::NoToken => (
                 "ServiceUnavailable",
                 "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not given one. Try again shortly.".to_string(),

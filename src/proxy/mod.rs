@@ -14,6 +14,7 @@ mod admission;
 mod answers;
 mod exchange;
 pub mod headers;
+pub mod paths;
 mod relay;
 mod tries;
 
@@ -47,6 +48,8 @@ pub struct AoaiProxy {
     pub clients: Option<Clients>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// The path prefixes forwarded (`paths`).
+    pub paths: Vec<String>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -131,6 +131,7 @@ impl Proxy {
                 .map(|list| Clients::new(list.iter().map(|c| (c.name.as_str(), c.digest)))),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
+            paths: config.paths.clone(),
             metrics: metrics.clone(),
         };
         let mut service = pingora::proxy::http_proxy_service_with_name(

@@ -13,6 +13,7 @@ mod header_hygiene;
 mod max_tries;
 mod no_retry;
 mod openai_sdk;
+mod path_rules;
 mod retry_causes;
 mod round_robin;
 mod shutdown;
