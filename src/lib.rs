@@ -6,8 +6,8 @@
 //!
 //! The parts, each in its own module: [`config`] (the YAML file, validated), [`clients`] (who
 //! may use the proxy), [`credentials`] (Entra ID tokens), [`balance`] (the backends and choosing one), [`retry`] (what follows a
-//! try), [`proxy`] (the Pingora request path), [`metrics`], and [`server`] (start-up, admin
-//! listener, shutdown). [`demo`] holds the commands that run the simulator.
+//! try), [`proxy`] (the Pingora request path), [`usage`] (the tokens an answer reports),
+//! [`metrics`], and [`server`] (start-up, admin listener, shutdown). [`demo`] holds the commands that run the simulator.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -21,3 +21,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod retry;
 pub mod server;
+pub mod usage;

@@ -1,15 +1,17 @@
 //! Counters kept in one place and served as Prometheus text by the admin listener, and the
 //! in-flight count that graceful shutdown waits on.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use crate::balance::Pool;
 use crate::retry::{Failure, Outcome};
+use crate::usage::Usage;
 
 /// The `outcome` label of `aoai_proxy_backend_tries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +73,34 @@ impl TryLabel {
     }
 }
 
+/// The `kind` label of `aoai_proxy_tokens_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TokenKind {
+    Prompt,
+    Completion,
+    Cached,
+    Reasoning,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Prompt => "prompt",
+            TokenKind::Completion => "completion",
+            TokenKind::Cached => "cached",
+            TokenKind::Reasoning => "reasoning",
+        }
+    }
+}
+
+/// The labels of one `aoai_proxy_tokens_total` series, but `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TokenSeries {
+    backend: usize,
+    deployment: String,
+    client: String,
+}
+
 /// All counters of the process.
 pub struct Metrics {
     backends: Vec<String>,
@@ -79,6 +109,8 @@ pub struct Metrics {
     requests: AtomicU64,
     retries: AtomicU64,
     in_flight: Arc<InFlightCount>,
+    /// Tokens by series, then kind: touched once an answer, when it reported usage.
+    tokens: Mutex<BTreeMap<(TokenSeries, TokenKind), u64>>,
 }
 
 /// Requests being served, and the wake-up a draining shutdown waits for.
@@ -100,6 +132,35 @@ impl Metrics {
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             in_flight: Arc::default(),
+            tokens: Mutex::default(),
+        }
+    }
+
+    /// Counts the tokens backend `index` reported for an answer to `client` (`None`: no
+    /// `clients`) about `deployment`.
+    pub fn record_usage(
+        &self,
+        index: usize,
+        deployment: Option<&str>,
+        client: Option<&str>,
+        usage: &Usage,
+    ) {
+        let series = TokenSeries {
+            backend: index,
+            deployment: deployment.unwrap_or("-").to_string(),
+            client: client.unwrap_or("-").to_string(),
+        };
+        let counts = [
+            (TokenKind::Prompt, Some(usage.prompt)),
+            (TokenKind::Completion, Some(usage.completion)),
+            (TokenKind::Cached, usage.cached),
+            (TokenKind::Reasoning, usage.reasoning),
+        ];
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        for (kind, n) in counts {
+            if let Some(n) = n {
+                *tokens.entry((series.clone(), kind)).or_default() += n;
+            }
         }
     }
 
@@ -154,6 +215,23 @@ impl Metrics {
         gauge("gauge", "aoai_proxy_in_flight", self.in_flight() as u64);
         gauge("gauge", "aoai_proxy_ready", u64::from(ready));
         gauge("counter", "aoai_proxy_token_fetches_total", token_fetches);
+        let _ = writeln!(out, "# TYPE aoai_proxy_tokens_total counter");
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        for ((series, kind), n) in tokens.iter() {
+            let backend = self
+                .backends
+                .get(series.backend)
+                .map_or("-", String::as_str);
+            let _ = writeln!(
+                out,
+                "aoai_proxy_tokens_total{{backend=\"{}\",deployment=\"{}\",client=\"{}\",kind=\"{}\"}} {n}",
+                label(backend),
+                label(&series.deployment),
+                label(&series.client),
+                kind.as_str()
+            );
+        }
+        drop(tokens);
         let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
         for (name, row) in self.backends.iter().zip(&self.tries) {
             let name = label(name);

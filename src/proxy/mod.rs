@@ -1,8 +1,8 @@
 //! The Pingora [`ProxyHttp`] of aoai-proxy. Its phases are thin: `request_filter` admits the
 //! request ([`admission`]), reads its body once, and hands it to the try loop ([`tries`]), which
 //! runs each try as an upstream exchange ([`exchange`]), rewrites headers on the way
-//! ([`headers`]), and relays the chosen answer ([`relay`]) or makes the proxy's own
-//! ([`answers`]).
+//! ([`headers`]), and relays the chosen answer ([`relay`], counting the tokens it reports) or
+//! makes the proxy's own ([`answers`]).
 //!
 //! NOTE: each try is its own exchange over Pingora's upstream [`Connector`] (pooling, TLS,
 //! SNI, verification) rather than Pingora's proxy loop, because that loop cannot replay a
@@ -34,6 +34,7 @@ use crate::clients::Clients;
 use crate::config::{Limits, Timeouts};
 use crate::credentials::TokenCache;
 use crate::metrics::{InFlight, Metrics};
+use crate::usage::Usage;
 
 /// The proxy service: everything a request needs, shared by all requests.
 pub struct AoaiProxy {
@@ -62,6 +63,8 @@ pub struct RequestCtx {
     backend: Option<usize>,
     /// The authenticated client, when `clients` is configured.
     client: Option<String>,
+    /// The tokens the delivered answer reported.
+    usage: Option<Usage>,
     _in_flight: InFlight,
 }
 
@@ -86,6 +89,7 @@ impl ProxyHttp for AoaiProxy {
             tries: 0,
             backend: None,
             client: None,
+            usage: None,
             _in_flight: self.metrics.start_request(),
         }
     }
@@ -167,9 +171,13 @@ impl ProxyHttp for AoaiProxy {
             .map_or_else(|| "-".to_string(), |r| r.status.as_u16().to_string());
         let backend = ctx.backend.map_or("-", |i| self.pool.get(i).name.as_str());
         let req = session.req_header();
+        let tokens = ctx.usage.map_or_else(
+            || "-".to_string(),
+            |u| format!("{}/{}", u.prompt, u.completion),
+        );
         log::info!(
             target: "aoai_proxy::access",
-            "{} {} {status} backend={backend} tries={} client={} {}ms{}",
+            "{} {} {status} backend={backend} tries={} client={} tokens={tokens} {}ms{}",
             req.method,
             req.uri.path(),
             ctx.tries,

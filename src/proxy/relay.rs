@@ -11,21 +11,32 @@ use pingora::{Error, ErrorType, Result};
 
 use super::exchange::Answer;
 use super::{headers, AoaiProxy};
+use crate::usage::{Usage, UsageReader};
 
 impl AoaiProxy {
     /// Streams the chosen answer to the client, chunk by chunk as the backend sends it, then
-    /// returns its connection to the pool.
+    /// returns its connection to the pool. The usage it reports is read on the way, counted
+    /// for `backend`, the request's deployment and client, and returned.
     pub(super) async fn relay(
         &self,
         session: &mut Session,
         answer: Answer,
         peer: Option<Arc<HttpPeer>>,
-    ) -> Result<()> {
+        labels: UsageLabels<'_>,
+    ) -> Result<Option<Usage>> {
         let Answer {
             mut head,
             session: mut up,
         } = answer;
         headers::strip_response(&mut head);
+        let mut usage = head
+            .status
+            .is_success()
+            .then(|| {
+                let ct = head.headers.get(http::header::CONTENT_TYPE);
+                UsageReader::for_content_type(ct.map(|v| v.as_bytes()))
+            })
+            .flatten();
         session
             .write_response_header(head, false)
             .await
@@ -43,6 +54,9 @@ impl AoaiProxy {
             match chunk {
                 Ok(Ok(Some(bytes))) => {
                     let (bytes, end) = coalesce(&mut up, bytes);
+                    if let Some(reader) = usage.as_mut() {
+                        reader.feed(&bytes);
+                    }
                     session
                         .write_response_body(Some(bytes), false)
                         .await
@@ -59,6 +73,12 @@ impl AoaiProxy {
                 }
             }
         }
+        // Counted before the client sees the end, so that it is there once the client is done.
+        let usage = usage.and_then(UsageReader::finish);
+        if let Some(u) = &usage {
+            self.metrics
+                .record_usage(labels.backend, labels.deployment, labels.client, u);
+        }
         session
             .write_response_body(None, true)
             .await
@@ -68,8 +88,15 @@ impl AoaiProxy {
                 .release_http_session(*up, &*peer, Some(self.timeouts.pool_idle))
                 .await;
         }
-        Ok(())
+        Ok(usage)
     }
+}
+
+/// Whom an answer's tokens are counted for.
+pub(super) struct UsageLabels<'a> {
+    pub backend: usize,
+    pub deployment: Option<&'a str>,
+    pub client: Option<&'a str>,
 }
 
 /// Joins to `first` the body chunks the backend has already delivered, so a burst of events

@@ -13,11 +13,13 @@ use pingora::{Error, ErrorType, Result};
 
 use super::answers::ProxyError;
 use super::exchange::{self, Attempt};
+use super::relay::UsageLabels;
 use super::{headers, AoaiProxy, RequestCtx};
 use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, Unavailable};
 use crate::credentials::TokenRef;
 use crate::metrics::Retried;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
+use crate::usage::Usage;
 
 /// How long a request that got a 401 waits for a new token before the 401 goes to the client.
 const TOKEN_WAIT: Duration = Duration::from_secs(10);
@@ -80,9 +82,16 @@ impl AoaiProxy {
             };
             self.metrics.record_try(index, outcome, retried);
             let Some(next) = next else {
-                return self
-                    .deliver(session, attempt, peer, &backend, ctx.tries)
-                    .await;
+                let labels = UsageLabels {
+                    backend: index,
+                    deployment: dep,
+                    client: ctx.client.as_deref(),
+                };
+                let usage = self
+                    .deliver(session, attempt, peer, &backend, ctx.tries, labels)
+                    .await?;
+                ctx.usage = usage;
+                return Ok(());
             };
             self.set_aside(attempt, peer, &backend, ctx.tries);
             pick = next;
@@ -165,9 +174,10 @@ impl AoaiProxy {
         peer: Option<Arc<HttpPeer>>,
         backend: &Backend,
         tries: u32,
-    ) -> Result<()> {
+        labels: UsageLabels<'_>,
+    ) -> Result<Option<Usage>> {
         match attempt {
-            Attempt::Answered(answer) => self.relay(session, answer, peer).await,
+            Attempt::Answered(answer) => self.relay(session, answer, peer, labels).await,
             Attempt::Failed(f, e) => {
                 log::warn!(
                     "backend {}: {} ({e}); giving up after {tries} tries",
@@ -176,7 +186,8 @@ impl AoaiProxy {
                 );
                 ProxyError::gave_up(f, &backend.name, tries)
                     .respond(session)
-                    .await
+                    .await?;
+                Ok(None)
             }
         }
     }

@@ -20,3 +20,4 @@ mod shutdown;
 mod streaming;
 mod tls;
 mod token;
+mod token_usage;

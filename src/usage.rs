@@ -1,0 +1,295 @@
+//! [`UsageReader`]: the tokens a backend reports for an answer, read from its body as the bytes
+//! pass to the client, never holding them back and never keeping the body whole.
+//!
+//! - A JSON answer carries `usage` near its end: the reader keeps only the last
+//!   [`JSON_TAIL`] bytes and reads `usage` from them when the body is complete.
+//! - A stream (`text/event-stream`) carries it in one event: the final chunk that
+//!   `stream_options.include_usage` adds to chat completions, or the Responses API's
+//!   `response.completed`. The reader looks only at `data:` lines that mention `"usage"`.
+//!
+//! Both shapes are read: `prompt_tokens`/`completion_tokens` (chat, completions, embeddings)
+//! and `input_tokens`/`output_tokens` (Responses), with their cached and reasoning details.
+
+use serde::Deserialize;
+
+/// How much of the end of a JSON answer is kept to find its `usage`.
+pub const JSON_TAIL: usize = 16 << 10;
+
+/// The longest stream line looked at; a longer one is skipped (it holds no usage of interest).
+const MAX_LINE: usize = 1 << 20;
+
+/// Tokens a backend reported for one answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    /// Prompt tokens served from the cache, where reported.
+    pub cached: Option<u64>,
+    /// Completion tokens spent on reasoning, where reported.
+    pub reasoning: Option<u64>,
+}
+
+/// How an answer's body is laid out.
+#[derive(Debug)]
+enum Body {
+    /// JSON: the last [`JSON_TAIL`] bytes, or a little more.
+    Json { tail: Vec<u8> },
+    /// Server-sent events: the line not yet ended.
+    Events { line: Vec<u8>, skipping: bool },
+}
+
+/// Reads the usage of one answer from its body, chunk by chunk.
+#[derive(Debug)]
+pub struct UsageReader {
+    body: Body,
+    found: Option<Usage>,
+}
+
+impl UsageReader {
+    /// A reader for an answer of this `content-type`, or `None` when it cannot carry usage.
+    pub fn for_content_type(content_type: Option<&[u8]>) -> Option<UsageReader> {
+        let ct = content_type?;
+        let is =
+            |what: &[u8]| ct.len() >= what.len() && ct[..what.len()].eq_ignore_ascii_case(what);
+        let body = if is(b"application/json") {
+            Body::Json { tail: Vec::new() }
+        } else if is(b"text/event-stream") {
+            Body::Events {
+                line: Vec::new(),
+                skipping: false,
+            }
+        } else {
+            return None;
+        };
+        Some(UsageReader { body, found: None })
+    }
+
+    /// Takes in the next bytes of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.body {
+            Body::Json { tail } => {
+                tail.extend_from_slice(chunk);
+                if tail.len() > 2 * JSON_TAIL {
+                    tail.drain(..tail.len() - JSON_TAIL);
+                }
+            }
+            Body::Events { line, skipping } => {
+                let mut rest = chunk;
+                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                    if !*skipping {
+                        line.extend_from_slice(&rest[..end]);
+                        if let Some(u) = event_usage(line) {
+                            self.found = Some(u);
+                        }
+                    }
+                    line.clear();
+                    *skipping = false;
+                    rest = &rest[end + 1..];
+                }
+                if !*skipping {
+                    line.extend_from_slice(rest);
+                    if line.len() > MAX_LINE {
+                        line.clear();
+                        *skipping = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The usage of the complete body, if it reported one.
+    pub fn finish(self) -> Option<Usage> {
+        match self.body {
+            Body::Json { tail } => json_usage(&tail),
+            Body::Events { line, .. } => self.found.or_else(|| event_usage(&line)),
+        }
+    }
+}
+
+/// The usage in one stream line (`data: {...}`), when it has one.
+fn event_usage(line: &[u8]) -> Option<Usage> {
+    let data = line.strip_prefix(b"data:")?;
+    // Chat chunks say `"usage":null` until the last: parse only the event that has one.
+    if !has_usage_object(data) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Event {
+        usage: Option<RawUsage>,
+        response: Option<Response>,
+    }
+    #[derive(Deserialize)]
+    struct Response {
+        usage: Option<RawUsage>,
+    }
+    let event: Event = serde_json::from_slice(data.trim_ascii()).ok()?;
+    event
+        .usage
+        .or(event.response.and_then(|r| r.usage))
+        .map(RawUsage::into_usage)
+}
+
+/// The last `usage` object in the end of a JSON body.
+fn json_usage(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = tail.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let after = &tail[at + KEY.len()..];
+    let colon = after.iter().position(|&b| b == b':')?;
+    let mut values = serde_json::Deserializer::from_slice(&after[colon + 1..]).into_iter();
+    let raw: RawUsage = values.next()?.ok()?;
+    Some(raw.into_usage())
+}
+
+/// Whether `data` has `"usage"` followed by an object (not `null`).
+fn has_usage_object(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut rest = data;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        rest = &rest[at + KEY.len()..];
+        let value = rest
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start);
+        if value.is_some_and(|v| v.starts_with(b"{")) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `usage` as either API writes it.
+#[derive(Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    input_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+    output_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+impl RawUsage {
+    fn into_usage(self) -> Usage {
+        Usage {
+            prompt: self.prompt_tokens.or(self.input_tokens).unwrap_or(0),
+            completion: self.completion_tokens.or(self.output_tokens).unwrap_or(0),
+            cached: self
+                .prompt_tokens_details
+                .or(self.input_tokens_details)
+                .and_then(|d| d.cached_tokens),
+            reasoning: self
+                .completion_tokens_details
+                .or(self.output_tokens_details)
+                .and_then(|d| d.reasoning_tokens),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `body` fed in pieces of `step` bytes.
+    fn read(content_type: &str, body: &str, step: usize) -> Option<Usage> {
+        let mut r = UsageReader::for_content_type(Some(content_type.as_bytes())).unwrap();
+        for piece in body.as_bytes().chunks(step) {
+            r.feed(piece);
+        }
+        r.finish()
+    }
+
+    const CHAT: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"content":"usage is a word"}}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+
+    #[test]
+    fn a_json_answer_reports_its_usage_however_it_is_split() {
+        let expected = Usage {
+            prompt: 12,
+            completion: 7,
+            cached: Some(4),
+            reasoning: Some(2),
+        };
+        for step in [1, 3, 64, 10_000] {
+            assert_eq!(
+                read("application/json", CHAT, step),
+                Some(expected),
+                "{step}"
+            );
+        }
+        let embeddings =
+            r#"{"object":"list","data":[],"usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            read("application/json; charset=utf-8", embeddings, 7),
+            Some(Usage {
+                prompt: 5,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(
+            read("application/json", r#"{"error":{"code":"429"}}"#, 5),
+            None
+        );
+    }
+
+    #[test]
+    fn a_long_json_answer_keeps_only_its_end() {
+        let long = format!(
+            r#"{{"choices":[{{"message":{{"content":"{}"}}}}],"usage":{{"prompt_tokens":1,"completion_tokens":900}}}}"#,
+            "x".repeat(1 << 20)
+        );
+        let mut r = UsageReader::for_content_type(Some(b"application/json")).unwrap();
+        for piece in long.as_bytes().chunks(4096) {
+            r.feed(piece);
+            if let Body::Json { tail } = &r.body {
+                assert!(tail.len() <= 2 * JSON_TAIL, "the body was kept");
+            }
+        }
+        assert_eq!(r.finish().map(|u| u.completion), Some(900));
+    }
+
+    #[test]
+    fn a_chat_stream_reports_the_usage_chunk() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
+             data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n\
+             data: [DONE]\n\n";
+        for step in [1, 2, 17, 1000] {
+            let u = read("text/event-stream", stream, step).unwrap();
+            assert_eq!((u.prompt, u.completion), (9, 3), "{step}");
+        }
+        let without = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(read("text/event-stream", without, 5), None);
+    }
+
+    #[test]
+    fn a_responses_stream_reports_response_completed() {
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n\n\
+             event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}\n\n\
+             event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":20,\"output_tokens\":8,\"input_tokens_details\":{\"cached_tokens\":16},\"output_tokens_details\":{\"reasoning_tokens\":5}}}}\n\n";
+        assert_eq!(
+            read("text/event-stream", stream, 13),
+            Some(Usage {
+                prompt: 20,
+                completion: 8,
+                cached: Some(16),
+                reasoning: Some(5),
+            })
+        );
+    }
+
+    #[test]
+    fn other_answers_are_not_read() {
+        assert!(UsageReader::for_content_type(Some(b"audio/mpeg")).is_none());
+        assert!(UsageReader::for_content_type(None).is_none());
+    }
+}
