@@ -1,7 +1,7 @@
 //! Counters kept in one place and served as Prometheus text by the admin listener, and the
 //! in-flight count that graceful shutdown waits on.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,7 @@ impl TryLabel {
 }
 
 /// The `kind` label of `aoai_proxy_tokens_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenKind {
     Prompt,
     Completion,
@@ -83,6 +83,14 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
+    /// Every kind, in the order they are stored and rendered.
+    pub const ALL: [TokenKind; 4] = [
+        TokenKind::Prompt,
+        TokenKind::Completion,
+        TokenKind::Cached,
+        TokenKind::Reasoning,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TokenKind::Prompt => "prompt",
@@ -93,13 +101,13 @@ impl TokenKind {
     }
 }
 
-/// The labels of one `aoai_proxy_tokens_total` series, but `kind`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct TokenSeries {
-    backend: usize,
-    deployment: String,
-    client: String,
-}
+/// Tokens of one (deployment, client) on one backend, by [`TokenKind`]: `None` until a kind
+/// is first reported.
+type TokenCounts = [Option<u64>; 4];
+
+/// Per backend: deployment, then client, then the counts. Looked up by `&str`, so an answer
+/// of a series already seen allocates nothing.
+type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts>>;
 
 /// All counters of the process.
 pub struct Metrics {
@@ -109,8 +117,8 @@ pub struct Metrics {
     requests: AtomicU64,
     retries: AtomicU64,
     in_flight: Arc<InFlightCount>,
-    /// Tokens by series, then kind: touched once an answer, when it reported usage.
-    tokens: Mutex<BTreeMap<(TokenSeries, TokenKind), u64>>,
+    /// Tokens by backend: touched once an answer, when it reported usage.
+    tokens: Vec<Mutex<TokenTable>>,
 }
 
 /// Requests being served, and the wake-up a draining shutdown waits for.
@@ -127,12 +135,12 @@ impl Metrics {
     pub fn new(backends: Vec<String>) -> Self {
         let tries = backends.iter().map(|_| Default::default()).collect();
         Metrics {
-            backends,
             tries,
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             in_flight: Arc::default(),
-            tokens: Mutex::default(),
+            tokens: backends.iter().map(|_| Mutex::default()).collect(),
+            backends,
         }
     }
 
@@ -145,21 +153,28 @@ impl Metrics {
         client: Option<&str>,
         usage: &Usage,
     ) {
-        let series = TokenSeries {
-            backend: index,
-            deployment: deployment.unwrap_or("-").to_string(),
-            client: client.unwrap_or("-").to_string(),
+        let Some(table) = self.tokens.get(index) else {
+            return;
         };
-        let counts = [
-            (TokenKind::Prompt, Some(usage.prompt)),
-            (TokenKind::Completion, Some(usage.completion)),
-            (TokenKind::Cached, usage.cached),
-            (TokenKind::Reasoning, usage.reasoning),
+        let (deployment, client) = (deployment.unwrap_or("-"), client.unwrap_or("-"));
+        let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+        let clients = match table.get_mut(deployment) {
+            Some(clients) => clients,
+            None => table.entry(deployment.into()).or_default(),
+        };
+        let counts = match clients.get_mut(client) {
+            Some(counts) => counts,
+            None => clients.entry(client.into()).or_default(),
+        };
+        let reported = [
+            Some(usage.prompt),
+            Some(usage.completion),
+            usage.cached,
+            usage.reasoning,
         ];
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        for (kind, n) in counts {
+        for (count, n) in counts.iter_mut().zip(reported) {
             if let Some(n) = n {
-                *tokens.entry((series.clone(), kind)).or_default() += n;
+                *count = Some(count.unwrap_or(0) + n);
             }
         }
     }
@@ -216,22 +231,27 @@ impl Metrics {
         gauge("gauge", "aoai_proxy_ready", u64::from(ready));
         gauge("counter", "aoai_proxy_token_fetches_total", token_fetches);
         let _ = writeln!(out, "# TYPE aoai_proxy_tokens_total counter");
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        for ((series, kind), n) in tokens.iter() {
-            let backend = self
-                .backends
-                .get(series.backend)
-                .map_or("-", String::as_str);
-            let _ = writeln!(
-                out,
-                "aoai_proxy_tokens_total{{backend=\"{}\",deployment=\"{}\",client=\"{}\",kind=\"{}\"}} {n}",
-                label(backend),
-                label(&series.deployment),
-                label(&series.client),
-                kind.as_str()
-            );
+        for (backend, table) in self.backends.iter().zip(&self.tokens) {
+            let table = table.lock().unwrap_or_else(|e| e.into_inner());
+            let mut series: Vec<(&str, &str, &TokenCounts)> = table
+                .iter()
+                .flat_map(|(d, clients)| clients.iter().map(move |(c, n)| (&**d, &**c, n)))
+                .collect();
+            series.sort_unstable_by_key(|(d, c, _)| (*d, *c));
+            for (deployment, client, counts) in series {
+                for (kind, n) in TokenKind::ALL.iter().zip(counts) {
+                    let Some(n) = n else { continue };
+                    let _ = writeln!(
+                        out,
+                        "aoai_proxy_tokens_total{{backend=\"{}\",deployment=\"{}\",client=\"{}\",kind=\"{}\"}} {n}",
+                        label(backend),
+                        label(deployment),
+                        label(client),
+                        kind.as_str()
+                    );
+                }
+            }
         }
-        drop(tokens);
         let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
         for (name, row) in self.backends.iter().zip(&self.tries) {
             let name = label(name);

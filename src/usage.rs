@@ -1,8 +1,9 @@
 //! [`UsageReader`]: the tokens a backend reports for an answer, read from its body as the bytes
 //! pass to the client, never holding them back and never keeping the body whole.
 //!
-//! - A JSON answer carries `usage` near its end: the reader keeps only the last
-//!   [`JSON_TAIL`] bytes and reads `usage` from them when the body is complete.
+//! - A JSON answer carries `usage` near its end: the reader keeps only the chunks that hold the
+//!   last [`JSON_TAIL`] bytes (shared with the client's copy, not copied) and reads `usage` from
+//!   them when the body is complete.
 //! - A stream (`text/event-stream`) carries it in one event: the final chunk that
 //!   `stream_options.include_usage` adds to chat completions, or the Responses API's
 //!   `response.completed`. The reader looks only at `data:` lines that mention `"usage"`.
@@ -10,7 +11,10 @@
 //! Both shapes are read: `prompt_tokens`/`completion_tokens` (chat, completions, embeddings)
 //! and `input_tokens`/`output_tokens` (Responses), with their cached and reasoning details.
 
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 /// How much of the end of a JSON answer is kept to find its `usage`.
 pub const JSON_TAIL: usize = 16 << 10;
@@ -32,8 +36,12 @@ pub struct Usage {
 /// How an answer's body is laid out.
 #[derive(Debug)]
 enum Body {
-    /// JSON: the last [`JSON_TAIL`] bytes, or a little more.
-    Json { tail: Vec<u8> },
+    /// JSON: the chunks that hold its last [`JSON_TAIL`] bytes (shared with what goes to the
+    /// client, not copied), and how many bytes they hold.
+    Json {
+        tail: SmallVec<[Bytes; 2]>,
+        len: usize,
+    },
     /// Server-sent events: the line not yet ended.
     Events { line: Vec<u8>, skipping: bool },
 }
@@ -52,7 +60,10 @@ impl UsageReader {
         let is =
             |what: &[u8]| ct.len() >= what.len() && ct[..what.len()].eq_ignore_ascii_case(what);
         let body = if is(b"application/json") {
-            Body::Json { tail: Vec::new() }
+            Body::Json {
+                tail: SmallVec::new(),
+                len: 0,
+            }
         } else if is(b"text/event-stream") {
             Body::Events {
                 line: Vec::new(),
@@ -65,17 +76,18 @@ impl UsageReader {
     }
 
     /// Takes in the next bytes of the body.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub fn feed(&mut self, chunk: &Bytes) {
         match &mut self.body {
-            Body::Json { tail } => {
-                tail.extend_from_slice(chunk);
-                if tail.len() > 2 * JSON_TAIL {
-                    tail.drain(..tail.len() - JSON_TAIL);
+            Body::Json { tail, len } => {
+                tail.push(chunk.clone());
+                *len += chunk.len();
+                while tail.len() > 1 && *len - tail[0].len() >= JSON_TAIL {
+                    *len -= tail.remove(0).len();
                 }
             }
             Body::Events { line, skipping } => {
-                let mut rest = chunk;
-                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                let mut rest = &chunk[..];
+                while let Some(end) = memchr::memchr(b'\n', rest) {
                     if !*skipping {
                         line.extend_from_slice(&rest[..end]);
                         if let Some(u) = event_usage(line) {
@@ -100,7 +112,16 @@ impl UsageReader {
     /// The usage of the complete body, if it reported one.
     pub fn finish(self) -> Option<Usage> {
         match self.body {
-            Body::Json { tail } => json_usage(&tail),
+            Body::Json { tail, len } => match &tail[..] {
+                [one] => json_usage(one),
+                pieces => {
+                    let mut joined = BytesMut::with_capacity(len);
+                    for p in pieces {
+                        joined.extend_from_slice(p);
+                    }
+                    json_usage(&joined)
+                }
+            },
             Body::Events { line, .. } => self.found.or_else(|| event_usage(&line)),
         }
     }
@@ -132,7 +153,7 @@ fn event_usage(line: &[u8]) -> Option<Usage> {
 /// The last `usage` object in the end of a JSON body.
 fn json_usage(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
-    let at = tail.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let at = memmem::rfind(tail, KEY)?;
     let after = &tail[at + KEY.len()..];
     let colon = after.iter().position(|&b| b == b':')?;
     let mut values = serde_json::Deserializer::from_slice(&after[colon + 1..]).into_iter();
@@ -144,7 +165,7 @@ fn json_usage(tail: &[u8]) -> Option<Usage> {
 fn has_usage_object(data: &[u8]) -> bool {
     const KEY: &[u8] = b"\"usage\"";
     let mut rest = data;
-    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+    while let Some(at) = memmem::find(rest, KEY) {
         rest = &rest[at + KEY.len()..];
         let value = rest
             .trim_ascii_start()
@@ -205,7 +226,7 @@ mod tests {
     fn read(content_type: &str, body: &str, step: usize) -> Option<Usage> {
         let mut r = UsageReader::for_content_type(Some(content_type.as_bytes())).unwrap();
         for piece in body.as_bytes().chunks(step) {
-            r.feed(piece);
+            r.feed(&Bytes::copy_from_slice(piece));
         }
         r.finish()
     }
@@ -250,9 +271,9 @@ mod tests {
         );
         let mut r = UsageReader::for_content_type(Some(b"application/json")).unwrap();
         for piece in long.as_bytes().chunks(4096) {
-            r.feed(piece);
-            if let Body::Json { tail } = &r.body {
-                assert!(tail.len() <= 2 * JSON_TAIL, "the body was kept");
+            r.feed(&Bytes::copy_from_slice(piece));
+            if let Body::Json { len, .. } = &r.body {
+                assert!(*len <= JSON_TAIL + 4096, "the body was kept: {len}");
             }
         }
         assert_eq!(r.finish().map(|u| u.completion), Some(900));
