@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use ahash::RandomState;
 use tokio::sync::Notify;
 
 use crate::balance::Pool;
@@ -106,8 +107,14 @@ impl TokenKind {
 type TokenCounts = [Option<u64>; 4];
 
 /// Per backend: deployment, then client, then the counts. Looked up by `&str`, so an answer
-/// of a series already seen allocates nothing.
-type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts>>;
+/// of a series already seen allocates nothing (and hashed with aHash, not SipHash: the keys
+/// are names the proxy has seen answered, and this runs once an answer).
+type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts, RandomState>, RandomState>;
+
+/// The most (deployment, client) series kept per backend. A deployment is named by the client
+/// (in the path or the body's `model`), so spellings that a backend still answers could grow the
+/// table without end: past the cap, new ones are counted under `deployment="other"`.
+pub const MAX_TOKEN_SERIES: usize = 1000;
 
 /// All counters of the process.
 pub struct Metrics {
@@ -158,6 +165,15 @@ impl Metrics {
         };
         let (deployment, client) = (deployment.unwrap_or("-"), client.unwrap_or("-"));
         let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+        let known = table
+            .get(deployment)
+            .is_some_and(|clients| clients.contains_key(client));
+        let full = || table.values().map(HashMap::len).sum::<usize>() >= MAX_TOKEN_SERIES;
+        let deployment = if known || !full() {
+            deployment
+        } else {
+            "other"
+        };
         let clients = match table.get_mut(deployment) {
             Some(clients) => clients,
             None => table.entry(deployment.into()).or_default(),
@@ -320,9 +336,11 @@ pub fn render_health(pool: &Pool) -> String {
     out
 }
 
-/// A label value with `\` and `"` escaped.
+/// A label value with `\`, `"` and line feeds escaped, as the exposition format asks.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -345,6 +363,37 @@ mod tests {
         for (i, l) in TryLabel::ALL.iter().enumerate() {
             assert_eq!(*l as usize, i, "{l:?} is stored where it is rendered");
         }
+    }
+
+    #[test]
+    fn token_series_are_bounded_and_labels_escaped() {
+        let m = Metrics::new(vec!["b0".into()]);
+        let usage = Usage {
+            prompt: 1,
+            completion: 1,
+            ..Usage::default()
+        };
+        for i in 0..MAX_TOKEN_SERIES + 10 {
+            m.record_usage(0, Some(&format!("d{i}")), None, &usage);
+        }
+        m.record_usage(0, Some("d0"), None, &usage);
+        m.record_usage(0, Some("x\ny"), None, &usage);
+        let text = m.render(true, 0);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("aoai_proxy_tokens_total{") && l.contains("kind=\"prompt\""))
+            .count();
+        assert_eq!(
+            series,
+            MAX_TOKEN_SERIES + 1,
+            "the cap, plus deployment=\"other\""
+        );
+        assert!(text.contains("deployment=\"other\",client=\"-\",kind=\"prompt\"} 11"));
+        assert!(text.contains("deployment=\"d0\",client=\"-\",kind=\"prompt\"} 2"));
+        assert!(
+            !text.contains("x\ny"),
+            "a line feed got into the exposition"
+        );
     }
 
     #[tokio::test]

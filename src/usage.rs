@@ -19,8 +19,11 @@ use smallvec::SmallVec;
 /// How much of the end of a JSON answer is kept to find its `usage`.
 pub const JSON_TAIL: usize = 16 << 10;
 
-/// The longest stream line looked at; a longer one is skipped (it holds no usage of interest).
-const MAX_LINE: usize = 1 << 20;
+/// The longest stream line kept whole; of a longer one only the last [`JSON_TAIL`] bytes are.
+const MAX_LINE: usize = 64 << 10;
+
+/// The most chunks of a JSON answer's end held before they are joined.
+const MAX_PIECES: usize = 16;
 
 /// Tokens a backend reported for one answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,8 +45,8 @@ enum Body {
         tail: SmallVec<[Bytes; 2]>,
         len: usize,
     },
-    /// Server-sent events: the line not yet ended.
-    Events { line: Vec<u8>, skipping: bool },
+    /// Server-sent events: the line not yet ended, and whether its start was cut off.
+    Events { line: Vec<u8>, cut: bool },
 }
 
 /// Reads the usage of one answer from its body, chunk by chunk.
@@ -54,6 +57,21 @@ pub struct UsageReader {
 }
 
 impl UsageReader {
+    /// A reader for an answer with these headers, or `None` when it cannot carry usage that
+    /// can be read as it passes: not JSON or a stream, or compressed (`content-encoding`).
+    pub fn for_answer(headers: &http::HeaderMap) -> Option<UsageReader> {
+        let encoded = headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return None;
+        }
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        Self::for_content_type(ct)
+    }
+
     /// A reader for an answer of this `content-type`, or `None` when it cannot carry usage.
     pub fn for_content_type(content_type: Option<&[u8]>) -> Option<UsageReader> {
         let ct = content_type?;
@@ -67,7 +85,7 @@ impl UsageReader {
         } else if is(b"text/event-stream") {
             Body::Events {
                 line: Vec::new(),
-                skipping: false,
+                cut: false,
             }
         } else {
             return None;
@@ -84,26 +102,31 @@ impl UsageReader {
                 while tail.len() > 1 && *len - tail[0].len() >= JSON_TAIL {
                     *len -= tail.remove(0).len();
                 }
+                // Many small chunks: join them, so the list stays short.
+                if tail.len() > MAX_PIECES {
+                    let mut joined = BytesMut::with_capacity(*len);
+                    for piece in tail.drain(..) {
+                        joined.extend_from_slice(&piece);
+                    }
+                    tail.push(joined.freeze());
+                }
             }
-            Body::Events { line, skipping } => {
+            Body::Events { line, cut } => {
                 let mut rest = &chunk[..];
                 while let Some(end) = memchr::memchr(b'\n', rest) {
-                    if !*skipping {
-                        line.extend_from_slice(&rest[..end]);
-                        if let Some(u) = event_usage(line) {
-                            self.found = Some(u);
-                        }
+                    line.extend_from_slice(&rest[..end]);
+                    if let Some(u) = line_usage(line, *cut) {
+                        self.found = Some(u);
                     }
                     line.clear();
-                    *skipping = false;
+                    *cut = false;
                     rest = &rest[end + 1..];
                 }
-                if !*skipping {
-                    line.extend_from_slice(rest);
-                    if line.len() > MAX_LINE {
-                        line.clear();
-                        *skipping = true;
-                    }
+                line.extend_from_slice(rest);
+                // A long event (a whole response in `response.completed`): keep its end only.
+                if line.len() > MAX_LINE {
+                    line.drain(..line.len() - JSON_TAIL);
+                    *cut = true;
                 }
             }
         }
@@ -122,8 +145,17 @@ impl UsageReader {
                     json_usage(&joined)
                 }
             },
-            Body::Events { line, .. } => self.found.or_else(|| event_usage(&line)),
+            Body::Events { line, cut } => line_usage(&line, cut).or(self.found),
         }
+    }
+}
+
+/// The usage in one stream line, read whole, or from its end when its start was `cut`.
+fn line_usage(line: &[u8], cut: bool) -> Option<Usage> {
+    if cut {
+        json_usage(line)
+    } else {
+        event_usage(line)
     }
 }
 
@@ -150,15 +182,25 @@ fn event_usage(line: &[u8]) -> Option<Usage> {
         .map(RawUsage::into_usage)
 }
 
-/// The last `usage` object in the end of a JSON body.
+/// The last `"usage": {...}` object in the end of a JSON body that parses as usage (a
+/// `"usage"` in the client's own `metadata` after it is passed over).
 fn json_usage(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
-    let at = memmem::rfind(tail, KEY)?;
-    let after = &tail[at + KEY.len()..];
-    let colon = after.iter().position(|&b| b == b':')?;
-    let mut values = serde_json::Deserializer::from_slice(&after[colon + 1..]).into_iter();
-    let raw: RawUsage = values.next()?.ok()?;
-    Some(raw.into_usage())
+    let mut before = tail;
+    while let Some(at) = memmem::rfind(before, KEY) {
+        let value = tail[at + KEY.len()..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start);
+        if let Some(value) = value.filter(|v| v.starts_with(b"{")) {
+            let mut values = serde_json::Deserializer::from_slice(value).into_iter();
+            if let Some(Ok(raw)) = values.next() {
+                return Some(RawUsage::into_usage(raw));
+            }
+        }
+        before = &tail[..at];
+    }
+    None
 }
 
 /// Whether `data` has `"usage"` followed by an object (not `null`).
@@ -306,6 +348,40 @@ mod tests {
                 reasoning: Some(5),
             })
         );
+    }
+
+    #[test]
+    fn a_usage_in_the_clients_metadata_is_passed_over() {
+        let body = r#"{"id":"resp_1","usage":{"input_tokens":3,"output_tokens":2},"metadata":{"usage":"x"}}"#;
+        assert_eq!(
+            read("application/json", body, 10).map(|u| u.completion),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_huge_event_still_reports_its_usage() {
+        let event = format!(
+            "data: {{\"type\":\"response.completed\",\"response\":{{\"instructions\":\"{}\",\"usage\":{{\"input_tokens\":7,\"output_tokens\":5}},\"metadata\":{{}}}}}}\n\n",
+            "i".repeat(300 << 10)
+        );
+        let mut r = UsageReader::for_content_type(Some(b"text/event-stream")).unwrap();
+        for piece in event.as_bytes().chunks(8192) {
+            r.feed(&Bytes::copy_from_slice(piece));
+            if let Body::Events { line, .. } = &r.body {
+                assert!(line.len() <= MAX_LINE + 8192, "the event was kept whole");
+            }
+        }
+        assert_eq!(r.finish().map(|u| (u.prompt, u.completion)), Some((7, 5)));
+    }
+
+    #[test]
+    fn compressed_answers_are_not_read() {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        assert!(UsageReader::for_answer(&h).is_some());
+        h.insert("content-encoding", "gzip".parse().unwrap());
+        assert!(UsageReader::for_answer(&h).is_none());
     }
 
     #[test]

@@ -255,10 +255,17 @@ fn a_client_gives_a_key_or_its_digest() {
             "  - {name: a, key: same}\n  - {name: b, key: same}\n",
             "clients",
         ),
+        (
+            "  - {name: a, key_sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855}\n",
+            "clients[0].key_sha256",
+        ),
     ] {
         let p = with(clients).unwrap_err();
         assert_eq!(p[0].path, path, "{clients}: {p:?}");
     }
+    // Two broken entries are two problems, not also "the same key".
+    let p = with("  - {name: a}\n  - {name: b}\n").unwrap_err();
+    assert_eq!(p.len(), 2, "{p:?}");
 }
 
 #[test]

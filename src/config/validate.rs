@@ -233,47 +233,64 @@ fn clients(list: Vec<RawClient>, p: &mut Problems) -> Vec<ClientKey> {
             "an empty list would refuse every request: remove `clients` to let everyone in, or add a key",
         );
     }
-    let keys: Vec<ClientKey> = list
+    let keys: Vec<(String, Option<KeyDigest>)> = list
         .into_iter()
         .enumerate()
-        .map(|(i, c)| ClientKey {
-            digest: client_digest(&format!("clients[{i}]"), &c, p),
-            name: c.name.0,
+        .map(|(i, c)| {
+            let digest = client_digest(&format!("clients[{i}]"), &c, p);
+            (c.name.0, digest)
         })
         .collect();
-    for name in duplicates(keys.iter().map(|c| c.name.as_str())) {
+    for name in duplicates(keys.iter().map(|(name, _)| name.as_str())) {
         p.add("clients", format!("two clients are named {name:?}"));
     }
     let mut digests = HashSet::new();
-    for c in &keys {
-        if !digests.insert(c.digest) {
+    for (name, digest) in &keys {
+        if digest.is_some_and(|d| !digests.insert(d)) {
             p.add(
                 "clients",
-                format!("client {:?} has the key of another client", c.name),
+                format!("client {name:?} has the key of another client"),
             );
         }
     }
-    keys
+    // With a problem reported, the placeholder digest never serves: the file is refused.
+    keys.into_iter()
+        .map(|(name, digest)| ClientKey {
+            name,
+            digest: digest.unwrap_or_else(|| KeyDigest::of(b"")),
+        })
+        .collect()
 }
 
 /// A client's key digest: the SHA-256 of `key`, or `key_sha256` as given; exactly one of them.
-fn client_digest(key: &str, c: &RawClient, p: &mut Problems) -> KeyDigest {
+/// `None` when that is not so (reported).
+fn client_digest(key: &str, c: &RawClient, p: &mut Problems) -> Option<KeyDigest> {
     match (&c.key, &c.key_sha256) {
-        (Some(k), None) => KeyDigest::of(k.0.expose().as_bytes()),
-        (None, Some(hex)) => KeyDigest::from_hex(&hex.0).unwrap_or_else(|| {
-            p.add(
-                format!("{key}.key_sha256"),
-                "must be 64 hexadecimal digits: the SHA-256 of the key (sha256sum prints it)",
-            );
-            KeyDigest::of(b"")
-        }),
+        (Some(k), None) => Some(KeyDigest::of(k.0.expose().as_bytes())),
+        (None, Some(hex)) => match KeyDigest::from_hex(&hex.0) {
+            Some(d) if d == KeyDigest::of(b"") => {
+                p.add(
+                    format!("{key}.key_sha256"),
+                    "is the SHA-256 of an empty key: it would let in a request with an empty api-key",
+                );
+                None
+            }
+            Some(d) => Some(d),
+            None => {
+                p.add(
+                    format!("{key}.key_sha256"),
+                    "must be 64 hexadecimal digits: the SHA-256 of the key (sha256sum prints it)",
+                );
+                None
+            }
+        },
         (Some(_), Some(_)) => {
             p.add(key, "give key or key_sha256, not both");
-            KeyDigest::of(b"")
+            None
         }
         (None, None) => {
             p.add(key, "give the client's key, or key_sha256");
-            KeyDigest::of(b"")
+            None
         }
     }
 }

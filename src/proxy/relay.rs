@@ -32,53 +32,56 @@ impl AoaiProxy {
         let mut usage = head
             .status
             .is_success()
-            .then(|| {
-                let ct = head.headers.get(http::header::CONTENT_TYPE);
-                UsageReader::for_content_type(ct.map(|v| v.as_bytes()))
-            })
+            .then(|| UsageReader::for_answer(&head.headers))
             .flatten();
         session
             .write_response_header(head, false)
             .await
             .map_err(|e| e.into_down())?;
         let idle = self.timeouts.body_idle;
-        loop {
-            let chunk = tokio::select! {
-                biased;
-                chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
-                // Between chunks, notice a client that left so the backend stops generating.
-                _ = session.downstream_session.read_body_or_idle(true) => {
-                    return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
-                }
-            };
-            match chunk {
-                Ok(Ok(Some(bytes))) => {
-                    let (bytes, end) = coalesce(&mut up, bytes);
-                    if let Some(reader) = usage.as_mut() {
-                        reader.feed(&bytes);
+        let body = async {
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
+                    // Between chunks, notice a client that left so the backend stops generating.
+                    _ = session.downstream_session.read_body_or_idle(true) => {
+                        return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
                     }
-                    session
-                        .write_response_body(Some(bytes), false)
-                        .await
-                        .map_err(|e| e.into_down())?;
-                    if end? {
-                        break;
+                };
+                match chunk {
+                    Ok(Ok(Some(bytes))) => {
+                        let (bytes, end) = coalesce(&mut up, bytes);
+                        if let Some(reader) = usage.as_mut() {
+                            reader.feed(&bytes);
+                        }
+                        session
+                            .write_response_body(Some(bytes), false)
+                            .await
+                            .map_err(|e| e.into_down())?;
+                        if end? {
+                            break;
+                        }
                     }
-                }
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => return Err(e.into_up()),
-                Err(_) => {
-                    let why = format!("backend silent for {idle:?} mid-response");
-                    return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => return Err(e.into_up()),
+                    Err(_) => {
+                        let why = format!("backend silent for {idle:?} mid-response");
+                        return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
+                    }
                 }
             }
-        }
-        // Counted before the client sees the end, so that it is there once the client is done.
+            Ok::<(), Box<Error>>(())
+        };
+        let body = body.await;
+        // Counted before the client sees the end, so that it is there once the client is done;
+        // and also when the body broke off after the backend had reported its usage.
         let usage = usage.and_then(UsageReader::finish);
         if let Some(u) = &usage {
             self.metrics
                 .record_usage(labels.backend, labels.deployment, labels.client, u);
         }
+        body?;
         session
             .write_response_body(None, true)
             .await
