@@ -80,12 +80,7 @@ async fn no_token_means_a_prompt_503_then_recovery() {
     let id = identity().await;
     id.set_failing(true);
     let b = backend("b0").await;
-    let proxy = Proxy::start_with(Start {
-        yaml: mi_yaml(&[&b]),
-        identity: Some(&id),
-        wait_ready: false,
-        env: Vec::new(),
-    });
+    let proxy = Proxy::start_not_ready(&mi_yaml(&[&b]), Some(&id));
     assert_eq!(proxy.admin_get("/readyz").0, 503);
     let started = Instant::now();
     let (status, headers, body) = chat(&proxy).await;
@@ -228,12 +223,7 @@ async fn requests_never_call_the_token_endpoint() {
     let id = identity().await;
     id.set_failing(true);
     let b = backend("b0").await;
-    let proxy = Proxy::start_with(Start {
-        yaml: mi_yaml(&[&b]),
-        identity: Some(&id),
-        wait_ready: false,
-        env: Vec::new(),
-    });
+    let proxy = Proxy::start_not_ready(&mi_yaml(&[&b]), Some(&id));
     let before = id.queries().len();
     let all = (0..64).map(|_| chat(&proxy));
     for (status, _, _) in futures_util::future::join_all(all).await {
@@ -392,12 +382,7 @@ async fn the_first_request_waits_for_the_first_token() {
     let id = identity().await;
     id.set_delay(Duration::from_millis(1500));
     let b = backend("b0").await;
-    let proxy = Proxy::start_with(Start {
-        yaml: mi_yaml(&[&b]),
-        identity: Some(&id),
-        wait_ready: false,
-        env: Vec::new(),
-    });
+    let proxy = Proxy::start_not_ready(&mi_yaml(&[&b]), Some(&id));
     port_accepts(&proxy).await;
     assert_eq!(
         proxy.admin_get("/readyz").0,
@@ -423,12 +408,7 @@ async fn the_wait_for_a_token_is_bounded_by_startup_wait() {
         "kind: managed_identity",
         "kind: managed_identity, startup_wait: 400ms",
     );
-    let proxy = Proxy::start_with(Start {
-        yaml,
-        identity: Some(&id),
-        wait_ready: false,
-        env: Vec::new(),
-    });
+    let proxy = Proxy::start_not_ready(&yaml, Some(&id));
     port_accepts(&proxy).await;
     let started = Instant::now();
     let (status, headers, body) = chat(&proxy).await;

@@ -96,6 +96,17 @@ impl Proxy {
         })
     }
 
+    /// Starts the proxy with `yaml` and waits only for the process to be up (`/healthz`), not
+    /// for a token.
+    pub fn start_not_ready(yaml: &str, identity: Option<&IdentityEndpoint>) -> Proxy {
+        Self::start_with(Start {
+            yaml: yaml.to_string(),
+            identity,
+            wait_ready: false,
+            env: Vec::new(),
+        })
+    }
+
     pub fn start_with(s: Start<'_>) -> Proxy {
         let dir = scratch_dir();
         let (port, admin) = (free_port(), free_port());
