@@ -230,22 +230,22 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self, ready: bool, token_fetches: u64) -> String {
         let mut out = String::new();
-        let mut gauge = |kind: &str, name: &str, value: u64| {
+        let mut series = |kind: &str, name: &str, value: u64| {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
         };
-        gauge(
+        series(
             "counter",
             "aoai_proxy_requests_total",
             self.requests.load(Ordering::Relaxed),
         );
-        gauge(
+        series(
             "counter",
             "aoai_proxy_retries_total",
             self.retries.load(Ordering::Relaxed),
         );
-        gauge("gauge", "aoai_proxy_in_flight", self.in_flight() as u64);
-        gauge("gauge", "aoai_proxy_ready", u64::from(ready));
-        gauge("counter", "aoai_proxy_token_fetches_total", token_fetches);
+        series("gauge", "aoai_proxy_in_flight", self.in_flight() as u64);
+        series("gauge", "aoai_proxy_ready", u64::from(ready));
+        series("counter", "aoai_proxy_token_fetches_total", token_fetches);
         let _ = writeln!(out, "# TYPE aoai_proxy_tokens_total counter");
         for (backend, table) in self.backends.iter().zip(&self.tokens) {
             let table = table.lock().unwrap_or_else(|e| e.into_inner());

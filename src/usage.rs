@@ -73,7 +73,7 @@ impl UsageReader {
     }
 
     /// A reader for an answer of this `content-type`, or `None` when it cannot carry usage.
-    pub fn for_content_type(content_type: Option<&[u8]>) -> Option<UsageReader> {
+    fn for_content_type(content_type: Option<&[u8]>) -> Option<UsageReader> {
         let ct = content_type?;
         let is =
             |what: &[u8]| ct.len() >= what.len() && ct[..what.len()].eq_ignore_ascii_case(what);

@@ -139,6 +139,11 @@ impl Backend {
         }
     }
 
+    /// Whether it is called with the proxy's Entra ID token (and so cannot be without one).
+    pub fn needs_token(&self) -> bool {
+        matches!(self.auth, BackendAuth::EntraToken)
+    }
+
     /// The credential for a try, with `token` the proxy's current Entra ID token header; `None`
     /// when it needs a token and none is held.
     pub fn credential(&self, token: Option<&HeaderValue>) -> Option<Credential> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use pingora::tls::x509::X509;
 
-use super::backend::{Backend, BackendAuth, BackendError, PeerTemplate};
+use super::backend::{Backend, BackendError, PeerTemplate};
 use crate::config::{Config, CooldownPolicy, CredentialKind, EjectionPolicy};
 use crate::retry::Outcome;
 
@@ -97,9 +97,7 @@ impl Pool {
 
     /// Whether any backend is called with the proxy's Entra ID token (else no token is fetched).
     pub fn needs_token(&self) -> bool {
-        self.backends
-            .iter()
-            .any(|b| matches!(b.auth, BackendAuth::EntraToken))
+        self.backends.iter().any(|b| b.needs_token())
     }
 
     /// Takes in what a try on backend `index` produced, with the response headers when it

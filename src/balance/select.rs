@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use smallvec::SmallVec;
 
-use super::backend::{BackendAuth, Credential};
+use super::backend::Credential;
 use super::health::{Moment, Standing};
 use super::Pool;
 
@@ -122,7 +122,7 @@ impl Selection<'_> {
         let b = &self.pool.backends[i];
         if b.naming(self.deployment).is_none() {
             Fit::NotServing
-        } else if matches!(b.auth, BackendAuth::EntraToken) && self.token.is_none() {
+        } else if b.needs_token() && self.token.is_none() {
             Fit::NoToken
         } else {
             match b.health.standing(self.deployment, at) {

@@ -45,10 +45,10 @@ impl AoaiProxy {
             ctx.backend = Some(pick.index);
             let Pick { index, credential } = pick;
             let sent = credential.sent();
-            let backend = self.pool.get(index).clone();
+            let backend = self.pool.get(index);
             let peer = backend.peer();
             let attempt = self
-                .try_once(session, &backend, peer.as_deref(), credential, &body, dep)
+                .try_once(session, backend, peer.as_deref(), credential, &body, dep)
                 .await?;
             let outcome = attempt.outcome();
             self.pool.observe(index, outcome, attempt.headers(), dep);
@@ -88,12 +88,12 @@ impl AoaiProxy {
                     client: ctx.client.as_deref(),
                 };
                 let usage = self
-                    .deliver(session, attempt, peer, &backend, ctx.tries, labels)
+                    .deliver(session, attempt, peer, backend, ctx.tries, labels)
                     .await?;
                 ctx.usage = usage;
                 return Ok(());
             };
-            self.set_aside(attempt, peer, &backend, ctx.tries);
+            self.set_aside(attempt, peer, backend, ctx.tries);
             pick = next;
         }
     }
