@@ -7,7 +7,7 @@
 //! The parts, each in its own module: [`config`] (the YAML file, validated), [`clients`] (who
 //! may use the proxy), [`credentials`] (Entra ID tokens), [`balance`] (the backends and choosing one), [`retry`] (what follows a
 //! try), [`proxy`] (the Pingora request path), [`usage`] (the tokens an answer reports),
-//! [`metrics`], and [`server`] (start-up, admin listener, shutdown). [`demo`] holds the commands that run the simulator.
+//! [`metrics`], [`server`] (start-up, admin listener, reload, shutdown) and [`health`] (the `health` command). [`demo`] holds the commands that run the simulator.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -17,6 +17,7 @@ pub mod config;
 pub mod credentials;
 #[cfg(feature = "sim")]
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod retry;

@@ -30,12 +30,30 @@ enum Command {
     /// Run only the simulated backends (and identity endpoint), for benchmarks and local development.
     #[cfg(feature = "sim")]
     Simulate(aoai_proxy::demo::simulate::SimulateArgs),
+    /// Check an admin endpoint (for a container's HEALTHCHECK, where there is no curl): exit 0
+    /// when it answers 2xx, 1 otherwise.
+    Health(aoai_proxy::health::HealthArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,pingora=warn"),
     )
+    .format(|out, record| {
+        use std::io::Write;
+        // JSON access lines stand alone: one object a line, with its own time.
+        if record.target() == aoai_proxy::proxy::ACCESS_JSON_TARGET {
+            return writeln!(out, "{}", record.args());
+        }
+        writeln!(
+            out,
+            "[{} {:<5} {}] {}",
+            out.timestamp(),
+            record.level(),
+            record.target(),
+            record.args()
+        )
+    })
     .init();
     let cli = Cli::parse();
     match cli.command {
@@ -48,6 +66,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => failed("simulate", &e),
         },
+        Some(Command::Health(args)) => aoai_proxy::health::run(&args),
         None => serve(cli.config, cli.test),
     }
 }
@@ -76,7 +95,7 @@ fn serve(path: Option<PathBuf>, test: bool) -> ExitCode {
         println!("{}: the configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    proxy.run()
+    proxy.reload_from(&path).run()
 }
 
 #[cfg(feature = "sim")]

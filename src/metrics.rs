@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ahash::RandomState;
+use prometheus::core::Metric as _;
+use prometheus::{Histogram, HistogramOpts};
 use tokio::sync::Notify;
 
 use crate::balance::Pool;
+use crate::credentials::TokenCache;
 use crate::retry::{Failure, Outcome};
 use crate::usage::Usage;
 
@@ -116,55 +119,76 @@ type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts, RandomState>,
 /// table without end: past the cap, new ones are counted under `deployment="other"`.
 pub const MAX_TOKEN_SERIES: usize = 1000;
 
-/// All counters of the process.
-pub struct Metrics {
-    backends: Vec<String>,
-    /// `[backend][label as usize]`.
-    tries: Vec<[AtomicU64; TryLabel::ALL.len()]>,
-    requests: AtomicU64,
-    retries: AtomicU64,
-    in_flight: Arc<InFlightCount>,
-    /// Tokens by backend: touched once an answer, when it reported usage.
-    tokens: Vec<Mutex<TokenTable>>,
+/// Histogram buckets for LLM traffic, in seconds: 10 ms to 5 minutes (a long completion
+/// streams for minutes; an embedding answers in tens of milliseconds).
+const SECONDS_BUCKETS: [f64; 15] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Buckets of tries per request.
+const TRIES_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0];
+
+fn histogram(buckets: &[f64]) -> Histogram {
+    // Buckets are constants, sorted and finite: `with_opts` cannot fail on them.
+    Histogram::with_opts(HistogramOpts::new("h", "h").buckets(buckets.to_vec()))
+        .expect("valid histogram buckets")
 }
 
-/// Requests being served, and the wake-up a draining shutdown waits for.
-#[derive(Default)]
-struct InFlightCount {
-    count: AtomicUsize,
-    /// Set once shutdown waits: only then does the last request out notify.
-    draining: AtomicBool,
-    idle: Notify,
+/// What one backend did: its tries by outcome, the tokens it reported, and how long it took
+/// to answer. Kept with the [`crate::balance::Backend`], so it lives as long as the backend does
+/// (across a reload that keeps it).
+pub struct BackendStats {
+    /// By `label as usize`.
+    tries: [AtomicU64; TryLabel::ALL.len()],
+    /// Tokens: touched once an answer, when it reported usage.
+    tokens: Mutex<TokenTable>,
+    /// From sending the request to its response header, for tries that got one.
+    first_byte: Histogram,
 }
 
-impl Metrics {
-    /// Counters for the named backends (in pool order).
-    pub fn new(backends: Vec<String>) -> Self {
-        let tries = backends.iter().map(|_| Default::default()).collect();
-        Metrics {
-            tries,
-            requests: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            in_flight: Arc::default(),
-            tokens: backends.iter().map(|_| Mutex::default()).collect(),
-            backends,
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            tries: Default::default(),
+            tokens: Mutex::default(),
+            first_byte: histogram(&SECONDS_BUCKETS),
         }
     }
+}
 
-    /// Counts the tokens backend `index` reported for an answer to `client` (`None`: no
-    /// `clients`) about `deployment`.
-    pub fn record_usage(
-        &self,
-        index: usize,
-        deployment: Option<&str>,
-        client: Option<&str>,
-        usage: &Usage,
-    ) {
-        let Some(table) = self.tokens.get(index) else {
-            return;
-        };
+impl BackendStats {
+    /// Counts one try's outcome.
+    pub fn record_try(&self, outcome: Outcome) {
+        self.tries[TryLabel::of(outcome) as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times a try from its request to its response header.
+    pub fn record_first_byte(&self, took: Duration) {
+        self.first_byte.observe(took.as_secs_f64());
+    }
+
+    /// Tries by outcome, in [`TryLabel::ALL`] order.
+    pub fn tries(&self) -> [u64; TryLabel::ALL.len()] {
+        std::array::from_fn(|i| self.tries[i].load(Ordering::Relaxed))
+    }
+
+    /// Tokens reported so far, by kind, summed over deployments and clients.
+    pub fn token_totals(&self) -> [u64; TokenKind::ALL.len()] {
+        let table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut totals = [0; TokenKind::ALL.len()];
+        for counts in table.values().flat_map(HashMap::values) {
+            for (t, n) in totals.iter_mut().zip(counts) {
+                *t += n.unwrap_or(0);
+            }
+        }
+        totals
+    }
+
+    /// Counts the tokens reported for an answer to `client` (`None`: no `clients`) about
+    /// `deployment`.
+    pub fn record_usage(&self, deployment: Option<&str>, client: Option<&str>, usage: &Usage) {
         let (deployment, client) = (deployment.unwrap_or("-"), client.unwrap_or("-"));
-        let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let known = table
             .get(deployment)
             .is_some_and(|clients| clients.contains_key(client));
@@ -194,15 +218,156 @@ impl Metrics {
             }
         }
     }
+}
 
-    /// Counts one try on backend `index`; `retried` when another try follows it.
-    pub fn record_try(&self, index: usize, outcome: Outcome, retried: Retried) {
-        if let Some(row) = self.tries.get(index) {
-            row[TryLabel::of(outcome) as usize].fetch_add(1, Ordering::Relaxed);
+/// Why a try was retried: the `cause` label of `aoai_proxy_retries_by_cause_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryCause {
+    Throttled,
+    ServerError,
+    TokenRefused,
+    Connect,
+    Tls,
+    Timeout,
+    Dropped,
+    Other,
+}
+
+impl RetryCause {
+    pub const ALL: [RetryCause; 8] = [
+        RetryCause::Throttled,
+        RetryCause::ServerError,
+        RetryCause::TokenRefused,
+        RetryCause::Connect,
+        RetryCause::Tls,
+        RetryCause::Timeout,
+        RetryCause::Dropped,
+        RetryCause::Other,
+    ];
+
+    pub fn of(outcome: Outcome) -> RetryCause {
+        match outcome {
+            Outcome::Status(s) => match s.as_u16() {
+                429 => RetryCause::Throttled,
+                401 => RetryCause::TokenRefused,
+                500.. => RetryCause::ServerError,
+                _ => RetryCause::Other,
+            },
+            Outcome::Failed(Failure::Connect) => RetryCause::Connect,
+            Outcome::Failed(Failure::Tls) => RetryCause::Tls,
+            Outcome::Failed(Failure::Timeout) => RetryCause::Timeout,
+            Outcome::Failed(Failure::Dropped) => RetryCause::Dropped,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::Throttled => "429",
+            RetryCause::ServerError => "5xx",
+            RetryCause::TokenRefused => "401",
+            RetryCause::Connect => "connect",
+            RetryCause::Tls => "tls",
+            RetryCause::Timeout => "timeout",
+            RetryCause::Dropped => "dropped",
+            RetryCause::Other => "other",
+        }
+    }
+}
+
+/// The `class` label of `aoai_proxy_responses_total`: what the client got.
+const RESPONSE_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "429", "5xx"];
+
+fn response_class(status: u16) -> usize {
+    match status {
+        429 => 3,
+        0..300 => 0,
+        300..400 => 1,
+        400..500 => 2,
+        _ => 4,
+    }
+}
+
+/// Whether a configuration reload took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    Ok,
+    Error,
+}
+
+/// All counters of the process that are not a backend's own ([`BackendStats`]).
+pub struct Metrics {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    /// By [`RetryCause`] `as usize`.
+    retry_causes: [AtomicU64; RetryCause::ALL.len()],
+    /// By [`RESPONSE_CLASSES`].
+    responses: [AtomicU64; RESPONSE_CLASSES.len()],
+    in_flight: Arc<InFlightCount>,
+    /// Client-facing: from the request's arrival to the end of its answer.
+    duration: Histogram,
+    /// Tries per request that reached a backend.
+    tries: Histogram,
+    /// `[ok, error]`.
+    reloads: [AtomicU64; 2],
+}
+
+/// Requests being served, and the wake-up a draining shutdown waits for.
+#[derive(Default)]
+struct InFlightCount {
+    count: AtomicUsize,
+    /// Set once shutdown waits: only then does the last request out notify.
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            retry_causes: Default::default(),
+            responses: Default::default(),
+            in_flight: Arc::default(),
+            duration: histogram(&SECONDS_BUCKETS),
+            tries: histogram(&TRIES_BUCKETS),
+            reloads: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one try on `backend`; `retried` when another try follows it.
+    pub fn record_try(&self, backend: &BackendStats, outcome: Outcome, retried: Retried) {
+        backend.record_try(outcome);
         if retried == Retried::Yes {
             self.retries.fetch_add(1, Ordering::Relaxed);
+            self.retry_causes[RetryCause::of(outcome) as usize].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a request's end: the status the client got (`None`: it got none), how long it
+    /// took, and the tries it made.
+    pub fn record_end(&self, status: Option<u16>, took: Duration, tries: u32) {
+        if let Some(status) = status {
+            self.responses[response_class(status)].fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration.observe(took.as_secs_f64());
+        if tries > 0 {
+            self.tries.observe(f64::from(tries));
+        }
+    }
+
+    /// Counts a configuration reload.
+    pub fn record_reload(&self, result: Reload) {
+        self.reloads[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads so far: `(ok, error)`.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads[0].load(Ordering::Relaxed),
+            self.reloads[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Marks a request as started; it counts as in flight until the guard drops.
@@ -227,28 +392,109 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, ready: bool, token_fetches: u64) -> String {
+    /// The Prometheus text exposition: these counters, the backends of `pool` (their tries,
+    /// tokens, timings and health) and the token the proxy holds (`None`: it needs none).
+    pub fn render(&self, pool: &Pool, token: Option<&TokenCache>) -> String {
         let mut out = String::new();
-        let mut series = |kind: &str, name: &str, value: u64| {
+        let series = |out: &mut String, kind: &str, name: &str, value: u64| {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
         };
         series(
+            &mut out,
             "counter",
             "aoai_proxy_requests_total",
             self.requests.load(Ordering::Relaxed),
         );
         series(
+            &mut out,
             "counter",
             "aoai_proxy_retries_total",
             self.retries.load(Ordering::Relaxed),
         );
-        series("gauge", "aoai_proxy_in_flight", self.in_flight() as u64);
-        series("gauge", "aoai_proxy_ready", u64::from(ready));
-        series("counter", "aoai_proxy_token_fetches_total", token_fetches);
+        series(
+            &mut out,
+            "gauge",
+            "aoai_proxy_in_flight",
+            self.in_flight() as u64,
+        );
+        series(
+            &mut out,
+            "gauge",
+            "aoai_proxy_ready",
+            u64::from(token.is_none_or(|t| t.is_ready())),
+        );
+        series(
+            &mut out,
+            "counter",
+            "aoai_proxy_token_fetches_total",
+            token.map_or(0, |t| t.fetches()),
+        );
+        let _ = writeln!(out, "# TYPE aoai_proxy_token_refreshes_total counter");
+        let refreshes = token.map_or((0, 0), |t| (t.fetches(), t.failed_fetches()));
+        let _ = writeln!(
+            out,
+            "aoai_proxy_token_refreshes_total{{result=\"ok\"}} {}\naoai_proxy_token_refreshes_total{{result=\"error\"}} {}",
+            refreshes.0, refreshes.1
+        );
+        if let Some(left) = token.and_then(TokenCache::expires_in) {
+            series(
+                &mut out,
+                "gauge",
+                "aoai_proxy_token_expires_in_seconds",
+                left,
+            );
+        }
+        let _ = writeln!(out, "# TYPE aoai_proxy_retries_by_cause_total counter");
+        for cause in RetryCause::ALL {
+            let _ = writeln!(
+                out,
+                "aoai_proxy_retries_by_cause_total{{cause=\"{}\"}} {}",
+                cause.as_str(),
+                self.retry_causes[cause as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE aoai_proxy_responses_total counter");
+        for (class, n) in RESPONSE_CLASSES.iter().zip(&self.responses) {
+            let _ = writeln!(
+                out,
+                "aoai_proxy_responses_total{{class=\"{class}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let (ok, error) = self.reloads();
+        let _ = writeln!(
+            out,
+            "# TYPE aoai_proxy_config_reloads_total counter\naoai_proxy_config_reloads_total{{result=\"ok\"}} {ok}\naoai_proxy_config_reloads_total{{result=\"error\"}} {error}"
+        );
+        render_histogram(
+            &mut out,
+            "aoai_proxy_request_duration_seconds",
+            &[(None, &self.duration)],
+        );
+        render_histogram(&mut out, "aoai_proxy_request_tries", &[(None, &self.tries)]);
+        let backends = pool.backends();
+        let first_bytes: Vec<(Option<String>, &Histogram)> = backends
+            .iter()
+            .map(|b| {
+                (
+                    Some(format!("backend=\"{}\"", label(&b.name))),
+                    &b.stats.first_byte,
+                )
+            })
+            .collect();
+        let first_bytes: Vec<(Option<&str>, &Histogram)> = first_bytes
+            .iter()
+            .map(|(l, h)| (l.as_deref(), *h))
+            .collect();
+        render_histogram(
+            &mut out,
+            "aoai_proxy_upstream_first_byte_seconds",
+            &first_bytes,
+        );
+
         let _ = writeln!(out, "# TYPE aoai_proxy_tokens_total counter");
-        for (backend, table) in self.backends.iter().zip(&self.tokens) {
-            let table = table.lock().unwrap_or_else(|e| e.into_inner());
+        for b in backends {
+            let table = b.stats.tokens.lock().unwrap_or_else(|e| e.into_inner());
             let mut series: Vec<(&str, &str, &TokenCounts)> = table
                 .iter()
                 .flat_map(|(d, clients)| clients.iter().map(move |(c, n)| (&**d, &**c, n)))
@@ -260,7 +506,7 @@ impl Metrics {
                     let _ = writeln!(
                         out,
                         "aoai_proxy_tokens_total{{backend=\"{}\",deployment=\"{}\",client=\"{}\",kind=\"{}\"}} {n}",
-                        label(backend),
+                        label(&b.name),
                         label(deployment),
                         label(client),
                         kind.as_str()
@@ -269,18 +515,50 @@ impl Metrics {
             }
         }
         let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
-        for (name, row) in self.backends.iter().zip(&self.tries) {
-            let name = label(name);
-            for l in TryLabel::ALL {
+        for b in backends {
+            let name = label(&b.name);
+            for (l, n) in TryLabel::ALL.iter().zip(b.stats.tries()) {
                 let _ = writeln!(
                     out,
-                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{}\"}} {}",
+                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{}\"}} {n}",
                     l.as_str(),
-                    row[l as usize].load(Ordering::Relaxed)
                 );
             }
         }
+        render_health(&mut out, pool);
         out
+    }
+}
+
+/// Writes `name` as a Prometheus histogram: one series a `(labels, histogram)`, `labels` the
+/// text inside the braces (`None`: no labels). The buckets, sum and count come from the
+/// `prometheus` crate's lock-free histogram; only the text is written here, because the other
+/// series are, and their label sets follow the pool, which changes on reload.
+fn render_histogram(out: &mut String, name: &str, series: &[(Option<&str>, &Histogram)]) {
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (labels, h) in series {
+        let m = h.metric();
+        let h = m.get_histogram();
+        let (open, sep) = match labels {
+            Some(l) => (format!("{{{l}"), ","),
+            None => ("{".to_string(), ""),
+        };
+        for b in h.get_bucket() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{open}{sep}le=\"{}\"}} {}",
+                b.upper_bound(),
+                b.cumulative_count()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{open}{sep}le=\"+Inf\"}} {}",
+            h.get_sample_count()
+        );
+        let braces = labels.map(|l| format!("{{{l}}}")).unwrap_or_default();
+        let _ = writeln!(out, "{name}_sum{braces} {}", h.get_sample_sum());
+        let _ = writeln!(out, "{name}_count{braces} {}", h.get_sample_count());
     }
 }
 
@@ -304,9 +582,9 @@ impl Drop for InFlight {
 }
 
 /// Cooldowns, ejections and probe results of every backend, as Prometheus gauges.
-pub fn render_health(pool: &Pool) -> String {
+fn render_health(out: &mut String, pool: &Pool) {
     let now = Instant::now();
-    let mut out = String::from(
+    out.push_str(
         "# TYPE aoai_proxy_backend_cooling_seconds gauge\n# TYPE aoai_proxy_backend_ejected_seconds gauge\n# TYPE aoai_proxy_backend_probe_up gauge\n",
     );
     for b in pool.backends() {
@@ -333,7 +611,6 @@ pub fn render_health(pool: &Pool) -> String {
             );
         }
     }
-    out
 }
 
 /// A label value with `\`, `"` and line feeds escaped, as the exposition format asks.
@@ -367,18 +644,19 @@ mod tests {
 
     #[test]
     fn token_series_are_bounded_and_labels_escaped() {
-        let m = Metrics::new(vec!["b0".into()]);
+        let pool = crate::balance::test_pool(&[(0, 1)]);
+        let b = &pool.get(0).stats;
         let usage = Usage {
             prompt: 1,
             completion: 1,
             ..Usage::default()
         };
         for i in 0..MAX_TOKEN_SERIES + 10 {
-            m.record_usage(0, Some(&format!("d{i}")), None, &usage);
+            b.record_usage(Some(&format!("d{i}")), None, &usage);
         }
-        m.record_usage(0, Some("d0"), None, &usage);
-        m.record_usage(0, Some("x\ny"), None, &usage);
-        let text = m.render(true, 0);
+        b.record_usage(Some("d0"), None, &usage);
+        b.record_usage(Some("x\ny"), None, &usage);
+        let text = Metrics::default().render(&pool, None);
         let series = text
             .lines()
             .filter(|l| l.starts_with("aoai_proxy_tokens_total{") && l.contains("kind=\"prompt\""))
@@ -396,9 +674,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn histograms_count_into_their_buckets() {
+        let pool = crate::balance::test_pool(&[(0, 1)]);
+        let m = Metrics::default();
+        m.record_end(Some(200), Duration::from_millis(30), 1);
+        m.record_end(Some(429), Duration::from_secs(90), 3);
+        m.record_end(None, Duration::from_secs(400), 0);
+        pool.get(0)
+            .stats
+            .record_first_byte(Duration::from_millis(7));
+        let ok = Outcome::Status(http::StatusCode::TOO_MANY_REQUESTS);
+        m.record_try(&pool.get(0).stats, ok, Retried::Yes);
+        let text = m.render(&pool, None);
+        for line in [
+            "aoai_proxy_request_duration_seconds_bucket{le=\"0.025\"} 0",
+            "aoai_proxy_request_duration_seconds_bucket{le=\"0.05\"} 1",
+            "aoai_proxy_request_duration_seconds_bucket{le=\"120\"} 2",
+            "aoai_proxy_request_duration_seconds_bucket{le=\"300\"} 2",
+            "aoai_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "aoai_proxy_request_duration_seconds_count 3",
+            "aoai_proxy_request_tries_bucket{le=\"1\"} 1",
+            "aoai_proxy_request_tries_bucket{le=\"3\"} 2",
+            "aoai_proxy_request_tries_count 2",
+            "aoai_proxy_upstream_first_byte_seconds_bucket{backend=\"127.0.0.1:1000\",le=\"0.01\"} 1",
+            "aoai_proxy_upstream_first_byte_seconds_count{backend=\"127.0.0.1:1000\"} 1",
+            "aoai_proxy_responses_total{class=\"2xx\"} 1",
+            "aoai_proxy_responses_total{class=\"429\"} 1",
+            "aoai_proxy_retries_by_cause_total{cause=\"429\"} 1",
+            "aoai_proxy_retries_by_cause_total{cause=\"5xx\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
     #[tokio::test]
     async fn idle_returns_when_the_last_request_ends() {
-        let m = Arc::new(Metrics::new(vec![]));
+        let m = Arc::new(Metrics::default());
         let a = m.start_request();
         let b = m.start_request();
         let waiter = tokio::spawn({

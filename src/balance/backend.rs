@@ -12,6 +12,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::health::BackendHealth;
 use crate::config::{BackendConfig, Scheme};
+use crate::metrics::BackendStats;
 use crate::retry::Sent;
 
 /// How a backend is authenticated, fixed at start.
@@ -82,7 +83,9 @@ pub struct Backend {
     pub host_header: HeaderValue,
     pub auth: BackendAuth,
     /// Cooldowns, ejection and probe results.
-    pub health: BackendHealth,
+    pub health: Arc<BackendHealth>,
+    /// Its tries, tokens and timings.
+    pub stats: Arc<BackendStats>,
     pub(crate) config: BackendConfig,
     template: PeerTemplate,
     /// The peer for the current address; `None` until the host name resolves.
@@ -91,10 +94,14 @@ pub struct Backend {
 
 impl Backend {
     /// `uses_tokens`: whether the proxy has an Entra ID credential (`auth.kind` is not `none`).
+    /// `previous`: the backend of the same name in the configuration this one replaces (on a
+    /// reload). When it is at the same URL it is the same instance: its health (cooldowns,
+    /// ejection, probes), its counters and its resolved address carry over.
     pub(super) fn new(
         config: &BackendConfig,
         uses_tokens: bool,
         template: PeerTemplate,
+        previous: Option<&Backend>,
     ) -> Result<Self, BackendError> {
         let host_header = HeaderValue::from_str(&config.url.authority())
             .map_err(|_| BackendError::Host(config.name.clone()))?;
@@ -108,18 +115,29 @@ impl Backend {
             None if uses_tokens => BackendAuth::EntraToken,
             None => BackendAuth::Nothing,
         };
+        let same = previous.filter(|p| p.config.url == config.url);
         let backend = Backend {
             name: config.name.clone(),
             host_header,
             auth,
-            health: BackendHealth::new(&config.name),
+            health: same.map_or_else(
+                || Arc::new(BackendHealth::new(&config.name)),
+                |p| p.health.clone(),
+            ),
+            stats: same.map_or_else(Arc::default, |p| p.stats.clone()),
             config: config.clone(),
             template,
             peer: ArcSwapOption::empty(),
         };
-        // IP literals need no resolving: their peer exists from the start.
+        // IP literals need no resolving: their peer exists from the start. A name keeps the
+        // address it had resolved to (in a peer with this configuration's options).
+        let known = same
+            .and_then(|p| p.peer())
+            .and_then(|p| p._address.as_inet().copied());
         if let Ok(ip) = config.url.host.parse::<IpAddr>() {
             backend.set_addr(SocketAddr::new(ip, config.url.port));
+        } else if let Some(addr) = known {
+            backend.set_addr(addr);
         }
         Ok(backend)
     }

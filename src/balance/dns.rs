@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::sync::watch;
 
 use super::Pool;
 
@@ -15,7 +16,8 @@ pub const DNS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Re-resolves backend host names every [`DNS_INTERVAL`].
 pub struct Resolver {
-    pub pool: Arc<Pool>,
+    /// The pool in force.
+    pub pools: watch::Receiver<Arc<Pool>>,
 }
 
 impl Pool {
@@ -31,15 +33,15 @@ impl Pool {
 #[async_trait]
 impl BackgroundService for Resolver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if !self.pool.backends.iter().any(|b| b.needs_dns()) {
-            return;
-        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(DNS_INTERVAL) => {}
             }
-            let pool = self.pool.clone();
+            let pool = self.pools.borrow().clone();
+            if !pool.backends.iter().any(|b| b.needs_dns()) {
+                continue;
+            }
             // getaddrinfo blocks: keep it off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || pool.resolve_all()).await;
         }

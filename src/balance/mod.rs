@@ -20,3 +20,6 @@ pub use health::{BackendHealth, Snapshot};
 pub use pool::Pool;
 pub use probe::Prober;
 pub use select::{Pick, Selection, Unavailable};
+
+#[cfg(test)]
+pub(crate) use pool::tests::pool as test_pool;

@@ -42,6 +42,16 @@ impl Pool {
     /// [`super::Resolver`]). `ca` is the trust store for upstream TLS when
     /// `upstream_tls.ca_file` adds to the system roots.
     pub fn new(config: &Config, ca: Option<Arc<Box<[X509]>>>) -> Result<Self, BackendError> {
+        Pool::replacing(config, ca, None)
+    }
+
+    /// The pool of a reloaded `config`, replacing `previous`: a backend of the same name and
+    /// URL keeps its state (see [`Backend::new`]).
+    pub fn replacing(
+        config: &Config,
+        ca: Option<Arc<Box<[X509]>>>,
+        previous: Option<&Pool>,
+    ) -> Result<Self, BackendError> {
         let template = PeerTemplate {
             connect_timeout: config.timeouts.connect,
             pool_idle: config.timeouts.pool_idle,
@@ -51,7 +61,10 @@ impl Pool {
         let backends = config
             .backends
             .iter()
-            .map(|b| Backend::new(b, uses_tokens, template.clone()).map(Arc::new))
+            .map(|b| {
+                let before = previous.and_then(|p| p.backends.iter().find(|o| o.name == b.name));
+                Backend::new(b, uses_tokens, template.clone(), before.map(|o| &**o)).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut priorities: Vec<u8> = config.backends.iter().map(|b| b.priority).collect();
         priorities.sort_unstable();

@@ -11,6 +11,7 @@ use pingora::lb::health_check::{HealthCheck as _, HttpHealthCheck, TcpHealthChec
 use pingora::lb::Backend as LbBackend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::sync::watch;
 
 use super::{Backend, Pool};
 use crate::config::{HealthCheckKind, Scheme};
@@ -18,9 +19,10 @@ use crate::config::{HealthCheckKind, Scheme};
 /// Consecutive failed probes that take a backend out; one success brings it back.
 const PROBE_FAILURES: u32 = 2;
 
-/// Runs every configured health check.
+/// Runs every configured health check of the pool in force (and those of the next one after a
+/// reload).
 pub struct Prober {
-    pub pool: Arc<Pool>,
+    pub pools: watch::Receiver<Arc<Pool>>,
 }
 
 /// A check ready to run against one backend.
@@ -101,21 +103,27 @@ async fn probe_forever(backend: Arc<Backend>, kind: HealthCheckKind, interval: D
 #[async_trait]
 impl BackgroundService for Prober {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let tasks: Vec<_> = self
-            .pool
-            .backends()
-            .iter()
-            .filter_map(|b| {
-                let hc = b.config.health_check.clone()?;
-                Some(tokio::spawn(probe_forever(b.clone(), hc.kind, hc.interval)))
-            })
-            .collect();
-        if tasks.is_empty() {
-            return;
-        }
-        let _ = shutdown.changed().await;
-        for t in tasks {
-            t.abort();
+        let mut pools = self.pools.clone();
+        loop {
+            let pool = pools.borrow_and_update().clone();
+            let tasks: Vec<_> = pool
+                .backends()
+                .iter()
+                .filter_map(|b| {
+                    let hc = b.config.health_check.clone()?;
+                    Some(tokio::spawn(probe_forever(b.clone(), hc.kind, hc.interval)))
+                })
+                .collect();
+            let reloaded = tokio::select! {
+                _ = shutdown.changed() => false,
+                changed = pools.changed() => changed.is_ok(),
+            };
+            for t in tasks {
+                t.abort();
+            }
+            if !reloaded {
+                return;
+            }
         }
     }
 }

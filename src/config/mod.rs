@@ -50,6 +50,23 @@ pub struct Config {
     /// The path prefixes forwarded to backends (each begins and ends with `/`); anything else
     /// is answered 404.
     pub paths: Vec<String>,
+    /// `usage.include_in_streams`: add `stream_options.include_usage` to streamed completions
+    /// that lack it, so their tokens are counted, and take the usage event out of what the
+    /// client gets.
+    pub include_stream_usage: bool,
+    /// How access-log lines are written (`log.format`).
+    pub log_format: LogFormat,
+}
+
+/// The access log's line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `GET /openai/... 200 backend=... tries=1 ...`, after the logger's time and level.
+    #[default]
+    Text,
+    /// One JSON object a line, nothing around it.
+    Json,
 }
 
 impl Config {
@@ -60,7 +77,7 @@ impl Config {
 }
 
 /// The HTTPS listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsListener {
     pub listen: String,
     pub cert: PathBuf,
@@ -68,7 +85,7 @@ pub struct TlsListener {
 }
 
 /// Which Entra ID credential the proxy uses, and for what scope.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Auth {
     pub credential: CredentialKind,
     /// The token scope.

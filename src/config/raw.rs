@@ -26,6 +26,20 @@ pub(super) struct RawConfig {
     pub(super) cooldown: Option<RawCooldown>,
     pub(super) health: Option<RawHealth>,
     pub(super) paths: Option<Vec<EnvString>>,
+    pub(super) log: Option<RawLog>,
+    pub(super) usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUsage {
+    pub(super) include_in_streams: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) format: Option<super::LogFormat>,
 }
 
 #[derive(Deserialize, Default)]

@@ -42,6 +42,11 @@ impl RawConfig {
             cooldown: cooldown(self.cooldown, &mut p),
             ejection: ejection(self.health, &mut p),
             paths: paths(self.paths, &mut p),
+            include_stream_usage: self
+                .usage
+                .and_then(|u| u.include_in_streams)
+                .unwrap_or(false),
+            log_format: self.log.and_then(|l| l.format).unwrap_or_default(),
             listen: self.listen.into_iter().map(|l| l.0).collect(),
             tls: self.tls.map(tls),
             admin: self.admin.map(|a| a.listen.0),

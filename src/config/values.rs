@@ -67,6 +67,15 @@ pub enum Scheme {
     Https,
 }
 
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// A backend's base URL: `scheme://host[:port]`, nothing else.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendUrl {

@@ -49,6 +49,7 @@ enum Fetch {
 pub struct TokenCache {
     current: ArcSwapOption<CachedToken>,
     fetches: AtomicU64,
+    failed_fetches: AtomicU64,
     fetch: watch::Sender<Fetch>,
     /// Wakes the refresher for an immediate fetch.
     pub(super) refresh_now: Notify,
@@ -63,6 +64,7 @@ impl Default for TokenCache {
         TokenCache {
             current: ArcSwapOption::empty(),
             fetches: AtomicU64::new(0),
+            failed_fetches: AtomicU64::new(0),
             fetch: watch::Sender::new(Fetch::InFlight),
             refresh_now: Notify::new(),
             newest: watch::Sender::new(0),
@@ -101,6 +103,7 @@ impl TokenCache {
 
     /// The refresher's fetch failed.
     pub(super) fn fetch_failed(&self) {
+        self.failed_fetches.fetch_add(1, Ordering::Relaxed);
         self.fetch.send_replace(Fetch::Failed);
     }
 
@@ -112,6 +115,18 @@ impl TokenCache {
     /// Token fetches that succeeded since start.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Token fetches that failed since start.
+    pub fn failed_fetches(&self) -> u64 {
+        self.failed_fetches.load(Ordering::Relaxed)
+    }
+
+    /// Seconds until the current token expires; `None` when none is held.
+    pub fn expires_in(&self) -> Option<u64> {
+        let guard = self.current.load();
+        let left = guard.as_ref()?.expires_at.checked_sub(now_secs())?;
+        (left > 0).then_some(left)
     }
 
     /// Waits up to `within` for a token newer than `generation`, after

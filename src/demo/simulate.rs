@@ -60,7 +60,7 @@ fn answer(bytes: usize) -> String {
     out
 }
 
-/// Runs the simulators until Ctrl+C.
+/// Runs the simulators until Ctrl+C or SIGTERM.
 pub fn run(args: SimulateArgs) -> Result<(), String> {
     if args.listen.is_empty() && args.throttled.is_empty() && args.identity.is_none() {
         return Err(
@@ -128,7 +128,13 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
             }
             None => None,
         };
-        tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+        // Ctrl+C, or SIGTERM (`docker stop`, where it runs as the container's first process).
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            stopped = tokio::signal::ctrl_c() => stopped.map_err(|e| e.to_string())?,
+            _ = term.recv() => {}
+        }
         Ok(())
     })
 }

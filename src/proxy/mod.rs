@@ -10,6 +10,7 @@
 //! (pingora-core `BODY_BUF_LIMIT`; pingora-proxy `proxy_h1.rs` `proxy_handle_downstream`), and it
 //! has no retry on a response status (https://github.com/cloudflare/pingora/issues/873).
 
+mod access;
 mod admission;
 mod answers;
 mod exchange;
@@ -19,24 +20,36 @@ mod relay;
 mod tries;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+pub use access::JSON_TARGET as ACCESS_JSON_TARGET;
 pub use answers::ProxyError;
 
 use crate::balance::Pool;
 use crate::clients::Clients;
-use crate::config::{Limits, Timeouts};
+use crate::config::{Limits, LogFormat, Timeouts};
 use crate::credentials::TokenCache;
 use crate::metrics::{InFlight, Metrics};
+use crate::retry::Outcome;
 use crate::usage::Usage;
+use smallvec::SmallVec;
 
-/// The proxy service: everything a request needs, shared by all requests.
+/// The Pingora service: the configuration in force, replaced whole on a reload. Each request
+/// takes the one current when it arrives and keeps it to its end, so a reload never changes
+/// the backends, clients or limits of a request (or stream) in flight.
+pub struct ProxyService {
+    pub current: Arc<ArcSwap<AoaiProxy>>,
+}
+
+/// Everything a request needs, built from one configuration and shared by the requests that
+/// arrive while it is current.
 pub struct AoaiProxy {
     pub pool: Arc<Pool>,
     /// `None` when no backend takes the proxy's Entra ID token.
@@ -52,15 +65,27 @@ pub struct AoaiProxy {
     /// The path prefixes forwarded (`paths`).
     pub paths: Vec<String>,
     pub metrics: Arc<Metrics>,
+    /// `usage.include_in_streams`: ask streamed completions for their usage.
+    pub include_stream_usage: bool,
+    /// `log.format`.
+    pub log_format: LogFormat,
+    /// When this configuration was loaded (for the status page).
+    pub loaded_at: SystemTime,
 }
 
 /// Per-request state.
 pub struct RequestCtx {
+    /// The configuration the request is served by, from its arrival to its end.
+    proxy: Arc<AoaiProxy>,
     started: Instant,
     /// Tries made so far.
     tries: u32,
-    /// The backend of the last try.
-    backend: Option<usize>,
+    /// The deployment the request names (in its path, or its body's `model`).
+    deployment: Option<String>,
+    /// Each try's backend and what it produced.
+    tried: SmallVec<[(usize, Outcome); 3]>,
+    /// From arrival to the answer's header (the backend's, or the proxy's own after tries).
+    first_byte: Option<Duration>,
     /// The authenticated client, when `clients` is configured.
     client: Option<String>,
     /// The tokens the delivered answer reported.
@@ -78,25 +103,9 @@ fn client_went_away(e: &Error) -> bool {
         )
 }
 
-#[async_trait]
-impl ProxyHttp for AoaiProxy {
-    type CTX = RequestCtx;
-
-    /// Starts a request's state; it counts as in flight until the state is dropped.
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            tries: 0,
-            backend: None,
-            client: None,
-            usage: None,
-            _in_flight: self.metrics.start_request(),
-        }
-    }
-
-    /// Serves the whole request: admission, body, tries and the streamed answer. Returns
-    /// `true` (answered), so Pingora's own upstream phases never run.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+impl AoaiProxy {
+    /// Serves the whole request: admission, body, tries and the streamed answer.
+    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         // A client that stops reading must not hold a backend stream forever.
         session.set_write_timeout(Some(self.timeouts.body_idle));
         let admitted = match self.admit(session, ctx) {
@@ -104,13 +113,41 @@ impl ProxyHttp for AoaiProxy {
             Err(refused) => Err(refused),
         };
         match admitted {
-            Ok(body) => self.forward(session, ctx, body).await?,
+            Ok(body) => self.forward(session, ctx, body).await,
             Err(refused) => {
                 // The body is left unread: close afterwards rather than drain it.
                 session.set_keepalive(None);
-                refused.respond(session).await?;
+                refused.respond(session).await
             }
         }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for ProxyService {
+    type CTX = RequestCtx;
+
+    /// Starts a request's state; it counts as in flight until the state is dropped.
+    fn new_ctx(&self) -> RequestCtx {
+        let proxy = self.current.load_full();
+        RequestCtx {
+            started: Instant::now(),
+            tries: 0,
+            deployment: None,
+            tried: SmallVec::new(),
+            first_byte: None,
+            client: None,
+            usage: None,
+            _in_flight: proxy.metrics.start_request(),
+            proxy,
+        }
+    }
+
+    /// Serves the whole request: admission, body, tries and the streamed answer. Returns
+    /// `true` (answered), so Pingora's own upstream phases never run.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let proxy = ctx.proxy.clone();
+        proxy.serve(session, ctx).await?;
         Ok(true)
     }
 
@@ -166,24 +203,31 @@ impl ProxyHttp for AoaiProxy {
 
     /// Writes one access-log line per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or_else(|| "-".to_string(), |r| r.status.as_u16().to_string());
-        let backend = ctx.backend.map_or("-", |i| self.pool.get(i).name.as_str());
+        let duration = ctx.started.elapsed();
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let proxy = &ctx.proxy;
+        proxy.metrics.record_end(status, duration, ctx.tries);
+        if !log::log_enabled!(target: access::TARGET, log::Level::Info) {
+            return;
+        }
         let req = session.req_header();
-        let tokens = ctx.usage.map_or_else(
-            || "-".to_string(),
-            |u| format!("{}/{}", u.prompt, u.completion),
-        );
-        log::info!(
-            target: "aoai_proxy::access",
-            "{} {} {status} backend={backend} tries={} client={} tokens={tokens} {}ms{}",
-            req.method,
-            req.uri.path(),
-            ctx.tries,
-            ctx.client.as_deref().unwrap_or("-"),
-            ctx.started.elapsed().as_millis(),
-            e.map(|e| format!(" error={e}")).unwrap_or_default(),
-        );
+        access::AccessLine {
+            client_addr: session.client_addr().map(|a| a.to_string()),
+            client: ctx.client.as_deref(),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            deployment: ctx.deployment.as_deref(),
+            status,
+            tries: ctx
+                .tried
+                .iter()
+                .map(|&(i, outcome)| (proxy.pool.get(i).name.as_str(), outcome))
+                .collect(),
+            first_byte: ctx.first_byte,
+            duration,
+            usage: ctx.usage,
+            error: e.map(|e| e.to_string()),
+        }
+        .write(proxy.log_format);
     }
 }

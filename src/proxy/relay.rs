@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -11,7 +12,7 @@ use pingora::{Error, ErrorType, Result};
 
 use super::exchange::Answer;
 use super::{headers, AoaiProxy};
-use crate::usage::{Usage, UsageReader};
+use crate::usage::{Usage, UsageEventFilter, UsageReader};
 
 impl AoaiProxy {
     /// Streams the chosen answer to the client, chunk by chunk as the backend sends it, then
@@ -34,6 +35,8 @@ impl AoaiProxy {
             .is_success()
             .then(|| UsageReader::for_answer(&head.headers))
             .flatten();
+        let mut hide = (labels.hide_usage_event && head.status.is_success() && is_stream(&head))
+            .then(UsageEventFilter::default);
         session
             .write_response_header(head, false)
             .await
@@ -55,6 +58,10 @@ impl AoaiProxy {
                         if let Some(reader) = usage.as_mut() {
                             reader.feed(&bytes);
                         }
+                        let bytes = match hide.as_mut() {
+                            Some(filter) => filter.filter(bytes),
+                            None => bytes,
+                        };
                         session
                             .write_response_body(Some(bytes), false)
                             .await
@@ -78,10 +85,20 @@ impl AoaiProxy {
         // and also when the body broke off after the backend had reported its usage.
         let usage = usage.and_then(UsageReader::finish);
         if let Some(u) = &usage {
-            self.metrics
-                .record_usage(labels.backend, labels.deployment, labels.client, u);
+            self.pool
+                .get(labels.backend)
+                .stats
+                .record_usage(labels.deployment, labels.client, u);
         }
         body?;
+        if let Some(rest) = hide.as_mut().map(UsageEventFilter::finish) {
+            if !rest.is_empty() {
+                session
+                    .write_response_body(Some(rest), false)
+                    .await
+                    .map_err(|e| e.into_down())?;
+            }
+        }
         session
             .write_response_body(None, true)
             .await
@@ -100,6 +117,16 @@ pub(super) struct UsageLabels<'a> {
     pub backend: usize,
     pub deployment: Option<&'a str>,
     pub client: Option<&'a str>,
+    /// The proxy added `stream_options.include_usage` to the request: the usage event is taken
+    /// out of the stream the client gets.
+    pub hide_usage_event: bool,
+}
+
+/// Whether the answer is a stream of server-sent events.
+fn is_stream(head: &ResponseHeader) -> bool {
+    head.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// Joins to `first` the body chunks the backend has already delivered, so a burst of events

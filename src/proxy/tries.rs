@@ -19,7 +19,7 @@ use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, U
 use crate::credentials::TokenRef;
 use crate::metrics::Retried;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
-use crate::usage::Usage;
+use crate::usage::{self, StreamUsage, Usage};
 
 /// How long a request that got a 401 waits for a new token before the 401 goes to the client.
 const TOKEN_WAIT: Duration = Duration::from_secs(10);
@@ -32,8 +32,17 @@ impl AoaiProxy {
         ctx: &mut RequestCtx,
         body: Bytes,
     ) -> Result<()> {
-        let deployment = deployment::requested(session.req_header().uri.path(), &body);
-        let dep = deployment.as_deref();
+        let path = session.req_header().uri.path();
+        ctx.deployment = deployment::requested(path, &body);
+        let dep = ctx.deployment.as_deref();
+        // With `usage.include_in_streams`, a stream that would not report its tokens is asked to.
+        let (body, hide_usage_event) = match self.include_stream_usage {
+            true => match usage::ask_for_stream_usage(path, &body) {
+                StreamUsage::Added(with) => (with, true),
+                StreamUsage::AsSent => (body, false),
+            },
+            false => (body, false),
+        };
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
         let (mut selection, mut pick) = match self.first_pick(dep, &mut token).await {
             Ok(first) => first,
@@ -42,15 +51,19 @@ impl AoaiProxy {
         let mut token_refreshed = false;
         loop {
             ctx.tries += 1;
-            ctx.backend = Some(pick.index);
             let Pick { index, credential } = pick;
             let sent = credential.sent();
             let backend = self.pool.get(index);
             let peer = backend.peer();
+            let sent_at = Instant::now();
             let attempt = self
                 .try_once(session, backend, peer.as_deref(), credential, &body, dep)
                 .await?;
             let outcome = attempt.outcome();
+            if let Attempt::Answered(_) = attempt {
+                backend.stats.record_first_byte(sent_at.elapsed());
+            }
+            ctx.tried.push((index, outcome));
             self.pool.observe(index, outcome, attempt.headers(), dep);
             if let (Outcome::Status(StatusCode::UNAUTHORIZED), Sent::EntraToken) = (outcome, sent) {
                 // The token was refused: whatever this request does next, the requests to
@@ -80,12 +93,14 @@ impl AoaiProxy {
                 Some(_) => Retried::Yes,
                 None => Retried::No,
             };
-            self.metrics.record_try(index, outcome, retried);
+            self.metrics.record_try(&backend.stats, outcome, retried);
             let Some(next) = next else {
+                ctx.first_byte = Some(ctx.started.elapsed());
                 let labels = UsageLabels {
                     backend: index,
                     deployment: dep,
                     client: ctx.client.as_deref(),
+                    hide_usage_event,
                 };
                 let usage = self
                     .deliver(session, attempt, peer, backend, ctx.tries, labels)

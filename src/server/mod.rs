@@ -5,11 +5,17 @@
 
 mod admin;
 mod files;
+mod reload;
 mod shutdown;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use pingora::tls::x509::X509;
+use tokio::sync::watch;
 
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
@@ -23,8 +29,9 @@ use crate::clients::Clients;
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
 use crate::credentials::{CredentialError, CredentialSource, Refresher, TokenCache};
 use crate::metrics::Metrics;
-use crate::proxy::AoaiProxy;
+use crate::proxy::{AoaiProxy, ProxyService};
 use admin::Admin;
+use reload::Reloader;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +63,48 @@ impl StartError {
 /// Upstream connections kept per backend address, idle, for reuse.
 const POOLED_CONNECTIONS: usize = 1024;
 
+/// The parts that live as long as the process, whatever the configuration in force.
+pub(crate) struct Shared {
+    /// `None` when no backend takes the proxy's Entra ID token.
+    tokens: Option<Arc<TokenCache>>,
+    connector: Arc<Connector>,
+    metrics: Arc<Metrics>,
+    /// The trust store for upstream TLS, when `upstream_tls.ca_file` adds to the system roots.
+    ca: Option<Arc<Box<[X509]>>>,
+}
+
+impl Shared {
+    /// The proxy service for `config`, with its `pool` built.
+    fn service(&self, config: &Config, pool: Arc<Pool>) -> AoaiProxy {
+        AoaiProxy {
+            pool,
+            tokens: self.tokens.clone(),
+            connector: self.connector.clone(),
+            max_tries: config.max_tries.get(),
+            startup_wait: config.auth.startup_wait,
+            clients: config
+                .clients
+                .as_ref()
+                .map(|list| Clients::new(list.iter().map(|c| (c.name.as_str(), c.digest)))),
+            timeouts: config.timeouts.clone(),
+            limits: config.limits.clone(),
+            paths: config.paths.clone(),
+            metrics: self.metrics.clone(),
+            log_format: config.log_format,
+            include_stream_usage: config.include_stream_usage,
+            loaded_at: SystemTime::now(),
+        }
+    }
+}
+
 /// The server, built and ready to run.
 pub struct Proxy {
     server: Server,
-    pool: Arc<Pool>,
-    metrics: Arc<Metrics>,
+    config: Config,
+    current: Arc<ArcSwap<AoaiProxy>>,
+    pools: watch::Sender<Arc<Pool>>,
+    shared: Shared,
+    reload_from: Option<PathBuf>,
     drained: shutdown::Drained,
 }
 
@@ -72,9 +116,7 @@ impl Proxy {
         let ca = files.upstream_ca.as_ref();
         let pool = Arc::new(Pool::new(config, ca.map(|c| c.trust.clone()))?);
         let source = CredentialSource::new(&config.auth.credential, ca.map(|c| &c.pem[..]))?;
-        let metrics = Arc::new(Metrics::new(
-            pool.backends().iter().map(|b| b.name.clone()).collect(),
-        ));
+        let metrics = Arc::new(Metrics::default());
 
         let conf = ServerConf {
             threads: config.server.threads,
@@ -106,37 +148,39 @@ impl Proxy {
                 None
             }
         };
+        let (pools, _) = watch::channel(pool.clone());
         server.add_service(background_service(
             "health-checks",
-            Prober { pool: pool.clone() },
+            Prober {
+                pools: pools.subscribe(),
+            },
         ));
-        server.add_service(background_service("dns", Resolver { pool: pool.clone() }));
+        server.add_service(background_service(
+            "dns",
+            Resolver {
+                pools: pools.subscribe(),
+            },
+        ));
         let drained = shutdown::Drained::new();
         server.add_service(background_service(
             "drain",
             drained.watcher(metrics.clone()),
         ));
 
-        let proxy = AoaiProxy {
-            pool: pool.clone(),
+        let shared = Shared {
             tokens: tokens.clone(),
             connector: Arc::new(Connector::new(Some(ConnectorOptions::new(
                 POOLED_CONNECTIONS,
             )))),
-            max_tries: config.max_tries.get(),
-            startup_wait: config.auth.startup_wait,
-            clients: config
-                .clients
-                .as_ref()
-                .map(|list| Clients::new(list.iter().map(|c| (c.name.as_str(), c.digest)))),
-            timeouts: config.timeouts.clone(),
-            limits: config.limits.clone(),
-            paths: config.paths.clone(),
             metrics: metrics.clone(),
+            ca: ca.map(|c| c.trust.clone()),
         };
+        let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            proxy,
+            ProxyService {
+                current: current.clone(),
+            },
             "aoai-proxy",
         );
         for addr in &config.listen {
@@ -150,8 +194,8 @@ impl Proxy {
         if let Some(addr) = &config.admin {
             let app = Admin {
                 tokens,
-                metrics: metrics.clone(),
-                pool: pool.clone(),
+                metrics,
+                current: current.clone(),
             };
             let mut admin = Service::new(
                 "admin".to_string(),
@@ -163,16 +207,33 @@ impl Proxy {
 
         Ok(Proxy {
             server,
-            pool,
-            metrics,
+            config: config.clone(),
+            current,
+            pools,
+            shared,
+            reload_from: None,
             drained,
         })
+    }
+
+    /// Reloads the configuration from `path` on SIGHUP (see [`reload`]).
+    pub fn reload_from(mut self, path: &Path) -> Proxy {
+        self.reload_from = Some(path.to_owned());
+        self
     }
 
     /// Resolves the backends, listens and serves until SIGTERM or SIGINT; then stops accepting,
     /// lets in-flight requests finish (at most `server.grace_period`) and returns.
     pub fn run(self) -> ExitCode {
-        self.pool.resolve_all();
-        shutdown::run(self.server, self.metrics, self.drained)
+        self.current.load().pool.resolve_all();
+        let metrics = self.shared.metrics.clone();
+        let reloader = self.reload_from.map(|path| Reloader {
+            path,
+            started: self.config,
+            current: self.current,
+            pools: self.pools,
+            shared: self.shared,
+        });
+        shutdown::run(self.server, metrics, self.drained, reloader)
     }
 }

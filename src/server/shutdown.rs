@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
+use super::reload::Reloader;
 use crate::metrics::Metrics;
 
 /// How long nothing must be in flight before the process exits: a request whose header was
@@ -81,12 +82,19 @@ impl BackgroundService for DrainWatcher {
 }
 
 /// Runs `server` until a signal and its requests are done; the process's exit code.
-pub(super) fn run(mut server: Server, metrics: Arc<Metrics>, drained: Drained) -> ExitCode {
+/// With a `reloader`, SIGHUP reloads the configuration.
+pub(super) fn run(
+    mut server: Server,
+    metrics: Arc<Metrics>,
+    drained: Drained,
+    reloader: Option<Reloader>,
+) -> ExitCode {
     server.bootstrap();
     let grace_period = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
     let signal = Signals {
         metrics,
         grace_period,
+        reloader,
     };
     // The main thread keeps no sender: should the server thread die, every sender goes with
     // it and the wait below ends.
@@ -116,26 +124,35 @@ pub(super) fn run(mut server: Server, metrics: Arc<Metrics>, drained: Drained) -
     }
 }
 
-/// SIGTERM and SIGINT both start a graceful shutdown.
+/// SIGTERM and SIGINT both start a graceful shutdown; SIGHUP reloads, when there is a file to
+/// reload from (and is ignored otherwise, rather than ending the process as it would by default).
 struct Signals {
     metrics: Arc<Metrics>,
     grace_period: Duration,
+    reloader: Option<Reloader>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             log::error!("cannot install signal handlers: shutting down");
             return ShutdownSignal::FastShutdown;
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => match &self.reloader {
+                    Some(reloader) => reloader.reload().await,
+                    None => log::warn!("SIGHUP: no configuration file to reload (the demo runs without one)"),
+                },
+            }
         };
         log::info!(
             "{name}: no new connections; waiting up to {}s for {} request(s) in flight",

@@ -133,3 +133,85 @@ async fn tokens_are_counted_per_deployment_and_without_clients() {
     assert_eq!(tokens(&m, "embed", "-", "completion"), 0);
     assert_eq!(tokens(&m, "gpt-4o", "-", "prompt"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_asked_for_their_usage_when_configured_and_the_client_sees_none() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(
+        &format!("usage: {{include_in_streams: true}}\n{}", mi_yaml(&[&b])),
+        Some(&id),
+    );
+    let request = |extra: serde_json::Value| {
+        let mut body =
+            serde_json::json!({"stream": true, "messages": [{"role": "user", "content": "a b c"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        client().post(proxy.url(CHAT)).json(&body).send()
+    };
+
+    // A client that asks for usage gets it, as it came.
+    let asked = request(serde_json::json!({"stream_options": {"include_usage": true}}))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let usage = streamed_usage(&asked);
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    until_tokens(&proxy, ("gpt-4o", "-", "prompt"), prompt).await;
+
+    // One that does not: the backend is asked, the tokens are counted, the client sees no
+    // usage event, and the rest of the stream is what it would have been.
+    let plain = request(serde_json::json!({}))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = until_tokens(&proxy, ("gpt-4o", "-", "prompt"), 2 * prompt).await;
+    assert_eq!(tokens(&m, "gpt-4o", "-", "completion"), 2 * completion);
+    assert!(
+        !plain.contains("\"usage\":{"),
+        "the client got a usage event:\n{plain}"
+    );
+    assert!(plain.ends_with("data: [DONE]\n\n"), "{plain}");
+    let without_usage: String = asked
+        .split_inclusive("\n\n")
+        .filter(|event| !event.contains("\"choices\":[]"))
+        .collect();
+    let strip_ids = |s: &str| {
+        s.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .map(|v| v["choices"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip_ids(&plain),
+        strip_ids(&without_usage),
+        "the same content"
+    );
+    let recorded = b.recorded();
+    let sent: serde_json::Value = serde_json::from_slice(&recorded.last().unwrap().body).unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "the backend was asked"
+    );
+
+    // Not streamed: sent as it came.
+    let r = client()
+        .post(proxy.url(CHAT))
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent: serde_json::Value =
+        serde_json::from_slice(&b.recorded().last().unwrap().body).unwrap();
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+}

@@ -193,6 +193,26 @@ impl Proxy {
         self.child.id()
     }
 
+    /// Sends the process `signal` (`"HUP"`, `"TERM"`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Replaces the configuration file with `yaml` after the same `listen` and `admin`, as
+    /// [`Proxy::start`] wrote it (the proxy reads it again on SIGHUP).
+    pub fn rewrite_config(&self, yaml: &str) {
+        let yaml = format!(
+            "listen: [\"127.0.0.1:{}\"]\nadmin: {{listen: \"127.0.0.1:{}\"}}\n{yaml}",
+            self.port, self.admin
+        );
+        std::fs::write(self.dir.join("aoai-proxy.yaml"), yaml)
+            .expect("cannot rewrite the configuration");
+    }
+
     /// Waits (at most `within`) for the process to exit; its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;

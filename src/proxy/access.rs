@@ -1,0 +1,178 @@
+//! The access log: one line per request, as text or JSON (`log.format`). It names the client,
+//! the request, each try's backend and outcome, and the timings and tokens; never a header
+//! value or the query (where a key could be), only the path.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::LogFormat;
+use crate::metrics::TryLabel;
+use crate::retry::Outcome;
+use crate::usage::Usage;
+
+/// The log target of access lines. JSON lines use [`JSON_TARGET`], below it, which the
+/// logger writes bare (see `main.rs`), so `RUST_LOG=aoai_proxy::access=off` silences both.
+pub const TARGET: &str = "aoai_proxy::access";
+pub const JSON_TARGET: &str = "aoai_proxy::access::json";
+
+/// What one access line says.
+pub struct AccessLine<'a> {
+    pub client_addr: Option<String>,
+    /// The client's name, when `clients` is configured and it was recognised.
+    pub client: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub deployment: Option<&'a str>,
+    /// The status the client got; `None` when it got none (it left, or the stream broke).
+    pub status: Option<u16>,
+    /// Each try: the backend's name and what it produced.
+    pub tries: Vec<(&'a str, Outcome)>,
+    pub first_byte: Option<Duration>,
+    pub duration: Duration,
+    pub usage: Option<Usage>,
+    pub error: Option<String>,
+}
+
+impl AccessLine<'_> {
+    /// Writes the line at info level.
+    pub fn write(&self, format: LogFormat) {
+        match format {
+            LogFormat::Text => log::info!(target: TARGET, "{}", self.text()),
+            LogFormat::Json => log::info!(target: JSON_TARGET, "{}", self.json()),
+        }
+    }
+
+    /// `GET /openai/... 200 backend=b tries=1 client=- tokens=12/30 41ms deployment=gpt-4o
+    /// ttfb=12ms tried=b:2xx`: the fields before `41ms` in the order they have always had.
+    pub fn text(&self) -> String {
+        let mut out = String::with_capacity(160);
+        let dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+        let _ = write!(
+            out,
+            "{} {} {} backend={} tries={} client={} tokens={} {}ms deployment={} ttfb={}",
+            self.method,
+            self.path,
+            self.status.map_or_else(|| "-".into(), |s| s.to_string()),
+            dash(self.tries.last().map(|(b, _)| *b)),
+            self.tries.len(),
+            dash(self.client),
+            self.usage
+                .map_or_else(|| "-".into(), |u| format!("{}/{}", u.prompt, u.completion)),
+            self.duration.as_millis(),
+            dash(self.deployment),
+            self.first_byte
+                .map_or_else(|| "-".into(), |d| format!("{}ms", d.as_millis())),
+        );
+        if !self.tries.is_empty() {
+            out.push_str(" tried=");
+            for (i, (backend, outcome)) in self.tries.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(out, "{sep}{backend}:{}", TryLabel::of(*outcome).as_str());
+            }
+        }
+        if let Some(e) = &self.error {
+            let _ = write!(out, " error={e}");
+        }
+        out
+    }
+
+    /// The line as one JSON object.
+    pub fn json(&self) -> String {
+        let tries: Vec<_> = self
+            .tries
+            .iter()
+            .map(|(backend, outcome)| {
+                let status = match outcome {
+                    Outcome::Status(s) => Some(s.as_u16()),
+                    Outcome::Failed(_) => None,
+                };
+                json!({
+                    "backend": backend,
+                    "outcome": TryLabel::of(*outcome).as_str(),
+                    "status": status,
+                })
+            })
+            .collect();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        json!({
+            "time": format!("{:.3}", jiff::Timestamp::now()),
+            "client_addr": self.client_addr,
+            "client": self.client,
+            "method": self.method,
+            "path": self.path,
+            "deployment": self.deployment,
+            "status": self.status,
+            "tries": self.tries.len(),
+            "attempts": tries,
+            "backend": self.tries.last().map(|(b, _)| b),
+            "ttfb_ms": self.first_byte.map(ms),
+            "duration_ms": ms(self.duration),
+            "tokens": self.usage.map(|u| json!({
+                "prompt": u.prompt,
+                "completion": u.completion,
+                "cached": u.cached,
+                "reasoning": u.reasoning,
+            })),
+            "error": self.error,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Failure;
+    use http::StatusCode;
+
+    fn line() -> AccessLine<'static> {
+        AccessLine {
+            client_addr: Some("127.0.0.1:5000".into()),
+            client: Some("team-a"),
+            method: "POST",
+            path: "/openai/deployments/gpt-4o/chat/completions",
+            deployment: Some("gpt-4o"),
+            status: Some(200),
+            tries: vec![
+                ("east", Outcome::Status(StatusCode::TOO_MANY_REQUESTS)),
+                ("west", Outcome::Failed(Failure::Connect)),
+                ("north", Outcome::Status(StatusCode::OK)),
+            ],
+            first_byte: Some(Duration::from_millis(12)),
+            duration: Duration::from_millis(41),
+            usage: Some(Usage {
+                prompt: 12,
+                completion: 30,
+                ..Usage::default()
+            }),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn text_keeps_its_old_fields_first_and_names_every_try() {
+        assert_eq!(
+            line().text(),
+            "POST /openai/deployments/gpt-4o/chat/completions 200 backend=north tries=3 \
+             client=team-a tokens=12/30 41ms deployment=gpt-4o ttfb=12ms \
+             tried=east:429,west:connect,north:2xx"
+        );
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let v: serde_json::Value = serde_json::from_str(&line().json()).unwrap();
+        assert_eq!(v["client"], "team-a");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["tries"], 3);
+        assert_eq!(v["attempts"][0]["backend"], "east");
+        assert_eq!(v["attempts"][0]["status"], 429);
+        assert_eq!(v["attempts"][1]["outcome"], "connect");
+        assert_eq!(v["backend"], "north");
+        assert_eq!(v["tokens"]["completion"], 30);
+        assert_eq!(v["ttfb_ms"], 12.0);
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    }
+}
