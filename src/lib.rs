@@ -18,6 +18,7 @@ pub mod credentials;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod retry;

@@ -11,9 +11,9 @@ mod raw;
 mod validate;
 pub mod values;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct Config {
     pub max_tries: NonZeroU32,
     /// Client keys; `None` when the proxy is open.
     pub clients: Option<Vec<ClientKey>>,
+    /// How clients with Entra ID tokens are checked (`client_auth.entra`).
+    pub entra_clients: Option<EntraClients>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub server: ServerSettings,
@@ -198,8 +200,54 @@ pub enum HealthCheckKind {
 #[derive(Clone, Debug)]
 pub struct ClientKey {
     pub name: String,
-    /// The SHA-256 of its key (`key` is hashed at load, `key_sha256` given).
-    pub digest: KeyDigest,
+    /// The SHA-256 of its key (`key` is hashed at load, `key_sha256` given); `None` for a
+    /// client known only by its Entra ID.
+    pub digest: Option<KeyDigest>,
+    /// The Entra ID object or application ids it is known by (`entra_ids`): a token's `oid`,
+    /// `azp` or `appid`.
+    pub entra_ids: Vec<String>,
+    pub limits: ClientLimits,
+}
+
+/// What one client may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub requests_per_minute: Option<NonZeroU32>,
+    /// Prompt and completion tokens, as backends report them.
+    pub tokens_per_minute: Option<NonZeroU64>,
+    /// The only deployments it may use; `None`: any.
+    pub deployments: Option<BTreeSet<String>>,
+}
+
+/// Clients that present their own Entra ID token (`client_auth.entra`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntraClients {
+    pub tenant: String,
+    /// The `aud` the tokens must carry.
+    pub audience: String,
+    /// Where the tenant's signing keys are.
+    pub jwks_url: String,
+    /// The `iss` values accepted.
+    pub issuers: Vec<String>,
+    /// How often the keys are fetched again.
+    pub refresh: Duration,
+}
+
+impl EntraClients {
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
+
+    /// The tenant's signing keys on the public cloud's login endpoint.
+    pub fn default_jwks_url(tenant: &str) -> String {
+        format!("https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys")
+    }
+
+    /// The issuers of the tenant's v2.0 and v1.0 access tokens.
+    pub fn default_issuers(tenant: &str) -> Vec<String> {
+        vec![
+            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+            format!("https://sts.windows.net/{tenant}/"),
+        ]
+    }
 }
 
 /// Upstream timeouts.

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) backends: Vec<RawBackend>,
     pub(super) retry: Option<RawRetry>,
     pub(super) clients: Option<Vec<RawClient>>,
+    pub(super) client_auth: Option<RawClientAuth>,
     pub(super) timeouts: Option<RawTimeouts>,
     pub(super) limits: Option<RawLimits>,
     pub(super) server: Option<RawServer>,
@@ -116,6 +117,26 @@ pub(super) struct RawClient {
     pub(super) name: EnvString,
     pub(super) key: Option<SecretValue>,
     pub(super) key_sha256: Option<EnvString>,
+    pub(super) entra_ids: Option<Vec<EnvString>>,
+    pub(super) requests_per_minute: Option<u32>,
+    pub(super) tokens_per_minute: Option<u64>,
+    pub(super) deployments: Option<Vec<EnvString>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAuth {
+    pub(super) entra: Option<RawEntraClients>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntraClients {
+    pub(super) tenant: EnvString,
+    pub(super) audience: EnvString,
+    pub(super) jwks_url: Option<EnvString>,
+    pub(super) issuers: Option<Vec<EnvString>>,
+    pub(super) refresh: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]

@@ -170,7 +170,7 @@ fn secrets_lose_surrounding_whitespace_and_refuse_control_characters() {
     assert_eq!(c.backends[0].api_key.as_ref().unwrap().expose(), "k-1");
     assert_eq!(
         c.clients.unwrap()[0].digest,
-        crate::clients::KeyDigest::of(b"key-a")
+        Some(crate::clients::KeyDigest::of(b"key-a"))
     );
     let p = problems(&format!("{MINIMAL}    api_key: \"a\\nb\"\n"));
     assert_eq!(p[0].path, "backends[0].api_key");
@@ -243,7 +243,7 @@ fn a_client_gives_a_key_or_its_digest() {
     // sha256("key-b")
     let c = with("  - {name: a, key: key-a}\n  - {name: b, key_sha256: A30534A53B23547377DDCCBD1AC85A8A84C13DB43493C16E55A6ABC7B0EBA634}\n").unwrap();
     let clients = c.clients.unwrap();
-    assert_eq!(clients[1].digest, crate::clients::KeyDigest::of(b"key-b"));
+    assert_eq!(clients[1].digest, Some(crate::clients::KeyDigest::of(b"key-b")));
     for (clients, path) in [
         ("  - {name: a}\n", "clients[0]"),
         ("  - {name: a, key: k, key_sha256: 00}\n", "clients[0]"),
@@ -283,4 +283,32 @@ fn paths_are_prefixes() {
         let p = problems(&format!("{MINIMAL}paths: {paths}\n"));
         assert_eq!(p[0].path, path, "{paths}");
     }
+}
+
+#[test]
+fn client_limits_are_validated_with_their_keys() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}clients:\n  - {{name: a, key: k, requests_per_minute: 60, tokens_per_minute: 1000, deployments: [gpt-4o]}}\n  - {{name: b, entra_ids: [ABC-1]}}\n"
+    ))
+    .unwrap();
+    let clients = c.clients.unwrap();
+    let l = &clients[0].limits;
+    assert_eq!(l.requests_per_minute.map(|n| n.get()), Some(60));
+    assert_eq!(l.tokens_per_minute.map(|n| n.get()), Some(1000));
+    assert!(l.deployments.as_ref().unwrap().contains("gpt-4o"));
+    assert_eq!(clients[1].digest, None, "known by its Entra ID alone");
+    assert_eq!(clients[1].entra_ids, ["abc-1"]);
+    for (client, path) in [
+        ("{name: a, key: k, requests_per_minute: 0}", "clients[0].requests_per_minute"),
+        ("{name: a, key: k, tokens_per_minute: 0}", "clients[0].tokens_per_minute"),
+        ("{name: a, key: k, deployments: []}", "clients[0].deployments"),
+        ("{name: a, entra_ids: []}", "clients[0].entra_ids"),
+    ] {
+        let p = problems(&format!("{MINIMAL}clients:\n  - {client}\n"));
+        assert!(p.iter().any(|p| p.path == path), "{client}: {p:?}");
+    }
+    let p = problems(&format!(
+        "{MINIMAL}clients:\n  - {{name: a, entra_ids: [x]}}\n  - {{name: b, entra_ids: [X]}}\n"
+    ));
+    assert!(p.iter().any(|p| p.message.contains("two clients")), "{p:?}");
 }

@@ -33,7 +33,7 @@ impl AoaiProxy {
         if let Some(clients) = &self.clients {
             let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
             let client = clients.find(key).ok_or(ProxyError::Unauthorized)?;
-            ctx.client = Some(client.to_string());
+            ctx.client = Some(client.clone());
         }
         let target = target.map_err(|_| ProxyError::PathNotForwarded)?;
         if target.len() != req.raw_path().len() {

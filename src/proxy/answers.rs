@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::balance::Unavailable;
+use crate::limits::{Limit, Refused};
 use crate::retry::Failure;
 
 /// An answer made by the proxy rather than a backend.
@@ -34,6 +35,10 @@ pub enum ProxyError {
     },
     /// No backend serves this deployment (every backend has a `deployments` map without it).
     DeploymentNotFound { deployment: String },
+    /// The client's `deployments` does not list the deployment.
+    DeploymentNotAllowed { client: String, deployment: String },
+    /// The client spent its `requests_per_minute` or `tokens_per_minute`.
+    ClientLimit(Refused),
 }
 
 impl ProxyError {
@@ -80,6 +85,8 @@ impl ProxyError {
             ProxyError::Upstream { status, .. } => *status,
             ProxyError::AllCooling { .. } => 429,
             ProxyError::DeploymentNotFound { .. } => 404,
+            ProxyError::DeploymentNotAllowed { .. } => 403,
+            ProxyError::ClientLimit(_) => 429,
         }
     }
 
@@ -127,23 +134,55 @@ impl ProxyError {
                 "DeploymentNotFound",
                 format!("No backend serves the deployment {deployment:?}."),
             ),
+            ProxyError::DeploymentNotAllowed { client, deployment } => (
+                "PermissionDenied",
+                format!("The client {client:?} may not use the deployment {deployment:?}."),
+            ),
+            ProxyError::ClientLimit(r) => (
+                "429",
+                format!(
+                    "Requests to this proxy have exceeded the client's {} per minute limit. Please retry after {} seconds.",
+                    match r.limit {
+                        Limit::Requests => "requests",
+                        Limit::Tokens => "tokens",
+                    },
+                    retry_after_secs(r.retry_after)
+                ),
+            ),
         };
         serde_json::json!({"error": {"code": code, "message": message}}).to_string()
     }
 
     /// Writes this error to the client as a complete response.
     pub async fn respond(&self, session: &mut Session) -> pingora::Result<()> {
+        self.respond_with(session, &[]).await
+    }
+
+    /// Writes this error to the client with these `headers` too.
+    pub async fn respond_with(
+        &self,
+        session: &mut Session,
+        headers: &[(&'static str, String)],
+    ) -> pingora::Result<()> {
         let body = Bytes::from(self.body());
-        let mut resp = ResponseHeader::build(self.status(), Some(4))?;
+        let mut resp = ResponseHeader::build(self.status(), Some(4 + headers.len()))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
+        let retry_after = |resp: &mut ResponseHeader, left| -> pingora::Result<()> {
+            resp.insert_header("retry-after", retry_after_secs(left).to_string())?;
+            resp.insert_header("retry-after-ms", retry_after_ms(left).to_string())
+        };
         match self {
             ProxyError::NoToken => resp.insert_header("retry-after", "1")?,
-            ProxyError::AllCooling { left, .. } => {
-                resp.insert_header("retry-after", retry_after_secs(*left).to_string())?;
-                resp.insert_header("retry-after-ms", retry_after_ms(*left).to_string())?;
+            ProxyError::AllCooling { left, .. } => retry_after(&mut resp, *left)?,
+            ProxyError::ClientLimit(r) => {
+                retry_after(&mut resp, r.retry_after)?;
+                super::headers::set_remaining(&mut resp, r.remaining_requests, r.remaining_tokens)?;
             }
             _ => {}
+        }
+        for (name, value) in headers {
+            resp.insert_header(*name, value)?;
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await

@@ -75,6 +75,22 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
         + req.raw_path().len()
 }
 
+/// Sets `x-ratelimit-remaining-requests` and `-tokens` to what the client has left under its
+/// limits (replacing the backend's, which speak of one instance the client does not see).
+pub fn set_remaining(
+    head: &mut ResponseHeader,
+    requests: Option<u64>,
+    tokens: Option<u64>,
+) -> pingora::Result<()> {
+    if let Some(n) = requests {
+        head.insert_header("x-ratelimit-remaining-requests", n.to_string())?;
+    }
+    if let Some(n) = tokens {
+        head.insert_header("x-ratelimit-remaining-tokens", n.to_string())?;
+    }
+    Ok(())
+}
+
 /// The client key a request carries: `api-key: K` or `Authorization: Bearer K`.
 pub fn client_key(req: &RequestHeader) -> Option<&[u8]> {
     if let Some(v) = req.headers.get("api-key") {

@@ -33,7 +33,8 @@ pub use access::JSON_TARGET as ACCESS_JSON_TARGET;
 pub use answers::ProxyError;
 
 use crate::balance::Pool;
-use crate::clients::Clients;
+use crate::clients::{Client, Clients};
+use crate::limits::{Admitted, LimitStore};
 use crate::config::{Limits, LogFormat, Timeouts};
 use crate::credentials::TokenCache;
 use crate::metrics::{InFlight, Metrics};
@@ -60,6 +61,8 @@ pub struct AoaiProxy {
     pub startup_wait: std::time::Duration,
     /// The clients allowed in; `None` when the proxy is open.
     pub clients: Option<Clients>,
+    /// Where the clients' limit windows are kept.
+    pub limit_store: Arc<dyn LimitStore>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// The path prefixes forwarded (`paths`).
@@ -87,7 +90,9 @@ pub struct RequestCtx {
     /// From arrival to the answer's header (the backend's, or the proxy's own after tries).
     first_byte: Option<Duration>,
     /// The authenticated client, when `clients` is configured.
-    client: Option<String>,
+    client: Option<Arc<Client>>,
+    /// How it was admitted to its limits, when it has some.
+    admitted: Option<Admitted>,
     /// The tokens the delivered answer reported.
     usage: Option<Usage>,
     _in_flight: InFlight,
@@ -137,6 +142,7 @@ impl ProxyHttp for ProxyService {
             tried: SmallVec::new(),
             first_byte: None,
             client: None,
+            admitted: None,
             usage: None,
             _in_flight: proxy.metrics.start_request(),
             proxy,
@@ -207,13 +213,23 @@ impl ProxyHttp for ProxyService {
         let status = session.response_written().map(|r| r.status.as_u16());
         let proxy = &ctx.proxy;
         proxy.metrics.record_end(status, duration, ctx.tries);
+        if let (Some(client), Some(admitted)) = (&ctx.client, &ctx.admitted) {
+            // What the backend reported replaces the estimate; an answer that is not a success
+            // spent nothing; a success that reported nothing keeps its estimate.
+            let spent = match (ctx.usage, status) {
+                (Some(u), _) => u.prompt + u.completion,
+                (None, Some(200..=299)) => admitted.estimate,
+                (None, _) => 0,
+            };
+            proxy.limit_store.settle(&client.name, admitted, spent);
+        }
         if !log::log_enabled!(target: access::TARGET, log::Level::Info) {
             return;
         }
         let req = session.req_header();
         access::AccessLine {
             client_addr: session.client_addr().map(|a| a.to_string()),
-            client: ctx.client.as_deref(),
+            client: ctx.client.as_deref().map(|c| c.name.as_str()),
             method: req.method.as_str(),
             path: req.uri.path(),
             deployment: ctx.deployment.as_deref(),

@@ -12,6 +12,7 @@ use pingora::{Error, ErrorType, Result};
 
 use super::exchange::Answer;
 use super::{headers, AoaiProxy};
+use crate::limits::Admitted;
 use crate::usage::{Usage, UsageEventFilter, UsageReader};
 
 impl AoaiProxy {
@@ -23,13 +24,16 @@ impl AoaiProxy {
         session: &mut Session,
         answer: Answer,
         peer: Option<Arc<HttpPeer>>,
-        labels: UsageLabels<'_>,
+        labels: Delivery<'_>,
     ) -> Result<Option<Usage>> {
         let Answer {
             mut head,
             session: mut up,
         } = answer;
         headers::strip_response(&mut head);
+        if let Some(left) = &labels.limits {
+            headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
+        }
         let mut usage = head
             .status
             .is_success()
@@ -112,14 +116,16 @@ impl AoaiProxy {
     }
 }
 
-/// Whom an answer's tokens are counted for.
-pub(super) struct UsageLabels<'a> {
+/// How an answer is delivered: whom its tokens are counted for, and what the client is told.
+pub(super) struct Delivery<'a> {
     pub backend: usize,
     pub deployment: Option<&'a str>,
     pub client: Option<&'a str>,
     /// The proxy added `stream_options.include_usage` to the request: the usage event is taken
     /// out of the stream the client gets.
     pub hide_usage_event: bool,
+    /// What the client has left under its limits, for `x-ratelimit-remaining-*`.
+    pub limits: Option<Admitted>,
 }
 
 /// Whether the answer is a stream of server-sent events.

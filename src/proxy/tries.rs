@@ -13,13 +13,27 @@ use pingora::{Error, ErrorType, Result};
 
 use super::answers::ProxyError;
 use super::exchange::{self, Attempt};
-use super::relay::UsageLabels;
+use super::relay::Delivery;
 use super::{headers, AoaiProxy, RequestCtx};
 use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, Unavailable};
 use crate::credentials::TokenRef;
 use crate::metrics::Retried;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
+use crate::limits::Admitted;
 use crate::usage::{self, StreamUsage, Usage};
+
+/// The `x-ratelimit-remaining-*` headers of what a client has left.
+pub(super) fn remaining(left: Option<&Admitted>) -> Vec<(&'static str, String)> {
+    let Some(left) = left else { return Vec::new() };
+    let mut headers = Vec::new();
+    if let Some(n) = left.remaining_requests {
+        headers.push(("x-ratelimit-remaining-requests", n.to_string()));
+    }
+    if let Some(n) = left.remaining_tokens {
+        headers.push(("x-ratelimit-remaining-tokens", n.to_string()));
+    }
+    headers
+}
 
 /// How long a request that got a 401 waits for a new token before the 401 goes to the client.
 const TOKEN_WAIT: Duration = Duration::from_secs(10);
@@ -34,6 +48,9 @@ impl AoaiProxy {
     ) -> Result<()> {
         let path = session.req_header().uri.path();
         ctx.deployment = deployment::requested(path, &body);
+        if let Err(refused) = self.within_limits(ctx, &body) {
+            return refused.respond(session).await;
+        }
         let dep = ctx.deployment.as_deref();
         // With `usage.include_in_streams`, a stream that would not report its tokens is asked to.
         let (body, hide_usage_event) = match self.include_stream_usage {
@@ -46,7 +63,11 @@ impl AoaiProxy {
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
         let (mut selection, mut pick) = match self.first_pick(dep, &mut token).await {
             Ok(first) => first,
-            Err(why) => return ProxyError::unavailable(why, dep).respond(session).await,
+            Err(why) => {
+                return ProxyError::unavailable(why, dep)
+                    .respond_with(session, &remaining(ctx.admitted.as_ref()))
+                    .await
+            }
         };
         let mut token_refreshed = false;
         loop {
@@ -96,11 +117,12 @@ impl AoaiProxy {
             self.metrics.record_try(&backend.stats, outcome, retried);
             let Some(next) = next else {
                 ctx.first_byte = Some(ctx.started.elapsed());
-                let labels = UsageLabels {
+                let labels = Delivery {
                     backend: index,
                     deployment: dep,
-                    client: ctx.client.as_deref(),
+                    client: ctx.client.as_deref().map(|c| c.name.as_str()),
                     hide_usage_event,
+                    limits: ctx.admitted,
                 };
                 let usage = self
                     .deliver(session, attempt, peer, backend, ctx.tries, labels)
@@ -110,6 +132,40 @@ impl AoaiProxy {
             };
             self.set_aside(attempt, peer, backend, ctx.tries);
             pick = next;
+        }
+    }
+
+    /// Whether the request's client may use its deployment (`deployments`) and has requests and
+    /// tokens left (`requests_per_minute`, `tokens_per_minute`); admits it to its limits.
+    fn within_limits(&self, ctx: &mut RequestCtx, body: &[u8]) -> Result<(), ProxyError> {
+        let Some(client) = &ctx.client else {
+            return Ok(());
+        };
+        let limits = &client.limits;
+        if let (Some(allowed), Some(d)) = (&limits.deployments, ctx.deployment.as_deref()) {
+            if !allowed.contains(d) {
+                return Err(ProxyError::DeploymentNotAllowed {
+                    client: client.name.clone(),
+                    deployment: d.to_string(),
+                });
+            }
+        }
+        if limits.requests_per_minute.is_none() && limits.tokens_per_minute.is_none() {
+            return Ok(());
+        }
+        let estimate = match limits.tokens_per_minute {
+            Some(_) => crate::limits::estimate_tokens(body),
+            None => 0,
+        };
+        match self
+            .limit_store
+            .admit(&client.name, limits, estimate, Instant::now())
+        {
+            Ok(admitted) => {
+                ctx.admitted = Some(admitted);
+                Ok(())
+            }
+            Err(refused) => Err(ProxyError::ClientLimit(refused)),
         }
     }
 
@@ -189,7 +245,7 @@ impl AoaiProxy {
         peer: Option<Arc<HttpPeer>>,
         backend: &Backend,
         tries: u32,
-        labels: UsageLabels<'_>,
+        labels: Delivery<'_>,
     ) -> Result<Option<Usage>> {
         match attempt {
             Attempt::Answered(answer) => self.relay(session, answer, peer, labels).await,
@@ -200,7 +256,7 @@ impl AoaiProxy {
                     f.as_str()
                 );
                 ProxyError::gave_up(f, &backend.name, tries)
-                    .respond(session)
+                    .respond_with(session, &remaining(labels.limits.as_ref()))
                     .await?;
                 Ok(None)
             }

@@ -28,6 +28,7 @@ use crate::balance::{BackendError, Pool, Prober, Resolver};
 use crate::clients::Clients;
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
 use crate::credentials::{CredentialError, CredentialSource, Refresher, TokenCache};
+use crate::limits::{LimitStore, LocalLimits};
 use crate::metrics::Metrics;
 use crate::proxy::{AoaiProxy, ProxyService};
 use admin::Admin;
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// The trust store for upstream TLS, when `upstream_tls.ca_file` adds to the system roots.
     ca: Option<Arc<Box<[X509]>>>,
+    /// Client limit windows: kept across reloads, by client name.
+    limit_store: Arc<dyn LimitStore>,
 }
 
 impl Shared {
@@ -82,10 +85,8 @@ impl Shared {
             connector: self.connector.clone(),
             max_tries: config.max_tries.get(),
             startup_wait: config.auth.startup_wait,
-            clients: config
-                .clients
-                .as_ref()
-                .map(|list| Clients::new(list.iter().map(|c| (c.name.as_str(), c.digest)))),
+            clients: config.clients.as_deref().map(Clients::new),
+            limit_store: self.limit_store.clone(),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
             paths: config.paths.clone(),
@@ -174,6 +175,7 @@ impl Proxy {
             )))),
             metrics: metrics.clone(),
             ca: ca.map(|c| c.trust.clone()),
+            limit_store: Arc::new(LocalLimits::default()),
         };
         let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));
         let mut service = pingora::proxy::http_proxy_service_with_name(

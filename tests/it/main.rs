@@ -6,6 +6,7 @@ mod common;
 mod balancing;
 mod body_replay;
 mod client_auth;
+mod client_limits;
 mod config_errors;
 mod credentials;
 mod demo;
