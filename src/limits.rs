@@ -281,7 +281,9 @@ mod tests {
         let t0 = store.epoch;
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         // Five at 0.5 s, five at 59.5 s: the limit is spent.
-        for ms in [500, 500, 500, 500, 500, 59_500, 59_500, 59_500, 59_500, 59_500] {
+        for ms in [
+            500, 500, 500, 500, 500, 59_500, 59_500, 59_500, 59_500, 59_500,
+        ] {
             assert!(store.admit("a", &l, 0, at(ms)).is_ok());
         }
         // Across the minute's boundary a fixed counter would let ten more in: this lets none
@@ -302,7 +304,10 @@ mod tests {
         );
         // Another client has its own window.
         assert_eq!(
-            store.admit("b", &l, 0, at(61_000)).unwrap().remaining_requests,
+            store
+                .admit("b", &l, 0, at(61_000))
+                .unwrap()
+                .remaining_requests,
             Some(9)
         );
     }
@@ -328,9 +333,13 @@ mod tests {
         assert_eq!(c.remaining_tokens, Some(800));
         // More than estimated is counted too.
         store.settle("a", &c, 900);
-        let r = store.admit("a", &l, 0, now + Duration::from_millis(250)).unwrap_err();
+        let r = store
+            .admit("a", &l, 0, now + Duration::from_millis(250))
+            .unwrap_err();
         assert_eq!(r.retry_after, Duration::from_millis(59_750));
-        assert!(store.admit("a", &l, 0, now + Duration::from_secs(60)).is_ok());
+        assert!(store
+            .admit("a", &l, 0, now + Duration::from_secs(60))
+            .is_ok());
     }
 
     #[test]

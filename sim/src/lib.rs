@@ -1,12 +1,14 @@
 //! aoai-sim: what aoai-proxy talks to in Azure, simulated for its demo, tests and benchmarks:
 //! Azure OpenAI backends ([`Backend`]), an App Service managed identity endpoint
-//! ([`IdentityEndpoint`]) and an Entra ID token endpoint ([`EntraEndpoint`]).
+//! ([`IdentityEndpoint`]), an Entra ID token endpoint ([`EntraEndpoint`]) and the signing keys
+//! that check clients' Entra ID tokens ([`JwksEndpoint`]).
 //!
 //! A crate of its own so that the proxy links none of it: only `aoai-proxy demo` and
 //! `aoai-proxy simulate` (the `sim` feature), the tests and the benchmarks use it.
 
 mod entra;
 mod identity;
+mod jwks;
 mod openai;
 
 use std::convert::Infallible;
@@ -26,6 +28,7 @@ use tokio::net::TcpListener;
 
 pub use entra::{EntraEndpoint, TokenRequest};
 pub use identity::IdentityEndpoint;
+pub use jwks::{JwksEndpoint, SigningKey};
 pub use openai::{Backend, BackendOptions, Fault, Recorded};
 
 /// A response body: whole or streamed.

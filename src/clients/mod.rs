@@ -5,6 +5,8 @@
 //! a timing could reveal is where two digests differ, which says nothing about the key. Plain
 //! keys from the file are hashed at load and not kept.
 
+pub mod entra;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -66,7 +68,9 @@ impl Clients {
                 table.by_digest.insert(digest, client.clone());
             }
             for id in &c.entra_ids {
-                table.by_entra_id.insert(id.to_ascii_lowercase(), client.clone());
+                table
+                    .by_entra_id
+                    .insert(id.to_ascii_lowercase(), client.clone());
             }
         }
         table
@@ -105,7 +109,10 @@ mod tests {
         let name = |c: Option<&Arc<Client>>| c.map(|c| c.name.clone());
         assert_eq!(name(clients.find(b"key-a")).as_deref(), Some("a"));
         assert_eq!(name(clients.find(b"key-b")).as_deref(), Some("b"));
-        assert_eq!(name(clients.find_entra(["x", "ID-B"])).as_deref(), Some("b"));
+        assert_eq!(
+            name(clients.find_entra(["x", "ID-B"])).as_deref(),
+            Some("b")
+        );
         assert_eq!(clients.find(b"key-a "), None);
         assert_eq!(clients.find(b""), None);
         assert!(KeyDigest::from_hex("abc").is_none());

@@ -243,7 +243,10 @@ fn a_client_gives_a_key_or_its_digest() {
     // sha256("key-b")
     let c = with("  - {name: a, key: key-a}\n  - {name: b, key_sha256: A30534A53B23547377DDCCBD1AC85A8A84C13DB43493C16E55A6ABC7B0EBA634}\n").unwrap();
     let clients = c.clients.unwrap();
-    assert_eq!(clients[1].digest, Some(crate::clients::KeyDigest::of(b"key-b")));
+    assert_eq!(
+        clients[1].digest,
+        Some(crate::clients::KeyDigest::of(b"key-b"))
+    );
     for (clients, path) in [
         ("  - {name: a}\n", "clients[0]"),
         ("  - {name: a, key: k, key_sha256: 00}\n", "clients[0]"),
@@ -299,9 +302,18 @@ fn client_limits_are_validated_with_their_keys() {
     assert_eq!(clients[1].digest, None, "known by its Entra ID alone");
     assert_eq!(clients[1].entra_ids, ["abc-1"]);
     for (client, path) in [
-        ("{name: a, key: k, requests_per_minute: 0}", "clients[0].requests_per_minute"),
-        ("{name: a, key: k, tokens_per_minute: 0}", "clients[0].tokens_per_minute"),
-        ("{name: a, key: k, deployments: []}", "clients[0].deployments"),
+        (
+            "{name: a, key: k, requests_per_minute: 0}",
+            "clients[0].requests_per_minute",
+        ),
+        (
+            "{name: a, key: k, tokens_per_minute: 0}",
+            "clients[0].tokens_per_minute",
+        ),
+        (
+            "{name: a, key: k, deployments: []}",
+            "clients[0].deployments",
+        ),
         ("{name: a, entra_ids: []}", "clients[0].entra_ids"),
     ] {
         let p = problems(&format!("{MINIMAL}clients:\n  - {client}\n"));

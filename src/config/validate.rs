@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{
-    Problems, RawAdmin, RawBackend, RawCheckKind, RawClient, RawConfig, RawEntraClients, RawCooldown, RawHealth,
-    RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts, RawTls,
+    Problems, RawAdmin, RawBackend, RawCheckKind, RawClient, RawConfig, RawCooldown,
+    RawEntraClients, RawHealth, RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts,
+    RawTls,
 };
 use super::values::{EnvString, HumanDuration, ListenAddr};
 use super::{
-    BackendConfig, ClientKey, ClientLimits, Config, EntraClients, CooldownPolicy, EjectionPolicy, HealthCheck, HealthCheckKind,
-    Limits, Problem, ServerSettings, Timeouts, TlsListener,
+    BackendConfig, ClientKey, ClientLimits, Config, CooldownPolicy, EjectionPolicy, EntraClients,
+    HealthCheck, HealthCheckKind, Limits, Problem, ServerSettings, Timeouts, TlsListener,
 };
 use crate::clients::KeyDigest;
 
@@ -279,8 +280,13 @@ fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
         .flatten()
         .map(|id| id.0.trim().to_ascii_lowercase())
         .collect();
-    if c.entra_ids.as_ref().is_some_and(|ids| ids.is_empty()) || entra_ids.iter().any(String::is_empty) {
-        p.add(format!("{key}.entra_ids"), "give at least one object or application id, none empty");
+    if c.entra_ids.as_ref().is_some_and(|ids| ids.is_empty())
+        || entra_ids.iter().any(String::is_empty)
+    {
+        p.add(
+            format!("{key}.entra_ids"),
+            "give at least one object or application id, none empty",
+        );
     }
     let digest = if c.key.is_none() && c.key_sha256.is_none() && !entra_ids.is_empty() {
         None
@@ -289,13 +295,19 @@ fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
     };
     let requests_per_minute = c.requests_per_minute.map(|n| {
         NonZeroU32::new(n).unwrap_or_else(|| {
-            p.add(format!("{key}.requests_per_minute"), "must be at least 1 (leave it out for no limit)");
+            p.add(
+                format!("{key}.requests_per_minute"),
+                "must be at least 1 (leave it out for no limit)",
+            );
             NonZeroU32::MIN
         })
     });
     let tokens_per_minute = c.tokens_per_minute.map(|n| {
         NonZeroU64::new(n).unwrap_or_else(|| {
-            p.add(format!("{key}.tokens_per_minute"), "must be at least 1 (leave it out for no limit)");
+            p.add(
+                format!("{key}.tokens_per_minute"),
+                "must be at least 1 (leave it out for no limit)",
+            );
             NonZeroU64::MIN
         })
     });
@@ -322,11 +334,21 @@ fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
 
 fn entra_clients(e: RawEntraClients, p: &mut Problems) -> EntraClients {
     let tenant = e.tenant.0.trim().to_string();
-    if tenant.is_empty() || !tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-        p.add("client_auth.entra.tenant", "give the tenant's id (a GUID) or its domain");
+    if tenant.is_empty()
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        p.add(
+            "client_auth.entra.tenant",
+            "give the tenant's id (a GUID) or its domain",
+        );
     }
     if e.audience.0.trim().is_empty() {
-        p.add("client_auth.entra.audience", "give the audience the tokens are issued for (the app's id or its api:// URI)");
+        p.add(
+            "client_auth.entra.audience",
+            "give the audience the tokens are issued for (the app's id or its api:// URI)",
+        );
     }
     let jwks_url = match e.jwks_url {
         Some(u) => {
@@ -339,7 +361,10 @@ fn entra_clients(e: RawEntraClients, p: &mut Problems) -> EntraClients {
     };
     let issuers = match e.issuers {
         Some(list) if list.is_empty() => {
-            p.add("client_auth.entra.issuers", "give at least one issuer, or leave it out for the tenant's own");
+            p.add(
+                "client_auth.entra.issuers",
+                "give at least one issuer, or leave it out for the tenant's own",
+            );
             Vec::new()
         }
         Some(list) => list.into_iter().map(|i| i.0).collect(),

@@ -15,4 +15,4 @@ mod source;
 pub use cache::{TokenCache, TokenRef, UnusableToken, FORCED_REFRESH_EVERY};
 pub use refresher::{backoff, refresh_after, Refresher};
 pub use secret::Secret;
-pub use source::{CredentialError, CredentialSource};
+pub use source::{http_client, CredentialError, CredentialSource};

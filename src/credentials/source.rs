@@ -156,14 +156,22 @@ impl CredentialSource {
 
 /// An HTTP client for token endpoints that also trusts the CAs in `pem`.
 fn transport_trusting(pem: &[u8]) -> Result<Transport, String> {
-    let certs = reqwest::Certificate::from_pem_bundle(pem)
-        .map_err(|e| format!("upstream_tls.ca_file: {e}"))?;
-    let client = reqwest::Client::builder()
+    Ok(Transport::new(Arc::new(http_client(Some(pem))?)))
+}
+
+/// An HTTP client for Entra ID endpoints (tokens, signing keys): bounded waits, no redirects,
+/// the system's roots plus the CAs in `extra_ca` (`upstream_tls.ca_file`).
+pub fn http_client(extra_ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .tls_certs_merge(certs)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = extra_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("upstream_tls.ca_file: {e}"))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
         .build()
-        .map_err(|e| format!("cannot build the token endpoint client: {e}"))?;
-    Ok(Transport::new(Arc::new(client)))
+        .map_err(|e| format!("cannot build the Entra ID endpoint client: {e}"))
 }

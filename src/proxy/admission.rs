@@ -9,6 +9,7 @@ use pingora::Result;
 use super::answers::ProxyError;
 use super::paths::{self, Refused};
 use super::{headers, AoaiProxy, RequestCtx};
+use crate::clients::entra::{EntraVerifier, Rejected};
 
 impl AoaiProxy {
     /// Checks the header size, the shape of the path, the client key and that the path is one
@@ -32,8 +33,21 @@ impl AoaiProxy {
         }
         if let Some(clients) = &self.clients {
             let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
-            let client = clients.find(key).ok_or(ProxyError::Unauthorized)?;
-            ctx.client = Some(client.clone());
+            let client = match &self.entra {
+                Some(entra) if EntraVerifier::looks_like_token(key) => {
+                    let token = std::str::from_utf8(key).map_err(|_| ProxyError::Unauthorized)?;
+                    match entra.verify(token) {
+                        Ok(caller) => clients.find_entra(caller.ids()),
+                        Err(Rejected::NoKeys) => return Err(ProxyError::NoClientKeys),
+                        Err(why) => {
+                            log::debug!("a client's Entra ID token was refused: {why}");
+                            None
+                        }
+                    }
+                }
+                _ => clients.find(key),
+            };
+            ctx.client = Some(client.ok_or(ProxyError::Unauthorized)?.clone());
         }
         let target = target.map_err(|_| ProxyError::PathNotForwarded)?;
         if target.len() != req.raw_path().len() {

@@ -26,6 +26,8 @@ pub enum ProxyError {
     PathNotForwarded,
     /// No Entra ID token is available (not fetched yet, or expired during an outage).
     NoToken,
+    /// A client presented an Entra ID token before the tenant's signing keys were fetched.
+    NoClientKeys,
     /// The last try got no response header.
     Upstream { status: u16, detail: String },
     /// Every backend that serves the deployment is cooling after a 429/503.
@@ -81,7 +83,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => 413,
             ProxyError::BadRequestBody | ProxyError::BadPath => 400,
             ProxyError::PathNotForwarded => 404,
-            ProxyError::NoToken => 503,
+            ProxyError::NoToken | ProxyError::NoClientKeys => 503,
             ProxyError::Upstream { status, .. } => *status,
             ProxyError::AllCooling { .. } => 429,
             ProxyError::DeploymentNotFound { .. } => 404,
@@ -117,6 +119,10 @@ impl ProxyError {
             ProxyError::NoToken => (
                 "ServiceUnavailable",
                 "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not given one. Try again shortly.".to_string(),
+            ),
+            ProxyError::NoClientKeys => (
+                "ServiceUnavailable",
+                "The proxy cannot check Entra ID tokens yet: the tenant's signing keys have not been fetched. Try again shortly.".to_string(),
             ),
             ProxyError::Upstream { status, detail } => (
                 if *status == 504 { "GatewayTimeout" } else { "BadGateway" },
@@ -173,7 +179,9 @@ impl ProxyError {
             resp.insert_header("retry-after-ms", retry_after_ms(left).to_string())
         };
         match self {
-            ProxyError::NoToken => resp.insert_header("retry-after", "1")?,
+            ProxyError::NoToken | ProxyError::NoClientKeys => {
+                resp.insert_header("retry-after", "1")?
+            }
             ProxyError::AllCooling { left, .. } => retry_after(&mut resp, *left)?,
             ProxyError::ClientLimit(r) => {
                 retry_after(&mut resp, r.retry_after)?;

@@ -33,10 +33,11 @@ pub use access::JSON_TARGET as ACCESS_JSON_TARGET;
 pub use answers::ProxyError;
 
 use crate::balance::Pool;
+use crate::clients::entra::EntraVerifier;
 use crate::clients::{Client, Clients};
-use crate::limits::{Admitted, LimitStore};
 use crate::config::{Limits, LogFormat, Timeouts};
 use crate::credentials::TokenCache;
+use crate::limits::{Admitted, LimitStore};
 use crate::metrics::{InFlight, Metrics};
 use crate::retry::Outcome;
 use crate::usage::Usage;
@@ -61,6 +62,8 @@ pub struct AoaiProxy {
     pub startup_wait: std::time::Duration,
     /// The clients allowed in; `None` when the proxy is open.
     pub clients: Option<Clients>,
+    /// Checks clients' Entra ID tokens (`client_auth.entra`).
+    pub entra: Option<Arc<EntraVerifier>>,
     /// Where the clients' limit windows are kept.
     pub limit_store: Arc<dyn LimitStore>,
     pub timeouts: Timeouts,

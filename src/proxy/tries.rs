@@ -17,9 +17,9 @@ use super::relay::Delivery;
 use super::{headers, AoaiProxy, RequestCtx};
 use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, Unavailable};
 use crate::credentials::TokenRef;
+use crate::limits::Admitted;
 use crate::metrics::Retried;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
-use crate::limits::Admitted;
 use crate::usage::{self, StreamUsage, Usage};
 
 /// The `x-ratelimit-remaining-*` headers of what a client has left.

@@ -25,9 +25,10 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::balance::{BackendError, Pool, Prober, Resolver};
+use crate::clients::entra::{EntraVerifier, JwksFetcher};
 use crate::clients::Clients;
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
-use crate::credentials::{CredentialError, CredentialSource, Refresher, TokenCache};
+use crate::credentials::{http_client, CredentialError, CredentialSource, Refresher, TokenCache};
 use crate::limits::{LimitStore, LocalLimits};
 use crate::metrics::Metrics;
 use crate::proxy::{AoaiProxy, ProxyService};
@@ -44,6 +45,8 @@ pub enum StartError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Credential(#[from] CredentialError),
+    #[error("client_auth.entra: {0}")]
+    Client(String),
 }
 
 impl StartError {
@@ -74,6 +77,8 @@ pub(crate) struct Shared {
     ca: Option<Arc<Box<[X509]>>>,
     /// Client limit windows: kept across reloads, by client name.
     limit_store: Arc<dyn LimitStore>,
+    /// Checks clients' Entra ID tokens, with the signing keys fetched at start.
+    entra: Option<Arc<EntraVerifier>>,
 }
 
 impl Shared {
@@ -87,6 +92,7 @@ impl Shared {
             startup_wait: config.auth.startup_wait,
             clients: config.clients.as_deref().map(Clients::new),
             limit_store: self.limit_store.clone(),
+            entra: self.entra.clone(),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
             paths: config.paths.clone(),
@@ -149,6 +155,21 @@ impl Proxy {
                 None
             }
         };
+        let entra = match &config.entra_clients {
+            Some(e) => {
+                let verifier = Arc::new(EntraVerifier::new(e));
+                let http = http_client(ca.map(|c| &c.pem[..])).map_err(StartError::Client)?;
+                server.add_service(background_service(
+                    "entra-client-keys",
+                    JwksFetcher {
+                        verifier: verifier.clone(),
+                        http,
+                    },
+                ));
+                Some(verifier)
+            }
+            None => None,
+        };
         let (pools, _) = watch::channel(pool.clone());
         server.add_service(background_service(
             "health-checks",
@@ -176,6 +197,7 @@ impl Proxy {
             metrics: metrics.clone(),
             ca: ca.map(|c| c.trust.clone()),
             limit_store: Arc::new(LocalLimits::default()),
+            entra,
         };
         let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));
         let mut service = pingora::proxy::http_proxy_service_with_name(

@@ -6,7 +6,7 @@
 //! and go on untouched.
 //!
 //! Some settings are fixed for the life of the process: the listeners (`listen`, `tls`,
-//! `admin`), `server`, `auth` and `upstream_tls`. A reload that changes them applies the rest
+//! `admin`), `server`, `auth`, `client_auth` and `upstream_tls`. A reload that changes them applies the rest
 //! and logs that those need a restart.
 
 use std::path::PathBuf;
@@ -104,6 +104,7 @@ fn fixed_changes(started: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("auth", started.auth == new.auth);
     check("server", started.server == new.server);
+    check("client_auth", started.entra_clients == new.entra_clients);
     changed
 }
 

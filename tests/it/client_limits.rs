@@ -44,7 +44,10 @@ async fn requests_per_minute_are_counted_per_client() {
     let (status, headers, body) = send(&proxy, "key-a", CHAT, chat_body()).await;
     assert_eq!(status, 429);
     assert_eq!(body["error"]["code"], "429");
-    assert!(body["error"]["message"].as_str().unwrap().contains("requests per minute"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("requests per minute"));
     let secs: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     let ms: u64 = headers["retry-after-ms"].to_str().unwrap().parse().unwrap();
     assert!((50..=60).contains(&secs), "retry-after {secs}");
@@ -72,14 +75,24 @@ async fn spend_until_refused(proxy: &Proxy, key: &str, stream: bool, limit: u64)
         };
         let (status, headers, body) = send(proxy, key, CHAT, body).await;
         if status == 429 {
-            assert!(body["error"]["message"].as_str().unwrap().contains("tokens per minute"));
+            assert!(body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tokens per minute"));
             assert_eq!(headers["x-ratelimit-remaining-tokens"], "0");
             assert!(headers.contains_key("retry-after-ms"));
             return (spent, admitted);
         }
         assert_eq!(status, 200);
-        assert!(spent < limit, "admitted with {spent} of {limit} tokens spent");
-        let left: u64 = headers["x-ratelimit-remaining-tokens"].to_str().unwrap().parse().unwrap();
+        assert!(
+            spent < limit,
+            "admitted with {spent} of {limit} tokens spent"
+        );
+        let left: u64 = headers["x-ratelimit-remaining-tokens"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(left < limit, "the estimate is counted on admission");
         let usage = match &body {
             serde_json::Value::String(events) => events
@@ -91,7 +104,8 @@ async fn spend_until_refused(proxy: &Proxy, key: &str, stream: bool, limit: u64)
                 .expect("a usage event"),
             json => json["usage"].clone(),
         };
-        spent += usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
+        spent +=
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
         admitted += 1;
         assert!(admitted < 100, "never refused");
     }
@@ -116,7 +130,10 @@ async fn tokens_per_minute_settle_on_what_the_backend_reported() {
     assert_eq!(b.requests(), admitted);
     // Streams: the usage event settles them the same way.
     let (spent, streams) = spend_until_refused(&proxy, "key-s", true, limit).await;
-    assert!(spent >= limit, "streams refused with only {spent} of {limit} spent");
+    assert!(
+        spent >= limit,
+        "streams refused with only {spent} of {limit} spent"
+    );
     assert_eq!(b.requests(), admitted + streams);
     // No limit, no refusal.
     let (status, _, _) = send(&proxy, "key-b", CHAT, chat_body()).await;
@@ -127,17 +144,17 @@ async fn tokens_per_minute_settle_on_what_the_backend_reported() {
 async fn a_deployment_not_listed_gets_403_and_reaches_no_backend() {
     let id = identity().await;
     let b = backend("b0").await;
-    let proxy = Proxy::start(
-        &limited_yaml(&b, "deployments: [gpt-4o, embed]"),
-        Some(&id),
-    );
+    let proxy = Proxy::start(&limited_yaml(&b, "deployments: [gpt-4o, embed]"), Some(&id));
     let (status, _, _) = send(&proxy, "key-a", CHAT, chat_body()).await;
     assert_eq!(status, 200);
     let other = "/openai/deployments/gpt-4-turbo/chat/completions?api-version=2024-10-21";
     let (status, _, body) = send(&proxy, "key-a", other, chat_body()).await;
     assert_eq!(status, 403);
     assert_eq!(body["error"]["code"], "PermissionDenied");
-    assert!(body["error"]["message"].as_str().unwrap().contains("gpt-4-turbo"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("gpt-4-turbo"));
     // The deployment named by the body's `model` on the v1 path is checked too.
     let (status, _, _) = send(
         &proxy,

@@ -11,6 +11,7 @@ mod config_errors;
 mod credentials;
 mod demo;
 mod deploy_files;
+mod entra_clients;
 mod header_hygiene;
 mod max_tries;
 mod no_retry;

@@ -140,7 +140,7 @@ async fn a_broken_file_keeps_the_running_configuration() {
     proxy
         .wait_for_metrics("the reload", |m| value(m, RELOADED) == 1.0)
         .await;
-    assert!(proxy.log().contains("server changed"), "{}", proxy.log());
+    proxy.wait_for_log("server changed").await;
     let (status, _, _) = chat(&proxy).await;
     assert_eq!(status, 200, "still serving after both reloads");
 }

@@ -107,13 +107,9 @@ async fn tokens_are_counted_as_the_backend_reported_them() {
         tokens(&m, "gpt-4o", "team-a", "prompt")
     );
     // The access log has the tokens of each request.
-    assert!(
-        proxy
-            .log()
-            .contains(&format!("client=team-a tokens={prompt}/{completion}")),
-        "{}",
-        proxy.log()
-    );
+    proxy
+        .wait_for_log(&format!("client=team-a tokens={prompt}/{completion}"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

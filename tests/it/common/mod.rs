@@ -171,6 +171,23 @@ impl Proxy {
         std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
     }
 
+    /// Polls the log (every 20 ms, at most 10 s) until it contains `what`; the log. An access
+    /// line is written as the request ends, a moment after the client has its answer.
+    pub async fn wait_for_log(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(what) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what:?} not logged within 10 s:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GET on the admin listener: (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         admin_get(self.admin, path).expect("the admin listener does not answer")
