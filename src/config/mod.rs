@@ -261,17 +261,21 @@ pub struct Timeouts {
     pub body_idle: Duration,
     /// How long an idle upstream connection is kept for reuse.
     pub pool_idle: Duration,
+    /// The longest a client may take to send a request body, whole (then 408).
+    pub client_body: Duration,
 }
 
 impl Default for Timeouts {
     /// 5 s to connect, 300 s for the response header (long non-streaming completions take a
-    /// while), 300 s between body chunks, 60 s of pooled idleness.
+    /// while), 300 s between body chunks, 60 s of pooled idleness, 60 s for a client's body
+    /// (32 MiB, the largest by default, at 4 Mbit/s).
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(300),
             body_idle: Duration::from_secs(300),
             pool_idle: Duration::from_secs(60),
+            client_body: Duration::from_secs(60),
         }
     }
 }

@@ -146,6 +146,7 @@ pub(super) struct RawTimeouts {
     pub(super) response_header: Option<HumanDuration>,
     pub(super) body_idle: Option<HumanDuration>,
     pub(super) pool_idle: Option<HumanDuration>,
+    pub(super) client_body: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]

@@ -452,6 +452,13 @@ fn timeouts(raw: Option<RawTimeouts>, p: &mut Problems) -> Timeouts {
             d.pool_idle,
             Duration::ZERO..=DAY,
         ),
+        client_body: duration(
+            p,
+            "timeouts.client_body",
+            t.client_body,
+            d.client_body,
+            positive(HOUR),
+        ),
     }
 }
 

@@ -85,11 +85,19 @@ impl AoaiProxy {
         }
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
-        while let Some(chunk) = session
-            .read_request_body()
-            .await
-            .map_err(|e| e.into_down())?
-        {
+        // The whole body within `timeouts.client_body`: a client that trickles it holds a
+        // connection no longer than that.
+        let deadline = tokio::time::Instant::now() + self.timeouts.client_body;
+        session.set_read_timeout(Some(self.timeouts.client_body));
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, session.read_request_body()).await {
+                Err(_) => return Ok(Err(ProxyError::BodyTimeout(self.timeouts.client_body))),
+                Ok(Err(e)) if e.etype() == &pingora::ErrorType::ReadTimedout => {
+                    return Ok(Err(ProxyError::BodyTimeout(self.timeouts.client_body)))
+                }
+                Ok(read) => read.map_err(|e| e.into_down())?,
+            };
+            let Some(chunk) = chunk else { break };
             let total = first.as_ref().map_or(0, |f| f.len()) + buf.len() + chunk.len();
             if total as u64 > limit {
                 return Ok(Err(ProxyError::BodyTooLarge { limit }));

@@ -20,6 +20,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     /// The client sent a body that could not be read.
     BadRequestBody,
+    /// The client's body did not arrive within `timeouts.client_body`.
+    BodyTimeout(std::time::Duration),
     /// The request path could climb out of the forwarded prefixes (`..`, an encoded `/`).
     BadPath,
     /// The request path is not under a forwarded prefix (`paths`).
@@ -82,6 +84,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => 431,
             ProxyError::BodyTooLarge { .. } => 413,
             ProxyError::BadRequestBody | ProxyError::BadPath => 400,
+            ProxyError::BodyTimeout(_) => 408,
             ProxyError::PathNotForwarded => 404,
             ProxyError::NoToken | ProxyError::NoClientKeys => 503,
             ProxyError::Upstream { status, .. } => *status,
@@ -110,6 +113,13 @@ impl ProxyError {
             ProxyError::BadRequestBody => (
                 "BadRequest",
                 "The request body could not be read.".to_string(),
+            ),
+            ProxyError::BodyTimeout(limit) => (
+                "RequestTimeout",
+                format!(
+                    "The request body did not arrive within {} seconds.",
+                    limit.as_secs_f64()
+                ),
             ),
             ProxyError::BadPath => (
                 "BadRequest",

@@ -1,6 +1,7 @@
 //! Which request paths are forwarded, and in what shape: only those under the configured
 //! prefixes (`paths`, by default `/openai/`), in origin form, with no segment that could climb
-//! out of them (`.` or `..`, plain or percent-encoded) and no encoded `/` or `\`.
+//! out of them (`.` or `..`, plain or percent-encoded), no encoded `/` or `\`, and no control
+//! byte, plain or encoded.
 //!
 //! Backends are fixed by the configuration and every try gets the backend's own `Host`, so
 //! nothing else in a request (its `Host`, an absolute-form target, `X-Forwarded-*`) can steer
@@ -18,10 +19,16 @@ pub enum Refused {
 /// The path and query to forward for the request target `raw` (an absolute-form target loses
 /// its scheme and authority), or why it is refused.
 pub fn forwarded<'a>(raw: &'a [u8], prefixes: &[String]) -> Result<&'a [u8], Refused> {
+    // Control bytes (a NUL, a tab, DEL) and non-ASCII are not URI characters: HTTP parsers
+    // let some through, and a backend might read them otherwise.
+    if raw.iter().any(|&b| !(0x21..0x7f).contains(&b)) {
+        return Err(Refused::Malformed);
+    }
     let target = origin_form(raw).ok_or(Refused::Malformed)?;
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
     let climbs = path.contains(&b'\\')
         || has_encoded_separator(path)
+        || has_encoded_control(path)
         || path.split(|&b| b == b'/').any(is_dot_segment);
     if climbs {
         return Err(Refused::Malformed);
@@ -57,6 +64,18 @@ fn has_encoded_separator(path: &[u8]) -> bool {
     })
 }
 
+/// Whether `path` holds a percent-encoded control byte (`%00`-`%1f`, `%7f`): no Azure path has
+/// one, and the HTTP parser encodes a raw one that way before the proxy sees it.
+fn has_encoded_control(path: &[u8]) -> bool {
+    path.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'0' | b'1', b'0'..=b'9' | b'a'..=b'f') | (b'7', b'f')
+            )
+    })
+}
+
 /// Whether a path segment is `.` or `..`, with its dots plain or encoded as `%2e`.
 fn is_dot_segment(mut segment: &[u8]) -> bool {
     let mut dots = 0;
@@ -76,6 +95,26 @@ fn is_dot_segment(mut segment: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_bytes_and_non_ascii_are_refused() {
+        let prefixes = vec!["/openai/".to_string()];
+        for raw in [
+            &b"/openai/\0x"[..],
+            b"/openai/a\tb",
+            b"/openai/\x7f",
+            b"/openai/\xc3\xa9",
+            b"/openai/%00x",
+            b"/openai/a%0Ab",
+            b"/openai/%7F",
+        ] {
+            assert_eq!(
+                forwarded(raw, &prefixes),
+                Err(Refused::Malformed),
+                "{raw:?}"
+            );
+        }
+    }
 
     fn check(raw: &str) -> Result<&str, Refused> {
         let prefixes = ["/openai/".to_string()];

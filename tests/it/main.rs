@@ -13,6 +13,7 @@ mod demo;
 mod deploy_files;
 mod entra_clients;
 mod header_hygiene;
+mod hostile_http;
 mod max_tries;
 mod no_retry;
 mod openai_sdk;

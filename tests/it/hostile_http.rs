@@ -1,0 +1,219 @@
+//! Hostile HTTP over raw sockets: malformed requests, conflicting framing, CR/LF in values, a
+//! body slower than `timeouts.client_body`, slowloris. Each gets 4xx or a closed connection,
+//! nothing unframed reaches a backend, and everyone else is served meanwhile.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::common::*;
+
+/// Sends `bytes` on a new connection and reads until the proxy closes it (at most `wait`).
+fn raw(proxy: &Proxy, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn still_serving(proxy: &Proxy) {
+    let (status, _, _) = chat(proxy).await;
+    assert_eq!(status, 200, "a normal request failed after the attack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_and_reach_no_backend() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let post = "POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nHost: x\r\n";
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a garbage request line", b"GARBAGE\r\n\r\n".to_vec()),
+        (
+            "binary noise",
+            vec![0, 1, 2, 0xff, 0xfe, b'\r', b'\n', b'\r', b'\n'],
+        ),
+        (
+            "a header without a colon",
+            format!("{post}NoColonHere\r\n\r\n").into_bytes(),
+        ),
+        (
+            "a bare CR in a header value",
+            format!("{post}X-A: a\rb\r\n\r\n").into_bytes(),
+        ),
+        (
+            "a folded header line",
+            format!("{post}X-A: a\r\n b\r\n\r\n").into_bytes(),
+        ),
+        (
+            "two different Content-Length",
+            format!("{post}Content-Length: 1\r\nContent-Length: 2\r\n\r\nab").into_bytes(),
+        ),
+        (
+            "a NUL in the path",
+            b"GET /openai/\0x HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let answer = raw(&proxy, &bytes, Duration::from_secs(5));
+        assert!(
+            answer.is_empty()
+                || answer.starts_with("HTTP/1.1 400")
+                || answer.starts_with("HTTP/1.1 404"),
+            "{what}: {answer}"
+        );
+        if !answer.is_empty() {
+            assert!(
+                answer.to_ascii_lowercase().contains("connection: close"),
+                "{what}: the connection stays open: {answer}"
+            );
+        }
+    }
+    assert_eq!(b.requests(), 0, "a malformed request reached the backend");
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_framing_cannot_smuggle_a_request_to_a_backend() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    // Content-Length says 4, Transfer-Encoding says an empty chunked body: what follows would be
+    // a second request to a server that trusted the length.
+    let smuggle = b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nHost: x\r\n\
+Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+POST /openai/deployments/smuggled/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+    let answer = raw(&proxy, smuggle, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "a request with both framings must not keep its connection: {answer}"
+    );
+    for r in b.recorded() {
+        assert!(
+            !r.uri.contains("smuggled"),
+            "the smuggled request reached the backend"
+        );
+        assert!(r.headers.get("transfer-encoding").is_none());
+        let length: usize = r.headers["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            length,
+            r.body.len(),
+            "the backend got a body of another length"
+        );
+    }
+    assert!(b.requests() <= 1);
+    still_serving(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_slower_than_client_body_gets_408() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(
+        &format!("timeouts: {{client_body: 500ms}}\n{}", mi_yaml(&[&b])),
+        Some(&id),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"messages\"")
+        .unwrap();
+    // A byte every 200 ms: each read is quick, the whole is too slow.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = s.write_all(b" ");
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"RequestTimeout\""), "{answer}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "408 after {took:?}"
+    );
+    assert_eq!(b.requests(), 0);
+    still_serving(&proxy).await;
+}
+
+/// The median time of `n` chat requests, each on a new connection.
+async fn median_chat(proxy: &Proxy, n: usize) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(proxy.url(CHAT))
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times[n / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_slowloris_connections_do_not_delay_a_normal_request() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let proxy = Proxy::start(&mi_yaml(&[&b]), Some(&id));
+    let before = median_chat(&proxy, 9).await;
+
+    // 200 connections, each dribbling a request header a byte at a time, never ending it.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut attackers = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+            .await
+            .unwrap();
+        let mut stopped = stopped.clone();
+        attackers.push(tokio::spawn(async move {
+            let header =
+                b"POST /openai/deployments/gpt-4o/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            let mut sent = 0usize;
+            loop {
+                let byte = [*header.get(sent).unwrap_or(&b'a')];
+                if s.write_all(&byte).await.is_err() {
+                    return sent;
+                }
+                sent += 1;
+                tokio::select! {
+                    _ = stopped.changed() => return sent,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = median_chat(&proxy, 9).await;
+    assert!(
+        during <= before + Duration::from_millis(100),
+        "with 200 slowloris connections a request took {during:?} (before: {before:?})"
+    );
+    let _ = stop.send(true);
+    for a in attackers {
+        assert!(a.await.unwrap() > 5, "an attacker was cut off at once");
+    }
+    assert_eq!(
+        b.requests(),
+        18,
+        "only the normal requests reached the backend"
+    );
+    still_serving(&proxy).await;
+}
