@@ -375,4 +375,73 @@ mod tests {
         throttle(&p, first.index, 60);
         assert!(s.again(first.index, fresh, Instant::now()).is_none());
     }
+
+    mod properties {
+        use super::*;
+        use crate::retry::{self, Sent, Tries, Verdict};
+        use proptest::prelude::*;
+
+        /// (priority, weight) of each backend, which are cooling, which ejected, `max_tries`.
+        type Setup = (Vec<(u8, u16)>, Vec<bool>, Vec<bool>, u32);
+
+        /// A pool of 1 to 6 backends with random priorities and weights, some cooling and
+        /// some ejected, and a `max_tries`.
+        fn setups() -> impl Strategy<Value = Setup> {
+            (1usize..=6).prop_flat_map(|n| {
+                (
+                    proptest::collection::vec((0u8..3, 1u16..4), n),
+                    proptest::collection::vec(any::<bool>(), n),
+                    proptest::collection::vec(any::<bool>(), n),
+                    1u32..=8,
+                )
+            })
+        }
+
+        proptest! {
+            /// The try loop as the proxy runs it, every try failing: the backends it picks.
+            #[test]
+            fn never_twice_while_another_is_left_never_over_max_tries_never_cooling(
+                (backends, cooling, ejected, max) in setups()
+            ) {
+                let p = pool(&backends);
+                let now = Instant::now();
+                for i in 0..backends.len() {
+                    if cooling[i] {
+                        throttle(&p, i, 60);
+                    }
+                    if ejected[i] {
+                        fail(&p, i);
+                    }
+                }
+                let usable: Vec<usize> = (0..backends.len()).filter(|&i| !cooling[i]).collect();
+                let Ok((mut s, first)) = p.select(GPT, None, now) else {
+                    prop_assert!(usable.is_empty(), "a usable backend, yet none chosen");
+                    return Ok(());
+                };
+                let mut picks = vec![first.index];
+                loop {
+                    let tries = Tries { made: picks.len() as u32, max, sent: Sent::Nothing, token_refreshed: false };
+                    match retry::decide(tries, Outcome::Failed(Failure::Connect), || s.next(now)) {
+                        Verdict::Retry(pick) => picks.push(pick.index),
+                        Verdict::Deliver => break,
+                        Verdict::RetryWithFreshToken => prop_assert!(false, "no token was sent"),
+                    }
+                }
+                // Every try is made: a backend is always left (a tried one may go again).
+                prop_assert_eq!(picks.len() as u32, max, "tries made of {}", max);
+                for &i in &picks {
+                    prop_assert!(!cooling[i], "cooling backend {i} chosen: {picks:?}");
+                }
+                // Healthy usable backends come first; each is tried once before any twice.
+                let healthy: Vec<usize> = usable.iter().copied().filter(|&i| !ejected[i]).collect();
+                let pool_of = if healthy.is_empty() { &usable } else { &healthy };
+                let distinct = pool_of.len().min(picks.len());
+                let mut seen = picks[..distinct].to_vec();
+                seen.sort_unstable();
+                seen.dedup();
+                prop_assert_eq!(seen.len(), distinct, "a backend twice while another was left: {:?}", picks);
+                prop_assert!(picks.iter().all(|i| pool_of.contains(i)), "an ejected backend while a healthy one was left: {:?}", picks);
+            }
+        }
+    }
 }

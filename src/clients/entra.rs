@@ -107,8 +107,9 @@ impl EntraVerifier {
         }
     }
 
-    /// Replaces the keys with those of `set` that can check RS256 signatures; how many.
-    fn store(&self, set: &JwkSet) -> usize {
+    /// Replaces the keys with those of `set` that can check RS256 signatures; how many. The
+    /// fetcher's job; public for the fuzz target.
+    pub fn store(&self, set: &JwkSet) -> usize {
         let keys: HashMap<String, DecodingKey> = set
             .keys
             .iter()
