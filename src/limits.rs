@@ -64,8 +64,9 @@ pub trait LimitStore: Send + Sync {
         now: Instant,
     ) -> Result<Admitted, Refused>;
 
-    /// Replaces the estimate of a request `admit` let in with the tokens it `spent`.
-    fn settle(&self, client: &str, admitted: &Admitted, spent: u64);
+    /// Replaces the estimate of a request `admit` let in with the tokens it `spent`, at `now`
+    /// (when its answer ended).
+    fn settle(&self, client: &str, admitted: &Admitted, spent: u64, now: Instant);
 }
 
 /// The last minute of one kind, in one-second slots.
@@ -102,30 +103,22 @@ impl Window {
         self.newest = second;
     }
 
+    /// Counts `n` in the newest slot. Saturating: `n` comes from a client's `max_tokens` or
+    /// a backend's `usage`.
     fn add(&mut self, n: u64) {
-        self.slots[(self.newest % SLOTS as u64) as usize] += n;
-        self.total += n;
+        let slot = &mut self.slots[(self.newest % SLOTS as u64) as usize];
+        *slot = slot.saturating_add(n);
+        self.total = self.total.saturating_add(n);
     }
 
     /// Takes `n` back from the slot of `second`, if it is still in the window.
     fn take_back(&mut self, second: u64, n: u64) {
-        if self.newest - second < SLOTS as u64 {
+        if self.newest.saturating_sub(second) < SLOTS as u64 {
             let slot = &mut self.slots[(second % SLOTS as u64) as usize];
             let n = n.min(*slot);
             *slot -= n;
-            self.total -= n;
+            self.total = self.total.saturating_sub(n);
         }
-    }
-
-    /// Adds `n` to the slot of `second` if still in the window, else to the newest.
-    fn add_at(&mut self, second: u64, n: u64) {
-        let second = if self.newest - second < SLOTS as u64 {
-            second
-        } else {
-            self.newest
-        };
-        self.slots[(second % SLOTS as u64) as usize] += n;
-        self.total += n;
     }
 
     /// In how many seconds from the start of the newest slot the oldest slots will have taken
@@ -222,22 +215,25 @@ impl LimitStore for LocalLimits {
             remaining_requests: left(w.requests.total, rpm),
             remaining_tokens: left(w.tokens.total, tpm),
             estimate,
-            second,
+            // Where the estimate went: another request may have moved the window past `second`.
+            second: w.tokens.newest,
         })
     }
 
-    fn settle(&self, client: &str, admitted: &Admitted, spent: u64) {
+    fn settle(&self, client: &str, admitted: &Admitted, spent: u64, now: Instant) {
         if spent == admitted.estimate {
             return;
         }
         let windows = self.windows(client);
         let mut w = windows.lock().unwrap_or_else(|e| e.into_inner());
-        if spent > admitted.estimate {
-            w.tokens.add_at(admitted.second, spent - admitted.estimate);
-        } else {
-            w.tokens
-                .take_back(admitted.second, admitted.estimate - spent);
-        }
+        w.requests
+            .advance(now.saturating_duration_since(self.epoch).as_secs());
+        w.tokens
+            .advance(now.saturating_duration_since(self.epoch).as_secs());
+        // The estimate leaves the slot it went to (if still in the window); what was spent
+        // counts from when the answer ended, so a long stream's tokens stay for a minute.
+        w.tokens.take_back(admitted.second, admitted.estimate);
+        w.tokens.add(spent);
     }
 }
 
@@ -252,6 +248,8 @@ pub fn estimate_tokens(body: &[u8]) -> u64 {
         max_output_tokens: Option<u64>,
     }
     let prompt = (body.len() as u64).div_ceil(4);
+    // With no `max_tokens` the completion is unknown until the backend says: counted as none
+    // here, and settled when the answer ends.
     let completion = serde_json::from_slice::<Caps>(body).map_or(0, |c| {
         c.max_completion_tokens
             .or(c.max_tokens)
@@ -327,12 +325,12 @@ mod tests {
             Limit::Tokens
         );
         // The backends reported less: room again.
-        store.settle("a", &a, 100);
-        store.settle("a", &b, 100);
+        store.settle("a", &a, 100, now);
+        store.settle("a", &b, 100, now);
         let c = store.admit("a", &l, 0, now).unwrap();
         assert_eq!(c.remaining_tokens, Some(800));
         // More than estimated is counted too.
-        store.settle("a", &c, 900);
+        store.settle("a", &c, 900, now);
         let r = store
             .admit("a", &l, 0, now + Duration::from_millis(250))
             .unwrap_err();
@@ -340,6 +338,30 @@ mod tests {
         assert!(store
             .admit("a", &l, 0, now + Duration::from_secs(60))
             .is_ok());
+    }
+
+    #[test]
+    fn a_long_answer_counts_from_when_it_ended_and_nothing_overflows() {
+        let store = LocalLimits::default();
+        let l = limits(None, Some(1000));
+        let t0 = store.epoch;
+        let a = store.admit("a", &l, 10, t0).unwrap();
+        // A stream admitted at 0 s ends at 90 s, having spent 2000 tokens: they count until
+        // 150 s, not until 60 s (or not at all).
+        store.settle("a", &a, 2000, t0 + Duration::from_secs(90));
+        let r = store
+            .admit("a", &l, 0, t0 + Duration::from_secs(100))
+            .unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(50));
+        assert!(store
+            .admit("a", &l, 0, t0 + Duration::from_secs(150))
+            .is_ok());
+        // An estimate of u64::MAX neither panics nor wraps.
+        let b = store.admit("b", &l, u64::MAX, t0).unwrap();
+        assert_eq!(b.remaining_tokens, Some(0));
+        assert!(store.admit("b", &l, 1, t0).is_err());
+        store.settle("b", &b, 0, t0);
+        assert!(store.admit("b", &l, 1, t0).is_ok());
     }
 
     #[test]

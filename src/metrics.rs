@@ -175,10 +175,10 @@ impl BackendStats {
     /// Tokens reported so far, by kind, summed over deployments and clients.
     pub fn token_totals(&self) -> [u64; TokenKind::ALL.len()] {
         let table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let mut totals = [0; TokenKind::ALL.len()];
+        let mut totals = [0u64; TokenKind::ALL.len()];
         for counts in table.values().flat_map(HashMap::values) {
             for (t, n) in totals.iter_mut().zip(counts) {
-                *t += n.unwrap_or(0);
+                *t = (*t).saturating_add(n.unwrap_or(0));
             }
         }
         totals
@@ -214,7 +214,7 @@ impl BackendStats {
         ];
         for (count, n) in counts.iter_mut().zip(reported) {
             if let Some(n) = n {
-                *count = Some(count.unwrap_or(0) + n);
+                *count = Some(count.unwrap_or(0).saturating_add(n));
             }
         }
     }

@@ -340,6 +340,18 @@ fn is_usage_event(line: &[u8]) -> bool {
         .is_ok_and(|c| c.choices.is_empty() && c.usage.is_some())
 }
 
+/// Whether the query's `api-version` (a date, maybe with `-preview`) is one that knows
+/// `stream_options`.
+fn knows_stream_options(query: Option<&str>) -> bool {
+    const FIRST: &str = "2024-09-01";
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("api-version="))
+        .and_then(|v| v.get(..FIRST.len()))
+        .is_some_and(|date| date.bytes().all(|b| b.is_ascii_digit() || b == b'-') && date >= FIRST)
+}
+
 /// What [`ask_for_stream_usage`] did to a request body.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamUsage {
@@ -351,8 +363,15 @@ pub enum StreamUsage {
 
 /// For a streamed chat completion (or completion) whose body does not set
 /// `stream_options.include_usage: true`, the body with it set, other keys kept in their order.
-pub fn ask_for_stream_usage(path: &str, body: &[u8]) -> StreamUsage {
-    if !path.ends_with("/completions") || memmem::find(body, b"\"stream\"").is_none() {
+/// `query` is the request's query string: Azure knows `stream_options` from `api-version`
+/// 2024-09-01-preview on (and always on `/openai/v1/`), and refuses it before that, so older
+/// versions are sent as they came.
+pub fn ask_for_stream_usage(path: &str, query: Option<&str>, body: &[u8]) -> StreamUsage {
+    if !path.ends_with("/completions")
+        || path.contains("/extensions/")
+        || memmem::find(body, b"\"stream\"").is_none()
+        || !(path.starts_with("/openai/v1/") || knows_stream_options(query))
+    {
         return StreamUsage::AsSent;
     }
     let Ok(serde_json::Value::Object(mut request)) = serde_json::from_slice(body) else {
@@ -538,7 +557,8 @@ mod tests {
     #[test]
     fn stream_usage_is_asked_for_only_where_missing() {
         let path = "/openai/deployments/d/chat/completions";
-        let added = |body: &str| match ask_for_stream_usage(path, body.as_bytes()) {
+        let query = Some("api-version=2024-10-21");
+        let added = |body: &str| match ask_for_stream_usage(path, query, body.as_bytes()) {
             StreamUsage::Added(b) => Some(String::from_utf8(b.to_vec()).unwrap()),
             StreamUsage::AsSent => None,
         };
@@ -557,8 +577,40 @@ mod tests {
         assert_eq!(added(r#"{"stream":false}"#), None);
         assert_eq!(added(r#"{"messages":[]}"#), None);
         assert_eq!(added("not json, \"stream\""), None);
+        let stream = br#"{"stream":true}"#;
         assert_eq!(
-            ask_for_stream_usage("/openai/deployments/d/embeddings", br#"{"stream":true}"#),
+            ask_for_stream_usage("/openai/deployments/d/embeddings", query, stream),
+            StreamUsage::AsSent
+        );
+        // Versions before stream_options get the body as it came; v1 has no api-version.
+        for old in [
+            "api-version=2024-06-01",
+            "api-version=2024-08-01-preview",
+            "x=1",
+            "",
+        ] {
+            assert_eq!(
+                ask_for_stream_usage(path, Some(old), stream),
+                StreamUsage::AsSent,
+                "{old}"
+            );
+        }
+        assert_eq!(
+            ask_for_stream_usage(path, None, stream),
+            StreamUsage::AsSent
+        );
+        for new in [
+            "api-version=2024-09-01-preview",
+            "a=b&api-version=2025-04-01-preview",
+        ] {
+            assert_ne!(
+                ask_for_stream_usage(path, Some(new), stream),
+                StreamUsage::AsSent,
+                "{new}"
+            );
+        }
+        assert_ne!(
+            ask_for_stream_usage("/openai/v1/chat/completions", None, stream),
             StreamUsage::AsSent
         );
     }

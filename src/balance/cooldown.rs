@@ -32,14 +32,14 @@ pub fn requested_cooldown(headers: &HeaderMap, now: SystemTime) -> Option<Durati
             .map(str::trim)
     };
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms > 0.0 {
-            return Duration::try_from_secs_f64(ms / 1000.0).ok();
+        if let Some(d) = positive_secs(ms / 1000.0) {
+            return Some(d);
         }
     }
     if let Some(v) = text("retry-after") {
         if let Ok(secs) = v.parse::<f64>() {
-            if secs.is_finite() && secs > 0.0 {
-                return Duration::try_from_secs_f64(secs).ok();
+            if let Some(d) = positive_secs(secs) {
+                return Some(d);
             }
         } else if let Ok(date) = httpdate::parse_http_date(v) {
             if let Ok(left) = date.duration_since(now) {
@@ -55,12 +55,18 @@ pub fn requested_cooldown(headers: &HeaderMap, now: SystemTime) -> Option<Durati
         .max()
 }
 
+/// `secs` as a duration, when it is one of at least a nanosecond (a wait too short to count, or
+/// not a number, asks for nothing: found by fuzzing, `1.47e-17` was a cooldown of zero).
+fn positive_secs(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
 /// `x-ratelimit-reset-*`: a bare number of seconds, or a Go-style duration (`1s`, `6m0s`, `250ms`).
 fn parse_reset(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs > 0.0)
-            .then(|| Duration::try_from_secs_f64(secs).ok())
-            .flatten();
+        return positive_secs(secs);
     }
     let mut total = 0f64;
     let mut rest = v;
@@ -82,9 +88,7 @@ fn parse_reset(v: &str) -> Option<Duration> {
         };
         rest = tail;
     }
-    (total > 0.0)
-        .then(|| Duration::try_from_secs_f64(total).ok())
-        .flatten()
+    positive_secs(total)
 }
 
 #[cfg(test)]
@@ -104,6 +108,20 @@ mod tests {
             &headers(pairs),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         )
+    }
+
+    #[test]
+    fn a_wait_too_short_to_count_asks_for_nothing() {
+        // Regression (fuzz/artifacts/retry_after): these gave a cooldown of zero.
+        for v in [".0000000000000000014700000000", "1e-300", "0.0000000001"] {
+            assert_eq!(cooldown(&[("x-ratelimit-reset-requests", v)]), None, "{v}");
+            assert_eq!(cooldown(&[("retry-after", v)]), None, "{v}");
+        }
+        // A retry-after-ms too short to count leaves retry-after to say.
+        assert_eq!(
+            cooldown(&[("retry-after-ms", "1e-12"), ("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub fn requested(path: &str, body: &[u8]) -> Option<String> {
         let name = rest.split('/').next().unwrap_or("");
         return (!name.is_empty()).then(|| name.to_string());
     }
-    if path.starts_with("/openai/v1/") || path.starts_with("/openai/responses") {
+    if named_in_body(path) {
         #[derive(Deserialize)]
         struct Model {
             model: Option<String>,
@@ -21,6 +21,12 @@ pub fn requested(path: &str, body: &[u8]) -> Option<String> {
         return serde_json::from_slice::<Model>(body).ok()?.model;
     }
     None
+}
+
+/// Whether requests on `path` name their deployment in the body's `model` (`/openai/v1/...`,
+/// `/openai/responses`) rather than in the path.
+pub fn named_in_body(path: &str) -> bool {
+    path.starts_with("/openai/v1/") || path.starts_with("/openai/responses")
 }
 
 /// `path_and_query` with the deployment segment renamed to `to`, or `None` when the path

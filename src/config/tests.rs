@@ -290,10 +290,17 @@ fn paths_are_prefixes() {
 
 #[test]
 fn client_limits_are_validated_with_their_keys() {
+    let entra = "client_auth: {entra: {tenant: t1, audience: \"api://x\"}}\n";
     let c = Config::from_yaml(&format!(
-        "{MINIMAL}clients:\n  - {{name: a, key: k, requests_per_minute: 60, tokens_per_minute: 1000, deployments: [gpt-4o]}}\n  - {{name: b, entra_ids: [ABC-1]}}\n"
+        "{MINIMAL}{entra}clients:\n  - {{name: a, key: k, requests_per_minute: 60, tokens_per_minute: 1000, deployments: [gpt-4o]}}\n  - {{name: b, entra_ids: [ABC-1]}}\n"
     ))
     .unwrap();
+    let e = c.entra_clients.as_ref().unwrap();
+    assert_eq!(
+        e.jwks_url,
+        "https://login.microsoftonline.com/t1/discovery/v2.0/keys"
+    );
+    assert_eq!(e.issuers.len(), 2);
     let clients = c.clients.unwrap();
     let l = &clients[0].limits;
     assert_eq!(l.requests_per_minute.map(|n| n.get()), Some(60));
@@ -316,11 +323,18 @@ fn client_limits_are_validated_with_their_keys() {
         ),
         ("{name: a, entra_ids: []}", "clients[0].entra_ids"),
     ] {
-        let p = problems(&format!("{MINIMAL}clients:\n  - {client}\n"));
+        let p = problems(&format!("{MINIMAL}{entra}clients:\n  - {client}\n"));
         assert!(p.iter().any(|p| p.path == path), "{client}: {p:?}");
     }
     let p = problems(&format!(
-        "{MINIMAL}clients:\n  - {{name: a, entra_ids: [x]}}\n  - {{name: b, entra_ids: [X]}}\n"
+        "{MINIMAL}{entra}clients:\n  - {{name: a, entra_ids: [x]}}\n  - {{name: b, entra_ids: [X]}}\n"
     ));
     assert!(p.iter().any(|p| p.message.contains("two clients")), "{p:?}");
+    // Entra ID clients need both halves: the tenant to check against, and who is who.
+    let p = problems(&format!("{MINIMAL}{entra}"));
+    assert!(p.iter().any(|p| p.path == "client_auth.entra"), "{p:?}");
+    let p = problems(&format!(
+        "{MINIMAL}clients:\n  - {{name: a, entra_ids: [x]}}\n"
+    ));
+    assert!(p.iter().any(|p| p.path == "clients"), "{p:?}");
 }

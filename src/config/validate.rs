@@ -32,6 +32,20 @@ impl RawConfig {
         if self.listen.is_empty() {
             p.add("listen", "give at least one \"host:port\" to listen on");
         }
+        let entra_ids = self.clients.iter().flatten().any(|c| c.entra_ids.is_some());
+        let entra_auth = self.client_auth.as_ref().is_some_and(|a| a.entra.is_some());
+        if entra_auth && self.clients.is_none() {
+            p.add(
+                "client_auth.entra",
+                "needs `clients`, with the Entra IDs each client is known by (entra_ids): without `clients` the proxy lets everyone in",
+            );
+        }
+        if entra_ids && !entra_auth {
+            p.add(
+                "clients",
+                "entra_ids need client_auth.entra (the tenant and audience their tokens are checked against)",
+            );
+        }
         let config = Config {
             backends: backends(self.backends, &mut p),
             max_tries: max_tries(self.retry, &mut p),

@@ -48,7 +48,10 @@ impl AccessLine<'_> {
     /// ttfb=12ms tried=b:2xx`: the fields before `41ms` in the order they have always had.
     pub fn text(&self) -> String {
         let mut out = String::with_capacity(160);
-        let dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+        // The deployment comes from the client's body: its control characters are escaped, so
+        // no line can be forged. (The path is printable ASCII by now, names are configured.)
+        let dash =
+            |v: Option<&str>| v.map_or_else(|| "-".to_string(), |v| v.escape_default().to_string());
         let _ = write!(
             out,
             "{} {} {} backend={} tries={} client={} tokens={} {}ms deployment={} ttfb={}",

@@ -220,11 +220,13 @@ impl ProxyHttp for ProxyService {
             // What the backend reported replaces the estimate; an answer that is not a success
             // spent nothing; a success that reported nothing keeps its estimate.
             let spent = match (ctx.usage, status) {
-                (Some(u), _) => u.prompt + u.completion,
+                (Some(u), _) => u.prompt.saturating_add(u.completion),
                 (None, Some(200..=299)) => admitted.estimate,
                 (None, _) => 0,
             };
-            proxy.limit_store.settle(&client.name, admitted, spent);
+            proxy
+                .limit_store
+                .settle(&client.name, admitted, spent, Instant::now());
         }
         if !log::log_enabled!(target: access::TARGET, log::Level::Info) {
             return;

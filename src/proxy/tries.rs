@@ -48,16 +48,18 @@ impl AoaiProxy {
     ) -> Result<()> {
         let path = session.req_header().uri.path();
         ctx.deployment = deployment::requested(path, &body);
-        if let Err(refused) = self.within_limits(ctx, &body) {
+        if let Err(refused) = self.within_limits(ctx, path, &body) {
             return refused.respond(session).await;
         }
         let dep = ctx.deployment.as_deref();
         // With `usage.include_in_streams`, a stream that would not report its tokens is asked to.
         let (body, hide_usage_event) = match self.include_stream_usage {
-            true => match usage::ask_for_stream_usage(path, &body) {
-                StreamUsage::Added(with) => (with, true),
-                StreamUsage::AsSent => (body, false),
-            },
+            true => {
+                match usage::ask_for_stream_usage(path, session.req_header().uri.query(), &body) {
+                    StreamUsage::Added(with) => (with, true),
+                    StreamUsage::AsSent => (body, false),
+                }
+            }
             false => (body, false),
         };
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
@@ -137,17 +139,30 @@ impl AoaiProxy {
 
     /// Whether the request's client may use its deployment (`deployments`) and has requests and
     /// tokens left (`requests_per_minute`, `tokens_per_minute`); admits it to its limits.
-    fn within_limits(&self, ctx: &mut RequestCtx, body: &[u8]) -> Result<(), ProxyError> {
+    fn within_limits(
+        &self,
+        ctx: &mut RequestCtx,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), ProxyError> {
         let Some(client) = &ctx.client else {
             return Ok(());
         };
         let limits = &client.limits;
-        if let (Some(allowed), Some(d)) = (&limits.deployments, ctx.deployment.as_deref()) {
-            if !allowed.contains(d) {
-                return Err(ProxyError::DeploymentNotAllowed {
-                    client: client.name.clone(),
-                    deployment: d.to_string(),
-                });
+        if let Some(allowed) = &limits.deployments {
+            let refused = |deployment: &str| ProxyError::DeploymentNotAllowed {
+                client: client.name.clone(),
+                deployment: deployment.to_string(),
+            };
+            match ctx.deployment.as_deref() {
+                Some(d) if !allowed.contains(d) => return Err(refused(d)),
+                Some(_) => {}
+                // A body that should name the deployment but cannot be read for it (duplicate
+                // keys, a form): a backend might still find one in it.
+                None if !body.is_empty() && deployment::named_in_body(path) => {
+                    return Err(refused("(unreadable model)"))
+                }
+                None => {}
             }
         }
         if limits.requests_per_minute.is_none() && limits.tokens_per_minute.is_none() {

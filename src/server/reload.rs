@@ -102,7 +102,12 @@ fn fixed_changes(started: &Config, new: &Config) -> Vec<&'static str> {
         "upstream_tls",
         started.upstream_ca_file == new.upstream_ca_file,
     );
-    check("auth", started.auth == new.auth);
+    // `auth.startup_wait` is read by each request: it reloads. The rest is the credential.
+    let (a, b) = (&started.auth, &new.auth);
+    check(
+        "auth",
+        (&a.credential, &a.scope, a.refresh_before) == (&b.credential, &b.scope, b.refresh_before),
+    );
     check("server", started.server == new.server);
     check("client_auth", started.entra_clients == new.entra_clients);
     changed

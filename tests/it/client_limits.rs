@@ -164,6 +164,16 @@ async fn a_deployment_not_listed_gets_403_and_reaches_no_backend() {
     )
     .await;
     assert_eq!(status, 403);
+    // A body whose model cannot be read (a duplicate key) could still name one to a backend.
+    let r = client()
+        .post(proxy.url("/openai/v1/chat/completions"))
+        .header("api-key", "key-a")
+        .header("content-type", "application/json")
+        .body(r#"{"model": "gpt-4o", "model": "gpt-4-turbo", "messages": []}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     assert_eq!(b.requests(), 1, "refused requests reached no backend");
     let (status, _, _) = send(&proxy, "key-b", other, chat_body()).await;
     assert_eq!(status, 200, "team-b may use every deployment");

@@ -8,14 +8,6 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// The value of the series `name` (exactly, labels included), or 0.
-fn value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().expect("a number"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_tries_and_retry_metrics_count_each_request() {
     let id = identity().await;
@@ -30,7 +22,7 @@ async fn latency_tries_and_retry_metrics_count_each_request() {
 
     let m = proxy
         .wait_for_metrics("two requests ended", |m| {
-            value(m, "aoai_proxy_request_duration_seconds_count") == 2.0
+            metric(m, "aoai_proxy_request_duration_seconds_count") == 2.0
         })
         .await;
     for (series, expected) in [
@@ -60,16 +52,16 @@ async fn latency_tries_and_retry_metrics_count_each_request() {
         ("aoai_proxy_token_refreshes_total{result=\"ok\"}", 1.0),
         ("aoai_proxy_token_refreshes_total{result=\"error\"}", 0.0),
     ] {
-        assert_eq!(value(&m, series), expected, "{series} in\n{m}");
+        assert_eq!(metric(&m, series), expected, "{series} in\n{m}");
     }
-    let left = value(&m, "aoai_proxy_token_expires_in_seconds");
+    let left = metric(&m, "aoai_proxy_token_expires_in_seconds");
     assert!(
         (86_000.0..=86_400.0).contains(&left),
         "the day-long token expires in {left} s"
     );
     // The simulator answers at once: both requests fall in the low buckets.
     assert_eq!(
-        value(&m, "aoai_proxy_request_duration_seconds_bucket{le=\"1\"}"),
+        metric(&m, "aoai_proxy_request_duration_seconds_bucket{le=\"1\"}"),
         2.0,
         "{m}"
     );

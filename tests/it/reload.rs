@@ -9,14 +9,6 @@ use futures_util::StreamExt;
 
 use crate::common::*;
 
-/// The value of the series `name` (exactly, labels included), or 0.
-fn value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().expect("a number"))
-}
-
 const RELOADED: &str = "aoai_proxy_config_reloads_total{result=\"ok\"}";
 const NOT_RELOADED: &str = "aoai_proxy_config_reloads_total{result=\"error\"}";
 
@@ -49,7 +41,7 @@ async fn new_backends_take_new_requests_and_a_stream_in_flight_finishes() {
     proxy.rewrite_config(&mi_yaml(&[&new]));
     proxy.signal("HUP");
     proxy
-        .wait_for_metrics("the reload", |m| value(m, RELOADED) == 1.0)
+        .wait_for_metrics("the reload", |m| metric(m, RELOADED) == 1.0)
         .await;
 
     // New requests go to the new backend only.
@@ -92,7 +84,7 @@ async fn a_cooldown_carries_over_for_a_backend_that_stays() {
     proxy.rewrite_config(&mi_yaml(&[&b[0], &b[1], &b[2]]));
     proxy.signal("HUP");
     let m = proxy
-        .wait_for_metrics("the reload", |m| value(m, RELOADED) == 1.0)
+        .wait_for_metrics("the reload", |m| metric(m, RELOADED) == 1.0)
         .await;
     assert!(
         m.contains("aoai_proxy_backend_cooling_seconds{backend=\"b0\",deployment=\"gpt-4o\"}"),
@@ -120,7 +112,7 @@ async fn a_broken_file_keeps_the_running_configuration() {
     proxy.rewrite_config("auth: {kind: managed_identity}\nbackends: [{url: \"ftp://nowhere\"}]\n");
     proxy.signal("HUP");
     proxy
-        .wait_for_metrics("the failed reload", |m| value(m, NOT_RELOADED) == 1.0)
+        .wait_for_metrics("the failed reload", |m| metric(m, NOT_RELOADED) == 1.0)
         .await;
     let (status, headers, _) = chat(&proxy).await;
     assert_eq!(status, 200);
@@ -138,7 +130,7 @@ async fn a_broken_file_keeps_the_running_configuration() {
     ));
     proxy.signal("HUP");
     proxy
-        .wait_for_metrics("the reload", |m| value(m, RELOADED) == 1.0)
+        .wait_for_metrics("the reload", |m| metric(m, RELOADED) == 1.0)
         .await;
     proxy.wait_for_log("server changed").await;
     let (status, _, _) = chat(&proxy).await;

@@ -269,6 +269,14 @@ fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// The value of the Prometheus series `name` (exactly, labels included) in `metrics`, or 0.
+pub fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().expect("a number"))
+}
+
 /// An HTTP client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
