@@ -6,6 +6,7 @@
 //! named once, here, beside the setting it belongs to.
 
 mod auth;
+mod clients;
 mod env;
 mod raw;
 mod validate;

@@ -3,27 +3,26 @@
 //! file with three mistakes gets three answers at once.
 
 use std::collections::{BTreeMap, HashSet};
-use std::num::{NonZeroU32, NonZeroU64};
+use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::clients;
 use super::raw::{
-    Problems, RawAdmin, RawBackend, RawCheckKind, RawClient, RawConfig, RawCooldown,
-    RawEntraClients, RawHealth, RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts,
-    RawTls,
+    Problems, RawAdmin, RawBackend, RawCheckKind, RawConfig, RawCooldown, RawHealth,
+    RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts, RawTls,
 };
 use super::values::{EnvString, HumanDuration, ListenAddr};
 use super::{
-    BackendConfig, ClientKey, ClientLimits, Config, CooldownPolicy, EjectionPolicy, EntraClients,
-    HealthCheck, HealthCheckKind, Limits, Problem, ServerSettings, Timeouts, TlsListener,
+    BackendConfig, Config, CooldownPolicy, EjectionPolicy, HealthCheck, HealthCheckKind, Limits,
+    Problem, ServerSettings, Timeouts, TlsListener,
 };
-use crate::clients::KeyDigest;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// The least duration that is more than zero.
 const POSITIVE: Duration = Duration::from_nanos(1);
-const DAY: Duration = Duration::from_secs(24 * 3600);
+pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
 
 impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, Vec<Problem>> {
@@ -32,28 +31,15 @@ impl RawConfig {
         if self.listen.is_empty() {
             p.add("listen", "give at least one \"host:port\" to listen on");
         }
-        let entra_ids = self.clients.iter().flatten().any(|c| c.entra_ids.is_some());
-        let entra_auth = self.client_auth.as_ref().is_some_and(|a| a.entra.is_some());
-        if entra_auth && self.clients.is_none() {
-            p.add(
-                "client_auth.entra",
-                "needs `clients`, with the Entra IDs each client is known by (entra_ids): without `clients` the proxy lets everyone in",
-            );
-        }
-        if entra_ids && !entra_auth {
-            p.add(
-                "clients",
-                "entra_ids need client_auth.entra (the tenant and audience their tokens are checked against)",
-            );
-        }
+        clients::client_auth_is_whole(self.clients.as_deref(), self.client_auth.as_ref(), &mut p);
         let config = Config {
             backends: backends(self.backends, &mut p),
             max_tries: max_tries(self.retry, &mut p),
             entra_clients: self
                 .client_auth
                 .and_then(|a| a.entra)
-                .map(|e| entra_clients(e, &mut p)),
-            clients: self.clients.map(|c| clients(c, &mut p)),
+                .map(|e| clients::entra_clients(e, &mut p)),
+            clients: self.clients.map(|c| clients::clients(c, &mut p)),
             auth: self.auth.validate(&mut p),
             timeouts: timeouts(self.timeouts, &mut p),
             limits: limits(self.limits, &mut p),
@@ -250,188 +236,6 @@ fn max_tries(raw: Option<RawRetry>, p: &mut Problems) -> NonZeroU32 {
     }
 }
 
-fn clients(list: Vec<RawClient>, p: &mut Problems) -> Vec<ClientKey> {
-    if list.is_empty() {
-        p.add(
-            "clients",
-            "an empty list would refuse every request: remove `clients` to let everyone in, or add a key",
-        );
-    }
-    let clients: Vec<ClientKey> = list
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| client(&format!("clients[{i}]"), c, p))
-        .collect();
-    for name in duplicates(clients.iter().map(|c| c.name.as_str())) {
-        p.add("clients", format!("two clients are named {name:?}"));
-    }
-    let mut digests = HashSet::new();
-    let mut ids = HashSet::new();
-    for c in &clients {
-        if c.digest.is_some_and(|d| !digests.insert(d)) {
-            p.add(
-                "clients",
-                format!("client {:?} has the key of another client", c.name),
-            );
-        }
-        for id in &c.entra_ids {
-            if !ids.insert(id.to_ascii_lowercase()) {
-                p.add(
-                    "clients",
-                    format!("the Entra ID {id:?} is given to two clients"),
-                );
-            }
-        }
-    }
-    clients
-}
-
-/// One client: how it is known (a key, its digest, Entra IDs) and its limits.
-fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
-    let entra_ids: Vec<String> = c
-        .entra_ids
-        .iter()
-        .flatten()
-        .map(|id| id.0.trim().to_ascii_lowercase())
-        .collect();
-    if c.entra_ids.as_ref().is_some_and(|ids| ids.is_empty())
-        || entra_ids.iter().any(String::is_empty)
-    {
-        p.add(
-            format!("{key}.entra_ids"),
-            "give at least one object or application id, none empty",
-        );
-    }
-    let digest = if c.key.is_none() && c.key_sha256.is_none() && !entra_ids.is_empty() {
-        None
-    } else {
-        client_digest(key, &c, p)
-    };
-    let requests_per_minute = c.requests_per_minute.map(|n| {
-        NonZeroU32::new(n).unwrap_or_else(|| {
-            p.add(
-                format!("{key}.requests_per_minute"),
-                "must be at least 1 (leave it out for no limit)",
-            );
-            NonZeroU32::MIN
-        })
-    });
-    let tokens_per_minute = c.tokens_per_minute.map(|n| {
-        NonZeroU64::new(n).unwrap_or_else(|| {
-            p.add(
-                format!("{key}.tokens_per_minute"),
-                "must be at least 1 (leave it out for no limit)",
-            );
-            NonZeroU64::MIN
-        })
-    });
-    let deployments = c.deployments.map(|list| {
-        if list.is_empty() {
-            p.add(
-                format!("{key}.deployments"),
-                "an empty list would allow no deployment: leave it out to allow every one",
-            );
-        }
-        list.into_iter().map(|d| d.0).collect()
-    });
-    ClientKey {
-        name: c.name.0,
-        digest,
-        entra_ids,
-        limits: ClientLimits {
-            requests_per_minute,
-            tokens_per_minute,
-            deployments,
-        },
-    }
-}
-
-fn entra_clients(e: RawEntraClients, p: &mut Problems) -> EntraClients {
-    let tenant = e.tenant.0.trim().to_string();
-    if tenant.is_empty()
-        || !tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    {
-        p.add(
-            "client_auth.entra.tenant",
-            "give the tenant's id (a GUID) or its domain",
-        );
-    }
-    if e.audience.0.trim().is_empty() {
-        p.add(
-            "client_auth.entra.audience",
-            "give the audience the tokens are issued for (the app's id or its api:// URI)",
-        );
-    }
-    let jwks_url = match e.jwks_url {
-        Some(u) => {
-            if url::Url::parse(&u.0).map_or(true, |u| !matches!(u.scheme(), "https" | "http")) {
-                p.add("client_auth.entra.jwks_url", "must be an http(s) URL");
-            }
-            u.0
-        }
-        None => EntraClients::default_jwks_url(&tenant),
-    };
-    let issuers = match e.issuers {
-        Some(list) if list.is_empty() => {
-            p.add(
-                "client_auth.entra.issuers",
-                "give at least one issuer, or leave it out for the tenant's own",
-            );
-            Vec::new()
-        }
-        Some(list) => list.into_iter().map(|i| i.0).collect(),
-        None => EntraClients::default_issuers(&tenant),
-    };
-    EntraClients {
-        refresh: duration(
-            p,
-            "client_auth.entra.refresh",
-            e.refresh,
-            EntraClients::DEFAULT_REFRESH,
-            Duration::from_secs(60)..=DAY,
-        ),
-        tenant,
-        audience: e.audience.0.trim().to_string(),
-        jwks_url,
-        issuers,
-    }
-}
-
-/// A client's key digest: the SHA-256 of `key`, or `key_sha256` as given; exactly one of them.
-/// `None` when that is not so (reported).
-fn client_digest(key: &str, c: &RawClient, p: &mut Problems) -> Option<KeyDigest> {
-    match (&c.key, &c.key_sha256) {
-        (Some(k), None) => Some(KeyDigest::of(k.0.expose().as_bytes())),
-        (None, Some(hex)) => match KeyDigest::from_hex(&hex.0) {
-            Some(d) if d == KeyDigest::of(b"") => {
-                p.add(
-                    format!("{key}.key_sha256"),
-                    "is the SHA-256 of an empty key: it would let in a request with an empty api-key",
-                );
-                None
-            }
-            Some(d) => Some(d),
-            None => {
-                p.add(
-                    format!("{key}.key_sha256"),
-                    "must be 64 hexadecimal digits: the SHA-256 of the key (sha256sum prints it)",
-                );
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            p.add(key, "give key or key_sha256, not both");
-            None
-        }
-        (None, None) => {
-            p.add(key, "give the client's key, or key_sha256");
-            None
-        }
-    }
-}
-
 fn timeouts(raw: Option<RawTimeouts>, p: &mut Problems) -> Timeouts {
     let d = Timeouts::default();
     let t = raw.unwrap_or_default();
@@ -578,7 +382,7 @@ fn human(d: Duration) -> String {
 }
 
 /// Names must be unique: they label logs and metrics.
-fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+pub(super) fn duplicates<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut seen = HashSet::new();
     names.filter(|n| !seen.insert(*n)).collect()
 }

@@ -136,3 +136,37 @@ async fn a_broken_file_keeps_the_running_configuration() {
     let (status, _, _) = chat(&proxy).await;
     assert_eq!(status, 200, "still serving after both reloads");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_follow_the_reloaded_backends() {
+    let id = identity().await;
+    let b = backends(1).await;
+    let dead = DeadPort::new();
+    let proxy = Proxy::start(&mi_yaml(&[&b[0]]), Some(&id));
+    let (_, m) = proxy.admin_get("/metrics");
+    assert!(
+        !m.contains("aoai_proxy_backend_probe_up{"),
+        "no probe configured yet"
+    );
+
+    // A backend added with a probe is probed (and found down) without a restart.
+    proxy.rewrite_config(&format!(
+        "{}  - {{url: \"{}\", name: probed, health_check: {{kind: tcp, interval: 100ms}}}}\n",
+        mi_yaml(&[&b[0]]),
+        dead.url()
+    ));
+    proxy.signal("HUP");
+    proxy
+        .wait_for_metrics("the new backend's probe fails", |m| {
+            m.contains("aoai_proxy_backend_probe_up{backend=\"probed\"} 0")
+        })
+        .await;
+    for _ in 0..4 {
+        let (status, headers, _) = chat(&proxy).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            headers["x-sim-backend"], "b0",
+            "a backend failing its probe got a request"
+        );
+    }
+}

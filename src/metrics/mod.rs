@@ -1,21 +1,19 @@
 //! Counters kept in one place and served as Prometheus text by the admin listener, and the
 //! in-flight count that graceful shutdown waits on.
 
-use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use ahash::RandomState;
-use prometheus::core::Metric as _;
 use prometheus::{Histogram, HistogramOpts};
 use tokio::sync::Notify;
 
-use crate::balance::Pool;
-use crate::credentials::TokenCache;
 use crate::retry::{Failure, Outcome};
-use crate::usage::Usage;
+mod backend;
+mod exposition;
+
+use backend::TokenCounts;
+pub use backend::{BackendStats, MAX_TOKEN_SERIES};
 
 /// The `outcome` label of `aoai_proxy_backend_tries_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,20 +103,6 @@ impl TokenKind {
     }
 }
 
-/// Tokens of one (deployment, client) on one backend, by [`TokenKind`]: `None` until a kind
-/// is first reported.
-type TokenCounts = [Option<u64>; 4];
-
-/// Per backend: deployment, then client, then the counts. Looked up by `&str`, so an answer
-/// of a series already seen allocates nothing (and hashed with aHash, not SipHash: the keys
-/// are names the proxy has seen answered, and this runs once an answer).
-type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts, RandomState>, RandomState>;
-
-/// The most (deployment, client) series kept per backend. A deployment is named by the client
-/// (in the path or the body's `model`), so spellings that a backend still answers could grow the
-/// table without end: past the cap, new ones are counted under `deployment="other"`.
-pub const MAX_TOKEN_SERIES: usize = 1000;
-
 /// Histogram buckets for LLM traffic, in seconds: 10 ms to 5 minutes (a long completion
 /// streams for minutes; an embedding answers in tens of milliseconds).
 const SECONDS_BUCKETS: [f64; 15] = [
@@ -132,92 +116,6 @@ fn histogram(buckets: &[f64]) -> Histogram {
     // Buckets are constants, sorted and finite: `with_opts` cannot fail on them.
     Histogram::with_opts(HistogramOpts::new("h", "h").buckets(buckets.to_vec()))
         .expect("valid histogram buckets")
-}
-
-/// What one backend did: its tries by outcome, the tokens it reported, and how long it took
-/// to answer. Kept with the [`crate::balance::Backend`], so it lives as long as the backend does
-/// (across a reload that keeps it).
-pub struct BackendStats {
-    /// By `label as usize`.
-    tries: [AtomicU64; TryLabel::ALL.len()],
-    /// Tokens: touched once an answer, when it reported usage.
-    tokens: Mutex<TokenTable>,
-    /// From sending the request to its response header, for tries that got one.
-    first_byte: Histogram,
-}
-
-impl Default for BackendStats {
-    fn default() -> Self {
-        BackendStats {
-            tries: Default::default(),
-            tokens: Mutex::default(),
-            first_byte: histogram(&SECONDS_BUCKETS),
-        }
-    }
-}
-
-impl BackendStats {
-    /// Counts one try's outcome.
-    pub fn record_try(&self, outcome: Outcome) {
-        self.tries[TryLabel::of(outcome) as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Times a try from its request to its response header.
-    pub fn record_first_byte(&self, took: Duration) {
-        self.first_byte.observe(took.as_secs_f64());
-    }
-
-    /// Tries by outcome, in [`TryLabel::ALL`] order.
-    pub fn tries(&self) -> [u64; TryLabel::ALL.len()] {
-        std::array::from_fn(|i| self.tries[i].load(Ordering::Relaxed))
-    }
-
-    /// Tokens reported so far, by kind, summed over deployments and clients.
-    pub fn token_totals(&self) -> [u64; TokenKind::ALL.len()] {
-        let table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let mut totals = [0u64; TokenKind::ALL.len()];
-        for counts in table.values().flat_map(HashMap::values) {
-            for (t, n) in totals.iter_mut().zip(counts) {
-                *t = (*t).saturating_add(n.unwrap_or(0));
-            }
-        }
-        totals
-    }
-
-    /// Counts the tokens reported for an answer to `client` (`None`: no `clients`) about
-    /// `deployment`.
-    pub fn record_usage(&self, deployment: Option<&str>, client: Option<&str>, usage: &Usage) {
-        let (deployment, client) = (deployment.unwrap_or("-"), client.unwrap_or("-"));
-        let mut table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let known = table
-            .get(deployment)
-            .is_some_and(|clients| clients.contains_key(client));
-        let full = || table.values().map(HashMap::len).sum::<usize>() >= MAX_TOKEN_SERIES;
-        let deployment = if known || !full() {
-            deployment
-        } else {
-            "other"
-        };
-        let clients = match table.get_mut(deployment) {
-            Some(clients) => clients,
-            None => table.entry(deployment.into()).or_default(),
-        };
-        let counts = match clients.get_mut(client) {
-            Some(counts) => counts,
-            None => clients.entry(client.into()).or_default(),
-        };
-        let reported = [
-            Some(usage.prompt),
-            Some(usage.completion),
-            usage.cached,
-            usage.reasoning,
-        ];
-        for (count, n) in counts.iter_mut().zip(reported) {
-            if let Some(n) = n {
-                *count = Some(count.unwrap_or(0).saturating_add(n));
-            }
-        }
-    }
 }
 
 /// Why a try was retried: the `cause` label of `aoai_proxy_retries_by_cause_total`.
@@ -391,175 +289,6 @@ impl Metrics {
             self.in_flight.idle.notified().await;
         }
     }
-
-    /// The Prometheus text exposition: these counters, the backends of `pool` (their tries,
-    /// tokens, timings and health) and the token the proxy holds (`None`: it needs none).
-    pub fn render(&self, pool: &Pool, token: Option<&TokenCache>) -> String {
-        let mut out = String::new();
-        let series = |out: &mut String, kind: &str, name: &str, value: u64| {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
-        };
-        series(
-            &mut out,
-            "counter",
-            "aoai_proxy_requests_total",
-            self.requests.load(Ordering::Relaxed),
-        );
-        series(
-            &mut out,
-            "counter",
-            "aoai_proxy_retries_total",
-            self.retries.load(Ordering::Relaxed),
-        );
-        series(
-            &mut out,
-            "gauge",
-            "aoai_proxy_in_flight",
-            self.in_flight() as u64,
-        );
-        series(
-            &mut out,
-            "gauge",
-            "aoai_proxy_ready",
-            u64::from(token.is_none_or(|t| t.is_ready())),
-        );
-        series(
-            &mut out,
-            "counter",
-            "aoai_proxy_token_fetches_total",
-            token.map_or(0, |t| t.fetches()),
-        );
-        let _ = writeln!(out, "# TYPE aoai_proxy_token_refreshes_total counter");
-        let refreshes = token.map_or((0, 0), |t| (t.fetches(), t.failed_fetches()));
-        let _ = writeln!(
-            out,
-            "aoai_proxy_token_refreshes_total{{result=\"ok\"}} {}\naoai_proxy_token_refreshes_total{{result=\"error\"}} {}",
-            refreshes.0, refreshes.1
-        );
-        if let Some(left) = token.and_then(TokenCache::expires_in) {
-            series(
-                &mut out,
-                "gauge",
-                "aoai_proxy_token_expires_in_seconds",
-                left,
-            );
-        }
-        let _ = writeln!(out, "# TYPE aoai_proxy_retries_by_cause_total counter");
-        for cause in RetryCause::ALL {
-            let _ = writeln!(
-                out,
-                "aoai_proxy_retries_by_cause_total{{cause=\"{}\"}} {}",
-                cause.as_str(),
-                self.retry_causes[cause as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# TYPE aoai_proxy_responses_total counter");
-        for (class, n) in RESPONSE_CLASSES.iter().zip(&self.responses) {
-            let _ = writeln!(
-                out,
-                "aoai_proxy_responses_total{{class=\"{class}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let (ok, error) = self.reloads();
-        let _ = writeln!(
-            out,
-            "# TYPE aoai_proxy_config_reloads_total counter\naoai_proxy_config_reloads_total{{result=\"ok\"}} {ok}\naoai_proxy_config_reloads_total{{result=\"error\"}} {error}"
-        );
-        render_histogram(
-            &mut out,
-            "aoai_proxy_request_duration_seconds",
-            &[(None, &self.duration)],
-        );
-        render_histogram(&mut out, "aoai_proxy_request_tries", &[(None, &self.tries)]);
-        let backends = pool.backends();
-        let first_bytes: Vec<(Option<String>, &Histogram)> = backends
-            .iter()
-            .map(|b| {
-                (
-                    Some(format!("backend=\"{}\"", label(&b.name))),
-                    &b.stats.first_byte,
-                )
-            })
-            .collect();
-        let first_bytes: Vec<(Option<&str>, &Histogram)> = first_bytes
-            .iter()
-            .map(|(l, h)| (l.as_deref(), *h))
-            .collect();
-        render_histogram(
-            &mut out,
-            "aoai_proxy_upstream_first_byte_seconds",
-            &first_bytes,
-        );
-
-        let _ = writeln!(out, "# TYPE aoai_proxy_tokens_total counter");
-        for b in backends {
-            let table = b.stats.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            let mut series: Vec<(&str, &str, &TokenCounts)> = table
-                .iter()
-                .flat_map(|(d, clients)| clients.iter().map(move |(c, n)| (&**d, &**c, n)))
-                .collect();
-            series.sort_unstable_by_key(|(d, c, _)| (*d, *c));
-            for (deployment, client, counts) in series {
-                for (kind, n) in TokenKind::ALL.iter().zip(counts) {
-                    let Some(n) = n else { continue };
-                    let _ = writeln!(
-                        out,
-                        "aoai_proxy_tokens_total{{backend=\"{}\",deployment=\"{}\",client=\"{}\",kind=\"{}\"}} {n}",
-                        label(&b.name),
-                        label(deployment),
-                        label(client),
-                        kind.as_str()
-                    );
-                }
-            }
-        }
-        let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
-        for b in backends {
-            let name = label(&b.name);
-            for (l, n) in TryLabel::ALL.iter().zip(b.stats.tries()) {
-                let _ = writeln!(
-                    out,
-                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{}\"}} {n}",
-                    l.as_str(),
-                );
-            }
-        }
-        render_health(&mut out, pool);
-        out
-    }
-}
-
-/// Writes `name` as a Prometheus histogram: one series a `(labels, histogram)`, `labels` the
-/// text inside the braces (`None`: no labels). The buckets, sum and count come from the
-/// `prometheus` crate's lock-free histogram; only the text is written here, because the other
-/// series are, and their label sets follow the pool, which changes on reload.
-fn render_histogram(out: &mut String, name: &str, series: &[(Option<&str>, &Histogram)]) {
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for (labels, h) in series {
-        let m = h.metric();
-        let h = m.get_histogram();
-        let (open, sep) = match labels {
-            Some(l) => (format!("{{{l}"), ","),
-            None => ("{".to_string(), ""),
-        };
-        for b in h.get_bucket() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{open}{sep}le=\"{}\"}} {}",
-                b.upper_bound(),
-                b.cumulative_count()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{open}{sep}le=\"+Inf\"}} {}",
-            h.get_sample_count()
-        );
-        let braces = labels.map(|l| format!("{{{l}}}")).unwrap_or_default();
-        let _ = writeln!(out, "{name}_sum{braces} {}", h.get_sample_sum());
-        let _ = writeln!(out, "{name}_count{braces} {}", h.get_sample_count());
-    }
 }
 
 /// Whether another try followed the one being counted.
@@ -581,48 +310,10 @@ impl Drop for InFlight {
     }
 }
 
-/// Cooldowns, ejections and probe results of every backend, as Prometheus gauges.
-fn render_health(out: &mut String, pool: &Pool) {
-    let now = Instant::now();
-    out.push_str(
-        "# TYPE aoai_proxy_backend_cooling_seconds gauge\n# TYPE aoai_proxy_backend_ejected_seconds gauge\n# TYPE aoai_proxy_backend_probe_up gauge\n",
-    );
-    for b in pool.backends() {
-        let name = label(&b.name);
-        let s = b.health.snapshot(now);
-        for (deployment, left) in &s.cooling {
-            let d = label(deployment.as_deref().unwrap_or(""));
-            let _ = writeln!(
-                out,
-                "aoai_proxy_backend_cooling_seconds{{backend=\"{name}\",deployment=\"{d}\"}} {:.3}",
-                left.as_secs_f64()
-            );
-        }
-        let ejected = s.ejected.map_or(0.0, |d| d.as_secs_f64());
-        let _ = writeln!(
-            out,
-            "aoai_proxy_backend_ejected_seconds{{backend=\"{name}\"}} {ejected:.3}"
-        );
-        if let Some(up) = s.probe_up {
-            let _ = writeln!(
-                out,
-                "aoai_proxy_backend_probe_up{{backend=\"{name}\"}} {}",
-                u8::from(up)
-            );
-        }
-    }
-}
-
-/// A label value with `\`, `"` and line feeds escaped, as the exposition format asks.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::Usage;
     use http::StatusCode;
 
     #[test]
