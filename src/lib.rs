@@ -20,6 +20,7 @@ pub mod demo;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod objects;
 pub mod proxy;
 pub mod retry;
 pub mod server;

@@ -3,13 +3,20 @@
 //! ([`IdentityEndpoint`]), an Entra ID token endpoint ([`EntraEndpoint`]) and the signing keys
 //! that check clients' Entra ID tokens ([`JwksEndpoint`]).
 //!
+//! A backend answers chat completions, completions and embeddings; it keeps the objects that
+//! Azure keeps on the one resource that made them (files, batches, fine-tuning jobs,
+//! assistants, threads, vector stores, stored responses of the Responses API), so another
+//! backend answers 404 for them; and it serves the Realtime API's WebSocket.
+//!
 //! A crate of its own so that the proxy links none of it: only `aoai-proxy demo` and
 //! `aoai-proxy simulate` (the `sim` feature), the tests and the benchmarks use it.
 
 mod entra;
 mod identity;
 mod jwks;
+mod objects;
 mod openai;
+mod realtime;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -112,7 +119,10 @@ where
                 let http = hyper::server::conn::http1::Builder::new();
                 match acceptor {
                     None => {
-                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        let _ = http
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
                     }
                     Some(acceptor) => {
                         let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
@@ -124,7 +134,10 @@ where
                         if Pin::new(&mut tls).accept().await.is_err() {
                             return;
                         }
-                        let _ = http.serve_connection(TokioIo::new(tls), service).await;
+                        let _ = http
+                            .serve_connection(TokioIo::new(tls), service)
+                            .with_upgrades()
+                            .await;
                     }
                 }
             });

@@ -1,6 +1,8 @@
 //! A simulated Azure OpenAI instance: chat completions (whole or streamed), completions and
-//! embeddings, with faults a test can program (429 with retry-after, 5xx, slow answers,
-//! dropped connections, streams that break).
+//! embeddings; the objects a resource keeps (files, batches, fine-tuning jobs, assistants,
+//! threads, vector stores, stored responses: see the `objects` module) and the Realtime
+//! WebSocket (the `realtime` module); with faults a test can program (429 with retry-after, 5xx,
+//! slow answers, dropped connections, streams that break), which come before every route.
 
 use std::collections::VecDeque;
 use std::io;
@@ -15,6 +17,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use serde_json::{json, Value};
 
+use super::objects::{self, Store};
+use super::realtime::{self, Sessions};
 use super::{azure_error, json, lock, serve, Bind, Body, Server, TlsIdentity};
 
 /// What a simulated backend does instead of answering normally.
@@ -101,6 +105,9 @@ struct State {
     script: Mutex<VecDeque<Fault>>,
     always: Mutex<Option<Fault>>,
     recorded: Mutex<Vec<Recorded>>,
+    /// The files, batches, threads, responses... made on this backend.
+    objects: Mutex<Store>,
+    realtime: Arc<Sessions>,
 }
 
 /// A running simulated Azure OpenAI instance on 127.0.0.1; stops when dropped.
@@ -124,6 +131,8 @@ impl Backend {
             script: Mutex::default(),
             always: Mutex::default(),
             recorded: Mutex::default(),
+            objects: Mutex::default(),
+            realtime: Arc::default(),
         });
         let s = state.clone();
         let server = serve(bind.into(), tls, move |req| {
@@ -164,6 +173,27 @@ impl Backend {
     pub fn recorded(&self) -> Vec<Recorded> {
         lock(&self.state.recorded).clone()
     }
+
+    /// Whether this backend holds the object `id`: a file, batch, fine-tuning job, assistant,
+    /// thread, message, run, vector store or stored response.
+    pub fn holds(&self, id: &str) -> bool {
+        lock(&self.state.objects).holds(id)
+    }
+
+    /// How many objects (of every kind that [`Backend::holds`] knows) this backend holds.
+    pub fn objects(&self) -> usize {
+        lock(&self.state.objects).len()
+    }
+
+    /// Realtime WebSocket sessions open on this backend now.
+    pub fn realtime_sessions(&self) -> usize {
+        self.state.realtime.open()
+    }
+
+    /// Makes every open Realtime session of this backend send a Close (code 1000) and end.
+    pub fn close_realtime(&self) {
+        self.state.realtime.close_all();
+    }
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
@@ -177,7 +207,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             .insert("connection", http::HeaderValue::from_static("close"));
         return Ok(named(resp, &state.options.name));
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
     let uri = parts
         .uri
@@ -229,6 +259,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         );
         return Ok(named(resp, &state.options.name));
     }
+    let name = &state.options.name;
+    if realtime::is_realtime(parts.uri.path()) {
+        return Ok(named(
+            realtime::accept(&state.realtime, name, &mut parts),
+            name,
+        ));
+    }
+    if let Some(resp) = objects::route(&state.options, &state.objects, &parts, &body, break_after) {
+        return Ok(named(resp, name));
+    }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = parts.uri.path();
     let model = request["model"]
@@ -274,7 +314,8 @@ fn deployment(path: &str) -> Option<String> {
     rest.split('/').next().map(str::to_string)
 }
 
-fn tokens(text: &str) -> u64 {
+/// The simulator's token count: words.
+pub(crate) fn tokens(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
@@ -288,21 +329,12 @@ fn chat(
     model: &str,
     break_after: Option<usize>,
 ) -> Response<Body> {
+    if request["stream"].as_bool() != Some(true) {
+        return json(200, &chat_completion(options, request, model));
+    }
     let prompt = tokens(&request["messages"].to_string());
     let completion = tokens(&options.answer);
     let id = "chatcmpl-sim";
-    if request["stream"].as_bool() != Some(true) {
-        return json(
-            200,
-            &json!({
-                "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
-                "system_fingerprint": "fp_sim",
-                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
-                             "message": {"role": "assistant", "content": options.answer, "refusal": null}}],
-                "usage": usage(prompt, completion),
-            }),
-        );
-    }
     let chunk = |delta: Value, finish: Value| -> Bytes {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                        "system_fingerprint": "fp_sim",
@@ -326,7 +358,28 @@ fn chat(
         events.push(Bytes::from(format!("data: {u}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    let delay = options.chunk_delay;
+    event_stream(events, options.chunk_delay, break_after)
+}
+
+/// The `chat.completion` that answers `request` (whole, and in a batch's output).
+pub(crate) fn chat_completion(options: &BackendOptions, request: &Value, model: &str) -> Value {
+    let prompt = tokens(&request["messages"].to_string());
+    let completion = tokens(&options.answer);
+    json!({
+        "id": "chatcmpl-sim", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "system_fingerprint": "fp_sim",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                     "message": {"role": "assistant", "content": options.answer, "refusal": null}}],
+        "usage": usage(prompt, completion),
+    })
+}
+
+/// A 200 `text/event-stream` of `events`, `delay` apart, broken after `break_after` of them.
+pub(crate) fn event_stream(
+    events: Vec<Bytes>,
+    delay: Duration,
+    break_after: Option<usize>,
+) -> Response<Body> {
     let stream = futures_util::stream::unfold(
         (events.into_iter(), 0usize),
         move |(mut events, sent)| async move {
@@ -357,7 +410,8 @@ fn completion(answer: &str, model: &str) -> Value {
            "usage": usage(1, tokens(answer))})
 }
 
-fn embeddings(request: &Value, model: &str) -> Value {
+/// The embeddings that answer `request` (also in a batch's output).
+pub(crate) fn embeddings(request: &Value, model: &str) -> Value {
     let inputs = match &request["input"] {
         Value::Array(items) => items.len().max(1),
         _ => 1,

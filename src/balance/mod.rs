@@ -12,6 +12,7 @@ mod dns;
 mod health;
 mod pool;
 mod probe;
+mod search;
 mod select;
 
 pub use backend::{Backend, BackendAuth, BackendError, Credential, Naming};

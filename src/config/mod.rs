@@ -59,6 +59,8 @@ pub struct Config {
     pub include_stream_usage: bool,
     /// How access-log lines are written (`log.format`).
     pub log_format: LogFormat,
+    /// How many stateful objects' locations are remembered (`objects.remember`).
+    pub objects_remembered: std::num::NonZeroUsize,
 }
 
 /// The access log's line format.

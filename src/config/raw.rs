@@ -29,6 +29,13 @@ pub(super) struct RawConfig {
     pub(super) paths: Option<Vec<EnvString>>,
     pub(super) log: Option<RawLog>,
     pub(super) usage: Option<RawUsage>,
+    pub(super) objects: Option<RawObjects>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawObjects {
+    pub(super) remember: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Deserialize, Default)]

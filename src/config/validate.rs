@@ -52,6 +52,10 @@ impl RawConfig {
                 .and_then(|u| u.include_in_streams)
                 .unwrap_or(false),
             log_format: self.log.and_then(|l| l.format).unwrap_or_default(),
+            objects_remembered: self
+                .objects
+                .and_then(|o| o.remember)
+                .unwrap_or(crate::objects::LocalLocations::DEFAULT_CAPACITY),
             listen: self.listen.into_iter().map(|l| l.0).collect(),
             tls: self.tls.map(tls),
             admin: self.admin.map(|a| a.listen.0),

@@ -8,7 +8,7 @@ use pingora::Result;
 
 use super::answers::ProxyError;
 use super::paths::{self, Refused};
-use super::{headers, AoaiProxy, RequestCtx};
+use super::{headers, realtime, AoaiProxy, RequestCtx};
 use crate::clients::entra::{EntraVerifier, Rejected};
 
 impl AoaiProxy {
@@ -28,11 +28,14 @@ impl AoaiProxy {
             });
         }
         let target = paths::forwarded(req.raw_path(), &self.paths);
+        let realtime = realtime::is_realtime(req.uri.path());
         if target == Err(Refused::Malformed) {
             return Err(ProxyError::BadPath);
         }
         if let Some(clients) = &self.clients {
-            let key = headers::client_key(req).ok_or(ProxyError::Unauthorized)?;
+            let key = headers::client_key(req)
+                .or_else(|| realtime.then(|| realtime::client_key(req)).flatten())
+                .ok_or(ProxyError::Unauthorized)?;
             let client = match &self.entra {
                 Some(entra) if EntraVerifier::looks_like_token(key) => {
                     let token = std::str::from_utf8(key).map_err(|_| ProxyError::Unauthorized)?;
@@ -55,6 +58,11 @@ impl AoaiProxy {
             session
                 .req_header_mut()
                 .set_raw_path(&origin)
+                .map_err(|_| ProxyError::BadPath)?;
+        }
+        if realtime {
+            // Checked or not, a key in the query or a subprotocol never reaches a backend.
+            realtime::strip_client_key(session.req_header_mut())
                 .map_err(|_| ProxyError::BadPath)?;
         }
         Ok(())

@@ -190,3 +190,68 @@ pub fn discard(connector: Arc<Connector>, peer: Arc<HttpPeer>, answer: Answer, i
         }
     });
 }
+
+/// The most of an answer read whole: one the proxy must look into (a 400 that may say "not
+/// found") or keep while it asks other backends.
+pub const MAX_WHOLE: usize = 1 << 20;
+
+/// An answer read to its end: its header and body.
+pub struct WholeAnswer {
+    pub head: Box<ResponseHeader>,
+    pub body: Bytes,
+}
+
+/// Reads `answer` to its end (at most [`MAX_WHOLE`] bytes, each read within `idle`) and puts
+/// its connection back in the pool.
+pub async fn read_whole(
+    connector: &Connector,
+    peer: Option<&HttpPeer>,
+    answer: Answer,
+    idle: Duration,
+    pool_idle: Duration,
+) -> pingora::Result<WholeAnswer> {
+    let Answer { head, mut session } = answer;
+    let mut body = bytes::BytesMut::new();
+    loop {
+        let chunk = tokio::time::timeout(idle, session.read_response_body())
+            .await
+            .map_err(|_| Error::explain(ErrorType::ReadTimedout, "backend silent mid-answer"))??;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > MAX_WHOLE {
+            return Error::e_explain(ErrorType::InternalError, "answer too large to hold");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if let Some(peer) = peer {
+        connector
+            .release_http_session(*session, peer, Some(pool_idle))
+            .await;
+    }
+    Ok(WholeAnswer {
+        head,
+        body: body.freeze(),
+    })
+}
+
+impl WholeAnswer {
+    /// Whether it says the object it was asked for is not on this backend: a 404, or a 400
+    /// with code `previous_response_not_found` (the Responses API's).
+    pub fn is_not_found(&self) -> bool {
+        match self.head.status.as_u16() {
+            404 => true,
+            400 => {
+                #[derive(serde::Deserialize)]
+                struct Body {
+                    error: Inner,
+                }
+                #[derive(serde::Deserialize)]
+                struct Inner {
+                    code: Option<String>,
+                }
+                serde_json::from_slice::<Body>(&self.body)
+                    .is_ok_and(|b| b.error.code.as_deref() == Some("previous_response_not_found"))
+            }
+            _ => false,
+        }
+    }
+}

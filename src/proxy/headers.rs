@@ -44,8 +44,14 @@ pub fn upstream_request(
         || client.headers.contains_key(header::TRANSFER_ENCODING);
     let mut req = client.clone();
     req.set_version(http::Version::HTTP_11);
+    // A WebSocket upgrade (the Realtime API) keeps asking for it, hop by hop.
+    let upgrade = upgrade_to(client).cloned();
     for name in &DROPPED_REQUEST_HEADERS {
         req.remove_header(name);
+    }
+    if let Some(protocol) = upgrade {
+        req.insert_header(header::CONNECTION, "Upgrade")?;
+        req.insert_header(header::UPGRADE, protocol)?;
     }
     req.insert_header(header::HOST, host.clone())?;
     match credential {
@@ -57,6 +63,17 @@ pub fn upstream_request(
         req.insert_header(header::CONTENT_LENGTH, body.len())?;
     }
     Ok(req)
+}
+
+/// The protocol a request asks to upgrade to (`Connection: Upgrade` with `Upgrade: P`).
+fn upgrade_to(req: &RequestHeader) -> Option<&HeaderValue> {
+    let asks = req.headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| req.headers.get(header::UPGRADE)).flatten()
 }
 
 /// Makes a backend's response header the client's: removes its hop-by-hop headers.

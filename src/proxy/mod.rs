@@ -15,8 +15,11 @@ mod admission;
 mod answers;
 mod exchange;
 pub mod headers;
+mod lists;
 pub mod paths;
+mod realtime;
 mod relay;
+mod search;
 mod tries;
 
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use crate::config::{Limits, LogFormat, Timeouts};
 use crate::credentials::TokenCache;
 use crate::limits::{Admitted, LimitStore};
 use crate::metrics::{InFlight, Metrics};
+use crate::objects::ObjectLocations;
 use crate::retry::Outcome;
 use crate::usage::Usage;
 use smallvec::SmallVec;
@@ -64,6 +68,8 @@ pub struct AoaiProxy {
     pub clients: Option<Clients>,
     /// Checks clients' Entra ID tokens (`client_auth.entra`).
     pub entra: Option<Arc<EntraVerifier>>,
+    /// Where stateful objects live.
+    pub objects: Arc<dyn ObjectLocations>,
     /// Where the clients' limit windows are kept.
     pub limit_store: Arc<dyn LimitStore>,
     pub timeouts: Timeouts,

@@ -11,8 +11,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use super::exchange::Answer;
+use super::exchange::WholeAnswer;
 use super::{headers, AoaiProxy};
 use crate::limits::Admitted;
+use crate::objects::{CreatedReader, ObjectLocations};
 use crate::usage::{Usage, UsageEventFilter, UsageReader};
 
 impl AoaiProxy {
@@ -26,6 +28,9 @@ impl AoaiProxy {
         peer: Option<Arc<HttpPeer>>,
         labels: Delivery<'_>,
     ) -> Result<Option<Usage>> {
+        if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return self.tunnel(session, answer).await.map(|()| None);
+        }
         let Answer {
             mut head,
             session: mut up,
@@ -39,6 +44,16 @@ impl AoaiProxy {
             .is_success()
             .then(|| UsageReader::for_answer(&head.headers))
             .flatten();
+        let mut created = match &labels.learning {
+            Some(l) if l.created && head.status.is_success() => {
+                Some(CreatedReader::for_answer(&head.headers))
+            }
+            _ => None,
+        };
+        let learned = labels
+            .learning
+            .as_ref()
+            .is_some_and(|_| head.status.is_success());
         let mut hide = (labels.hide_usage_event && head.status.is_success() && is_stream(&head))
             .then(UsageEventFilter::default);
         session
@@ -60,6 +75,9 @@ impl AoaiProxy {
                     Ok(Ok(Some(bytes))) => {
                         let (bytes, end) = coalesce(&mut up, bytes);
                         if let Some(reader) = usage.as_mut() {
+                            reader.feed(&bytes);
+                        }
+                        if let Some(reader) = created.as_mut() {
                             reader.feed(&bytes);
                         }
                         let bytes = match hide.as_mut() {
@@ -95,6 +113,11 @@ impl AoaiProxy {
                 .record_usage(labels.deployment, labels.client, u);
         }
         body?;
+        if let (true, Some(learning)) = (learned, &labels.learning) {
+            let backend = &self.pool.get(labels.backend).name;
+            let made = created.map(CreatedReader::finish).unwrap_or_default();
+            learning.remember(&*self.objects, backend, &made);
+        }
         if let Some(rest) = hide.as_mut().map(UsageEventFilter::finish) {
             if !rest.is_empty() {
                 session
@@ -126,6 +149,54 @@ pub(super) struct Delivery<'a> {
     pub hide_usage_event: bool,
     /// What the client has left under its limits, for `x-ratelimit-remaining-*`.
     pub limits: Option<Admitted>,
+    /// What a success teaches about where objects live; `None` on paths without objects.
+    pub learning: Option<Learning<'a>>,
+}
+
+/// What a successful answer says about where objects live.
+pub(super) struct Learning<'a> {
+    /// The objects the request named: they are on the backend that answered.
+    pub named: &'a [String],
+    /// The request may have made objects: read their ids from the answer.
+    pub created: bool,
+    /// The request deleted the object it named.
+    pub deleted: bool,
+}
+
+impl Learning<'_> {
+    /// Records what the answer of `backend` taught, `made` the ids it made.
+    fn remember(&self, objects: &dyn ObjectLocations, backend: &str, made: &[String]) {
+        match (self.deleted, self.named.first()) {
+            (true, Some(gone)) => objects.forget(gone),
+            _ => self
+                .named
+                .iter()
+                .chain(made)
+                .for_each(|id| objects.learn(id, backend)),
+        }
+    }
+}
+
+impl AoaiProxy {
+    /// Gives the client an answer read whole (see [`super::exchange::read_whole`]), as the
+    /// backend sent it.
+    pub(super) async fn relay_whole(
+        &self,
+        session: &mut Session,
+        whole: WholeAnswer,
+        limits: Option<&Admitted>,
+    ) -> Result<()> {
+        let WholeAnswer { mut head, body } = whole;
+        headers::strip_response(&mut head);
+        if let Some(left) = limits {
+            headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
+        }
+        let write = async {
+            session.write_response_header(head, false).await?;
+            session.write_response_body(Some(body), true).await
+        };
+        write.await.map_err(|e| e.into_down())
+    }
 }
 
 /// Whether the answer is a stream of server-sent events.

@@ -6,19 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use super::answers::ProxyError;
 use super::exchange::{self, Attempt};
-use super::relay::Delivery;
+use super::realtime;
+use super::relay::{Delivery, Learning};
 use super::{headers, AoaiProxy, RequestCtx};
 use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, Unavailable};
 use crate::credentials::TokenRef;
 use crate::limits::Admitted;
 use crate::metrics::Retried;
+use crate::objects;
 use crate::retry::{self, Failure, Outcome, Sent, Tries, Verdict};
 use crate::usage::{self, StreamUsage, Usage};
 
@@ -47,10 +49,23 @@ impl AoaiProxy {
         body: Bytes,
     ) -> Result<()> {
         let path = session.req_header().uri.path();
-        ctx.deployment = deployment::requested(path, &body);
+        ctx.deployment = match realtime::is_realtime(path) {
+            true => realtime::deployment(session.req_header().uri.query()),
+            false => deployment::requested(path, &body),
+        };
         if let Err(refused) = self.within_limits(ctx, path, &body) {
             return refused.respond(session).await;
         }
+        let method = &session.req_header().method;
+        if let Some(collection) = objects::list_of(method, path) {
+            return self.list(session, ctx, collection).await;
+        }
+        let named = objects::names(path, &body);
+        if !named.is_empty() {
+            return self.search(session, ctx, body, &named).await;
+        }
+        // A success may have made an object: learn where it lives.
+        let makes_objects = method == Method::POST && objects::collection(path).is_some();
         let dep = ctx.deployment.as_deref();
         // With `usage.include_in_streams`, a stream that would not report its tokens is asked to.
         let (body, hide_usage_event) = match self.include_stream_usage {
@@ -125,6 +140,11 @@ impl AoaiProxy {
                     client: ctx.client.as_deref().map(|c| c.name.as_str()),
                     hide_usage_event,
                     limits: ctx.admitted,
+                    learning: makes_objects.then_some(Learning {
+                        named: &[],
+                        created: true,
+                        deleted: false,
+                    }),
                 };
                 let usage = self
                     .deliver(session, attempt, peer, backend, ctx.tries, labels)
@@ -208,7 +228,7 @@ impl AoaiProxy {
 
     /// A token to replace `token`, which a backend refused: waits for the fetch that the refusal
     /// asked for, at most [`TOKEN_WAIT`]. Its header, or `None` when none came.
-    async fn fresh_token(&self, token: &mut Option<TokenRef>) -> Option<HeaderValue> {
+    pub(super) async fn fresh_token(&self, token: &mut Option<TokenRef>) -> Option<HeaderValue> {
         let (cache, used) = (self.tokens.as_ref()?, token.as_ref()?);
         let fresh = cache.replace(used.generation, TOKEN_WAIT).await?;
         let header = fresh.header.clone();
@@ -218,7 +238,7 @@ impl AoaiProxy {
 
     /// Puts aside what a try produced before the next one: an answer is drained so its
     /// connection goes back to the pool; either is logged.
-    fn set_aside(
+    pub(super) fn set_aside(
         &self,
         attempt: Attempt,
         peer: Option<Arc<HttpPeer>>,
@@ -280,7 +300,7 @@ impl AoaiProxy {
 
     /// One try on `backend`, abandoned (with an error) if the client leaves meanwhile, so the
     /// backend stops generating for nobody.
-    async fn try_once(
+    pub(super) async fn try_once(
         &self,
         session: &mut Session,
         backend: &Backend,

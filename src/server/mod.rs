@@ -31,6 +31,7 @@ use crate::config::{Config, ConfigError, CredentialKind, Problem};
 use crate::credentials::{http_client, CredentialError, CredentialSource, Refresher, TokenCache};
 use crate::limits::{LimitStore, LocalLimits};
 use crate::metrics::Metrics;
+use crate::objects::{LocalLocations, ObjectLocations};
 use crate::proxy::{AoaiProxy, ProxyService};
 use admin::Admin;
 use reload::Reloader;
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     limit_store: Arc<dyn LimitStore>,
     /// Checks clients' Entra ID tokens, with the signing keys fetched at start.
     entra: Option<Arc<EntraVerifier>>,
+    /// Where stateful objects live: kept across reloads, by backend name.
+    objects: Arc<dyn ObjectLocations>,
 }
 
 impl Shared {
@@ -92,6 +95,7 @@ impl Shared {
             startup_wait: config.auth.startup_wait,
             clients: config.clients.as_deref().map(Clients::new),
             limit_store: self.limit_store.clone(),
+            objects: self.objects.clone(),
             entra: self.entra.clone(),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
@@ -197,6 +201,7 @@ impl Proxy {
             metrics: metrics.clone(),
             ca: ca.map(|c| c.trust.clone()),
             limit_store: Arc::new(LocalLimits::default()),
+            objects: Arc::new(LocalLocations::new(config.objects_remembered)),
             entra,
         };
         let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));

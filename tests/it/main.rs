@@ -23,6 +23,7 @@ mod reload;
 mod retry_causes;
 mod round_robin;
 mod shutdown;
+mod stateful;
 mod streaming;
 mod tls;
 mod token;
