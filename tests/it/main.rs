@@ -19,6 +19,7 @@ mod no_retry;
 mod openai_sdk;
 mod operations;
 mod path_rules;
+mod realtime;
 mod reload;
 mod retry_causes;
 mod round_robin;
