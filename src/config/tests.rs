@@ -338,3 +338,17 @@ fn client_limits_are_validated_with_their_keys() {
     ));
     assert!(p.iter().any(|p| p.path == "clients"), "{p:?}");
 }
+
+#[test]
+fn objects_remembered_is_a_positive_count() {
+    let c = Config::from_yaml(&format!("{MINIMAL}objects: {{remember: 500}}\n")).unwrap();
+    assert_eq!(c.objects_remembered.get(), 500);
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(
+        c.objects_remembered,
+        crate::objects::LocalLocations::DEFAULT_CAPACITY
+    );
+    let p = problems(&format!("{MINIMAL}objects: {{remember: 0}}\n"));
+    assert_eq!(p[0].path, "objects.remember");
+    assert!(p[0].line.is_some(), "{p:?}");
+}

@@ -94,7 +94,8 @@ fn in_body(value: &Value, depth: usize, named: &mut Named) {
                             .for_each(|id| push(named, id)),
                         _ => {}
                     }
-                } else {
+                } else if key != "metadata" {
+                    // A client's own `metadata` (free-form tags) names no object.
                     in_body(v, depth + 1, named);
                 }
             }
@@ -161,6 +162,12 @@ mod tests {
             ),
             ["thread_1", "asst_1"]
         );
+        // Tags are the client's: they name nothing.
+        assert!(ids(
+            "/openai/v1/chat/completions",
+            r#"{"metadata":{"thread_id":"mine"},"messages":[]}"#
+        )
+        .is_empty());
         // No key: not even parsed.
         assert!(ids("/openai/v1/chat/completions", r#"{"messages":[]}"#).is_empty());
         assert!(ids("/openai/batches", "not json _id").is_empty());

@@ -110,6 +110,10 @@ fn fixed_changes(started: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("server", started.server == new.server);
     check("client_auth", started.entra_clients == new.entra_clients);
+    check(
+        "objects",
+        started.objects_remembered == new.objects_remembered,
+    );
     changed
 }
 

@@ -156,3 +156,71 @@ async fn a_client_that_leaves_while_waiting_frees_the_backend() {
     );
     assert!(!proxy.log().contains("ERROR"), "{}", proxy.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_stream_unbuffered_and_count_their_tokens() {
+    // The Responses API, with the deployment in the body's `model` (`/openai/v1/responses`)
+    // or in the path (`/openai/deployments/{d}/responses`): its events are relayed as they come.
+    let b = slow_backend("b0").await;
+    let yaml = format!(
+        "auth: {{kind: none}}\nbackends:\n  - {{url: \"{}\", name: b0, api_key: k, deployments: {{gpt-4o: gpt-4o}}}}\n",
+        b.url()
+    );
+    let proxy = Proxy::start(&yaml, None);
+    for (path, body) in [
+        (
+            "/openai/v1/responses",
+            serde_json::json!({"model": "gpt-4o", "input": "Hi", "stream": true}),
+        ),
+        (
+            "/openai/deployments/gpt-4o/responses?api-version=2025-03-01-preview",
+            serde_json::json!({"input": "Hi", "stream": true}),
+        ),
+    ] {
+        let started = Instant::now();
+        let r = client()
+            .post(proxy.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let mut arrivals = Vec::new();
+        let mut text = String::new();
+        let mut stream = r.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            arrivals.push(started.elapsed());
+            text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+        assert!(text.starts_with("event: response.created"), "{text}");
+        assert!(text.contains("event: response.completed"), "{text}");
+        let (first, last) = (arrivals[0], *arrivals.last().unwrap());
+        assert!(
+            last - first >= Duration::from_millis(600),
+            "{path}: first chunk at {first:?}, last at {last:?}: the stream was held back"
+        );
+    }
+    // A model that no backend serves is refused at once.
+    let r = client()
+        .post(proxy.url("/openai/v1/responses"))
+        .json(&serde_json::json!({"model": "o3", "input": "Hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let m = proxy
+        .wait_for_metrics("tokens", |m| m.contains("aoai_proxy_tokens_total{"))
+        .await;
+    let completion = m
+        .lines()
+        .find(|l| {
+            l.starts_with("aoai_proxy_tokens_total{")
+                && l.contains("kind=\"completion\"")
+                && l.contains("gpt-4o")
+        })
+        .unwrap_or_else(|| panic!("no completion tokens counted:\n{m}"));
+    assert!(
+        completion.ends_with(" 12"),
+        "two streams of 6 words: {completion}"
+    );
+}
