@@ -24,4 +24,5 @@ pub mod objects;
 pub mod proxy;
 pub mod retry;
 pub mod server;
+pub mod state;
 pub mod usage;

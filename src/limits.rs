@@ -39,8 +39,10 @@ pub struct Admitted {
     pub remaining_tokens: Option<u64>,
     /// The tokens counted for it so far.
     pub estimate: u64,
-    /// The slot they were counted in.
-    second: u64,
+    /// The slot they were counted in (in the clock of the store that admitted it).
+    pub(crate) second: u64,
+    /// Admitted by the store the replicas share, not this process's own.
+    pub(crate) shared: bool,
 }
 
 /// A request kept out: which limit, and when the window lets the client in again.
@@ -53,10 +55,11 @@ pub struct Refused {
 }
 
 /// Where limit state lives.
+#[async_trait::async_trait]
 pub trait LimitStore: Send + Sync {
     /// Admits one request of `client` expected to spend `estimate` tokens, or says when it could
     /// be admitted.
-    fn admit(
+    async fn admit(
         &self,
         client: &str,
         limits: &ClientLimits,
@@ -170,8 +173,9 @@ impl LocalLimits {
     }
 }
 
-impl LimitStore for LocalLimits {
-    fn admit(
+impl LocalLimits {
+    /// [`LimitStore::admit`] in this process's windows.
+    pub fn admit_here(
         &self,
         client: &str,
         limits: &ClientLimits,
@@ -217,10 +221,12 @@ impl LimitStore for LocalLimits {
             estimate,
             // Where the estimate went: another request may have moved the window past `second`.
             second: w.tokens.newest,
+            shared: false,
         })
     }
 
-    fn settle(&self, client: &str, admitted: &Admitted, spent: u64, now: Instant) {
+    /// [`LimitStore::settle`] in this process's windows.
+    pub fn settle_here(&self, client: &str, admitted: &Admitted, spent: u64, now: Instant) {
         if spent == admitted.estimate {
             return;
         }
@@ -234,6 +240,23 @@ impl LimitStore for LocalLimits {
         // counts from when the answer ended, so a long stream's tokens stay for a minute.
         w.tokens.take_back(admitted.second, admitted.estimate);
         w.tokens.add(spent);
+    }
+}
+
+#[async_trait::async_trait]
+impl LimitStore for LocalLimits {
+    async fn admit(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        estimate: u64,
+        now: Instant,
+    ) -> Result<Admitted, Refused> {
+        self.admit_here(client, limits, estimate, now)
+    }
+
+    fn settle(&self, client: &str, admitted: &Admitted, spent: u64, now: Instant) {
+        self.settle_here(client, admitted, spent, now)
     }
 }
 
@@ -282,19 +305,19 @@ mod tests {
         for ms in [
             500, 500, 500, 500, 500, 59_500, 59_500, 59_500, 59_500, 59_500,
         ] {
-            assert!(store.admit("a", &l, 0, at(ms)).is_ok());
+            assert!(store.admit_here("a", &l, 0, at(ms)).is_ok());
         }
         // Across the minute's boundary a fixed counter would let ten more in: this lets none
         // until the first five leave the window, at 60 s.
-        let refused = store.admit("a", &l, 0, at(59_900)).unwrap_err();
+        let refused = store.admit_here("a", &l, 0, at(59_900)).unwrap_err();
         assert_eq!(refused.limit, Limit::Requests);
         assert_eq!(refused.retry_after, Duration::from_millis(100));
         assert_eq!(refused.remaining_requests, Some(0));
         for _ in 0..5 {
-            assert!(store.admit("a", &l, 0, at(60_000)).is_ok());
+            assert!(store.admit_here("a", &l, 0, at(60_000)).is_ok());
         }
-        assert!(store.admit("a", &l, 0, at(60_000)).is_err());
-        let r = store.admit("a", &l, 0, at(61_000)).unwrap_err();
+        assert!(store.admit_here("a", &l, 0, at(60_000)).is_err());
+        let r = store.admit_here("a", &l, 0, at(61_000)).unwrap_err();
         assert_eq!(
             r.retry_after,
             Duration::from_secs(58),
@@ -303,7 +326,7 @@ mod tests {
         // Another client has its own window.
         assert_eq!(
             store
-                .admit("b", &l, 0, at(61_000))
+                .admit_here("b", &l, 0, at(61_000))
                 .unwrap()
                 .remaining_requests,
             Some(9)
@@ -315,28 +338,28 @@ mod tests {
         let store = LocalLimits::default();
         let l = limits(None, Some(1000));
         let now = store.epoch;
-        let a = store.admit("a", &l, 600, now).unwrap();
+        let a = store.admit_here("a", &l, 600, now).unwrap();
         assert_eq!(a.remaining_tokens, Some(400));
         // Side by side: the second sees the first's estimate.
-        let b = store.admit("a", &l, 600, now).unwrap();
+        let b = store.admit_here("a", &l, 600, now).unwrap();
         assert_eq!(b.remaining_tokens, Some(0));
         assert_eq!(
-            store.admit("a", &l, 1, now).unwrap_err().limit,
+            store.admit_here("a", &l, 1, now).unwrap_err().limit,
             Limit::Tokens
         );
         // The backends reported less: room again.
-        store.settle("a", &a, 100, now);
-        store.settle("a", &b, 100, now);
-        let c = store.admit("a", &l, 0, now).unwrap();
+        store.settle_here("a", &a, 100, now);
+        store.settle_here("a", &b, 100, now);
+        let c = store.admit_here("a", &l, 0, now).unwrap();
         assert_eq!(c.remaining_tokens, Some(800));
         // More than estimated is counted too.
-        store.settle("a", &c, 900, now);
+        store.settle_here("a", &c, 900, now);
         let r = store
-            .admit("a", &l, 0, now + Duration::from_millis(250))
+            .admit_here("a", &l, 0, now + Duration::from_millis(250))
             .unwrap_err();
         assert_eq!(r.retry_after, Duration::from_millis(59_750));
         assert!(store
-            .admit("a", &l, 0, now + Duration::from_secs(60))
+            .admit_here("a", &l, 0, now + Duration::from_secs(60))
             .is_ok());
     }
 
@@ -345,23 +368,23 @@ mod tests {
         let store = LocalLimits::default();
         let l = limits(None, Some(1000));
         let t0 = store.epoch;
-        let a = store.admit("a", &l, 10, t0).unwrap();
+        let a = store.admit_here("a", &l, 10, t0).unwrap();
         // A stream admitted at 0 s ends at 90 s, having spent 2000 tokens: they count until
         // 150 s, not until 60 s (or not at all).
-        store.settle("a", &a, 2000, t0 + Duration::from_secs(90));
+        store.settle_here("a", &a, 2000, t0 + Duration::from_secs(90));
         let r = store
-            .admit("a", &l, 0, t0 + Duration::from_secs(100))
+            .admit_here("a", &l, 0, t0 + Duration::from_secs(100))
             .unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(50));
         assert!(store
-            .admit("a", &l, 0, t0 + Duration::from_secs(150))
+            .admit_here("a", &l, 0, t0 + Duration::from_secs(150))
             .is_ok());
         // An estimate of u64::MAX neither panics nor wraps.
-        let b = store.admit("b", &l, u64::MAX, t0).unwrap();
+        let b = store.admit_here("b", &l, u64::MAX, t0).unwrap();
         assert_eq!(b.remaining_tokens, Some(0));
-        assert!(store.admit("b", &l, 1, t0).is_err());
-        store.settle("b", &b, 0, t0);
-        assert!(store.admit("b", &l, 1, t0).is_ok());
+        assert!(store.admit_here("b", &l, 1, t0).is_err());
+        store.settle_here("b", &b, 0, t0);
+        assert!(store.admit_here("b", &l, 1, t0).is_ok());
     }
 
     #[test]

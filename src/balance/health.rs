@@ -46,6 +46,18 @@ pub enum Standing {
 /// short list: a backend cools for few deployments at once, and a scan allocates nothing.
 type Cooldowns = Box<[(Option<Box<str>>, u64)]>;
 
+/// A change in a backend's standing that the other replicas should know of (`state.redis`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthChange {
+    /// A deployment on it began cooling for this long.
+    Cooled {
+        deployment: Option<String>,
+        period: Duration,
+    },
+    /// Passive health took it out of rotation for this long.
+    Ejected { period: Duration },
+}
+
 /// What a metrics endpoint shows of a backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -165,31 +177,69 @@ impl BackendHealth {
         deployment: Option<&str>,
         cooldown: &CooldownPolicy,
         ejection: &EjectionPolicy,
-    ) {
+    ) -> Option<HealthChange> {
         match outcome {
             Outcome::Status(status) if matches!(status.as_u16(), 429 | 503) => {
                 let (period, why) = cooldown::period(headers, cooldown, SystemTime::now());
                 self.cool(deployment, period, &format!("{}, {why}", status.as_u16()));
-                if status.as_u16() == 503 {
-                    self.record_failure(ejection);
-                } else {
-                    self.record_success();
+                let ejected = match status.as_u16() {
+                    503 => self.record_failure(ejection),
+                    _ => {
+                        self.record_success();
+                        None
+                    }
+                };
+                Some(match ejected {
+                    Some(period) => HealthChange::Ejected { period },
+                    None => HealthChange::Cooled {
+                        deployment: deployment.map(str::to_string),
+                        period,
+                    },
+                })
+            }
+            Outcome::Status(status) if status.as_u16() >= 500 => self
+                .record_failure(ejection)
+                .map(|period| HealthChange::Ejected { period }),
+            Outcome::Status(_) => {
+                self.record_success();
+                None
+            }
+            Outcome::Failed(_) => self
+                .record_failure(ejection)
+                .map(|period| HealthChange::Ejected { period }),
+        }
+    }
+
+    /// Takes in a change another replica saw (`state.redis`): this backend cools or is out of
+    /// rotation for `change`'s period from now, as if this replica had seen it.
+    pub fn apply_shared(&self, change: &HealthChange) {
+        match change {
+            HealthChange::Cooled { deployment, period } => {
+                self.cool(deployment.as_deref(), *period, "seen by another replica")
+            }
+            HealthChange::Ejected { period } => {
+                let now = Instant::now();
+                let until = nanos(now.checked_add(*period).unwrap_or(now));
+                if self.ejected_until.fetch_max(until, Ordering::AcqRel) < until {
+                    log::warn!(
+                        "backend {} out of rotation for {}s (ejected by another replica)",
+                        self.name,
+                        period.as_secs()
+                    );
                 }
             }
-            Outcome::Status(status) if status.as_u16() >= 500 => self.record_failure(ejection),
-            Outcome::Status(_) => self.record_success(),
-            Outcome::Failed(_) => self.record_failure(ejection),
         }
     }
 
     /// Counts a connection failure, timeout or 5xx; ejects after `policy.failures` in a row,
-    /// and again at once (for twice as long) if it fails right after an ejection.
-    fn record_failure(&self, policy: &EjectionPolicy) {
+    /// and again at once (for twice as long) if it fails right after an ejection. The period
+    /// of an ejection it began.
+    fn record_failure(&self, policy: &EjectionPolicy) -> Option<Duration> {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         let ejections = self.ejections.load(Ordering::Acquire);
         let now = Instant::now();
         if self.is_ejected(now) || (failures < policy.failures && ejections == 0) {
-            return;
+            return None;
         }
         let period = policy
             .base
@@ -206,6 +256,7 @@ impl BackendHealth {
             self.name,
             period.as_secs()
         );
+        Some(period)
     }
 
     /// Counts an answer below 500: the backend is alive, and back in rotation if it was out.

@@ -17,7 +17,7 @@ mod select;
 
 pub use backend::{Backend, BackendAuth, BackendError, Credential, Naming};
 pub use dns::{Resolver, DNS_INTERVAL};
-pub use health::{BackendHealth, Snapshot};
+pub use health::{BackendHealth, HealthChange, Snapshot};
 pub use pool::Pool;
 pub use probe::Prober;
 pub use select::{Pick, Selection, Unavailable};

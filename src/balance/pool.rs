@@ -8,6 +8,7 @@ use http::HeaderMap;
 use pingora::tls::x509::X509;
 
 use super::backend::{Backend, BackendError, PeerTemplate};
+use super::health::HealthChange;
 use crate::config::{Config, CooldownPolicy, CredentialKind, EjectionPolicy};
 use crate::retry::Outcome;
 
@@ -121,14 +122,14 @@ impl Pool {
         outcome: Outcome,
         headers: Option<&HeaderMap>,
         deployment: Option<&str>,
-    ) {
+    ) -> Option<HealthChange> {
         self.backends[index].health.observe(
             outcome,
             headers,
             deployment,
             &self.cooldown,
             &self.ejection,
-        );
+        )
     }
 }
 

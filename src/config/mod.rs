@@ -61,6 +61,24 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How many stateful objects' locations are remembered (`objects.remember`).
     pub objects_remembered: std::num::NonZeroUsize,
+    /// Shared state across replicas (`state.redis`); `None`: each process keeps its own.
+    pub redis: Option<RedisSettings>,
+}
+
+/// `state.redis`: where replicas share backend cooldowns, client limits and object locations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port/db`, `rediss://` for TLS (Azure Cache for Redis).
+    pub url: Secret,
+    /// The longest any Redis call may take before the proxy carries on without it.
+    pub timeout: Duration,
+    /// Every key and channel the proxy uses begins with this and `:`.
+    pub prefix: String,
+}
+
+impl RedisSettings {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
+    pub const DEFAULT_PREFIX: &'static str = "aoai-proxy";
 }
 
 /// The access log's line format.

@@ -30,6 +30,21 @@ pub(super) struct RawConfig {
     pub(super) log: Option<RawLog>,
     pub(super) usage: Option<RawUsage>,
     pub(super) objects: Option<RawObjects>,
+    pub(super) state: Option<RawState>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) redis: Option<RawRedis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    pub(super) url: EnvString,
+    pub(super) timeout: Option<HumanDuration>,
+    pub(super) prefix: Option<EnvString>,
 }
 
 #[derive(Deserialize, Default)]

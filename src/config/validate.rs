@@ -14,10 +14,12 @@ use super::raw::{
     RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts, RawTls,
 };
 use super::values::{EnvString, HumanDuration, ListenAddr};
+use super::RedisSettings;
 use super::{
     BackendConfig, Config, CooldownPolicy, EjectionPolicy, HealthCheck, HealthCheckKind, Limits,
     Problem, ServerSettings, Timeouts, TlsListener,
 };
+use crate::credentials::Secret;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// The least duration that is more than zero.
@@ -52,6 +54,7 @@ impl RawConfig {
                 .and_then(|u| u.include_in_streams)
                 .unwrap_or(false),
             log_format: self.log.and_then(|l| l.format).unwrap_or_default(),
+            redis: self.state.and_then(|s| s.redis).map(|r| redis(r, &mut p)),
             objects_remembered: self
                 .objects
                 .and_then(|o| o.remember)
@@ -372,6 +375,37 @@ pub(super) fn duration(
         p.add(key, message);
     }
     v
+}
+
+/// `state.redis`: the URL must parse (its password is never printed), the timeout is short.
+fn redis(raw: super::raw::RawRedis, p: &mut Problems) -> RedisSettings {
+    if let Err(e) = redis::Client::open(raw.url.0.as_str()) {
+        // The crate's message does not repeat the URL.
+        p.add(
+            "state.redis.url",
+            format!("not a Redis URL (redis://, rediss:// or unix://): {e}"),
+        );
+    }
+    let prefix = raw
+        .prefix
+        .map_or_else(|| RedisSettings::DEFAULT_PREFIX.to_string(), |p| p.0);
+    if prefix.is_empty() {
+        p.add(
+            "state.redis.prefix",
+            "give a prefix for the proxy's keys, such as aoai-proxy",
+        );
+    }
+    RedisSettings {
+        url: Secret::new(raw.url.0),
+        timeout: duration(
+            p,
+            "state.redis.timeout",
+            raw.timeout,
+            RedisSettings::DEFAULT_TIMEOUT,
+            POSITIVE..=Duration::from_secs(5),
+        ),
+        prefix,
+    }
 }
 
 /// `d` as the file would write it: `250ms`, `10s`, `5m`, `12h`.

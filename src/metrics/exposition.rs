@@ -45,6 +45,15 @@ impl Metrics {
             "aoai_proxy_ready",
             u64::from(token.is_none_or(|t| t.is_ready())),
         );
+        let state = self.state_store_up.load(Ordering::Relaxed);
+        if state != super::NO_STATE_STORE {
+            series(
+                &mut out,
+                "gauge",
+                "aoai_proxy_state_store_up",
+                u64::from(state),
+            );
+        }
         series(
             &mut out,
             "counter",

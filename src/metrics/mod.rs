@@ -207,7 +207,12 @@ pub struct Metrics {
     tries: Histogram,
     /// `[ok, error]`.
     reloads: [AtomicU64; 2],
+    /// `aoai_proxy_state_store_up`: 0 or 1, [`NO_STATE_STORE`] without `state.redis`.
+    state_store_up: std::sync::atomic::AtomicU8,
 }
+
+/// `state_store_up` when there is no shared store.
+const NO_STATE_STORE: u8 = 2;
 
 /// Requests being served, and the wake-up a draining shutdown waits for.
 #[derive(Default)]
@@ -229,6 +234,7 @@ impl Default for Metrics {
             duration: histogram(&SECONDS_BUCKETS),
             tries: histogram(&TRIES_BUCKETS),
             reloads: Default::default(),
+            state_store_up: std::sync::atomic::AtomicU8::new(NO_STATE_STORE),
         }
     }
 }
@@ -253,6 +259,12 @@ impl Metrics {
         if tries > 0 {
             self.tries.observe(f64::from(tries));
         }
+    }
+
+    /// Whether the shared state store answers (`None`: there is none).
+    pub fn set_state_store_up(&self, up: Option<bool>) {
+        let v = up.map_or(NO_STATE_STORE, u8::from);
+        self.state_store_up.store(v, Ordering::Relaxed);
     }
 
     /// Counts a configuration reload.

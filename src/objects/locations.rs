@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 /// Where objects live, by id: the name of the backend that holds each.
+#[async_trait::async_trait]
 pub trait ObjectLocations: Send + Sync {
     /// The backend that holds `id`, when known.
-    fn find(&self, id: &str) -> Option<Arc<str>>;
+    async fn find(&self, id: &str) -> Option<Arc<str>>;
     /// `id` lives on `backend`.
     fn learn(&self, id: &str, backend: &str);
     /// `id` is gone (deleted).
@@ -36,6 +37,11 @@ impl LocalLocations {
         }
     }
 
+    /// The backend that holds `id`, when this process knows.
+    pub fn find_here(&self, id: &str) -> Option<Arc<str>> {
+        self.lock().get(id).cloned()
+    }
+
     /// How many objects are remembered.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -50,9 +56,10 @@ impl LocalLocations {
     }
 }
 
+#[async_trait::async_trait]
 impl ObjectLocations for LocalLocations {
-    fn find(&self, id: &str) -> Option<Arc<str>> {
-        self.lock().get(id).cloned()
+    async fn find(&self, id: &str) -> Option<Arc<str>> {
+        self.find_here(id)
     }
 
     fn learn(&self, id: &str, backend: &str) {
@@ -77,13 +84,13 @@ mod tests {
         let map = LocalLocations::new(NonZeroUsize::new(2).unwrap());
         map.learn("file-1", "east");
         map.learn("file-2", "west");
-        assert_eq!(map.find("file-1").as_deref(), Some("east"));
+        assert_eq!(map.find_here("file-1").as_deref(), Some("east"));
         map.learn("file-3", "west"); // file-2 was used least
-        assert_eq!(map.find("file-2"), None);
-        assert_eq!(map.find("file-1").as_deref(), Some("east"));
-        assert_eq!(map.find("file-3").as_deref(), Some("west"));
+        assert_eq!(map.find_here("file-2"), None);
+        assert_eq!(map.find_here("file-1").as_deref(), Some("east"));
+        assert_eq!(map.find_here("file-3").as_deref(), Some("west"));
         map.forget("file-1");
-        assert_eq!(map.find("file-1"), None);
+        assert_eq!(map.find_here("file-1"), None);
         assert_eq!(map.len(), 1);
     }
 }

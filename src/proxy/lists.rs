@@ -52,7 +52,7 @@ impl AoaiProxy {
                 .await?;
             let outcome = attempt.outcome();
             ctx.tried.push((index, outcome));
-            self.pool.observe(index, outcome, attempt.headers(), None);
+            self.observe(index, outcome, attempt.headers(), None);
             self.metrics
                 .record_try(&backend.stats, outcome, Retried::No);
             let answer = match attempt {

@@ -44,6 +44,7 @@ use crate::limits::{Admitted, LimitStore};
 use crate::metrics::{InFlight, Metrics};
 use crate::objects::ObjectLocations;
 use crate::retry::Outcome;
+use crate::state::SharedState;
 use crate::usage::Usage;
 use smallvec::SmallVec;
 
@@ -70,6 +71,9 @@ pub struct AoaiProxy {
     pub entra: Option<Arc<EntraVerifier>>,
     /// Where stateful objects live.
     pub objects: Arc<dyn ObjectLocations>,
+    /// The state shared with other replicas (`state.redis`): cooldowns and ejections seen here
+    /// are published through it.
+    pub state: Option<Arc<SharedState>>,
     /// Where the clients' limit windows are kept.
     pub limit_store: Arc<dyn LimitStore>,
     pub timeouts: Timeouts,
@@ -118,6 +122,24 @@ fn client_went_away(e: &Error) -> bool {
 }
 
 impl AoaiProxy {
+    /// Lets the balancer take in what a try on backend `index` produced, and tells the other
+    /// replicas of a cooldown or ejection it began.
+    fn observe(
+        &self,
+        index: usize,
+        outcome: Outcome,
+        headers: Option<&http::HeaderMap>,
+        deployment: Option<&str>,
+    ) {
+        let change = self.pool.observe(index, outcome, headers, deployment);
+        if let (Some(change), Some(state)) = (change, &self.state) {
+            state.send(crate::state::Write::Health {
+                backend: self.pool.get(index).name.clone(),
+                change,
+            });
+        }
+    }
+
     /// Serves the whole request: admission, body, tries and the streamed answer.
     async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         // A client that stops reading must not hold a backend stream forever.

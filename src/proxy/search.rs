@@ -43,11 +43,13 @@ impl AoaiProxy {
     ) -> Result<()> {
         let dep = ctx.deployment.clone();
         let dep = dep.as_deref();
-        let holder = named
-            .ids
-            .iter()
-            .find_map(|id| self.objects.find(id))
-            .and_then(|name| self.pool.index_of(&name));
+        let mut holder = None;
+        for id in &named.ids {
+            if let Some(name) = self.objects.find(id).await {
+                holder = self.pool.index_of(&name);
+                break;
+            }
+        }
         let mut token = self.tokens.as_ref().and_then(|t| t.token());
         let order = match self.search_order(dep, holder, &mut token).await {
             Ok(order) => order,
@@ -80,7 +82,7 @@ impl AoaiProxy {
                     backend.stats.record_first_byte(sent_at.elapsed());
                 }
                 ctx.tried.push((index, outcome));
-                self.pool.observe(index, outcome, attempt.headers(), dep);
+                self.observe(index, outcome, attempt.headers(), dep);
                 self.metrics
                     .record_try(&backend.stats, outcome, Retried::No);
                 // A refused token: once more on the same backend with a fresh one.

@@ -53,7 +53,7 @@ impl AoaiProxy {
             true => realtime::deployment(session.req_header().uri.query()),
             false => deployment::requested(path, &body),
         };
-        if let Err(refused) = self.within_limits(ctx, path, &body) {
+        if let Err(refused) = self.within_limits(ctx, path, &body).await {
             return refused.respond(session).await;
         }
         let method = &session.req_header().method;
@@ -102,7 +102,7 @@ impl AoaiProxy {
                 backend.stats.record_first_byte(sent_at.elapsed());
             }
             ctx.tried.push((index, outcome));
-            self.pool.observe(index, outcome, attempt.headers(), dep);
+            self.observe(index, outcome, attempt.headers(), dep);
             if let (Outcome::Status(StatusCode::UNAUTHORIZED), Sent::EntraToken) = (outcome, sent) {
                 // The token was refused: whatever this request does next, the requests to
                 // come need a new one.
@@ -159,7 +159,7 @@ impl AoaiProxy {
 
     /// Whether the request's client may use its deployment (`deployments`) and has requests and
     /// tokens left (`requests_per_minute`, `tokens_per_minute`); admits it to its limits.
-    fn within_limits(
+    async fn within_limits(
         &self,
         ctx: &mut RequestCtx,
         path: &str,
@@ -195,6 +195,7 @@ impl AoaiProxy {
         match self
             .limit_store
             .admit(&client.name, limits, estimate, Instant::now())
+            .await
         {
             Ok(admitted) => {
                 ctx.admitted = Some(admitted);

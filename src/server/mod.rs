@@ -33,6 +33,9 @@ use crate::limits::{LimitStore, LocalLimits};
 use crate::metrics::Metrics;
 use crate::objects::{LocalLocations, ObjectLocations};
 use crate::proxy::{AoaiProxy, ProxyService};
+use crate::state::limits::SharedLimits;
+use crate::state::objects::SharedLocations;
+use crate::state::{SharedState, StateTask};
 use admin::Admin;
 use reload::Reloader;
 
@@ -48,6 +51,8 @@ pub enum StartError {
     Credential(#[from] CredentialError),
     #[error("client_auth.entra: {0}")]
     Client(String),
+    #[error("state.redis: {0}")]
+    State(String),
 }
 
 impl StartError {
@@ -82,6 +87,8 @@ pub(crate) struct Shared {
     entra: Option<Arc<EntraVerifier>>,
     /// Where stateful objects live: kept across reloads, by backend name.
     objects: Arc<dyn ObjectLocations>,
+    /// The state shared with other replicas (`state.redis`).
+    state: Option<Arc<SharedState>>,
 }
 
 impl Shared {
@@ -96,6 +103,7 @@ impl Shared {
             clients: config.clients.as_deref().map(Clients::new),
             limit_store: self.limit_store.clone(),
             objects: self.objects.clone(),
+            state: self.state.clone(),
             entra: self.entra.clone(),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
@@ -187,6 +195,37 @@ impl Proxy {
                 pools: pools.subscribe(),
             },
         ));
+        // Shared state (`state.redis`): the stores that use it, and the task that keeps it up.
+        let local_objects = LocalLocations::new(config.objects_remembered);
+        let (limit_store, objects, state): (Arc<dyn LimitStore>, Arc<dyn ObjectLocations>, _) =
+            match &config.redis {
+                None => (
+                    Arc::new(LocalLimits::default()),
+                    Arc::new(local_objects),
+                    None,
+                ),
+                Some(settings) => {
+                    let (state, writes) = SharedState::new(
+                        settings,
+                        config.objects_remembered.get(),
+                        metrics.clone(),
+                    )
+                    .map_err(|e| StartError::State(e.to_string()))?;
+                    server.add_service(background_service(
+                        "shared-state",
+                        StateTask {
+                            state: state.clone(),
+                            pools: pools.subscribe(),
+                            writes: tokio::sync::Mutex::new(Some(writes)),
+                        },
+                    ));
+                    (
+                        Arc::new(SharedLimits::new(state.clone())),
+                        Arc::new(SharedLocations::new(state.clone(), local_objects)),
+                        Some(state),
+                    )
+                }
+            };
         let drained = shutdown::Drained::new();
         server.add_service(background_service(
             "drain",
@@ -200,8 +239,9 @@ impl Proxy {
             )))),
             metrics: metrics.clone(),
             ca: ca.map(|c| c.trust.clone()),
-            limit_store: Arc::new(LocalLimits::default()),
-            objects: Arc::new(LocalLocations::new(config.objects_remembered)),
+            limit_store,
+            objects,
+            state,
             entra,
         };
         let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));

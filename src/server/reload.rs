@@ -110,6 +110,7 @@ fn fixed_changes(started: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("server", started.server == new.server);
     check("client_auth", started.entra_clients == new.entra_clients);
+    check("state", started.redis == new.redis);
     check(
         "objects",
         started.objects_remembered == new.objects_remembered,

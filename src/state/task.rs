@@ -1,0 +1,243 @@
+//! The background task of the shared state: it connects (and checks, every half second while
+//! Redis is down), writes what requests queued, listens for other replicas' cooldowns, and
+//! resynchronises when Redis comes back.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, watch, Mutex};
+
+use super::health::{self, Message};
+use super::limits::{SharedLimits, SETTLE};
+use super::objects::LEARN;
+use super::{unix_now, SharedState, Write, CHECK_EVERY};
+use crate::balance::Pool;
+
+/// Keeps [`SharedState`] connected and in step.
+pub struct StateTask {
+    pub state: Arc<SharedState>,
+    pub pools: watch::Receiver<Arc<Pool>>,
+    pub writes: Mutex<Option<mpsc::Receiver<Write>>>,
+}
+
+#[async_trait]
+impl BackgroundService for StateTask {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(writes) = self.writes.lock().await.take() else {
+            return;
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.keep_up() => {}
+            _ = self.write(writes) => {}
+            _ = self.listen() => {}
+        }
+    }
+}
+
+impl StateTask {
+    /// Connects, then checks Redis every [`CHECK_EVERY`] while it is down; on each return,
+    /// resynchronises.
+    async fn keep_up(&self) {
+        let state = &self.state;
+        loop {
+            if state.conn.load().is_none() {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(state.timeout.max(CHECK_EVERY)))
+                    .set_response_timeout(Some(state.timeout))
+                    .set_number_of_retries(1);
+                let connect = ConnectionManager::new_with_config(state.client.clone(), config);
+                match tokio::time::timeout(CHECK_EVERY * 4, connect).await {
+                    Ok(Ok(conn)) => state.conn.store(Some(Arc::new(conn))),
+                    Ok(Err(e)) => state.note_unreachable(&e.to_string()),
+                    Err(_) => state.note_unreachable("connecting timed out"),
+                }
+            }
+            if !state.is_up() {
+                if let Some(conn) = state.conn.load_full() {
+                    let mut conn = (*conn).clone();
+                    let cmd = redis::cmd("PING");
+                    let ping = cmd.query_async::<String>(&mut conn);
+                    // A slower first answer is allowed: a Redis that just came back is busy.
+                    match tokio::time::timeout(state.timeout.max(CHECK_EVERY), ping).await {
+                        Ok(Ok(_)) => {
+                            if state.mark_up() {
+                                self.resync().await;
+                            }
+                        }
+                        Ok(Err(e)) => state.note_unreachable(&e.to_string()),
+                        Err(_) => state.note_unreachable("PING timed out"),
+                    }
+                }
+            }
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    }
+
+    /// Publishes the cooldowns and ejections in force here (seen while Redis was down), and
+    /// applies those the other replicas keep.
+    async fn resync(&self) {
+        let pool = self.pools.borrow().clone();
+        for (backend, change) in health::in_force(&pool) {
+            self.state.send(Write::Health { backend, change });
+        }
+        let key = self.state.key("health");
+        let kept: Option<Vec<(String, u64)>> =
+            self.state
+                .call(|mut conn| async move {
+                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
+                })
+                .await;
+        let now = unix_now();
+        let mut applied = 0;
+        for (field, until) in kept.unwrap_or_default() {
+            let Ok((b, k, d)) = serde_json::from_str::<(String, String, Option<String>)>(&field)
+            else {
+                continue;
+            };
+            let m = Message {
+                r: String::new(),
+                b,
+                k,
+                d,
+                u: until,
+            };
+            applied += usize::from(m.apply(&pool, now));
+        }
+        if applied > 0 {
+            log::info!(
+                "state store: {applied} cooldown(s) or ejection(s) of other replicas applied"
+            );
+        }
+    }
+
+    /// Writes what requests queued, one at a time, each within the timeout.
+    async fn write(&self, mut writes: mpsc::Receiver<Write>) {
+        let state = &self.state;
+        let (publish, learn, settle) = (
+            &redis::Script::new(health::PUBLISH),
+            &redis::Script::new(LEARN),
+            &redis::Script::new(SETTLE),
+        );
+        while let Some(write) = writes.recv().await {
+            if !state.is_up() {
+                // Down: it stays local. Cooldowns are published again on the return.
+                continue;
+            }
+            let done = match write {
+                Write::Health { backend, change } => {
+                    let m = Message::new(&state.replica, &backend, &change, unix_now());
+                    let wire = serde_json::to_string(&m).unwrap_or_default();
+                    let (hash, channel, field, until) =
+                        (state.key("health"), state.key("health"), m.field(), m.u);
+                    state
+                        .call(|mut conn| async move {
+                            publish
+                                .key(hash)
+                                .arg(field)
+                                .arg(until)
+                                .arg(wire)
+                                .arg(channel)
+                                .invoke_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await
+                }
+                Write::Learn { id, backend } => {
+                    let (hash, used) = (state.key("objects"), state.key("objects:used"));
+                    let now = u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX);
+                    let bound = state.remember;
+                    state
+                        .call(|mut conn| async move {
+                            learn
+                                .key(hash)
+                                .key(used)
+                                .arg(id)
+                                .arg(backend)
+                                .arg(now)
+                                .arg(bound)
+                                .invoke_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await
+                }
+                Write::Forget { id } => {
+                    let (hash, used) = (state.key("objects"), state.key("objects:used"));
+                    state
+                        .call(|mut conn| async move {
+                            redis::pipe()
+                                .hdel(hash, &id)
+                                .zrem(used, &id)
+                                .query_async::<(i64, i64)>(&mut conn)
+                                .await
+                                .map(|_| 1)
+                        })
+                        .await
+                }
+                Write::Settle {
+                    client,
+                    admitted_second,
+                    estimate,
+                    now_second,
+                    spent,
+                } => {
+                    let key = SharedLimits::key(state, &client);
+                    state
+                        .call(|mut conn| async move {
+                            settle
+                                .key(key)
+                                .arg(admitted_second)
+                                .arg(estimate)
+                                .arg(now_second)
+                                .arg(spent)
+                                .invoke_async::<i64>(&mut conn)
+                                .await
+                        })
+                        .await
+                }
+            };
+            if done.is_none() {
+                log::debug!("state store: a write was not made");
+            }
+        }
+    }
+
+    /// Listens for the cooldowns and ejections other replicas publish, and applies them to the
+    /// pool in force; reconnects when the subscription breaks.
+    async fn listen(&self) {
+        let state = &self.state;
+        let channel = state.key("health");
+        loop {
+            let subscribed = async {
+                let mut pubsub = state.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = match tokio::time::timeout(CHECK_EVERY * 4, subscribed).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    tokio::time::sleep(CHECK_EVERY).await;
+                    continue;
+                }
+            };
+            let mut messages = pubsub.into_on_message();
+            while let Some(msg) = messages.next().await {
+                let Ok(m) = serde_json::from_slice::<Message>(msg.get_payload_bytes()) else {
+                    continue;
+                };
+                if m.r == state.replica {
+                    continue;
+                }
+                let pool = self.pools.borrow().clone();
+                m.apply(&pool, unix_now());
+            }
+            // The subscription broke: Redis went away.
+            state.mark_down("the subscription to other replicas' cooldowns broke");
+            tokio::time::sleep(CHECK_EVERY).await;
+        }
+    }
+}
