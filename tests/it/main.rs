@@ -23,6 +23,7 @@ mod realtime;
 mod reload;
 mod retry_causes;
 mod round_robin;
+mod shared_state;
 mod shutdown;
 mod stateful;
 mod streaming;
