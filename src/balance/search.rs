@@ -15,8 +15,9 @@ impl Pool {
     /// The backends to ask for an object, in order, for a request naming `deployment`, with
     /// `token` the proxy's current Entra ID token header: `holder` first when it could serve
     /// the request, then those in good standing, then the rest, each by priority and in file
-    /// order. Backends that do not serve the deployment, or need a token none is held for, are
-    /// left out; when that leaves none, why.
+    /// order. Backends that do not serve the deployment are left out. Every other one must be
+    /// asked: when one needs a token and none is held, [`Unavailable::NoToken`] (the caller
+    /// waits for the token rather than tell the client "not found" without asking it).
     pub fn search_order(
         &self,
         deployment: Option<&str>,
@@ -26,6 +27,7 @@ impl Pool {
     ) -> Result<SmallVec<[Pick; 4]>, Unavailable> {
         let at = Moment::of(now);
         let mut serving = false;
+        let mut no_token = false;
         let mut order: SmallVec<[(bool, bool, usize, Pick); 4]> = SmallVec::new();
         for (index, b) in self.backends.iter().enumerate() {
             if b.naming(deployment).is_none() {
@@ -33,17 +35,18 @@ impl Pool {
             }
             serving = true;
             let Some(credential) = b.credential(token) else {
+                no_token = true;
                 continue;
             };
             let good = b.health.standing(deployment, at) == Standing::Good;
             let key = (Some(index) != holder, !good, self.group_of[index]);
             order.push((key.0, key.1, key.2, Pick { index, credential }));
         }
-        if order.is_empty() {
-            return Err(match serving {
-                true => Unavailable::NoToken,
-                false => Unavailable::UnknownDeployment,
-            });
+        if no_token {
+            return Err(Unavailable::NoToken);
+        }
+        if !serving {
+            return Err(Unavailable::UnknownDeployment);
         }
         // Stable: file order within a group.
         order.sort_by_key(|&(other, bad, group, _)| (other, bad, group));

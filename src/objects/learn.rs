@@ -9,8 +9,11 @@ use smallvec::SmallVec;
 /// answer carries its output, and one above this is not learned from: its id is found again by
 /// a search).
 const MAX_JSON: usize = 1 << 20;
-/// The most of a stream read for its `response.created` event, which comes first.
-const MAX_EVENTS: usize = 64 * 1024;
+/// The longest event line kept whole to read it (instructions and tools can make a
+/// `response.created` event long).
+const MAX_LINE: usize = 1 << 20;
+/// How far into a stream its `response.created` event (the first) is looked for.
+const MAX_EVENTS: usize = 4 << 20;
 
 /// Reads the ids of the objects an answer made, fed its body chunk by chunk.
 pub struct CreatedReader {
@@ -20,12 +23,16 @@ pub struct CreatedReader {
     found: Option<String>,
     /// Gave up: too large, or the id is found.
     done: bool,
+    /// Of a stream, the bytes looked through so far.
+    scanned: usize,
 }
 
 /// The fields of an object that name where it and its relatives live.
 #[derive(Deserialize)]
 struct Made {
     id: Option<String>,
+    /// Runs and messages are reached through their thread only: their own ids are not kept.
+    object: Option<String>,
     /// A run or message lives with its thread (`POST /threads/runs` makes both).
     thread_id: Option<String>,
     /// A batch's results live with it.
@@ -50,6 +57,7 @@ impl CreatedReader {
             buf: Vec::new(),
             found: None,
             done: false,
+            scanned: 0,
         }
     }
 
@@ -57,16 +65,31 @@ impl CreatedReader {
         if self.done {
             return;
         }
-        let max = if self.events { MAX_EVENTS } else { MAX_JSON };
-        if self.buf.len() + bytes.len() > max {
-            self.done = true;
-            self.buf = Vec::new();
+        if !self.events {
+            if self.buf.len() + bytes.len() > MAX_JSON {
+                self.give_up();
+            } else {
+                self.buf.extend_from_slice(bytes);
+            }
             return;
         }
+        self.scanned += bytes.len();
         self.buf.extend_from_slice(bytes);
-        if self.events {
-            self.scan_events();
+        self.scan_events();
+        // Only an unfinished line is kept: past these bounds, the id is not coming.
+        if !self.done && (self.buf.len() > MAX_LINE || self.scanned > MAX_EVENTS) {
+            self.give_up();
         }
+    }
+
+    /// The id of a stream's response as soon as its event has passed, once.
+    pub fn take_found(&mut self) -> Option<String> {
+        self.found.take()
+    }
+
+    fn give_up(&mut self) {
+        self.done = true;
+        self.buf = Vec::new();
     }
 
     /// The ids read; empty when none could be.
@@ -80,8 +103,12 @@ impl CreatedReader {
             return ids;
         }
         if let Ok(made) = serde_json::from_slice::<Made>(&self.buf) {
+            let lives_with_thread = matches!(
+                made.object.as_deref(),
+                Some("thread.run" | "thread.message" | "thread.run.step")
+            );
             let all = [
-                made.id,
+                made.id.filter(|_| !lives_with_thread),
                 made.thread_id,
                 made.output_file_id,
                 made.error_file_id,
@@ -130,7 +157,11 @@ mod tests {
         let mut r = CreatedReader::for_answer(&headers("application/json"));
         r.feed(br#"{"id":"run_1","object":"thread.run","#);
         r.feed(br#""thread_id":"thread_1","status":"completed"}"#);
-        assert_eq!(r.finish().into_vec(), ["run_1", "thread_1"]);
+        assert_eq!(
+            r.finish().into_vec(),
+            ["thread_1"],
+            "a run lives with its thread"
+        );
 
         let mut r = CreatedReader::for_answer(&headers("application/json"));
         r.feed(br#"{"id":"batch_1","output_file_id":"file-9","error_file_id":null}"#);
@@ -142,8 +173,13 @@ mod tests {
         let mut r = CreatedReader::for_answer(&headers("text/event-stream"));
         r.feed(b"event: response.created\ndata: {\"type\":\"response.created\",\"resp");
         r.feed(b"onse\":{\"id\":\"resp_7\",\"status\":\"in_progress\"}}\n\n");
+        assert_eq!(
+            r.take_found().as_deref(),
+            Some("resp_7"),
+            "known as soon as it passed"
+        );
         r.feed(b"event: response.output_text.delta\ndata: {\"delta\":\"hi\"}\n\n");
-        assert_eq!(r.finish().into_vec(), ["resp_7"]);
+        assert!(r.finish().is_empty(), "taken already");
     }
 
     #[test]

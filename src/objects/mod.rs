@@ -9,7 +9,7 @@ pub mod named;
 
 pub use learn::CreatedReader;
 pub use locations::{LocalLocations, ObjectLocations};
-pub use named::{list_of, names, Named};
+pub use named::{deletes_named, list_of, names, Named};
 
 /// The collections of stateful objects, as their paths name them after `/openai/` or
 /// `/openai/v1/`. An object's id is the segment after its collection's.

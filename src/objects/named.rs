@@ -28,10 +28,23 @@ const MAX_DEPTH: usize = 8;
 /// At most this many objects are taken from one request.
 const MAX_NAMED: usize = 16;
 
+/// The longest id taken (Azure's are under 64 characters).
+const MAX_ID: usize = 128;
+
+/// Segments after a collection that are actions, not objects: `POST /openai/threads/runs`
+/// makes a thread and its run; `responses/input_tokens` counts, `responses/compact` compacts.
+const VERBS: [(&str, &str); 3] = [
+    ("threads", "runs"),
+    ("responses", "input_tokens"),
+    ("responses", "compact"),
+];
+
 /// The objects a request names: the one in its path first, then those in its body.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Named {
     pub ids: SmallVec<[String; 2]>,
+    /// The first id is the path's.
+    pub in_path: bool,
 }
 
 impl Named {
@@ -45,6 +58,7 @@ pub fn names(path: &str, body: &[u8]) -> Named {
     let mut named = Named::default();
     if let Some(id) = in_path(path) {
         named.ids.push(id.to_string());
+        named.in_path = true;
     }
     // Most bodies (chat completions) name nothing: look for a key's tail before parsing.
     let may_name = |tail: &[u8]| memchr::memmem::find(body, tail).is_some();
@@ -73,9 +87,26 @@ pub fn list_of(method: &Method, path: &str) -> Option<&'static str> {
 fn in_path(path: &str) -> Option<&str> {
     let (collection, rest) = collection(path)?;
     let id = rest.strip_prefix('/')?.split('/').next()?;
-    // `POST /openai/threads/runs` makes a thread and its run: `runs` is no thread.
-    let verb = collection == "threads" && id == "runs";
-    (!id.is_empty() && !verb).then_some(id)
+    let verb = VERBS.contains(&(collection, id));
+    (is_id(id) && !verb).then_some(id)
+}
+
+/// Whether `id` can be an object's id: letters, digits, `-` and `_`, at most [`MAX_ID`].
+fn is_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether a `DELETE` of `path` deletes the object it names (`DELETE /openai/files/{id}`),
+/// not something that lives with it (`/threads/{id}/messages/{msg}`).
+pub fn deletes_named(path: &str) -> bool {
+    collection(path).is_some_and(|(_, rest)| {
+        let rest = rest.strip_prefix('/').unwrap_or_default();
+        !rest.is_empty() && !rest.trim_end_matches('/').contains('/')
+    })
 }
 
 fn in_body(value: &Value, depth: usize, named: &mut Named) {
@@ -106,7 +137,7 @@ fn in_body(value: &Value, depth: usize, named: &mut Named) {
 }
 
 fn push(named: &mut Named, id: &str) {
-    if !id.is_empty() && named.ids.len() < MAX_NAMED && !named.ids.iter().any(|n| n == id) {
+    if is_id(id) && named.ids.len() < MAX_NAMED && !named.ids.iter().any(|n| n == id) {
         named.ids.push(id.to_string());
     }
 }
@@ -131,6 +162,9 @@ mod tests {
         );
         assert!(ids("/openai/files", "").is_empty());
         assert!(ids("/openai/threads/runs", "").is_empty());
+        assert!(ids("/openai/v1/responses/input_tokens", "").is_empty());
+        assert!(ids("/openai/files/..%2f", "").is_empty());
+        assert!(ids(&format!("/openai/files/{}", "x".repeat(200)), "").is_empty());
         assert!(ids("/openai/deployments/gpt-4o/chat/completions", "").is_empty());
     }
 
@@ -171,6 +205,15 @@ mod tests {
         // No key: not even parsed.
         assert!(ids("/openai/v1/chat/completions", r#"{"messages":[]}"#).is_empty());
         assert!(ids("/openai/batches", "not json _id").is_empty());
+    }
+
+    #[test]
+    fn only_a_delete_of_the_object_itself_deletes_it() {
+        assert!(deletes_named("/openai/files/file-1"));
+        assert!(deletes_named("/openai/v1/assistants/asst_1/"));
+        assert!(!deletes_named("/openai/threads/thread_1/messages/msg_1"));
+        assert!(!deletes_named("/openai/vector_stores/vs_1/files/file-1"));
+        assert!(!deletes_named("/openai/files"));
     }
 
     #[test]

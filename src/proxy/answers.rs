@@ -24,6 +24,8 @@ pub enum ProxyError {
     BodyTimeout(std::time::Duration),
     /// The request path could climb out of the forwarded prefixes (`..`, an encoded `/`).
     BadPath,
+    /// A Realtime upgrade that names its deployment twice, or under the other path's parameter.
+    AmbiguousDeployment,
     /// The request path is not under a forwarded prefix (`paths`).
     PathNotForwarded,
     /// No Entra ID token is available (not fetched yet, or expired during an outage).
@@ -83,7 +85,9 @@ impl ProxyError {
             ProxyError::Unauthorized => 401,
             ProxyError::HeadersTooLarge { .. } => 431,
             ProxyError::BodyTooLarge { .. } => 413,
-            ProxyError::BadRequestBody | ProxyError::BadPath => 400,
+            ProxyError::BadRequestBody | ProxyError::BadPath | ProxyError::AmbiguousDeployment => {
+                400
+            }
             ProxyError::BodyTimeout(_) => 408,
             ProxyError::PathNotForwarded => 404,
             ProxyError::NoToken | ProxyError::NoClientKeys => 503,
@@ -124,6 +128,10 @@ impl ProxyError {
             ProxyError::BadPath => (
                 "BadRequest",
                 "The request path has a `.` or `..` segment, or an encoded `/` or `\\`: the proxy does not forward it.".to_string(),
+            ),
+            ProxyError::AmbiguousDeployment => (
+                "BadRequest",
+                "Name the deployment once: `deployment=` on /openai/realtime, `model=` on /openai/v1/realtime.".to_string(),
             ),
             ProxyError::PathNotForwarded => ("404", "Resource not found.".to_string()),
             ProxyError::NoToken => (

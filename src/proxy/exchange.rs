@@ -201,14 +201,14 @@ pub struct WholeAnswer {
     pub body: Bytes,
 }
 
-/// Reads `answer` to its end (at most [`MAX_WHOLE`] bytes, each read within `idle`) and puts
-/// its connection back in the pool.
+/// Reads `answer` to its end (at most `max` bytes, each read within `idle`) and puts its
+/// connection back in the pool (kept `pool_idle`).
 pub async fn read_whole(
     connector: &Connector,
     peer: Option<&HttpPeer>,
     answer: Answer,
-    idle: Duration,
-    pool_idle: Duration,
+    max: usize,
+    (idle, pool_idle): (Duration, Duration),
 ) -> pingora::Result<WholeAnswer> {
     let Answer { head, mut session } = answer;
     let mut body = bytes::BytesMut::new();
@@ -217,7 +217,7 @@ pub async fn read_whole(
             .await
             .map_err(|_| Error::explain(ErrorType::ReadTimedout, "backend silent mid-answer"))??;
         let Some(chunk) = chunk else { break };
-        if body.len() + chunk.len() > MAX_WHOLE {
+        if body.len() + chunk.len() > max {
             return Error::e_explain(ErrorType::InternalError, "answer too large to hold");
         }
         body.extend_from_slice(&chunk);

@@ -25,6 +25,9 @@ use super::{AoaiProxy, RequestCtx};
 use crate::balance::Pick;
 use crate::metrics::Retried;
 
+/// The most of one backend's list read (a page of 10,000 files is about 3 MB).
+const MAX_LIST: usize = 32 << 20;
+
 impl AoaiProxy {
     /// Serves a list of `collection` from every backend.
     pub(super) async fn list(
@@ -38,8 +41,9 @@ impl AoaiProxy {
             Ok(order) => order,
             Err(why) => return ProxyError::unavailable(why, None).respond(session).await,
         };
-        let limit = query_param(session.req_header().uri.query(), "limit")
-            .and_then(|l| l.parse::<usize>().ok());
+        let query = session.req_header().uri.query();
+        let limit = query_param(query, "limit").and_then(|l| l.parse::<usize>().ok());
+        let oldest_first = query_param(query, "order") == Some("asc");
         let mut parts: Vec<(usize, Vec<Value>, bool)> = Vec::with_capacity(order.len());
         let mut template: Option<Map<String, Value>> = None;
         let body = Bytes::new();
@@ -73,8 +77,8 @@ impl AoaiProxy {
                 &self.connector,
                 peer.as_deref(),
                 answer,
-                self.timeouts.body_idle,
-                self.timeouts.pool_idle,
+                MAX_LIST,
+                (self.timeouts.body_idle, self.timeouts.pool_idle),
             )
             .await;
             let whole = match whole {
@@ -119,7 +123,7 @@ impl AoaiProxy {
             template.get_or_insert(page);
         }
         ctx.first_byte = Some(ctx.started.elapsed());
-        let merged = merge(template.unwrap_or_default(), parts, limit);
+        let merged = merge(template.unwrap_or_default(), parts, limit, oldest_first);
         log::debug!("merged a list of {collection}");
         let whole = WholeAnswer {
             head: Box::new(json_head(merged.len())?),
@@ -131,15 +135,21 @@ impl AoaiProxy {
 }
 
 /// One list from the backends' `parts` (backend, items, has_more): every item, newest first
-/// (by `created_at`; equal times keep the backends' order), at most `limit` of them.
+/// (by `created_at`; equal times keep the backends' order) or oldest first (`order=asc`), at
+/// most `limit` of them.
 fn merge(
     mut page: Map<String, Value>,
     parts: Vec<(usize, Vec<Value>, bool)>,
     limit: Option<usize>,
+    oldest_first: bool,
 ) -> Vec<u8> {
     let mut more = parts.iter().any(|(_, _, more)| *more);
     let mut items: Vec<Value> = parts.into_iter().flat_map(|(_, items, _)| items).collect();
-    items.sort_by_key(|i| std::cmp::Reverse(i["created_at"].as_i64().unwrap_or(i64::MIN)));
+    let created = |i: &Value| i["created_at"].as_i64().unwrap_or(i64::MIN);
+    match oldest_first {
+        true => items.sort_by_key(created),
+        false => items.sort_by_key(|i| std::cmp::Reverse(created(i))),
+    }
     if let Some(limit) = limit.filter(|&l| l < items.len()) {
         items.truncate(limit);
         more = true;
@@ -190,6 +200,7 @@ mod tests {
             page.clone(),
             vec![(0, a.clone(), false), (1, b.clone(), false)],
             None,
+            false,
         );
         let v: Value = serde_json::from_slice(&merged).unwrap();
         let ids: Vec<&str> = v["data"]
@@ -205,12 +216,31 @@ mod tests {
         );
         assert_eq!(v["has_more"], false);
 
-        let v: Value =
-            serde_json::from_slice(&merge(page, vec![(0, a, false), (1, b, false)], Some(2)))
-                .unwrap();
+        let v: Value = serde_json::from_slice(&merge(
+            page.clone(),
+            vec![(0, a.clone(), false), (1, b.clone(), false)],
+            Some(2),
+            false,
+        ))
+        .unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
         assert_eq!(v["has_more"], true, "cut by the limit: there is more");
         assert_eq!(v["last_id"], "b1");
+
+        let v: Value = serde_json::from_slice(&merge(
+            page,
+            vec![(0, a, false), (1, b, false)],
+            Some(2),
+            true,
+        ))
+        .unwrap();
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a1", "b1"], "order=asc: the oldest first");
     }
 
     #[test]

@@ -19,21 +19,56 @@ use super::AoaiProxy;
 
 /// Whether `path` is the Realtime API's.
 pub fn is_realtime(path: &str) -> bool {
-    matches!(path, "/openai/realtime" | "/openai/v1/realtime")
+    matches!(
+        path.trim_end_matches('/'),
+        "/openai/realtime" | "/openai/v1/realtime"
+    )
 }
 
-/// The deployment a Realtime request names: its query's `deployment=` (the preview API's) or
-/// `model=` (the GA API's).
-pub fn deployment(query: Option<&str>) -> Option<String> {
-    let params = || query.into_iter().flat_map(|q| q.split('&'));
-    let find = |name: &str| {
-        params().find_map(|kv| {
-            let v = kv.strip_prefix(name)?.strip_prefix('=')?;
-            (!v.is_empty()).then(|| v.to_string())
-        })
-    };
-    find("deployment").or_else(|| find("model"))
+/// The query parameter that names the deployment on `path`: `model` on the GA path
+/// (`/openai/v1/realtime`), `deployment` on the preview one.
+fn parameter(path: &str) -> &'static str {
+    match path.starts_with("/openai/v1/") {
+        true => "model",
+        false => "deployment",
+    }
 }
+
+/// The deployment a Realtime request on `path` names in its query. `Err` when it names one
+/// twice, or names one under both parameters: a backend might read another than the proxy
+/// checked against a client's `deployments`.
+pub fn deployment(path: &str, query: Option<&str>) -> Result<Option<String>, ()> {
+    let named: Vec<(&str, &str)> = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "deployment" || *k == "model")
+        .collect();
+    match named.as_slice() {
+        [] => Ok(None),
+        [(k, v)] if *k == parameter(path) => Ok((!v.is_empty()).then(|| v.to_string())),
+        _ => Err(()),
+    }
+}
+
+/// `path_and_query` with its deployment parameter set to `to`, for a backend that knows the
+/// deployment by another name.
+pub fn rename_in_query(path_and_query: &[u8], to: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(path_and_query).ok()?;
+    let (path, query) = text.split_once('?')?;
+    let name = parameter(path);
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k == name => format!("{name}={to}"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    Some(format!("{path}?{}", query.join("&")).into_bytes())
+}
+
+/// How long the backend's side is relayed after the client's side has closed.
+const CLOSING: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The subprotocol prefix by which browsers, which cannot set headers on a WebSocket, send a
 /// key (`Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.KEY`).
@@ -75,22 +110,25 @@ pub fn strip_client_key(req: &mut RequestHeader) -> Result<()> {
             req.set_raw_path(target.as_bytes())?;
         }
     }
-    let protocols = req
-        .headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    if let Some(protocols) = protocols.filter(|p| p.contains(KEY_PROTOCOL)) {
-        let kept: Vec<String> = protocols
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.starts_with(KEY_PROTOCOL))
-            .map(str::to_string)
-            .collect();
-        match kept.is_empty() {
-            true => {
-                req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
-            }
-            false => req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, kept.join(", "))?,
+    // Every `Sec-WebSocket-Protocol` line, joined into one without the key; a value that is
+    // not plain text cannot be looked into, and is refused.
+    let values = req.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    if values.iter().next().is_some() {
+        let mut kept = Vec::new();
+        for v in values {
+            let v = v.to_str().map_err(|_| {
+                Error::explain(ErrorType::InvalidHTTPHeader, "a non-ASCII subprotocol")
+            })?;
+            kept.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty() && !p.starts_with(KEY_PROTOCOL))
+                    .map(str::to_string),
+            );
+        }
+        req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
+        if !kept.is_empty() {
+            req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, kept.join(", "))?;
         }
     }
     Ok(())
@@ -111,19 +149,28 @@ impl AoaiProxy {
             .write_response_header(head, false)
             .await
             .map_err(|e| e.into_down())?;
-        // A session may stay quiet for minutes (a voice call on hold); the peers ping.
+        // A session may stay quiet for minutes (a voice call on hold; the peers ping), but a
+        // side that stops reading is given up after `timeouts.body_idle`.
         session.set_read_timeout(None);
-        session.set_write_timeout(None);
         up.set_read_timeout(None);
-        up.set_write_timeout(None);
+        session.set_write_timeout(Some(self.timeouts.body_idle));
+        up.set_write_timeout(Some(self.timeouts.body_idle));
         loop {
             tokio::select! {
                 from_client = session.read_request_body() => {
                     match from_client.map_err(|e| e.into_down())? {
                         Some(bytes) => up.write_request_body(bytes, false).await.map_err(|e| e.into_up())?,
                         None => {
-                            // The client closed: close the backend's side too.
+                            // The client is done sending: the backend's last frames (its
+                            // answer to a Close) still go to the client, for a while.
                             let _ = up.finish_request_body().await;
+                            let rest = async {
+                                while let Some(bytes) = up.read_response_body().await? {
+                                    session.write_response_body(Some(bytes), false).await?;
+                                }
+                                Ok::<(), Box<Error>>(())
+                            };
+                            let _ = tokio::time::timeout(CLOSING, rest).await;
                             up.shutdown().await;
                             break;
                         }
@@ -152,17 +199,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_deployment_comes_from_the_query() {
+    fn the_deployment_comes_from_the_querys_one_parameter() {
+        let preview = "/openai/realtime";
+        let ga = "/openai/v1/realtime";
         assert_eq!(
-            deployment(Some("api-version=2025-04-01-preview&deployment=gpt-4o-rt")).as_deref(),
-            Some("gpt-4o-rt")
+            deployment(
+                preview,
+                Some("api-version=2025-04-01-preview&deployment=gpt-4o-rt")
+            ),
+            Ok(Some("gpt-4o-rt".into()))
         );
         assert_eq!(
-            deployment(Some("model=gpt-realtime")).as_deref(),
-            Some("gpt-realtime")
+            deployment(ga, Some("model=gpt-realtime")),
+            Ok(Some("gpt-realtime".into()))
         );
-        assert_eq!(deployment(Some("api-version=1")), None);
-        assert_eq!(deployment(None), None);
+        assert_eq!(deployment(preview, Some("api-version=1")), Ok(None));
+        assert_eq!(deployment(preview, None), Ok(None));
+        // Two names, or the other path's parameter: a backend might read another one.
+        assert_eq!(deployment(ga, Some("deployment=a&model=b")), Err(()));
+        assert_eq!(deployment(ga, Some("model=a&model=b")), Err(()));
+        assert_eq!(deployment(ga, Some("deployment=a")), Err(()));
+    }
+
+    #[test]
+    fn a_renamed_deployment_is_renamed_in_the_query() {
+        assert_eq!(
+            rename_in_query(b"/openai/realtime?api-version=1&deployment=rt", "rt-east").unwrap(),
+            b"/openai/realtime?api-version=1&deployment=rt-east".to_vec()
+        );
     }
 
     #[test]
@@ -173,11 +237,10 @@ mod tests {
             None,
         )
         .unwrap();
-        req.insert_header(
-            "sec-websocket-protocol",
-            "realtime, openai-insecure-api-key.other",
-        )
-        .unwrap();
+        req.append_header("sec-websocket-protocol", "realtime")
+            .unwrap();
+        req.append_header("sec-websocket-protocol", "openai-insecure-api-key.other")
+            .unwrap();
         assert_eq!(client_key(&req), Some(&b"secret"[..]));
         strip_client_key(&mut req).unwrap();
         assert_eq!(

@@ -79,6 +79,12 @@ impl AoaiProxy {
                         }
                         if let Some(reader) = created.as_mut() {
                             reader.feed(&bytes);
+                            // A stream's response is known from its first event: a follow-up
+                            // sent before the stream ends finds it without a search.
+                            if let (Some(id), Some(l)) = (reader.take_found(), &labels.learning) {
+                                let backend = &self.pool.get(labels.backend).name;
+                                l.remember(&*self.objects, backend, &[id]);
+                            }
                         }
                         let bytes = match hide.as_mut() {
                             Some(filter) => filter.filter(bytes),

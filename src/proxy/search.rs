@@ -23,7 +23,7 @@ use super::{AoaiProxy, RequestCtx};
 use crate::balance::{Pick, Unavailable};
 use crate::credentials::TokenRef;
 use crate::metrics::Retried;
-use crate::objects::Named;
+use crate::objects::{self, Named};
 use crate::retry::{Failure, Outcome, Sent};
 
 /// What a backend that could not say whether it has the object produced.
@@ -59,15 +59,17 @@ impl AoaiProxy {
                     .await
             }
         };
-        let deleting = session.req_header().method == Method::DELETE;
+        // Only `DELETE {collection}/{id}` deletes the object named; a message or a vector
+        // store's file goes, and its thread or store stays.
+        let deleting = session.req_header().method == Method::DELETE
+            && objects::deletes_named(session.req_header().uri.path());
         let mut unsure: Option<(usize, Unsure)> = None;
         let mut not_found: Option<(usize, WholeAnswer)> = None;
-        for Pick {
-            index,
-            mut credential,
-        } in order
-        {
+        for Pick { index, credential } in order {
             let backend = self.pool.get(index);
+            // The token in force now: an earlier backend may have had it replaced.
+            let current = token.as_ref().map(|t| t.header.clone());
+            let mut credential = backend.credential(current.as_ref()).unwrap_or(credential);
             let peer = backend.peer();
             let mut refreshed = false;
             let attempt = loop {
@@ -131,8 +133,15 @@ impl AoaiProxy {
             if !look_inside {
                 // This backend has it.
                 ctx.first_byte = Some(ctx.started.elapsed());
+                // A body names objects for a backend to use (and check) only when it makes
+                // something; elsewhere only the path's object is taken as found there.
+                let posted = session.req_header().method == Method::POST;
                 let learning = Learning {
-                    named: &named.ids,
+                    named: if posted {
+                        &named.ids
+                    } else {
+                        &named.ids[..named.ids.len().min(named.in_path.into())]
+                    },
                     created: session.req_header().method == Method::POST,
                     deleted: deleting,
                 };
@@ -144,8 +153,8 @@ impl AoaiProxy {
                 &self.connector,
                 peer.as_deref(),
                 answer,
-                self.timeouts.body_idle,
-                self.timeouts.pool_idle,
+                exchange::MAX_WHOLE,
+                (self.timeouts.body_idle, self.timeouts.pool_idle),
             )
             .await;
             let whole = match whole {
@@ -176,10 +185,8 @@ impl AoaiProxy {
         if let Some((index, why)) = unsure {
             return self.deliver_unsure(session, ctx, index, why).await;
         }
-        // Every backend said it does not have the object, and none is remembered as its holder.
-        for id in &named.ids {
-            self.objects.forget(id);
-        }
+        // Every backend said it does not have the object. What is remembered stays: one of
+        // several objects named may not exist while the others do.
         ctx.first_byte = Some(ctx.started.elapsed());
         match not_found {
             Some((_, whole)) => {

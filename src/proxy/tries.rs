@@ -49,8 +49,12 @@ impl AoaiProxy {
         body: Bytes,
     ) -> Result<()> {
         let path = session.req_header().uri.path();
-        ctx.deployment = match realtime::is_realtime(path) {
-            true => realtime::deployment(session.req_header().uri.query()),
+        let realtime = realtime::is_realtime(path);
+        ctx.deployment = match realtime {
+            true => match realtime::deployment(path, session.req_header().uri.query()) {
+                Ok(d) => d,
+                Err(()) => return ProxyError::AmbiguousDeployment.respond(session).await,
+            },
             false => deployment::requested(path, &body),
         };
         if let Err(refused) = self.within_limits(ctx, path, &body).await {
@@ -323,8 +327,14 @@ impl AoaiProxy {
             Some(Naming::Renamed(own)) => Some(own),
             _ => None,
         };
-        let in_path = renamed
-            .and_then(|own| deployment::rename_in_path(session.req_header().raw_path(), own));
+        let raw_path = session.req_header().raw_path();
+        let in_path =
+            renamed.and_then(
+                |own| match realtime::is_realtime(session.req_header().uri.path()) {
+                    true => realtime::rename_in_query(raw_path, own),
+                    false => deployment::rename_in_path(raw_path, own),
+                },
+            );
         let renamed_body = match (renamed, &in_path) {
             (Some(own), None) => deployment::rename_in_body(body, own),
             _ => None,

@@ -182,3 +182,30 @@ async fn a_backend_that_closes_closes_the_client_and_a_browser_key_is_taken_off(
     }
     assert!(!proxy.log().contains("browser-key"), "the key was logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_is_named_once_and_renamed_for_the_backend() {
+    let b = backend("b0").await;
+    let yaml = format!(
+        "auth: {{kind: none}}\nbackends:\n  - {{url: \"{}\", name: b0, api_key: k, deployments: {{gpt-realtime: rt-eastus}}}}\n",
+        b.url()
+    );
+    let proxy = Proxy::start(&yaml, None);
+    // Two names: which one would the backend read? Refused, and no backend asked.
+    for path in [
+        "/openai/v1/realtime?model=gpt-realtime&deployment=other",
+        "/openai/v1/realtime?model=gpt-realtime&model=other",
+    ] {
+        assert_eq!(open(&proxy, path, None).await.err(), Some(400), "{path}");
+    }
+    assert_eq!(b.requests(), 0);
+    let mut s = open(&proxy, "/openai/v1/realtime?model=gpt-realtime", None)
+        .await
+        .expect("session");
+    assert_eq!(next_json(&mut s).await["session"]["model"], "rt-eastus");
+    assert!(
+        b.recorded()[0].uri.ends_with("?model=rt-eastus"),
+        "{}",
+        b.recorded()[0].uri
+    );
+}
