@@ -160,11 +160,16 @@ impl Selection<'_> {
     /// then the lowest priority, then the nearest in that group's rotation. So a request stays
     /// in the first group while it has a usable backend, and every backend is tried once
     /// before any is tried twice. `None` when no backend accepts the request any more.
+    ///
+    /// An unhealthy backend, tried because none that could take the request was healthy, is not
+    /// tried twice while another backend is only cooling: it has just failed again, and the
+    /// cooling one says when it will be back ([`Selection::shortest_cooldown`]).
     pub fn next(&mut self, now: Instant) -> Option<Pick> {
         let at = Moment::of(now);
+        let repeats = self.least == Fit::Ready || self.shortest_cooldown_at(at).is_none();
         let mut best: Option<(usize, usize)> = None; // (tries, group)
         for i in 0..self.pool.backends.len() {
-            if self.accepts_at(i, at) {
+            if self.accepts_at(i, at) && (repeats || self.tries_of(i) == 0) {
                 let key = (self.tries_of(i), self.pool.group_of[i]);
                 if best.is_none_or(|b| key < b) {
                     best = Some(key);
@@ -173,6 +178,21 @@ impl Selection<'_> {
         }
         let (fewest, group) = best?;
         self.pick_in(group, fewest, at)
+    }
+
+    /// The shortest wait among the backends that could take this request but are cooling;
+    /// `None` when none is.
+    pub fn shortest_cooldown(&self, now: Instant) -> Option<Duration> {
+        self.shortest_cooldown_at(Moment::of(now))
+    }
+
+    fn shortest_cooldown_at(&self, at: Moment) -> Option<Duration> {
+        (0..self.pool.backends.len())
+            .filter_map(|i| match self.fit(i, at) {
+                Fit::Cooling(left) => Some(left),
+                _ => None,
+            })
+            .min()
     }
 
     /// The nearest backend in `group`'s rotation, from this request's turn, that accepts the
@@ -294,9 +314,14 @@ mod tests {
             2,
             "all ejected: all tried"
         );
-        // A cooling backend is still left alone.
+        // A cooling backend is still left alone, and the unhealthy one is tried only once: the
+        // cooling one says when it is back.
         throttle(&p, 0, 60);
-        assert_eq!(walk(&p, 3, Instant::now()), vec![1, 1, 1]);
+        let now = Instant::now();
+        assert_eq!(walk(&p, 3, now), vec![1]);
+        let (selection, _) = p.select(GPT, None, now).unwrap();
+        let left = selection.shortest_cooldown(now).expect("a cooling backend");
+        assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
     }
 
     #[test]
@@ -427,13 +452,19 @@ mod tests {
                         Verdict::RetryWithFreshToken => prop_assert!(false, "no token was sent"),
                     }
                 }
-                // Every try is made: a backend is always left (a tried one may go again).
-                prop_assert_eq!(picks.len() as u32, max, "tries made of {}", max);
+                // Every try is made: a backend is always left (a tried one may go again), except
+                // that unhealthy backends, when no usable one is healthy, go once each while
+                // another is only cooling.
+                let healthy: Vec<usize> = usable.iter().copied().filter(|&i| !ejected[i]).collect();
+                let expected = match healthy.is_empty() && cooling.contains(&true) {
+                    true => max.min(usable.len() as u32),
+                    false => max,
+                };
+                prop_assert_eq!(picks.len() as u32, expected, "tries made of {}", max);
                 for &i in &picks {
                     prop_assert!(!cooling[i], "cooling backend {i} chosen: {picks:?}");
                 }
                 // Healthy usable backends come first; each is tried once before any twice.
-                let healthy: Vec<usize> = usable.iter().copied().filter(|&i| !ejected[i]).collect();
                 let pool_of = if healthy.is_empty() { &usable } else { &healthy };
                 let distinct = pool_of.len().min(picks.len());
                 let mut seen = picks[..distinct].to_vec();

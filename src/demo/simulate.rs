@@ -30,6 +30,10 @@ pub struct SimulateArgs {
     /// Pause between streamed chunks, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub chunk_delay_ms: u64,
+    /// Every this many milliseconds, the next request to one of the `--listen` backends (each
+    /// in turn) answers 429 with `retry-after-ms`; 0: never.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub throttle_every_ms: u64,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -110,6 +114,28 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
             );
             keep.push(b);
         }
+        let throttle = Fault::Status {
+            status: 429,
+            headers: vec![
+                ("retry-after-ms".into(), args.retry_after_ms.to_string()),
+                (
+                    "retry-after".into(),
+                    args.retry_after_ms.div_ceil(1000).to_string(),
+                ),
+            ],
+        };
+        let throttles = async {
+            if args.throttle_every_ms == 0 || keep.is_empty() {
+                return std::future::pending().await;
+            }
+            let listening = args.listen.len().min(keep.len());
+            let mut tick = tokio::time::interval(Duration::from_millis(args.throttle_every_ms));
+            tick.tick().await;
+            for i in (0..listening.max(1)).cycle() {
+                tick.tick().await;
+                keep[i].push_fault(throttle.clone());
+            }
+        };
         let _identity = match args.identity {
             Some(addr) => {
                 let id = IdentityEndpoint::start_on(
@@ -134,6 +160,7 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
         tokio::select! {
             stopped = tokio::signal::ctrl_c() => stopped.map_err(|e| e.to_string())?,
             _ = term.recv() => {}
+            () = throttles => {}
         }
         Ok(())
     })

@@ -393,3 +393,40 @@ async fn active_checks_take_a_dead_backend_out_before_any_request_fails() {
     );
     assert!(live.requests() >= probes + 6);
 }
+
+/// One backend cooling, the other refusing connections and then ejected: a request tries the
+/// dead one once, not `max_tries` times (the cooling one says when it is back), and gets the 502
+/// of a try with no answer; the cooling one is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_backend_beside_a_cooling_one_is_tried_once_a_request() {
+    let id = identity().await;
+    let b = backends(1).await;
+    let dead = DeadPort::new();
+    b[0].set_fault(Some(throttled(&[("retry-after-ms", "30000")])));
+    let yaml = format!(
+        "auth: {{kind: managed_identity}}\nhealth: {{failures: 2}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n  - {{url: \"{}\", name: dead}}\n",
+        b[0].url(),
+        dead.url()
+    );
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let refused = |metrics: &str| {
+        metric(
+            metrics,
+            "aoai_proxy_backend_tries_total{backend=\"dead\",outcome=\"connect\"}",
+        )
+    };
+    for request in 1..=3 {
+        let before = refused(&proxy.admin_get("/metrics").1);
+        let (status, _, body) = chat(&proxy).await;
+        assert_eq!(status, 502, "request {request}: {body}");
+        let tries = refused(&proxy.admin_get("/metrics").1) - before;
+        // The first request: three tries in all, one of them b0's 429, and the dead backend
+        // ejected after its second failure. Then b0 is cooling and the dead one ejected: one try.
+        let expected = if request == 1 { 2.0 } else { 1.0 };
+        assert_eq!(
+            tries, expected,
+            "request {request}: tries on the dead backend"
+        );
+    }
+    assert_eq!(b[0].requests(), 1, "a cooling backend was contacted");
+}

@@ -71,11 +71,31 @@ fn errors_name_file_line_and_key() {
         (format!("{GOOD}retry: {{max_tries: 0}}\n"), ": retry.max_tries: must be at least 1"),
         (format!("{GOOD}tls: {{listen: \"127.0.0.1:8443\", cert: /nonexistent/tls.crt, key: /nonexistent/tls.key}}\n"), ": tls.cert: /nonexistent/tls.crt"),
         (format!("{GOOD}upstream_tls: {{ca_file: /nonexistent/ca.pem}}\n"), ": upstream_tls.ca_file: /nonexistent/ca.pem"),
+        (format!("{GOOD}state: {{redis: {{url: \"http://127.0.0.1:6379\"}}}}\n"), ": state.redis.url: not a Redis URL"),
+        (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", timeout: 10s}}}}\n"), ": state.redis.timeout:"),
+        (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", prefix: \"\"}}}}\n"), ": state.redis.prefix:"),
     ] {
         let (code, stderr, file) = check(&yaml);
         assert_ne!(code, 0, "accepted:\n{yaml}");
         assert!(stderr.contains(&format!("{file}{expected}")), "expected {expected:?} in:\n{stderr}");
     }
+}
+
+/// The Redis URL is a secret: a URL the proxy refuses is named by its key, never printed.
+#[test]
+fn a_bad_redis_url_is_refused_without_its_password() {
+    let (code, stderr, file) = check(&format!(
+        "{GOOD}state: {{redis: {{url: \"redis://:hunter2@127.0.0.1:notaport/0\"}}}}\n"
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("{file}: state.redis.url: not a Redis URL")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password was printed: {stderr}"
+    );
 }
 
 #[test]

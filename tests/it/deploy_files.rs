@@ -823,6 +823,62 @@ fn kubernetes_manifests_parse() {
     assert_eq!(config["auth"]["kind"].as_str(), Some("workload_identity"));
     let (listen, admin) = container_listeners(&config, "the ConfigMap's configuration");
 
+    // The Redis option: the Deployment passes the URL from a Secret that may be absent, the
+    // README says how to make that Secret, and the ConfigMap's commented `state:` lines,
+    // uncommented, pass `--test` with it.
+    let redis_url = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some("AOAI_PROXY_REDIS_URL"))
+        .expect("the Deployment passes no AOAI_PROXY_REDIS_URL");
+    let secret = &redis_url["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        secret["optional"].as_bool(),
+        Some(true),
+        "the pods must start without the Redis Secret"
+    );
+    let secret_name = secret["name"].as_str().expect("the Redis Secret's name");
+    let secret_key = secret["key"].as_str().expect("the Redis Secret's key");
+    assert!(
+        read(&dir.join("README.md")).contains(&format!(
+            "create secret generic {secret_name} -n NAMESPACE \\\n     --from-literal={secret_key}="
+        )),
+        "deploy/kubernetes/README.md does not say how to create the {secret_name} Secret"
+    );
+    let mut uncommented = 0;
+    let with_redis: String = text
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let indent = &line[..line.len() - trimmed.len()];
+            match trimmed.strip_prefix("# ") {
+                Some(rest @ ("state:" | "  redis:" | "    url: ${AOAI_PROXY_REDIS_URL}")) => {
+                    uncommented += 1;
+                    format!("{indent}{rest}\n")
+                }
+                _ => format!("{line}\n"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        uncommented, 3,
+        "the ConfigMap's commented state.redis lines"
+    );
+    std::fs::write(&file, &with_redis).unwrap();
+    assert_valid_config(
+        &file,
+        &[
+            ("AZURE_TENANT_ID", id),
+            ("AZURE_CLIENT_ID", id),
+            ("AZURE_FEDERATED_TOKEN_FILE", token.to_str().unwrap()),
+            (
+                "AOAI_PROXY_REDIS_URL",
+                "rediss://:key@example.redis.cache.windows.net:6380/0",
+            ),
+        ],
+    );
+
     for (probe, path) in [
         ("livenessProbe", "/healthz"),
         ("readinessProbe", "/readyz"),
