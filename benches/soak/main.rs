@@ -302,8 +302,19 @@ async fn main() {
     let mut next_kill = started + KILL_EVERY;
     let mut redis_restarted = false;
     let mut kills = 0usize;
+    // Each replica's footprint every tenth of the run, to see that it stays flat.
+    let sample_every = (run_for / 10).max(Duration::from_secs(1));
+    let mut next_sample = started + sample_every;
+    let mut samples: Vec<(Duration, Vec<(u64, usize)>)> = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= next_sample {
+            samples.push((
+                started.elapsed(),
+                pids.iter().map(|&p| footprint(p)).collect(),
+            ));
+            next_sample += sample_every;
+        }
         if !redis_restarted && started.elapsed() >= run_for / 2 {
             drop(redis.take());
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -358,6 +369,19 @@ async fn main() {
             at_end[r].0 as f64 / 1024.0,
             at_start[r].1,
             at_end[r].1
+        ));
+    }
+    report.push_str(
+        "\nOver the run (RSS, open fds):\n\n| at | replica 0 | replica 1 |\n|---:|---|---|\n",
+    );
+    for (at, each) in &samples {
+        report.push_str(&format!(
+            "| {:.0} s | {:.1} MB, {} | {:.1} MB, {} |\n",
+            at.as_secs_f64(),
+            each[0].0 as f64 / 1024.0,
+            each[0].1,
+            each[1].0 as f64 / 1024.0,
+            each[1].1
         ));
     }
     let kinds = tally.near_kill_kinds.lock().unwrap();

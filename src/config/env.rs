@@ -44,7 +44,8 @@ pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Stri
         } else if let Some(tail) = after.strip_prefix('{') {
             let end = tail
                 .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in {raw:?}"))?;
+                // Not the value itself: it may be a secret.
+                .ok_or_else(|| "an unclosed `${` (write `$$` for a literal `$`)".to_string())?;
             let name = &tail[..end];
             let valid =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -82,7 +83,12 @@ mod tests {
             expand("${MISSING}", env).unwrap_err(),
             "environment variable MISSING is not set"
         );
-        assert!(expand("${KEY", env).is_err());
+        // The value may be a secret: the error does not repeat it.
+        let unclosed = expand("hunter2${KEY", env).unwrap_err();
+        assert!(
+            unclosed.contains("unclosed") && !unclosed.contains("hunter2"),
+            "{unclosed}"
+        );
         assert!(expand("${K-1}", env).is_err());
     }
 

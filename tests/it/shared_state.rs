@@ -234,3 +234,32 @@ async fn redis_killed_or_frozen_mid_run_costs_no_request_and_sharing_resumes() {
     );
     assert!(one.log().contains("state store up"));
 }
+
+/// `redis://:PASSWORD@`: replicas that give the password share state; one that gives a wrong
+/// one serves every request with its own state, says Redis is down, and never logs either
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_redis_is_shared_and_a_wrong_password_costs_no_request() {
+    let redis = RedisServer::start_with_password("s3cret-redis-pass");
+    let b = backends(2).await;
+    let yaml = replica_yaml(&b, &redis, "");
+    let (one, two) = (Proxy::start(&yaml, None), Proxy::start(&yaml, None));
+    wait_up(&one, true).await;
+    wait_up(&two, true).await;
+    throttle_b0_through(&one, &b, None).await;
+    wait_cooling(&two, "b0").await;
+
+    let wrong = Proxy::start(&yaml.replace("s3cret-redis-pass", "wrong-redis-pass"), None);
+    wrong.wait_for_log("state store unreachable").await;
+    wait_up(&wrong, false).await;
+    for _ in 0..4 {
+        assert_eq!(chat_with(&wrong, None).await.0, 200);
+    }
+    for proxy in [&one, &two, &wrong] {
+        let log = proxy.log();
+        assert!(
+            !log.contains("s3cret-redis-pass") && !log.contains("wrong-redis-pass"),
+            "a Redis password in the log:\n{log}"
+        );
+    }
+}

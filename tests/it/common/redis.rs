@@ -10,23 +10,39 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: std::path::PathBuf,
+    /// `requirepass`, when set.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// Starts one that takes only clients that give `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_with(Some(password.to_string()))
+    }
+
+    fn start_with(password: Option<String>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: scratch_dir(),
+            password,
         };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0`, with `:PASSWORD@` when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        format!("redis://{auth}127.0.0.1:{}/0", self.port)
     }
 
     /// Kills it at once (SIGKILL): no goodbye to its clients.
@@ -45,6 +61,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
