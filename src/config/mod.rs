@@ -74,6 +74,9 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Every key and channel the proxy uses begins with this and `:`.
     pub prefix: String,
+    /// PEM certificates trusted for the Redis server's TLS instead of the public roots (a
+    /// Redis whose certificate a private CA signed); `rediss://` only.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl RedisSettings {

@@ -45,6 +45,7 @@ pub(super) struct RawRedis {
     pub(super) url: EnvString,
     pub(super) timeout: Option<HumanDuration>,
     pub(super) prefix: Option<EnvString>,
+    pub(super) ca_file: Option<EnvString>,
 }
 
 #[derive(Deserialize, Default)]

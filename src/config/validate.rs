@@ -395,7 +395,15 @@ fn redis(raw: super::raw::RawRedis, p: &mut Problems) -> RedisSettings {
             "give a prefix for the proxy's keys, such as aoai-proxy",
         );
     }
+    let ca_file = raw.ca_file.map(|f| PathBuf::from(f.0));
+    if ca_file.is_some() && !raw.url.0.starts_with("rediss://") {
+        p.add(
+            "state.redis.ca_file",
+            "a CA is for TLS: give state.redis.url as rediss://",
+        );
+    }
     RedisSettings {
+        ca_file,
         url: Secret::new(raw.url.0),
         timeout: duration(
             p,

@@ -18,6 +18,8 @@ pub struct Files {
     pub listener: Option<TlsSettings>,
     /// `upstream_tls.ca_file`, when configured.
     pub upstream_ca: Option<UpstreamCa>,
+    /// `state.redis.ca_file` as read (PEM), when configured.
+    pub redis_ca: Option<Vec<u8>>,
 }
 
 /// The extra CA for upstream HTTPS.
@@ -61,10 +63,22 @@ pub fn read(config: &Config) -> Result<Files, Vec<Problem>> {
             .map_err(|m| problem("upstream_tls.ca_file", file, m))
             .ok()
     });
+    let redis_file = config.redis.as_ref().and_then(|r| r.ca_file.as_ref());
+    let redis_ca = redis_file.and_then(|file| {
+        let read = || -> Result<Vec<u8>, String> {
+            let pem = std::fs::read(file).map_err(|e| e.to_string())?;
+            parse_certificates(&pem)?;
+            Ok(pem)
+        };
+        read()
+            .map_err(|m| problem("state.redis.ca_file", file, m))
+            .ok()
+    });
     if problems.is_empty() {
         Ok(Files {
             listener,
             upstream_ca,
+            redis_ca,
         })
     } else {
         Err(problems)

@@ -207,6 +207,7 @@ impl Proxy {
                 Some(settings) => {
                     let (state, writes) = SharedState::new(
                         settings,
+                        files.redis_ca.as_deref(),
                         config.objects_remembered.get(),
                         metrics.clone(),
                     )

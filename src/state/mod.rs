@@ -79,12 +79,23 @@ pub struct SharedState {
 impl SharedState {
     /// The state shared through `settings`, not yet connected (see [`StateTask`]), and the
     /// queue its task reads.
+    /// `ca` (PEM, `state.redis.ca_file`) replaces the public roots for the server's TLS.
     pub fn new(
         settings: &RedisSettings,
+        ca: Option<&[u8]>,
         remember: usize,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<SharedState>, mpsc::Receiver<Write>), redis::RedisError> {
-        let client = redis::Client::open(settings.url.expose())?;
+        let client = match ca {
+            Some(pem) => redis::Client::build_with_tls(
+                settings.url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            )?,
+            None => redis::Client::open(settings.url.expose())?,
+        };
         let (queue, writes) = mpsc::channel(QUEUE);
         metrics.set_state_store_up(Some(false));
         let state = SharedState {

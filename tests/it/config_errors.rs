@@ -74,6 +74,8 @@ fn errors_name_file_line_and_key() {
         (format!("{GOOD}state: {{redis: {{url: \"http://127.0.0.1:6379\"}}}}\n"), ": state.redis.url: not a Redis URL"),
         (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", timeout: 10s}}}}\n"), ": state.redis.timeout:"),
         (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", prefix: \"\"}}}}\n"), ": state.redis.prefix:"),
+        (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", ca_file: /nonexistent/ca.pem}}}}\n"), ": state.redis.ca_file: a CA is for TLS"),
+        (format!("{GOOD}state: {{redis: {{url: \"rediss://127.0.0.1:6380\", ca_file: /nonexistent/ca.pem}}}}\n"), ": state.redis.ca_file: /nonexistent/ca.pem"),
     ] {
         let (code, stderr, file) = check(&yaml);
         assert_ne!(code, 0, "accepted:\n{yaml}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use aoai_sim::{Backend, Fault};
 use serde_json::Value;
 
+use crate::common::certs::TestCa;
 use crate::common::redis::RedisServer;
 use crate::common::*;
 
@@ -261,5 +262,41 @@ async fn a_password_protected_redis_is_shared_and_a_wrong_password_costs_no_requ
             !log.contains("s3cret-redis-pass") && !log.contains("wrong-redis-pass"),
             "a Redis password in the log:\n{log}"
         );
+    }
+}
+
+/// `rediss://` with `state.redis.ca_file`: real TLS to a Redis whose certificate a private CA
+/// signed, and state shared over it; a replica that does not trust that CA cannot use that
+/// Redis, says so, and serves every request on its own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_its_ca_is_shared_and_an_untrusted_certificate_costs_no_request() {
+    let ca = TestCa::new("redis test CA");
+    let redis = RedisServer::start_tls(&ca);
+    assert!(redis.url().starts_with("rediss://"));
+    let ca_file = scratch_dir().join("redis-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let b = backends(2).await;
+    let plain = replica_yaml(&b, &redis, "");
+    let trusted = plain.replace(
+        ", timeout: 200ms}",
+        &format!(", timeout: 200ms, ca_file: \"{}\"}}", ca_file.display()),
+    );
+    assert_ne!(plain, trusted);
+    let (one, two) = (Proxy::start(&trusted, None), Proxy::start(&trusted, None));
+    wait_up(&one, true).await;
+    wait_up(&two, true).await;
+    throttle_b0_through(&one, &b, None).await;
+    wait_cooling(&two, "b0").await;
+
+    // Without the CA, the public roots do not know the certificate.
+    let untrusted = Proxy::start(&plain, None);
+    let log = untrusted.wait_for_log("state store unreachable").await;
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "not refused for its certificate:\n{log}"
+    );
+    wait_up(&untrusted, false).await;
+    for _ in 0..4 {
+        assert_eq!(chat_with(&untrusted, None).await.0, 200);
     }
 }

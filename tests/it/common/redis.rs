@@ -4,6 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::certs::TestCa;
 use super::{free_port, scratch_dir};
 
 pub struct RedisServer {
@@ -12,6 +13,8 @@ pub struct RedisServer {
     dir: std::path::PathBuf,
     /// `requirepass`, when set.
     password: Option<String>,
+    /// TLS only (no plain port): the CA's certificate (PEM), when it serves TLS.
+    tls_ca: Option<String>,
 }
 
 impl RedisServer {
@@ -25,12 +28,31 @@ impl RedisServer {
         Self::start_with(Some(password.to_string()))
     }
 
+    /// Starts one that speaks only TLS, with a certificate for 127.0.0.1 that `ca` signed.
+    pub fn start_tls(ca: &TestCa) -> RedisServer {
+        let dir = scratch_dir();
+        let leaf = ca.leaf();
+        std::fs::write(dir.join("redis.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("redis.key"), &leaf.key_pem).unwrap();
+        std::fs::write(dir.join("ca.crt"), &ca.cert_pem).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            password: None,
+            tls_ca: Some(ca.cert_pem.clone()),
+        };
+        server.restart();
+        server
+    }
+
     fn start_with(password: Option<String>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: scratch_dir(),
             password,
+            tls_ca: None,
         };
         server.restart();
         server
@@ -42,7 +64,12 @@ impl RedisServer {
             .password
             .as_ref()
             .map_or(String::new(), |p| format!(":{p}@"));
-        format!("redis://{auth}127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
     }
 
     /// Kills it at once (SIGKILL): no goodbye to its clients.
@@ -56,8 +83,28 @@ impl RedisServer {
     /// Starts it again on the same port (empty: it keeps nothing on disk).
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        match self.tls_ca {
+            None => cmd.args(["--port", &port]),
+            Some(_) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("redis.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.dir.join("ca.crt")),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -97,7 +144,17 @@ impl RedisServer {
 
     /// A plain connection to it, for a test to look at what the proxies keep.
     pub fn conn(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let client = match &self.tls_ca {
+            None => redis::Client::open(self.url()).ok()?,
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone().into_bytes()),
+                },
+            )
+            .ok()?,
+        };
         client
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()
