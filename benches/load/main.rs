@@ -6,13 +6,16 @@
 //! takes about three minutes; every load loop is bounded in time.
 
 mod client;
+#[path = "../common/mod.rs"]
+mod common;
 mod report;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, Proc};
 use report::{Machine, Run, Streams};
 
 /// How long each measurement lasts (after a warm-up of [`WARMUP`]).
@@ -23,23 +26,6 @@ const OPEN_STREAMS: usize = 1000;
 const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
 const BODY: &str = r#"{"messages":[{"role":"user","content":"Hello"}]}"#;
 const STREAM_BODY: &str = r#"{"stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
-
-/// A child process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

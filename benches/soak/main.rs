@@ -10,9 +10,12 @@
 //!
 //! Everything runs on 127.0.0.1; every loop is bounded by the run's time.
 
-use std::net::{TcpListener, TcpStream};
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,29 +23,14 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use common::{free_port, Proc};
+
 const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
 /// Concurrent clients.
 const CLIENTS: usize = 12;
 /// A backend is killed this often, and started again after [`DOWN_FOR`].
 const KILL_EVERY: Duration = Duration::from_secs(10);
 const DOWN_FOR: Duration = Duration::from_secs(3);
-
-/// A child process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);

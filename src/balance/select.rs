@@ -163,7 +163,7 @@ impl Selection<'_> {
     ///
     /// An unhealthy backend, tried because none that could take the request was healthy, is not
     /// tried twice while another backend is only cooling: it has just failed again, and the
-    /// cooling one says when it will be back ([`Selection::shortest_cooldown`]).
+    /// cooling one says when it will be back.
     pub fn next(&mut self, now: Instant) -> Option<Pick> {
         let at = Moment::of(now);
         let repeats = self.least == Fit::Ready || self.shortest_cooldown_at(at).is_none();
@@ -182,10 +182,6 @@ impl Selection<'_> {
 
     /// The shortest wait among the backends that could take this request but are cooling;
     /// `None` when none is.
-    pub fn shortest_cooldown(&self, now: Instant) -> Option<Duration> {
-        self.shortest_cooldown_at(Moment::of(now))
-    }
-
     fn shortest_cooldown_at(&self, at: Moment) -> Option<Duration> {
         (0..self.pool.backends.len())
             .filter_map(|i| match self.fit(i, at) {

@@ -78,6 +78,17 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
+        // What `--throttled` backends always answer, and `--throttle-every-ms` now and then.
+        let throttle = Fault::Status {
+            status: 429,
+            headers: vec![
+                ("retry-after-ms".into(), args.retry_after_ms.to_string()),
+                (
+                    "retry-after".into(),
+                    args.retry_after_ms.div_ceil(1000).to_string(),
+                ),
+            ],
+        };
         let mut keep = Vec::new();
         for (i, addr) in args.listen.iter().enumerate() {
             let options = BackendOptions {
@@ -100,38 +111,22 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
             let b = Backend::start_on(*addr, options)
                 .await
                 .map_err(|e| format!("{addr}: {e}"))?;
-            let secs = args.retry_after_ms.div_ceil(1000);
-            b.set_fault(Some(Fault::Status {
-                status: 429,
-                headers: vec![
-                    ("retry-after-ms".into(), args.retry_after_ms.to_string()),
-                    ("retry-after".into(), secs.to_string()),
-                ],
-            }));
+            b.set_fault(Some(throttle.clone()));
             println!(
                 "simulated Azure OpenAI backend answering 429 at {}",
                 b.url()
             );
             keep.push(b);
         }
-        let throttle = Fault::Status {
-            status: 429,
-            headers: vec![
-                ("retry-after-ms".into(), args.retry_after_ms.to_string()),
-                (
-                    "retry-after".into(),
-                    args.retry_after_ms.div_ceil(1000).to_string(),
-                ),
-            ],
-        };
         let throttles = async {
-            if args.throttle_every_ms == 0 || keep.is_empty() {
+            // The `--listen` backends come first in `keep`.
+            let listening = args.listen.len();
+            if args.throttle_every_ms == 0 || listening == 0 {
                 return std::future::pending().await;
             }
-            let listening = args.listen.len().min(keep.len());
             let mut tick = tokio::time::interval(Duration::from_millis(args.throttle_every_ms));
             tick.tick().await;
-            for i in (0..listening.max(1)).cycle() {
+            for i in (0..listening).cycle() {
                 tick.tick().await;
                 keep[i].push_fault(throttle.clone());
             }

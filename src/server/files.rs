@@ -50,29 +50,21 @@ pub fn read(config: &Config) -> Result<Files, Vec<Problem>> {
             .ok()
     });
     let upstream_ca = config.upstream_ca_file.as_ref().and_then(|file| {
-        let read = || -> Result<UpstreamCa, String> {
-            let pem = std::fs::read(file).map_err(|e| e.to_string())?;
-            let mut certs = parse_certificates(&pem)?;
-            certs.extend(system_roots(file));
-            Ok(UpstreamCa {
-                pem,
-                trust: Arc::new(certs.into_boxed_slice()),
-            })
-        };
-        read()
+        let (pem, mut certs) = pem_certificates(file)
             .map_err(|m| problem("upstream_tls.ca_file", file, m))
-            .ok()
+            .ok()?;
+        certs.extend(system_roots(file));
+        Some(UpstreamCa {
+            pem,
+            trust: Arc::new(certs.into_boxed_slice()),
+        })
     });
     let redis_file = config.redis.as_ref().and_then(|r| r.ca_file.as_ref());
     let redis_ca = redis_file.and_then(|file| {
-        let read = || -> Result<Vec<u8>, String> {
-            let pem = std::fs::read(file).map_err(|e| e.to_string())?;
-            parse_certificates(&pem)?;
-            Ok(pem)
-        };
-        read()
+        let (pem, _) = pem_certificates(file)
             .map_err(|m| problem("state.redis.ca_file", file, m))
-            .ok()
+            .ok()?;
+        Some(pem)
     });
     if problems.is_empty() {
         Ok(Files {
@@ -85,8 +77,15 @@ pub fn read(config: &Config) -> Result<Files, Vec<Problem>> {
     }
 }
 
+/// A file of PEM certificates: as read, and parsed (at least one).
+fn pem_certificates(file: &Path) -> Result<(Vec<u8>, Vec<X509>), String> {
+    let pem = std::fs::read(file).map_err(|e| e.to_string())?;
+    let certs = parse_certificates(&pem)?;
+    Ok((pem, certs))
+}
+
 fn certificates(file: &Path) -> Result<Vec<X509>, String> {
-    parse_certificates(&std::fs::read(file).map_err(|e| e.to_string())?)
+    pem_certificates(file).map(|(_, certs)| certs)
 }
 
 fn parse_certificates(pem: &[u8]) -> Result<Vec<X509>, String> {

@@ -78,8 +78,7 @@ pub struct SharedState {
 
 impl SharedState {
     /// The state shared through `settings`, not yet connected (see [`StateTask`]), and the
-    /// queue its task reads.
-    /// `ca` (PEM, `state.redis.ca_file`) replaces the public roots for the server's TLS.
+    /// queue its task reads. `ca` (PEM, `state.redis.ca_file`) replaces the public roots for the server's TLS.
     pub fn new(
         settings: &RedisSettings,
         ca: Option<&[u8]>,

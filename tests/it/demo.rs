@@ -79,3 +79,57 @@ fn the_printed_lines_work_as_printed() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+/// `aoai-proxy simulate --throttle-every-ms`: now and then one `--listen` backend (each in turn)
+/// answers one request 429 with the `retry-after-ms` asked for, and 200 otherwise (the soak's
+/// trouble).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_throttles_each_backend_in_turn_when_asked() {
+    let ports = [free_port(), free_port()];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"));
+    cmd.arg("simulate");
+    for p in ports {
+        cmd.args(["--listen", &format!("127.0.0.1:{p}")]);
+    }
+    let sim = cmd
+        .args(["--throttle-every-ms", "100", "--retry-after-ms", "700"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("simulate");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _sim = Kill(sim);
+    let client = client();
+    let (mut throttled, mut served) = ([0u32; 2], [0u32; 2]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while throttled.contains(&0) && Instant::now() < deadline {
+        for (i, p) in ports.iter().enumerate() {
+            let Ok(r) = client
+                .post(format!("http://127.0.0.1:{p}{CHAT}"))
+                .header("api-key", "k")
+                .json(&chat_body())
+                .send()
+                .await
+            else {
+                continue; // not listening yet
+            };
+            match r.status().as_u16() {
+                429 => {
+                    assert_eq!(r.headers()["retry-after-ms"], "700");
+                    throttled[i] += 1;
+                }
+                200 => served[i] += 1,
+                s => panic!("backend {i} answered {s}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!throttled.contains(&0), "throttled {throttled:?}");
+    assert!(!served.contains(&0), "served {served:?}");
+}

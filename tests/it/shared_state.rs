@@ -36,6 +36,14 @@ async fn wait_up(proxy: &Proxy, up: bool) {
         .await;
 }
 
+/// Two replicas on `yaml`, each once it uses Redis.
+async fn two_replicas(yaml: &str) -> (Proxy, Proxy) {
+    let (one, two) = (Proxy::start(yaml, None), Proxy::start(yaml, None));
+    wait_up(&one, true).await;
+    wait_up(&two, true).await;
+    (one, two)
+}
+
 async fn chat_with(proxy: &Proxy, key: Option<&str>) -> (u16, reqwest::header::HeaderMap) {
     let mut r = client().post(proxy.url(CHAT)).json(&chat_body());
     if let Some(key) = key {
@@ -91,9 +99,7 @@ async fn a_429_seen_by_one_replica_keeps_the_other_away() {
     let redis = RedisServer::start();
     let b = backends(2).await;
     let yaml = replica_yaml(&b, &redis, "");
-    let (one, two) = (Proxy::start(&yaml, None), Proxy::start(&yaml, None));
-    wait_up(&one, true).await;
-    wait_up(&two, true).await;
+    let (one, two) = two_replicas(&yaml).await;
     throttle_b0_through(&one, &b, None).await;
     let took = wait_cooling(&two, "b0").await;
     eprintln!("the cooldown reached the other replica in {took:?}");
@@ -117,9 +123,7 @@ async fn a_client_limit_spent_through_one_is_enforced_by_the_other() {
     let b = backends(2).await;
     let clients = "clients:\n  - {name: app, key: ck, requests_per_minute: 3}\n";
     let yaml = replica_yaml(&b, &redis, clients);
-    let (one, two) = (Proxy::start(&yaml, None), Proxy::start(&yaml, None));
-    wait_up(&one, true).await;
-    wait_up(&two, true).await;
+    let (one, two) = two_replicas(&yaml).await;
     assert_eq!(chat_with(&one, Some("ck")).await.0, 200);
     assert_eq!(chat_with(&two, Some("ck")).await.0, 200);
     let (status, headers) = chat_with(&one, Some("ck")).await;
@@ -139,9 +143,7 @@ async fn an_object_made_through_one_is_found_by_the_other_without_a_search() {
     let redis = RedisServer::start();
     let b = backends(2).await;
     let yaml = replica_yaml(&b, &redis, "");
-    let (one, two) = (Proxy::start(&yaml, None), Proxy::start(&yaml, None));
-    wait_up(&one, true).await;
-    wait_up(&two, true).await;
+    let (one, two) = two_replicas(&yaml).await;
     let made: Value = client()
         .post(one.url("/openai/v1/responses"))
         .json(&serde_json::json!({"model": "gpt-4o", "input": "Hello"}))
@@ -190,9 +192,7 @@ async fn redis_killed_or_frozen_mid_run_costs_no_request_and_sharing_resumes() {
     let b = backends(2).await;
     let clients = "clients:\n  - {name: app, key: ck, requests_per_minute: 100000}\n";
     let yaml = replica_yaml(&b, &redis, clients);
-    let (one, two) = (Proxy::start(&yaml, None), Proxy::start(&yaml, None));
-    wait_up(&one, true).await;
-    wait_up(&two, true).await;
+    let (one, two) = two_replicas(&yaml).await;
     let burst = |n: usize| {
         let (one, two) = (&one, &two);
         async move {
@@ -244,9 +244,7 @@ async fn a_password_protected_redis_is_shared_and_a_wrong_password_costs_no_requ
     let redis = RedisServer::start_with_password("s3cret-redis-pass");
     let b = backends(2).await;
     let yaml = replica_yaml(&b, &redis, "");
-    let (one, two) = (Proxy::start(&yaml, None), Proxy::start(&yaml, None));
-    wait_up(&one, true).await;
-    wait_up(&two, true).await;
+    let (one, two) = two_replicas(&yaml).await;
     throttle_b0_through(&one, &b, None).await;
     wait_cooling(&two, "b0").await;
 
@@ -282,9 +280,7 @@ async fn rediss_with_its_ca_is_shared_and_an_untrusted_certificate_costs_no_requ
         &format!(", timeout: 200ms, ca_file: \"{}\"}}", ca_file.display()),
     );
     assert_ne!(plain, trusted);
-    let (one, two) = (Proxy::start(&trusted, None), Proxy::start(&trusted, None));
-    wait_up(&one, true).await;
-    wait_up(&two, true).await;
+    let (one, two) = two_replicas(&trusted).await;
     throttle_b0_through(&one, &b, None).await;
     wait_cooling(&two, "b0").await;
 

@@ -94,7 +94,9 @@ fn unhealthy_backends_sit_out_unless_nothing_else_could_serve() {
     let now = Instant::now();
     assert_eq!(walk(&p, 3, now), vec![1]);
     let (selection, _) = p.select(GPT, None, now).unwrap();
-    let left = selection.shortest_cooldown(now).expect("a cooling backend");
+    let left = selection
+        .shortest_cooldown_at(Moment::of(now))
+        .expect("a cooling backend");
     assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
 }
 
