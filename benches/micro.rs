@@ -102,6 +102,20 @@ fn token_and_headers(c: &mut Criterion) {
             ))
         })
     });
+    c.bench_function(
+        "headers: serialize the upstream request with its body",
+        |b| {
+            b.iter(|| {
+                black_box(headers::upstream_wire(
+                    &client,
+                    None,
+                    &host,
+                    &Credential::EntraToken(token.header.clone()),
+                    &body,
+                ))
+            })
+        },
+    );
 }
 
 fn decisions(c: &mut Criterion) {

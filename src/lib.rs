@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod demo;
 pub mod health;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod objects;
 pub mod proxy;

@@ -54,9 +54,12 @@ fn main() -> ExitCode {
             record.args()
         )
     })
+    .target(env_logger::Target::Pipe(Box::new(
+        aoai_proxy::logging::target(),
+    )))
     .init();
     let cli = Cli::parse();
-    match cli.command {
+    let code = match cli.command {
         #[cfg(feature = "sim")]
         Some(Command::Demo(args)) => {
             aoai_proxy::demo::run(args).unwrap_or_else(|e| failed("demo", &e))
@@ -68,7 +71,9 @@ fn main() -> ExitCode {
         },
         Some(Command::Health(args)) => aoai_proxy::health::run(&args),
         None => serve(cli.config, cli.test),
-    }
+    };
+    aoai_proxy::logging::flush();
+    code
 }
 
 /// Checks the configuration at `path` and, unless only `test`ing, serves with it.

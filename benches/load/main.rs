@@ -1,9 +1,10 @@
-//! The load benchmark: the simulator directly (the limit), aoai-proxy and nginx doing the same
-//! job, side by side on 127.0.0.1, one worker each.
+//! The load benchmark: the backends directly (the limit), aoai-proxy and nginx doing the same
+//! job, side by side on 127.0.0.1, one worker each (and two each in one set of runs), in front
+//! of the simulator and in front of nginx as a fast fixed backend.
 //!
 //! Run it with `scripts/bench` (installs nginx when Debian has it), or `cargo bench --bench load`.
 //! It writes `benches/results/latest.md`, `.json` and `.svg` and prints the table. A full run
-//! takes about three minutes; every load loop is bounded in time.
+//! takes about five minutes; every load loop is bounded in time.
 
 mod client;
 #[path = "../common/mod.rs"]
@@ -22,6 +23,31 @@ use report::{Machine, Run, Streams};
 const SECONDS: f64 = 3.0;
 const WARMUP: Duration = Duration::from_millis(500);
 const CONNECTIONS: [usize; 3] = [1, 32, 256];
+/// The scenarios with nginx as the backends: one worker per proxy, two, and one with the access
+/// log on (aoai-proxy's at its default level, nginx's buffered to a file).
+const NGINX_BACKEND: &str = "nginx backend";
+const NGINX_BACKEND_2: &str = "nginx backend, 2 workers";
+const NGINX_BACKEND_LOG: &str = "nginx backend, access log";
+
+/// One setup of both proxies.
+struct Scenario {
+    name: &'static str,
+    backends: Vec<u16>,
+    /// Workers of each proxy.
+    threads: usize,
+    access_log: bool,
+}
+
+impl Scenario {
+    fn new(name: &'static str, backends: Vec<u16>, threads: usize) -> Scenario {
+        Scenario {
+            name,
+            backends,
+            threads,
+            access_log: false,
+        }
+    }
+}
 const OPEN_STREAMS: usize = 1000;
 const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
 const BODY: &str = r#"{"messages":[{"role":"user","content":"Hello"}]}"#;
@@ -81,14 +107,42 @@ fn memory_mb(pid: u32, field: &str) -> f64 {
 struct Target {
     name: &'static str,
     port: u16,
-    /// The process whose CPU and memory count (none for the simulator itself).
-    pid: Option<u32>,
+    /// The processes whose CPU and memory count (none for a backend itself): nginx with more
+    /// than one worker is a master and its workers.
+    pids: Vec<u32>,
+}
+
+impl Target {
+    fn cpu_seconds(&self) -> Option<f64> {
+        (!self.pids.is_empty()).then(|| self.pids.iter().map(|&p| cpu_seconds(p)).sum())
+    }
+
+    fn memory_mb(&self, field: &str) -> Option<f64> {
+        (!self.pids.is_empty()).then(|| self.pids.iter().map(|&p| memory_mb(p, field)).sum())
+    }
+}
+
+/// `pid` and its child processes (nginx's master and its workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // The parent is the second field after the command name.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if after.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            pids.push(child);
+        }
+    }
+    pids
 }
 
 /// Runs `conns` connections against `target` for [`SECONDS`].
 async fn measure(target: &Target, scenario: &str, conns: usize, streaming: bool) -> Run {
     let req = client::request(CHAT, if streaming { STREAM_BODY } else { BODY });
-    let cpu_before = target.pid.map(cpu_seconds);
+    let cpu_before = target.cpu_seconds();
     let record_from = Instant::now() + WARMUP;
     let until = record_from + Duration::from_secs_f64(SECONDS);
     let tasks: Vec<_> = (0..conns)
@@ -103,9 +157,9 @@ async fn measure(target: &Target, scenario: &str, conns: usize, streaming: bool)
         samples.merge(t.await.expect("load task"));
     }
     let cpu = target
-        .pid
+        .cpu_seconds()
         .zip(cpu_before)
-        .map(|(pid, before)| cpu_seconds(pid) - before);
+        .map(|(after, before)| after - before);
     Run::from_samples(
         target.name,
         scenario,
@@ -114,7 +168,7 @@ async fn measure(target: &Target, scenario: &str, conns: usize, streaming: bool)
         SECONDS,
         samples,
         cpu,
-        target.pid.map(|p| memory_mb(p, "VmRSS:")),
+        target.memory_mb("VmRSS:"),
     )
 }
 
@@ -149,7 +203,7 @@ async fn open_streams(target: &Target) -> Streams {
             held.push(stream);
         }
     }
-    let rss = memory_mb(target.pid.expect("a proxy"), "VmRSS:");
+    let rss = target.memory_mb("VmRSS:").expect("a proxy");
     let open = held.len();
     drop(held);
     Streams {
@@ -159,9 +213,9 @@ async fn open_streams(target: &Target) -> Streams {
     }
 }
 
-fn aoai_config(dir: &Path, name: &str, port: u16, backends: &[u16]) -> PathBuf {
+fn aoai_config(dir: &Path, name: &str, port: u16, backends: &[u16], threads: usize) -> PathBuf {
     let mut yaml = format!(
-        "listen: [\"127.0.0.1:{port}\"]\nauth: {{kind: none}}\nserver: {{threads: 1}}\nbackends:\n"
+        "listen: [\"127.0.0.1:{port}\"]\nauth: {{kind: none}}\nserver: {{threads: {threads}}}\nbackends:\n"
     );
     for p in backends {
         yaml.push_str(&format!(
@@ -175,24 +229,55 @@ fn aoai_config(dir: &Path, name: &str, port: u16, backends: &[u16]) -> PathBuf {
 
 /// nginx doing the same job: round robin, the next upstream on errors, timeouts, 429 and 5xx
 /// (up to 3 tries, POST included), the same header rewrite, no buffering of streams.
-fn nginx_config(dir: &Path, servers: &[(u16, &[u16])]) -> PathBuf {
-    let d = dir.display();
-    let mut conf = format!(
-        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
-    );
-    for (i, (listen, upstreams)) in servers.iter().enumerate() {
+fn nginx_config(dir: &Path, name: &str, workers: usize, servers: &[(u16, &Scenario)]) -> PathBuf {
+    let mut conf = nginx_head(dir, name, workers);
+    for (i, (listen, sc)) in servers.iter().enumerate() {
         conf.push_str(&format!("  upstream u{i} {{\n"));
-        for p in *upstreams {
+        for p in &sc.backends {
             conf.push_str(&format!("    server 127.0.0.1:{p};\n"));
         }
-        conf.push_str("    keepalive 256;\n  }\n");
+        conf.push_str("    keepalive 256;\n    keepalive_requests 1000000;\n  }\n");
+        let log = match sc.access_log {
+            true => format!(
+                "    access_log {}/nginx-access.log combined buffer=64k flush=1s;\n",
+                dir.display()
+            ),
+            false => String::new(),
+        };
         conf.push_str(&format!(
-            "  server {{\n    listen 127.0.0.1:{listen};\n    location / {{\n      proxy_pass http://u{i};\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"\";\n      proxy_set_header api-key \"bench-backend-key\";\n      proxy_next_upstream error timeout http_429 http_500 http_502 http_503 http_504 non_idempotent;\n      proxy_next_upstream_tries 3;\n      proxy_buffering off;\n    }}\n  }}\n"
+            "  server {{\n    listen 127.0.0.1:{listen};\n{log}    location / {{\n      proxy_pass http://u{i};\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Authorization \"\";\n      proxy_set_header api-key \"bench-backend-key\";\n      proxy_next_upstream error timeout http_429 http_500 http_502 http_503 http_504 non_idempotent;\n      proxy_next_upstream_tries 3;\n      proxy_buffering off;\n    }}\n  }}\n"
         ));
     }
     conf.push_str("}\n");
-    let file = dir.join("nginx.conf");
+    let file = dir.join(format!("{name}.conf"));
     std::fs::write(&file, conf).expect("nginx.conf");
+    file
+}
+
+/// The start of an nginx configuration: `workers` worker processes (one runs without a master
+/// process), no access log, keep-alive connections never closed for their request count.
+fn nginx_head(dir: &Path, name: &str, workers: usize) -> String {
+    let d = dir.display();
+    let master = if workers == 1 { "off" } else { "on" };
+    format!(
+        "worker_processes {workers};\nmaster_process {master};\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
+    )
+}
+
+/// A chat completion of about 500 bytes, with its usage, as the simulator answers.
+const NGINX_ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1733000000,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This fixed answer is served by nginx standing in for an Azure OpenAI backend, so that the proxy, not the backend, is what the benchmark measures. It is about as long as the simulator answer."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":41,"total_tokens":50}}"#;
+
+/// nginx as three fast backends: one worker, a fixed chat completion on every port.
+fn nginx_backend_config(dir: &Path, ports: &[u16]) -> PathBuf {
+    let mut conf = nginx_head(dir, "nginx-backend", 1);
+    for p in ports {
+        conf.push_str(&format!(
+            "  server {{\n    listen 127.0.0.1:{p};\n    location / {{\n      default_type application/json;\n      return 200 '{NGINX_ANSWER}';\n    }}\n  }}\n"
+        ));
+    }
+    conf.push_str("}\n");
+    let file = dir.join("nginx-backend.conf");
+    std::fs::write(&file, conf).expect("nginx-backend.conf");
     file
 }
 
@@ -249,44 +334,75 @@ fn main() {
         wait_port(*p, "the simulator");
     }
 
-    let scenarios: [(&str, Vec<u16>); 4] = [
-        ("normal", sims.clone()),
-        ("one backend 429", vec![sims[0], sims[1], throttled]),
-        ("one backend refusing", vec![sims[0], sims[1], refused]),
-        ("1000 streams", vec![slow]),
+    // nginx as the backends too (fast and fixed), so the proxy, not the backend, is measured.
+    let nginx_bin = nginx_binary();
+    let fast: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nginx_backend = nginx_bin.as_ref().map(|bin| {
+        let conf = nginx_backend_config(&dir, &fast);
+        let p = spawn(
+            Command::new(bin).arg("-p").arg(&dir).arg("-c").arg(&conf),
+            &dir,
+            "nginx-backend",
+        );
+        wait_port(fast[0], "nginx as the backend");
+        p
+    });
+
+    // Each scenario: its backends and the worker count of both proxies.
+    let mut scenarios = vec![
+        Scenario::new("normal", sims.clone(), 1),
+        Scenario::new("one backend 429", vec![sims[0], sims[1], throttled], 1),
+        Scenario::new("one backend refusing", vec![sims[0], sims[1], refused], 1),
+        Scenario::new("1000 streams", vec![slow], 1),
     ];
+    if nginx_backend.is_some() {
+        scenarios.push(Scenario::new(NGINX_BACKEND, fast.clone(), 1));
+        scenarios.push(Scenario::new(NGINX_BACKEND_2, fast.clone(), 2));
+        scenarios.push(Scenario {
+            access_log: true,
+            ..Scenario::new(NGINX_BACKEND_LOG, fast.clone(), 1)
+        });
+    }
     let mut proxies = Vec::new();
     let mut aoai_ports = Vec::new();
-    for (name, backends) in &scenarios {
+    for sc in &scenarios {
         let port = free_port();
-        let file = aoai_config(&dir, &name.replace(' ', "-"), port, backends);
+        let slug = sc.name.replace([' ', ','], "-");
+        let file = aoai_config(&dir, &slug, port, &sc.backends, sc.threads);
         let mut cmd = Command::new(bin);
-        cmd.arg("--config").arg(&file).env("RUST_LOG", "warn");
-        proxies.push(spawn(
-            &mut cmd,
-            &dir,
-            &format!("aoai-{}", name.replace(' ', "-")),
-        ));
+        let level = if sc.access_log { "info" } else { "warn" };
+        cmd.arg("--config").arg(&file).env("RUST_LOG", level);
+        proxies.push(spawn(&mut cmd, &dir, &format!("aoai-{slug}")));
         wait_port(port, "aoai-proxy");
         aoai_ports.push(port);
     }
     let nginx_ports: Vec<u16> = scenarios.iter().map(|_| free_port()).collect();
-    let nginx = nginx_binary().map(|bin| {
-        let servers: Vec<(u16, &[u16])> = nginx_ports
-            .iter()
-            .zip(&scenarios)
-            .map(|(p, (_, b))| (*p, b.as_slice()))
-            .collect();
-        let conf = nginx_config(&dir, &servers);
-        let p = spawn(
-            Command::new(&bin).arg("-p").arg(&dir).arg("-c").arg(&conf),
-            &dir,
-            "nginx",
-        );
-        wait_port(nginx_ports[0], "nginx");
-        p
-    });
-    if nginx.is_none() {
+    // One nginx per worker count, each serving the scenarios of that count.
+    let nginx: Vec<(usize, Proc)> = match &nginx_bin {
+        None => Vec::new(),
+        Some(bin) => [1, 2]
+            .into_iter()
+            .filter_map(|workers| {
+                let servers: Vec<(u16, &Scenario)> = nginx_ports
+                    .iter()
+                    .zip(&scenarios)
+                    .filter(|(_, sc)| sc.threads == workers)
+                    .map(|(p, sc)| (*p, sc))
+                    .collect();
+                let first = servers.first()?.0;
+                let name = format!("nginx-{workers}");
+                let conf = nginx_config(&dir, &name, workers, &servers);
+                let p = spawn(
+                    Command::new(bin).arg("-p").arg(&dir).arg("-c").arg(&conf),
+                    &dir,
+                    &name,
+                );
+                wait_port(first, "nginx");
+                Some((workers, p))
+            })
+            .collect(),
+    };
+    if nginx.is_empty() {
         eprintln!("nginx not found: measuring aoai-proxy against the simulator only (scripts/bench installs nginx)");
     }
 
@@ -295,22 +411,23 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let direct = Target {
+    let direct = |port| Target {
         name: "direct",
-        port: sims[0],
-        pid: None,
+        port,
+        pids: Vec::new(),
     };
     let at = |i: usize| {
+        let workers = scenarios[i].threads;
         let mut t = vec![Target {
             name: "aoai-proxy",
             port: aoai_ports[i],
-            pid: Some(proxies[i].0.id()),
+            pids: vec![proxies[i].0.id()],
         }];
-        if let Some(n) = &nginx {
+        if let Some((_, n)) = nginx.iter().find(|(w, _)| *w == workers) {
             t.push(Target {
                 name: "nginx",
                 port: nginx_ports[i],
-                pid: Some(n.0.id()),
+                pids: with_children(n.0.id()),
             });
         }
         t
@@ -319,16 +436,28 @@ fn main() {
     rt.block_on(async {
         for streaming in [false, true] {
             for conns in CONNECTIONS {
-                for target in std::iter::once(direct.clone()).chain(at(0)) {
+                for target in std::iter::once(direct(sims[0])).chain(at(0)) {
                     let run = measure(&target, "normal", conns, streaming).await;
                     eprintln!("{}", run.line());
                     runs.push(run);
                 }
             }
         }
-        for (i, (name, _)) in scenarios.iter().enumerate().take(3).skip(1) {
+        for (i, sc) in scenarios.iter().enumerate().skip(4) {
+            // The access log's cost is read at 32 connections only.
+            let conns: &[usize] = if sc.access_log { &[32] } else { &CONNECTIONS };
+            for &conns in conns {
+                let direct = (!sc.access_log).then(|| direct(fast[0]));
+                for target in direct.into_iter().chain(at(i)) {
+                    let run = measure(&target, sc.name, conns, false).await;
+                    eprintln!("{}", run.line());
+                    runs.push(run);
+                }
+            }
+        }
+        for (i, sc) in scenarios.iter().enumerate().take(3).skip(1) {
             for target in at(i) {
-                let run = measure(&target, name, 32, false).await;
+                let run = measure(&target, sc.name, 32, false).await;
                 eprintln!("{}", run.line());
                 runs.push(run);
             }
@@ -348,12 +477,7 @@ fn main() {
     });
     let peaks: Vec<(String, f64)> = at(0)
         .iter()
-        .map(|t| {
-            (
-                t.name.to_string(),
-                t.pid.map_or(0.0, |p| memory_mb(p, "VmHWM:")),
-            )
-        })
+        .map(|t| (t.name.to_string(), t.memory_mb("VmHWM:").unwrap_or(0.0)))
         .collect();
 
     let machine = Machine::read(nginx_binary().as_deref());
@@ -365,6 +489,6 @@ fn main() {
     std::fs::write(out.join("latest.svg"), report.svg()).expect("svg");
     println!("{}", report.markdown());
     println!("written: {}/latest.{{md,json,svg}}", out.display());
-    drop((sim, slow_sim, proxies, nginx));
+    drop((sim, slow_sim, proxies, nginx, nginx_backend));
     let _ = std::fs::remove_dir_all(&dir);
 }

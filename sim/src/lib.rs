@@ -54,6 +54,8 @@ pub struct TlsIdentity {
 struct Server {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Connections accepted so far.
+    connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Server {
@@ -102,6 +104,8 @@ where
     let addr = listener.local_addr()?;
     let handler = Arc::new(handler);
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let accepted_count = connections.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -112,6 +116,7 @@ where
                 },
             };
             let _ = stream.set_nodelay(true);
+            accepted_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = handler.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
@@ -146,6 +151,7 @@ where
     Ok(Server {
         addr,
         stop: Some(stop),
+        connections,
     })
 }
 

@@ -154,6 +154,11 @@ impl Backend {
         }
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.server.connections.load(Ordering::SeqCst)
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)

@@ -330,15 +330,19 @@ impl Default for Limits {
 pub struct ServerSettings {
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Whether the workers share one runtime that moves tasks between threads (`true`), or
+    /// each runs its own, like nginx's workers (`false`, the default and the faster).
+    pub work_stealing: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub grace_period: Duration,
 }
 
 impl Default for ServerSettings {
-    /// One thread per CPU, 60 s of grace.
+    /// One thread per CPU, each with its own runtime; 60 s of grace.
     fn default() -> Self {
         ServerSettings {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            work_stealing: false,
             grace_period: Duration::from_secs(60),
         }
     }

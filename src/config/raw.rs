@@ -183,6 +183,7 @@ pub(super) struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) threads: Option<usize>,
+    pub(super) work_stealing: Option<bool>,
     pub(super) grace_period: Option<HumanDuration>,
 }
 

@@ -352,3 +352,14 @@ fn objects_remembered_is_a_positive_count() {
     assert_eq!(p[0].path, "objects.remember");
     assert!(p[0].line.is_some(), "{p:?}");
 }
+
+#[test]
+fn workers_run_their_own_runtimes_unless_told_to_share_one() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert!(!c.server.work_stealing, "the fast path is the default");
+    let c = Config::from_yaml(&format!("{MINIMAL}server: {{work_stealing: true}}\n")).unwrap();
+    assert!(c.server.work_stealing);
+    let p = problems(&format!("{MINIMAL}server:\n  work_stealing: sometimes\n"));
+    assert_eq!(p[0].path, "server.work_stealing");
+    assert_eq!(p[0].line, Some(6));
+}

@@ -315,6 +315,7 @@ fn server(raw: Option<RawServer>, p: &mut Problems) -> ServerSettings {
     }
     ServerSettings {
         threads: threads.max(1),
+        work_stealing: s.work_stealing.unwrap_or(d.work_stealing),
         grace_period: duration(
             p,
             "server.grace_period",

@@ -47,32 +47,59 @@ impl AccessLine<'_> {
     /// `GET /openai/... 200 backend=b tries=1 client=- tokens=12/30 41ms deployment=gpt-4o
     /// ttfb=12ms tried=b:2xx`: the fields before `41ms` in the order they have always had.
     pub fn text(&self) -> String {
-        let mut out = String::with_capacity(160);
+        let mut out = String::with_capacity(192);
         // The deployment comes from the client's body: its control characters are escaped, so
         // no line can be forged. (The path is printable ASCII by now, names are configured.)
-        let dash =
-            |v: Option<&str>| v.map_or_else(|| "-".to_string(), |v| v.escape_default().to_string());
-        let _ = write!(
-            out,
-            "{} {} {} backend={} tries={} client={} tokens={} {}ms deployment={} ttfb={}",
-            self.method,
-            self.path,
-            self.status.map_or_else(|| "-".into(), |s| s.to_string()),
-            dash(self.tries.last().map(|(b, _)| *b)),
-            self.tries.len(),
-            dash(self.client),
-            self.usage
-                .map_or_else(|| "-".into(), |u| format!("{}/{}", u.prompt, u.completion)),
-            self.duration.as_millis(),
-            dash(self.deployment),
-            self.first_byte
-                .map_or_else(|| "-".into(), |d| format!("{}ms", d.as_millis())),
-        );
+        // Written piece by piece into one string: this runs for every request.
+        let dash = |out: &mut String, v: Option<&str>| match v {
+            // What `escape_default` leaves as it is: printable ASCII but for \\ ' and ".
+            Some(v)
+                if v.bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) && !matches!(b, b'\\' | b'\'' | b'"')) =>
+            {
+                out.push_str(v)
+            }
+            Some(v) => {
+                let _ = write!(out, "{}", v.escape_default());
+            }
+            None => out.push('-'),
+        };
+        let _ = write!(out, "{} {} ", self.method, self.path);
+        match self.status {
+            Some(s) => {
+                let _ = write!(out, "{s}");
+            }
+            None => out.push('-'),
+        }
+        out.push_str(" backend=");
+        dash(&mut out, self.tries.last().map(|(b, _)| *b));
+        let _ = write!(out, " tries={} client=", self.tries.len());
+        dash(&mut out, self.client);
+        out.push_str(" tokens=");
+        match self.usage {
+            Some(u) => {
+                let _ = write!(out, "{}/{}", u.prompt, u.completion);
+            }
+            None => out.push('-'),
+        }
+        let _ = write!(out, " {}ms deployment=", self.duration.as_millis());
+        dash(&mut out, self.deployment);
+        out.push_str(" ttfb=");
+        match self.first_byte {
+            Some(d) => {
+                let _ = write!(out, "{}ms", d.as_millis());
+            }
+            None => out.push('-'),
+        }
         if !self.tries.is_empty() {
             out.push_str(" tried=");
             for (i, (backend, outcome)) in self.tries.iter().enumerate() {
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(out, "{sep}{backend}:{}", TryLabel::of(*outcome).as_str());
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(backend);
+                out.push(':');
+                out.push_str(TryLabel::of(*outcome).as_str());
             }
         }
         if let Some(e) = &self.error {
@@ -161,6 +188,20 @@ mod tests {
             "POST /openai/deployments/gpt-4o/chat/completions 200 backend=north tries=3 \
              client=team-a tokens=12/30 41ms deployment=gpt-4o ttfb=12ms \
              tried=east:429,west:connect,north:2xx"
+        );
+    }
+
+    #[test]
+    fn text_escapes_what_the_client_named() {
+        let mut l = line();
+        l.deployment = Some("gpt\n4o \\ \u{7f}");
+        l.tries.clear();
+        l.usage = None;
+        l.status = None;
+        assert_eq!(
+            l.text(),
+            "POST /openai/deployments/gpt-4o/chat/completions - backend=- tries=0 \
+             client=team-a tokens=- 41ms deployment=gpt\\n4o \\\\ \\u{7f} ttfb=12ms"
         );
     }
 

@@ -1,5 +1,5 @@
-//! The upstream exchange of one try: connect to a backend (or reuse a pooled connection), send
-//! the request and its whole body, and wait for the response header.
+//! The upstream exchange of one try: connect to a backend (or reuse an idle connection), send
+//! the request and its whole body (in one write, mostly), and wait for the response header.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +8,16 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, OrErr};
 
+use super::headers;
+use super::upstream::Upstream;
+use crate::balance::Credential;
 use crate::retry::{Failure, Outcome};
 
 /// What a try produced.
@@ -68,40 +72,26 @@ impl Answer {
     }
 }
 
-/// Sends `req` with `body` to `peer` and waits up to `header_timeout` for the response header.
+/// Sends `request` to `peer` and waits up to `header_timeout` for the response header.
 pub async fn send(
-    connector: &Connector,
+    upstream: &Upstream,
     peer: &HttpPeer,
-    req: RequestHeader,
-    body: &Bytes,
+    request: Request<'_>,
     header_timeout: Duration,
     write_timeout: Duration,
 ) -> Attempt {
     let deadline = Instant::now() + header_timeout;
-    let mut req = Some(req);
     let mut may_retry_stale = true;
     loop {
-        let (mut session, reused) = match connector.get_http_session(peer).await {
+        let (stream, reused) = match upstream.connect(peer).await {
             Ok(s) => s,
             Err(e) => return Attempt::Failed(connect_failure(&e), e),
         };
-        session.set_write_timeout(Some(write_timeout));
         // A pooled connection may have been closed by the backend a moment ago: that is the
         // pool's doing, not the backend's, so it gets one more go on another connection.
         let retry_if_stale = reused && may_retry_stale;
-        let this_try = if retry_if_stale {
-            req.clone()
-        } else {
-            req.take()
-        };
-        let Some(this_try) = this_try else {
-            return Attempt::Failed(
-                Failure::Dropped,
-                Error::explain(ErrorType::InternalError, "no request left to send"),
-            );
-        };
-        match exchange(&mut session, this_try, body, deadline).await {
-            Ok(()) => return Answer::read(Box::new(session)),
+        match exchange(stream, peer, &request, write_timeout, deadline).await {
+            Ok(session) => return Answer::read(Box::new(session)),
             Err(Exchange::Timeout) => {
                 let e = Error::explain(
                     ErrorType::ReadTimedout,
@@ -123,37 +113,112 @@ enum Exchange {
     Failed(Box<Error>),
 }
 
-/// Writes the request and reads the response header, all before `deadline`.
-async fn exchange(
-    session: &mut HttpSession,
-    req: RequestHeader,
-    body: &Bytes,
-    deadline: Instant,
-) -> Result<(), Exchange> {
-    let write = async {
-        session.write_request_header(Box::new(req)).await?;
-        if !body.is_empty() {
-            session.write_request_body(body.clone(), true).await?;
+/// The most of a body sent in the same write as the request head (copied beside it); a larger
+/// one follows the head in writes of its own.
+const JOINED_BODY: usize = 64 * 1024;
+
+/// A request as it goes to a backend. Most leave in one write, head and body together, so the
+/// backend wakes once (Pingora's writer flushes the head on its own); `HEAD` and upgrades go
+/// through Pingora's writer, which remembers the request to frame the answer (no body, or a
+/// tunnel), as do bodies too large to copy.
+pub enum Request<'a> {
+    /// Head and body, serialized.
+    Joined(Bytes),
+    /// Boxed: the rarer kind, and a header map is large.
+    Framed(Box<RequestHeader>, &'a Bytes),
+}
+
+impl<'a> Request<'a> {
+    /// The client's request as backend `host` gets it, with `credential`, the path `path` when
+    /// one is given, and `body`.
+    pub fn for_backend(
+        client: &RequestHeader,
+        path: Option<&[u8]>,
+        host: &http::HeaderValue,
+        credential: Credential,
+        body: &'a Bytes,
+    ) -> pingora::Result<Request<'a>> {
+        if client.method != http::Method::HEAD && body.len() <= JOINED_BODY {
+            if let Some(wire) = headers::upstream_wire(client, path, host, &credential, body) {
+                return Ok(Request::Joined(wire.freeze()));
+            }
         }
-        session.finish_request_body().await
+        // Pingora's writer refuses a path that cannot stand in a request line, with its error.
+        let mut req = headers::upstream_request(client, host, credential, body)?;
+        if let Some(path) = path {
+            req.set_raw_path(path)?;
+        }
+        Ok(Request::Framed(Box::new(req), body))
+    }
+}
+
+/// Writes a serialized request on `stream`.
+async fn write_joined(stream: &mut Stream, wire: &[u8]) -> pingora::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let written = async {
+        stream.write_all(wire).await?;
+        stream.flush().await
     };
-    match tokio::time::timeout_at(deadline, write).await {
-        Err(_) => return Err(Exchange::Timeout),
-        Ok(Ok(())) => {}
-        Ok(Err(write_error)) => {
-            // A backend may answer before reading the whole body (413, 401) and close: that
-            // answer is what the client should get, not a failed try.
-            let early = deadline.min(Instant::now() + Duration::from_secs(1));
-            return match tokio::time::timeout_at(early, session.read_response_header()).await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(Exchange::Failed(write_error)),
-            };
+    written
+        .await
+        .or_err(ErrorType::WriteError, "while writing the request")
+}
+
+/// Writes a request through Pingora's writer.
+async fn write_framed(
+    session: &mut HttpSession,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    session.write_request_header(Box::new(req.clone())).await?;
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), true).await?;
+    }
+    session.finish_request_body().await
+}
+
+/// Writes the request on `stream` (to `peer`) and reads the response header, all before
+/// `deadline`; the session to read the rest of the answer from.
+async fn exchange(
+    mut stream: Stream,
+    peer: &HttpPeer,
+    request: &Request<'_>,
+    write_timeout: Duration,
+    deadline: Instant,
+) -> Result<HttpSession, Exchange> {
+    let written = match request {
+        Request::Joined(wire) => {
+            match tokio::time::timeout_at(deadline, write_joined(&mut stream, wire)).await {
+                Err(_) => return Err(Exchange::Timeout),
+                Ok(written) => written,
+            }
         }
+        Request::Framed(..) => Ok(()),
+    };
+    let mut session = HttpSession::H1(Http1Session::new_with_options(stream, peer));
+    session.set_write_timeout(Some(write_timeout));
+    let written = match (written, request) {
+        (Ok(()), Request::Framed(req, body)) => {
+            match tokio::time::timeout_at(deadline, write_framed(&mut session, req, body)).await {
+                Err(_) => return Err(Exchange::Timeout),
+                Ok(written) => written,
+            }
+        }
+        (written, _) => written,
+    };
+    if let Err(write_error) = written {
+        // A backend may answer before reading the whole body (413, 401) and close: that
+        // answer is what the client should get, not a failed try.
+        let early = deadline.min(Instant::now() + Duration::from_secs(1));
+        return match tokio::time::timeout_at(early, session.read_response_header()).await {
+            Ok(Ok(())) => Ok(session),
+            _ => Err(Exchange::Failed(write_error)),
+        };
     }
     match tokio::time::timeout_at(deadline, session.read_response_header()).await {
         Err(_) => Err(Exchange::Timeout),
         Ok(Err(e)) => Err(Exchange::Failed(e)),
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(session),
     }
 }
 
@@ -169,7 +234,7 @@ fn connect_failure(e: &Error) -> Failure {
 
 /// Reads and discards an answer that will not be delivered (a retried 429 or 5xx) so its
 /// connection can go back to the pool; closes it instead when that takes too long.
-pub fn discard(connector: Arc<Connector>, peer: Arc<HttpPeer>, answer: Answer, idle: Duration) {
+pub fn discard(upstream: Arc<Upstream>, peer: Arc<HttpPeer>, answer: Answer, idle: Duration) {
     let mut session = answer.session;
     tokio::spawn(async move {
         let drained = tokio::time::timeout(Duration::from_secs(2), async {
@@ -184,9 +249,7 @@ pub fn discard(connector: Arc<Connector>, peer: Arc<HttpPeer>, answer: Answer, i
         })
         .await;
         if matches!(drained, Ok(Ok(()))) {
-            connector
-                .release_http_session(*session, &*peer, Some(idle))
-                .await;
+            upstream.release(*session, &peer, idle).await;
         }
     });
 }
@@ -204,7 +267,7 @@ pub struct WholeAnswer {
 /// Reads `answer` to its end (at most `max` bytes, each read within `idle`) and puts its
 /// connection back in the pool (kept `pool_idle`).
 pub async fn read_whole(
-    connector: &Connector,
+    upstream: &Upstream,
     peer: Option<&HttpPeer>,
     answer: Answer,
     max: usize,
@@ -223,9 +286,7 @@ pub async fn read_whole(
         body.extend_from_slice(&chunk);
     }
     if let Some(peer) = peer {
-        connector
-            .release_http_session(*session, peer, Some(pool_idle))
-            .await;
+        upstream.release(*session, peer, pool_idle).await;
     }
     Ok(WholeAnswer {
         head,

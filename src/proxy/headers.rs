@@ -1,7 +1,7 @@
 //! Header rewriting: what the client sent becomes what a backend gets, and what a backend
 //! answered becomes what the client gets.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
@@ -63,6 +63,61 @@ pub fn upstream_request(
         req.insert_header(header::CONTENT_LENGTH, body.len())?;
     }
     Ok(req)
+}
+
+/// The request for one backend as it leaves in one write: what [`upstream_request`] builds,
+/// serialized as HTTP/1.1 with `body` after it, without building a header map for it (no clone
+/// of the client's, no removals, no inserts). `path` replaces the client's when it is given.
+/// Header names go in lower case. `None` when the request must go through
+/// [`upstream_request`]: an upgrade, or a path that cannot stand in a request line.
+pub fn upstream_wire(
+    client: &RequestHeader,
+    path: Option<&[u8]>,
+    host: &HeaderValue,
+    credential: &Credential,
+    body: &[u8],
+) -> Option<BytesMut> {
+    let path = path.unwrap_or(client.raw_path());
+    if path.is_empty()
+        || path.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r' | b' '))
+        || upgrade_to(client).is_some()
+    {
+        return None;
+    }
+    let mut wire = BytesMut::with_capacity(160 + header_bytes(client) + body.len());
+    let mut put = |name: &[u8], value: &[u8]| {
+        wire.extend_from_slice(name);
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value);
+        wire.extend_from_slice(b"\r\n");
+    };
+    let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
+        || client.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut line = BytesMut::with_capacity(path.len() + 24);
+    line.extend_from_slice(client.method.as_str().as_bytes());
+    line.extend_from_slice(b" ");
+    line.extend_from_slice(path);
+    line.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &client.headers {
+        let ours = name == header::HOST || name == header::CONTENT_LENGTH;
+        if !ours && !DROPPED_REQUEST_HEADERS.contains(name) {
+            put(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    put(b"host", host.as_bytes());
+    match credential {
+        Credential::EntraToken(v) => put(b"authorization", v.as_bytes()),
+        Credential::ApiKey(v) => put(b"api-key", v.as_bytes()),
+        Credential::Nothing => {}
+    }
+    if had_body || !body.is_empty() {
+        let mut n = itoa::Buffer::new();
+        put(b"content-length", n.format(body.len()).as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(body);
+    line.unsplit(wire);
+    Some(line)
 }
 
 /// The protocol a request asks to upgrade to (`Connection: Upgrade` with `Upgrade: P`).
@@ -163,6 +218,57 @@ mod tests {
         let req = upstream_request(&client(), &host, Credential::ApiKey(key), &body).unwrap();
         assert_eq!(req.headers["api-key"], "backend-key");
         assert!(req.headers.get("authorization").is_none());
+    }
+
+    /// The request lines and header lines of a serialized request, in order for comparing,
+    /// and the body.
+    fn parts(wire: &[u8]) -> (Vec<String>, Vec<u8>) {
+        let end = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(wire[..end].to_vec()).unwrap();
+        let mut lines: Vec<String> = head.split("\r\n").map(str::to_ascii_lowercase).collect();
+        lines[1..].sort();
+        (lines, wire[end + 4..].to_vec())
+    }
+
+    #[test]
+    fn the_wire_form_is_the_built_request_serialized() {
+        use pingora::protocols::http::v1::client::http_req_header_to_wire;
+        let host = HeaderValue::from_static("aoai.example.com");
+        let body = Bytes::from_static(b"{\"model\":\"x\"}");
+        for credential in [
+            Credential::EntraToken(HeaderValue::from_static("Bearer entra")),
+            Credential::ApiKey(HeaderValue::from_static("backend-key")),
+            Credential::Nothing,
+        ] {
+            for (body, path) in [
+                (body.clone(), None),
+                (
+                    Bytes::new(),
+                    Some(&b"/openai/deployments/own-name/chat/completions"[..]),
+                ),
+            ] {
+                let wire = upstream_wire(&client(), path, &host, &credential, &body).unwrap();
+                let mut built =
+                    upstream_request(&client(), &host, credential.clone(), &body).unwrap();
+                if let Some(p) = path {
+                    built.set_raw_path(p).unwrap();
+                }
+                let mut expected = http_req_header_to_wire(&built).unwrap();
+                expected.extend_from_slice(&body);
+                assert_eq!(parts(&wire), parts(&expected));
+            }
+        }
+    }
+
+    #[test]
+    fn upgrades_and_unwritable_paths_are_left_to_the_built_request() {
+        let host = HeaderValue::from_static("aoai.example.com");
+        let mut upgrade = client();
+        upgrade.insert_header("connection", "Upgrade").unwrap();
+        upgrade.insert_header("upgrade", "websocket").unwrap();
+        assert!(upstream_wire(&upgrade, None, &host, &Credential::Nothing, b"").is_none());
+        let bad = Some(&b"/a b"[..]);
+        assert!(upstream_wire(&client(), bad, &host, &Credential::Nothing, b"").is_none());
     }
 
     #[test]

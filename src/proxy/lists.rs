@@ -74,7 +74,7 @@ impl AoaiProxy {
                 }
             };
             let whole = exchange::read_whole(
-                &self.connector,
+                &self.upstream,
                 peer.as_deref(),
                 answer,
                 MAX_LIST,

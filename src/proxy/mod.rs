@@ -4,8 +4,9 @@
 //! ([`headers`]), and relays the chosen answer ([`relay`], counting the tokens it reports) or
 //! makes the proxy's own ([`answers`]).
 //!
-//! NOTE: each try is its own exchange over Pingora's upstream [`Connector`] (pooling, TLS,
-//! SNI, verification) rather than Pingora's proxy loop, because that loop cannot replay a
+//! NOTE: each try is its own exchange over a connection from [`upstream`] (Pingora's transport
+//! connector for TCP, TLS, SNI and verification; our own idle lists) rather than Pingora's proxy
+//! loop, because that loop cannot replay a
 //! body past its fixed 64 KiB retry buffer: on a retry it sends no body at all
 //! (pingora-core `BODY_BUF_LIMIT`; pingora-proxy `proxy_h1.rs` `proxy_handle_downstream`), and it
 //! has no retry on a response status (https://github.com/cloudflare/pingora/issues/873).
@@ -21,13 +22,13 @@ mod realtime;
 mod relay;
 mod search;
 mod tries;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::connectors::http::Connector;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -61,7 +62,7 @@ pub struct AoaiProxy {
     pub pool: Arc<Pool>,
     /// `None` when no backend takes the proxy's Entra ID token.
     pub tokens: Option<Arc<TokenCache>>,
-    pub connector: Arc<Connector>,
+    pub upstream: Arc<upstream::Upstream>,
     pub max_tries: u32,
     /// How long a request waits for a token on its way (`auth.startup_wait`).
     pub startup_wait: std::time::Duration,
@@ -162,6 +163,11 @@ impl AoaiProxy {
 #[async_trait]
 impl ProxyHttp for ProxyService {
     type CTX = RequestCtx;
+
+    /// No downstream modules: Pingora's default is a response compression module, disabled,
+    /// that would still be built for every request. Answers pass through as the backend
+    /// encoded them.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     /// Starts a request's state; it counts as in flight until the state is dropped.
     fn new_ctx(&self) -> RequestCtx {

@@ -137,8 +137,8 @@ impl AoaiProxy {
             .await
             .map_err(|e| e.into_down())?;
         if let Some(peer) = peer {
-            self.connector
-                .release_http_session(*up, &*peer, Some(self.timeouts.pool_idle))
+            self.upstream
+                .release(*up, &peer, self.timeouts.pool_idle)
                 .await;
         }
         Ok(usage)

@@ -150,7 +150,7 @@ impl AoaiProxy {
                 return Ok(());
             }
             let whole = exchange::read_whole(
-                &self.connector,
+                &self.upstream,
                 peer.as_deref(),
                 answer,
                 exchange::MAX_WHOLE,

@@ -15,7 +15,7 @@ use super::answers::ProxyError;
 use super::exchange::{self, Attempt};
 use super::realtime;
 use super::relay::{Delivery, Learning};
-use super::{headers, AoaiProxy, RequestCtx};
+use super::{AoaiProxy, RequestCtx};
 use crate::balance::{deployment, Backend, Credential, Naming, Pick, Selection, Unavailable};
 use crate::credentials::TokenRef;
 use crate::limits::Admitted;
@@ -259,12 +259,7 @@ impl AoaiProxy {
                     self.max_tries
                 );
                 if let Some(peer) = peer {
-                    exchange::discard(
-                        self.connector.clone(),
-                        peer,
-                        answer,
-                        self.timeouts.pool_idle,
-                    );
+                    exchange::discard(self.upstream.clone(), peer, answer, self.timeouts.pool_idle);
                 }
             }
             Attempt::Failed(f, e) => log::info!(
@@ -340,20 +335,17 @@ impl AoaiProxy {
             _ => None,
         };
         let body = renamed_body.as_ref().unwrap_or(body);
-        let mut req = headers::upstream_request(
+        let request = exchange::Request::for_backend(
             session.req_header(),
+            in_path.as_deref(),
             &backend.host_header,
             credential,
             body,
         )?;
-        if let Some(path) = in_path {
-            req.set_raw_path(&path)?;
-        }
         let send = exchange::send(
-            &self.connector,
+            &self.upstream,
             peer,
-            req,
-            body,
+            request,
             self.timeouts.response_header,
             self.timeouts.body_idle,
         );

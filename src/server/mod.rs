@@ -17,8 +17,7 @@ use arc_swap::ArcSwap;
 use pingora::tls::x509::X509;
 use tokio::sync::watch;
 
-use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -32,6 +31,7 @@ use crate::credentials::{http_client, CredentialError, CredentialSource, Refresh
 use crate::limits::{LimitStore, LocalLimits};
 use crate::metrics::Metrics;
 use crate::objects::{LocalLocations, ObjectLocations};
+use crate::proxy::upstream::Upstream;
 use crate::proxy::{AoaiProxy, ProxyService};
 use crate::state::limits::SharedLimits;
 use crate::state::objects::SharedLocations;
@@ -70,14 +70,24 @@ impl StartError {
     }
 }
 
-/// Upstream connections kept per backend address, idle, for reuse.
+/// Upstream connections kept idle for reuse, per backend address on each worker thread.
 const POOLED_CONNECTIONS: usize = 1024;
+
+/// Buffers of each client connection. Pingora's defaults are a 64 KiB read buffer (held by
+/// every connection, a thousand open streams included) and a 1,460-byte write buffer, which
+/// sends an answer of a few KB (Azure's headers alone are about 1 KB) in two or three writes.
+/// An answer with a length is flushed once, whole; a stream is flushed chunk by chunk whatever
+/// the size.
+const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(16 * 1024),
+    write: Some(16 * 1024),
+};
 
 /// The parts that live as long as the process, whatever the configuration in force.
 pub(crate) struct Shared {
     /// `None` when no backend takes the proxy's Entra ID token.
     tokens: Option<Arc<TokenCache>>,
-    connector: Arc<Connector>,
+    upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     /// The trust store for upstream TLS, when `upstream_tls.ca_file` adds to the system roots.
     ca: Option<Arc<Box<[X509]>>>,
@@ -97,7 +107,7 @@ impl Shared {
         AoaiProxy {
             pool,
             tokens: self.tokens.clone(),
-            connector: self.connector.clone(),
+            upstream: self.upstream.clone(),
             max_tries: config.max_tries.get(),
             startup_wait: config.auth.startup_wait,
             clients: config.clients.as_deref().map(Clients::new),
@@ -139,6 +149,9 @@ impl Proxy {
 
         let conf = ServerConf {
             threads: config.server.threads,
+            // By default one current-thread runtime per worker, like nginx's workers: a request
+            // and its backend connections stay on one thread, with no cross-thread wake-ups.
+            work_stealing: config.server.work_stealing,
             grace_period_seconds: Some(config.server.grace_period.as_secs()),
             graceful_shutdown_timeout_seconds: Some(5),
             ..ServerConf::default()
@@ -235,9 +248,7 @@ impl Proxy {
 
         let shared = Shared {
             tokens: tokens.clone(),
-            connector: Arc::new(Connector::new(Some(ConnectorOptions::new(
-                POOLED_CONNECTIONS,
-            )))),
+            upstream: Arc::new(Upstream::new(POOLED_CONNECTIONS)),
             metrics: metrics.clone(),
             ca: ca.map(|c| c.trust.clone()),
             limit_store,
@@ -254,10 +265,14 @@ impl Proxy {
             "aoai-proxy",
         );
         for addr in &config.listen {
-            service.add_tcp(addr);
+            service.add_listener(ListenerConfig::tcp(addr).l4_buffer(CLIENT_BUFFERS));
         }
         if let (Some(tls), Some(settings)) = (&config.tls, files.listener) {
-            service.add_tls_with_settings(&tls.listen, None, settings);
+            service.add_listener(
+                ListenerConfig::tcp(&tls.listen)
+                    .tls(settings)
+                    .l4_buffer(CLIENT_BUFFERS),
+            );
         }
         server.add_service(service);
 

@@ -8,6 +8,7 @@ mod body_replay;
 mod client_auth;
 mod client_limits;
 mod config_errors;
+mod connection_reuse;
 mod credentials;
 mod demo;
 mod deploy_files;
