@@ -42,6 +42,42 @@ async fn a_connection_the_backend_closed_after_answering_is_never_used() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 20);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_have_no_body_and_keep_the_connection() {
+    // A HEAD answer carries the length of the body it does not send: read as a body, it would
+    // hold the request until the idle timeout and spoil the connection.
+    let b = backend("b0").await;
+    let yaml = format!(
+        "auth: {{kind: none}}\nserver: {{threads: 1}}\nbackends:\n  - {{url: \"{}\", api_key: k}}\n",
+        b.url()
+    );
+    let proxy = Proxy::start(&yaml, None);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = client.get(proxy.url(CHAT)).send().await.unwrap();
+    let (status, length) = (get.status(), get.headers().get("content-length").cloned());
+    assert!(length.is_some(), "the backend's GET answer has a length");
+    for _ in 0..3 {
+        let head = client
+            .head(proxy.url(CHAT))
+            .send()
+            .await
+            .expect("a prompt HEAD answer");
+        assert_eq!(head.status(), status);
+        assert_eq!(head.headers().get("content-length"), length.as_ref());
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    assert_eq!(chat(&proxy).await.0, 200);
+    assert_eq!(b.requests(), 5);
+    assert_eq!(
+        b.connections(),
+        1,
+        "HEAD answers leave the connection reusable"
+    );
+}
+
 /// A raw HTTP/1.1 backend that answers one request a connection, keep-alive in its headers,
 /// and then closes the connection.
 struct ClosingBackend {
