@@ -83,12 +83,18 @@ pub async fn send(
     let deadline = Instant::now() + header_timeout;
     let mut may_retry_stale = true;
     loop {
-        let (stream, reused) = match upstream.connect(peer).await {
+        // After a pooled connection failed, a new one: the other idle ones may have been
+        // closed by the backend just as well (it restarted, or expired them all at once).
+        let connected = match may_retry_stale {
+            true => upstream.connect(peer).await,
+            false => upstream.connect_new(peer).await.map(|s| (s, false)),
+        };
+        let (stream, reused) = match connected {
             Ok(s) => s,
             Err(e) => return Attempt::Failed(connect_failure(&e), e),
         };
         // A pooled connection may have been closed by the backend a moment ago: that is the
-        // pool's doing, not the backend's, so it gets one more go on another connection.
+        // pool's doing, not the backend's, so it gets one more go on a new connection.
         let retry_if_stale = reused && may_retry_stale;
         match exchange(stream, peer, &request, write_timeout, deadline).await {
             Ok(session) => return Answer::read(Box::new(session)),

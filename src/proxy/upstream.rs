@@ -66,6 +66,11 @@ impl Upstream {
         self.transport.new_stream(peer).await.map(|s| (s, false))
     }
 
+    /// A new connection to `peer`, never an idle one.
+    pub async fn connect_new(&self, peer: &HttpPeer) -> Result<Stream> {
+        self.transport.new_stream(peer).await
+    }
+
     /// Takes back the connection of an answer read to its end, to be kept `idle` for the next
     /// request to `peer`; closes it when it cannot carry another request.
     pub async fn release(&self, session: HttpSession, peer: &HttpPeer, idle: Duration) {

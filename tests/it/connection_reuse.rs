@@ -43,6 +43,29 @@ async fn a_connection_the_backend_closed_after_answering_is_never_used() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_the_backend_drops_on_use_cost_no_request() {
+    // A backend that answers one request a connection and drops the connection, unanswered,
+    // when a second one comes on it: every idle connection fails when used, and no probe can
+    // tell beforehand. With three of them idle and one try a request, each request must go
+    // out on a new connection after the first failure, not on the next idle one.
+    let backend = OneShotBackend::start();
+    let yaml = format!(
+        "auth: {{kind: none}}\nserver: {{threads: 1}}\nretry: {{max_tries: 1}}\nbackends:\n  - {{url: \"http://{}\", api_key: k}}\n",
+        backend.addr
+    );
+    let proxy = Proxy::start(&yaml, None);
+    let (a, b, c) = tokio::join!(chat(&proxy), chat(&proxy), chat(&proxy));
+    assert_eq!((a.0, b.0, c.0), (200, 200, 200));
+    let opened = backend.connections.load(Ordering::SeqCst);
+    assert_eq!(opened, 3, "three requests at once, three connections");
+    for i in 0..5 {
+        let (status, _, body) = chat(&proxy).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_answers_have_no_body_and_keep_the_connection() {
     // A HEAD answer carries the length of the body it does not send: read as a body, it would
     // hold the request until the idle timeout and spoil the connection.
@@ -109,6 +132,50 @@ impl ClosingBackend {
             }
         });
         ClosingBackend {
+            addr,
+            connections,
+            requests,
+        }
+    }
+}
+
+/// A raw HTTP/1.1 backend that answers the first request of each connection (after 100 ms, so
+/// that requests sent together overlap) and drops the connection at the second.
+struct OneShotBackend {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+}
+
+impl OneShotBackend {
+    fn start() -> OneShotBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (c, r) = (connections.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    if !read_request(&mut stream) {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    let body = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes());
+                    // The next request on this connection is read and dropped unanswered.
+                    let _ = read_request(&mut stream);
+                });
+            }
+        });
+        OneShotBackend {
             addr,
             connections,
             requests,
