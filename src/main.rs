@@ -100,6 +100,10 @@ fn serve(path: Option<PathBuf>, test: bool) -> ExitCode {
         println!("{}: the configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
+    if let Err(e) = proxy.check_listen() {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     proxy.reload_from(&path).run()
 }
 

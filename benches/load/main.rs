@@ -20,7 +20,11 @@ use common::{free_port, Proc};
 use report::{Machine, Run, Streams};
 
 /// How long each measurement lasts (after a warm-up of [`WARMUP`]).
-const SECONDS: f64 = 3.0;
+const SECONDS: f64 = 1.5;
+/// Each comparison runs this many rounds, the targets taking turns, and each target's figure is
+/// its median round by req/s. This VM's speed moves by a third within minutes; one window per
+/// target measured the minute it ran, not the proxy.
+const ROUNDS: usize = 3;
 const WARMUP: Duration = Duration::from_millis(500);
 const CONNECTIONS: [usize; 3] = [1, 32, 256];
 /// The scenarios with nginx as the backends: one worker per proxy, two, and one with the access
@@ -69,14 +73,38 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
-fn spawn(cmd: &mut Command, dir: &Path, name: &str) -> Proc {
+/// A process of the run, sent SIGTERM when dropped: an nginx master then stops its workers,
+/// which `Proc`'s SIGKILL alone leaves behind, orphaned and still listening. Whatever is still
+/// there after 5 s gets the SIGKILL.
+struct Stopped(Proc);
+
+impl Stopped {
+    fn id(&self) -> u32 {
+        self.0 .0.id()
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let child = &mut self.0 .0;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command, dir: &Path, name: &str) -> Stopped {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
     let child = cmd
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    Proc(child)
+    Stopped(Proc(child))
 }
 
 /// CPU seconds used so far by process `pid` (user + system).
@@ -170,6 +198,25 @@ async fn measure(target: &Target, scenario: &str, conns: usize, streaming: bool)
         cpu,
         target.memory_mb("VmRSS:"),
     )
+}
+
+/// [`ROUNDS`] rounds of [`measure`] over `targets` in turn; each target's median round.
+async fn compare(targets: &[Target], scenario: &str, conns: usize, streaming: bool) -> Vec<Run> {
+    let mut rounds: Vec<Vec<Run>> = targets.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (target, runs) in targets.iter().zip(&mut rounds) {
+            runs.push(measure(target, scenario, conns, streaming).await);
+        }
+    }
+    rounds
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let median = runs.swap_remove(runs.len() / 2);
+            eprintln!("{}", median.line());
+            median
+        })
+        .collect()
 }
 
 /// Opens [`OPEN_STREAMS`] slow streams at once through `target` and reads its memory while
@@ -378,7 +425,7 @@ fn main() {
     }
     let nginx_ports: Vec<u16> = scenarios.iter().map(|_| free_port()).collect();
     // One nginx per worker count, each serving the scenarios of that count.
-    let nginx: Vec<(usize, Proc)> = match &nginx_bin {
+    let nginx: Vec<(usize, Stopped)> = match &nginx_bin {
         None => Vec::new(),
         Some(bin) => [1, 2]
             .into_iter()
@@ -421,13 +468,13 @@ fn main() {
         let mut t = vec![Target {
             name: "aoai-proxy",
             port: aoai_ports[i],
-            pids: vec![proxies[i].0.id()],
+            pids: vec![proxies[i].id()],
         }];
         if let Some((_, n)) = nginx.iter().find(|(w, _)| *w == workers) {
             t.push(Target {
                 name: "nginx",
                 port: nginx_ports[i],
-                pids: with_children(n.0.id()),
+                pids: with_children(n.id()),
             });
         }
         t
@@ -436,11 +483,8 @@ fn main() {
     rt.block_on(async {
         for streaming in [false, true] {
             for conns in CONNECTIONS {
-                for target in std::iter::once(direct(sims[0])).chain(at(0)) {
-                    let run = measure(&target, "normal", conns, streaming).await;
-                    eprintln!("{}", run.line());
-                    runs.push(run);
-                }
+                let targets: Vec<Target> = std::iter::once(direct(sims[0])).chain(at(0)).collect();
+                runs.extend(compare(&targets, "normal", conns, streaming).await);
             }
         }
         for (i, sc) in scenarios.iter().enumerate().skip(4) {
@@ -448,19 +492,12 @@ fn main() {
             let conns: &[usize] = if sc.access_log { &[32] } else { &CONNECTIONS };
             for &conns in conns {
                 let direct = (!sc.access_log).then(|| direct(fast[0]));
-                for target in direct.into_iter().chain(at(i)) {
-                    let run = measure(&target, sc.name, conns, false).await;
-                    eprintln!("{}", run.line());
-                    runs.push(run);
-                }
+                let targets: Vec<Target> = direct.into_iter().chain(at(i)).collect();
+                runs.extend(compare(&targets, sc.name, conns, false).await);
             }
         }
         for (i, sc) in scenarios.iter().enumerate().take(3).skip(1) {
-            for target in at(i) {
-                let run = measure(&target, sc.name, 32, false).await;
-                eprintln!("{}", run.line());
-                runs.push(run);
-            }
+            runs.extend(compare(&at(i), sc.name, 32, false).await);
         }
     });
     let streams: Vec<Streams> = rt.block_on(async {

@@ -29,7 +29,8 @@ impl AoaiProxy {
         labels: Delivery<'_>,
     ) -> Result<Option<Usage>> {
         if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            return self.tunnel(session, answer).await.map(|()| None);
+            // Boxed, as once per session it can be: it would size every answer's future.
+            return Box::pin(self.tunnel(session, answer)).await.map(|()| None);
         }
         let Answer {
             mut head,

@@ -61,12 +61,14 @@ impl AoaiProxy {
             return refused.respond(session).await;
         }
         let method = &session.req_header().method;
+        // Boxed: a list or a search asks several backends and its future is 4 KB; inline, it
+        // would size every request's future, and every request's copy of it, by that.
         if let Some(collection) = objects::list_of(method, path) {
-            return self.list(session, ctx, collection).await;
+            return Box::pin(self.list(session, ctx, collection)).await;
         }
         let named = objects::names(path, &body);
         if !named.is_empty() {
-            return self.search(session, ctx, body, &named).await;
+            return Box::pin(self.search(session, ctx, body, &named)).await;
         }
         // A success may have made an object: learn where it lives.
         let makes_objects = method == Method::POST && objects::collection(path).is_some();

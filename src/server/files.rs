@@ -14,8 +14,9 @@ use crate::config::{Config, Problem};
 
 /// What was read.
 pub struct Files {
-    /// The HTTPS listener's TLS settings, when `tls` is configured.
-    pub listener: Option<TlsSettings>,
+    /// The HTTPS listener's TLS settings, one for each worker (none when `tls` is not
+    /// configured).
+    pub listener: Vec<TlsSettings>,
     /// `upstream_tls.ca_file`, when configured.
     pub upstream_ca: Option<UpstreamCa>,
     /// `state.redis.ca_file` as read (PEM), when configured.
@@ -41,11 +42,14 @@ pub fn read(config: &Config) -> Result<Files, Vec<Problem>> {
             message: format!("{}: {message}", file.display()),
         });
     };
+    let workers = super::workers::count(&config.server);
     let listener = config.tls.as_ref().and_then(|tls| {
         let chain = certificates(&tls.cert).map_err(|m| problem("tls.cert", &tls.cert, m));
         let key = private_key(&tls.key).map_err(|m| problem("tls.key", &tls.key, m));
         let (chain, key) = (chain.ok()?, key.ok()?);
-        acceptor(&chain, &key)
+        (0..workers)
+            .map(|_| acceptor(&chain, &key))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|m| problem("tls.key", &tls.key, m))
             .ok()
     });
@@ -68,7 +72,7 @@ pub fn read(config: &Config) -> Result<Files, Vec<Problem>> {
     });
     if problems.is_empty() {
         Ok(Files {
-            listener,
+            listener: listener.unwrap_or_default(),
             upstream_ca,
             redis_ca,
         })

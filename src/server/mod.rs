@@ -7,6 +7,7 @@ mod admin;
 mod files;
 mod reload;
 mod shutdown;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,7 +18,6 @@ use arc_swap::ArcSwap;
 use pingora::tls::x509::X509;
 use tokio::sync::watch;
 
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -72,16 +72,6 @@ impl StartError {
 
 /// Upstream connections kept idle for reuse, per backend address on each worker thread.
 const POOLED_CONNECTIONS: usize = 1024;
-
-/// Buffers of each client connection. Pingora's defaults are a 64 KiB read buffer (held by
-/// every connection, a thousand open streams included) and a 1,460-byte write buffer, which
-/// sends an answer of a few KB (Azure's headers alone are about 1 KB) in two or three writes.
-/// An answer with a length is flushed once, whole; a stream is flushed chunk by chunk whatever
-/// the size.
-const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings {
-    read: Some(16 * 1024),
-    write: Some(16 * 1024),
-};
 
 /// The parts that live as long as the process, whatever the configuration in force.
 pub(crate) struct Shared {
@@ -257,24 +247,16 @@ impl Proxy {
             entra,
         };
         let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));
-        let mut service = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            ProxyService {
-                current: current.clone(),
-            },
-            "aoai-proxy",
-        );
-        for addr in &config.listen {
-            service.add_listener(ListenerConfig::tcp(addr).l4_buffer(CLIENT_BUFFERS));
-        }
-        if let (Some(tls), Some(settings)) = (&config.tls, files.listener) {
-            service.add_listener(
-                ListenerConfig::tcp(&tls.listen)
-                    .tls(settings)
-                    .l4_buffer(CLIENT_BUFFERS),
+        let mut tls = files.listener.into_iter();
+        for index in 0..workers::count(&config.server) {
+            let app = pingora::proxy::http_proxy(
+                &server.configuration,
+                ProxyService {
+                    current: current.clone(),
+                },
             );
+            server.add_service(workers::worker(index, config, app, tls.next()));
         }
-        server.add_service(service);
 
         if let Some(addr) = &config.admin {
             let app = Admin {
@@ -305,6 +287,11 @@ impl Proxy {
     pub fn reload_from(mut self, path: &Path) -> Proxy {
         self.reload_from = Some(path.to_owned());
         self
+    }
+
+    /// Whether every address to listen on is free; what is not, by key and address.
+    pub fn check_listen(&self) -> Result<(), String> {
+        workers::check_free(&self.config)
     }
 
     /// Resolves the backends, listens and serves until SIGTERM or SIGINT; then stops accepting,

@@ -185,3 +185,47 @@ async fn test_touches_no_network() {
     assert_eq!(code, 0, "{stderr}");
     assert!(id.queries().is_empty(), "--test fetched a token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_in_use_is_named_and_ends_the_start() {
+    // A proxy with two workers listens there already. Its sockets share their port among its
+    // workers (SO_REUSEPORT), which a second proxy's sockets could join unnoticed: the start
+    // checks each address first.
+    let b = backend("b0").await;
+    let backends = format!("backends:\n  - {{url: \"{}\", api_key: k}}\n", b.url());
+    let first = Proxy::start(
+        &format!("auth: {{kind: none}}\nserver: {{threads: 2}}\n{backends}"),
+        None,
+    );
+    let addr = format!("127.0.0.1:{}", first.port);
+    let yaml =
+        format!("listen: [\"{addr}\"]\nserver: {{threads: 2}}\nauth: {{kind: none}}\n{backends}");
+    let file = scratch_dir().join("second.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second proxy on {addr} is still running after 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}: listen: {addr}: ", file.display())),
+        "{stderr}"
+    );
+    assert_eq!(chat(&first).await.0, 200, "the first proxy still serves");
+    assert_eq!(b.requests(), 1);
+}

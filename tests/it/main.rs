@@ -31,3 +31,4 @@ mod streaming;
 mod tls;
 mod token;
 mod token_usage;
+mod workers;
