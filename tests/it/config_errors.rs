@@ -2,30 +2,48 @@
 //! a good one exits 0.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// Runs `aoai-proxy --config FILE ARGS` on `yaml` until it exits, with the managed identity
-/// of `identity` (or one nothing answers): (exit code, stderr, file path).
+/// Runs `aoai-proxy --config FILE ARGS` on `yaml` until it exits (at most 30 s: a proxy that
+/// starts serving instead fails the test), with the managed identity of `identity` (or one
+/// nothing answers): (exit code, stderr, file path).
 fn run(
     yaml: &str,
     args: &[&str],
     identity: Option<&aoai_sim::IdentityEndpoint>,
 ) -> (i32, String, String) {
-    let file = scratch_dir().join("conf.yaml");
+    let dir = scratch_dir();
+    let file = dir.join("conf.yaml");
     std::fs::write(&file, yaml).unwrap();
+    // To a file, not a pipe: nothing reads a pipe until the process is gone.
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
     let endpoint = identity.map_or("http://127.0.0.1:9/unused".into(), |id| id.endpoint());
-    let out = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
         .arg("--config")
         .arg(&file)
         .args(args)
         .env("IDENTITY_ENDPOINT", endpoint)
         .env("IDENTITY_HEADER", IDENTITY_HEADER)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("aoai-proxy on {} still runs after 30 s", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
     (
-        out.status.code().unwrap_or(-1),
+        status.code().unwrap_or(-1),
         stderr,
         file.display().to_string(),
     )
@@ -200,30 +218,10 @@ async fn a_listen_address_in_use_is_named_and_ends_the_start() {
     let addr = format!("127.0.0.1:{}", first.port);
     let yaml =
         format!("listen: [\"{addr}\"]\nserver: {{threads: 2}}\nauth: {{kind: none}}\n{backends}");
-    let file = scratch_dir().join("second.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut second = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
-        .arg("--config")
-        .arg(&file)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            second.kill().unwrap();
-            panic!("a second proxy on {addr} is still running after 30 s");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr, file) = run(&yaml, &[], None);
+    assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains(&format!("{}: listen: {addr}: ", file.display())),
+        stderr.contains(&format!("{file}: listen: {addr}: ")),
         "{stderr}"
     );
     assert_eq!(chat(&first).await.0, 200, "the first proxy still serves");

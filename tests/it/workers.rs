@@ -31,27 +31,61 @@ fn worker_ticks(pid: u32) -> Vec<(String, u64)> {
     workers
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_worker_listens_and_serves_connections() {
+/// Sockets listening on `port` of 127.0.0.1 (`/proc/net/tcp`, state `0A`): one per worker when
+/// each has its own, one in all when they share it.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[1] == local && fields[3] == "0A"
+        })
+        .count()
+}
+
+/// Starts a proxy with `server` settings and sends it 300 requests, each on a connection of its
+/// own, 20 at a time; `workers` threads named `aoai-proxy-N` must each have served some, each
+/// on a socket of its own.
+async fn every_worker_serves(server: &str, workers: usize) {
     let b = backend("b0").await;
     let yaml = format!(
-        "auth: {{kind: none}}\nserver: {{threads: 2}}\nbackends:\n  - {{url: \"{}\", api_key: k}}\n",
+        "auth: {{kind: none}}\n{server}backends:\n  - {{url: \"{}\", api_key: k}}\n",
         b.url()
     );
     let proxy = Proxy::start(&yaml, None);
-    // 300 requests, each on a connection of its own, 20 at a time.
+    assert_eq!(listening_sockets(proxy.port), workers);
     for _ in 0..15 {
         let answers = join_all((0..20).map(|_| chat(&proxy))).await;
         assert!(answers.iter().all(|(status, _, _)| *status == 200));
     }
     assert_eq!(b.requests(), 300);
-    let workers = worker_ticks(proxy.pid());
-    let names: Vec<&str> = workers.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["aoai-proxy-0", "aoai-proxy-1"], "{workers:?}");
+    let ticks = worker_ticks(proxy.pid());
+    let names: Vec<&str> = ticks.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: Vec<String> = (0..workers).map(|i| format!("aoai-proxy-{i}")).collect();
+    assert_eq!(names, expected, "{ticks:?}");
     assert!(
-        workers.iter().all(|(_, ticks)| *ticks > 0),
-        "a worker served nothing: {workers:?}"
+        ticks.iter().all(|(_, ticks)| *ticks > 0),
+        "a worker served nothing: {ticks:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_listens_and_serves_connections() {
+    every_worker_serves("server: {threads: 2}\n", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_there_is_a_worker_per_cpu() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    if cpus == 1 {
+        // One worker is a plain `aoai-proxy` thread on a socket of its own: nothing to spread.
+        eprintln!("one CPU: the default runs a single worker");
+        return;
+    }
+    every_worker_serves("", cpus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,6 +126,7 @@ async fn every_worker_serves_https() {
         assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
     }
     assert_eq!(b.requests(), 60);
+    assert_eq!(listening_sockets(port), 2);
     let workers = worker_ticks(proxy.pid());
     assert_eq!(workers.len(), 2, "{workers:?}");
     assert!(
