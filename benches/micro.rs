@@ -1,17 +1,19 @@
 //! Micro-benchmarks of the pure code on the request path: backend selection (the real
 //! `Pool::select`, with cooling and ejected backends), the token read and header rewrite, the
-//! retry decision, Retry-After parsing, and finding the deployment a request names.
+//! retry decision, Retry-After parsing, and reading a request (its typed view).
 //!
 //! Run: `cargo bench --bench micro`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
-use aoai_proxy::balance::{cooldown, deployment, Credential, Pool};
+use aoai_proxy::balance::{cooldown, Credential, Pool};
 use aoai_proxy::config::Config;
 use aoai_proxy::credentials::TokenCache;
+use aoai_proxy::outcome::{Failure, Outcome, Sent};
 use aoai_proxy::proxy::headers;
-use aoai_proxy::retry::{self, Failure, Outcome, Sent, Tries};
+use aoai_proxy::request::Request;
+use aoai_proxy::retry::{self, Tries};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderValue, StatusCode};
@@ -36,7 +38,7 @@ fn selection(c: &mut Criterion) {
         })
     });
     p.get(0)
-        .health
+        .standing
         .cool(gpt, Duration::from_secs(3600), "bench");
     for _ in 0..3 {
         p.observe(1, Outcome::Failed(Failure::Connect), None, gpt);
@@ -92,13 +94,16 @@ fn token_and_headers(c: &mut Criterion) {
     let host = http::HeaderValue::from_static("aoai-eastus.openai.azure.com");
     let body = Bytes::from_static(br#"{"messages":[{"role":"user","content":"Hello"}]}"#);
     let token = cache.token().expect("token");
-    c.bench_function("headers: build the upstream request", |b| {
+    let path = client.raw_path().to_vec();
+    c.bench_function("headers: build the upstream request (framed)", |b| {
         b.iter(|| {
-            black_box(headers::upstream_request(
+            let credential = Credential::EntraToken(token.header.clone());
+            black_box(headers::framed(
                 &client,
+                &path,
                 &host,
-                Credential::EntraToken(token.header.clone()),
-                &body,
+                &credential,
+                body.len(),
             ))
         })
     });
@@ -106,13 +111,13 @@ fn token_and_headers(c: &mut Criterion) {
         "headers: serialize the upstream request with its body",
         |b| {
             b.iter(|| {
-                black_box(headers::upstream_wire(
-                    &client,
-                    None,
-                    &host,
-                    &Credential::EntraToken(token.header.clone()),
-                    &body,
-                ))
+                let credential = Credential::EntraToken(token.header.clone());
+                let mut wire =
+                    headers::wire(&client, &path, &host, &credential, body.len(), body.len());
+                if let Some(w) = wire.as_mut() {
+                    w.extend_from_slice(&body);
+                }
+                black_box(wire)
             })
         },
     );
@@ -150,16 +155,26 @@ fn decisions(c: &mut Criterion) {
     });
     let body =
         br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"stream":true}"#;
-    c.bench_function("deployment: from the path", |b| {
+    let in_path = RequestHeader::build(
+        "POST",
+        b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        None,
+    )
+    .expect("request");
+    let chat = Bytes::from_static(br#"{"messages":[{"role":"user","content":"Hello"}]}"#);
+    c.bench_function("request: read, deployment in the path", |b| {
         b.iter(|| {
-            black_box(deployment::requested(
-                "/openai/deployments/gpt-4o/chat/completions",
-                b"",
-            ))
+            let r = Request::read(&in_path, chat.clone(), false).expect("a request");
+            black_box((r.objects(), r.deployment().map(str::len)))
         })
     });
-    c.bench_function("deployment: from a /openai/v1 body", |b| {
-        b.iter(|| black_box(deployment::requested("/openai/v1/chat/completions", body)))
+    let v1 = RequestHeader::build("POST", b"/openai/v1/chat/completions", None).expect("request");
+    let body = Bytes::from_static(body);
+    c.bench_function("request: read, model in a /openai/v1 body", |b| {
+        b.iter(|| {
+            let r = Request::read(&v1, body.clone(), false).expect("a request");
+            black_box((r.estimate_tokens(), r.deployment().map(str::len)))
+        })
     });
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use aoai_proxy::config::Config;
-use aoai_proxy::server::Proxy;
+use aoai_proxy::server::Process;
 
 /// One endpoint in front of many Azure OpenAI instances.
 #[derive(Parser)]
@@ -32,7 +32,7 @@ enum Command {
     Simulate(aoai_proxy::demo::simulate::SimulateArgs),
     /// Check an admin endpoint (for a container's HEALTHCHECK, where there is no curl): exit 0
     /// when it answers 2xx, 1 otherwise.
-    Health(aoai_proxy::health::HealthArgs),
+    Health(aoai_proxy::health_command::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => failed("simulate", &e),
         },
-        Some(Command::Health(args)) => aoai_proxy::health::run(&args),
+        Some(Command::Health(args)) => aoai_proxy::health_command::run(&args),
         None => serve(cli.config, cli.test),
     };
     aoai_proxy::logging::flush();
@@ -89,8 +89,8 @@ fn serve(path: Option<PathBuf>, test: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match Proxy::build(&config) {
-        Ok(proxy) => proxy,
+    let process = match Process::build(&config) {
+        Ok(process) => process,
         Err(e) => {
             eprintln!("{}", e.report(&path));
             return ExitCode::FAILURE;
@@ -100,11 +100,13 @@ fn serve(path: Option<PathBuf>, test: bool) -> ExitCode {
         println!("{}: the configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = proxy.check_listen() {
-        eprintln!("{}: {e}", path.display());
-        return ExitCode::FAILURE;
+    match process.listen() {
+        Ok(process) => process.reload_from(&path).run(),
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
     }
-    proxy.reload_from(&path).run()
 }
 
 #[cfg(feature = "sim")]

@@ -10,10 +10,10 @@ use http::HeaderValue;
 use pingora::tls::x509::X509;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::health::BackendHealth;
+use super::standing::BackendStanding;
 use crate::config::{BackendConfig, Scheme};
 use crate::metrics::BackendStats;
-use crate::retry::Sent;
+use crate::outcome::Sent;
 
 /// How a backend is authenticated, fixed at start.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ pub struct Backend {
     pub host_header: HeaderValue,
     pub auth: BackendAuth,
     /// Cooldowns, ejection and probe results.
-    pub health: Arc<BackendHealth>,
+    pub standing: Arc<BackendStanding>,
     /// Its tries, tokens and timings.
     pub stats: Arc<BackendStats>,
     pub(crate) config: BackendConfig,
@@ -120,9 +120,9 @@ impl Backend {
             name: config.name.clone(),
             host_header,
             auth,
-            health: same.map_or_else(
-                || Arc::new(BackendHealth::new(&config.name)),
-                |p| p.health.clone(),
+            standing: same.map_or_else(
+                || Arc::new(BackendStanding::new(&config.name)),
+                |p| p.standing.clone(),
             ),
             stats: same.map_or_else(Arc::default, |p| p.stats.clone()),
             config: config.clone(),

@@ -1,26 +1,28 @@
-//! The backends and choosing one: the [`Pool`] with its priority groups and rotations, the
-//! accept rule and each request's [`Selection`], the state that rule reads (cooldowns asked for
-//! by the backends, passive health, active probes), DNS, and deployment names.
+//! The backends and choosing one: the [`Pool`] with its priority groups and their rotations
+//! ([`rotation`], pingora-load-balancing's round robin), the accept rule and each request's
+//! [`Selection`], the order a search asks them in, the standing that rule reads (cooldowns asked
+//! for by the backends, passive health, active probes), DNS, and the pool's metric families.
 //!
 //! Nothing here needs a Pingora session or a network to be tested: the proxy feeds in what each
 //! try produced ([`Pool::observe`]) and asks for the next backend ([`Selection::next`]).
 
 mod backend;
 pub mod cooldown;
-pub mod deployment;
 mod dns;
-mod health;
+mod exposition;
 mod pool;
 mod probe;
+mod rotation;
 mod search;
 mod select;
+mod standing;
 
 pub use backend::{Backend, BackendAuth, BackendError, Credential, Naming};
 pub use dns::{Resolver, DNS_INTERVAL};
-pub use health::{BackendHealth, HealthChange, Snapshot};
 pub use pool::Pool;
 pub use probe::Prober;
 pub use select::{Pick, Selection, Unavailable};
+pub use standing::{BackendStanding, Snapshot, StandingChange};
 
 #[cfg(test)]
 pub(crate) use pool::tests::pool as test_pool;

@@ -1,41 +1,26 @@
-//! [`Pool`]: the backends, their priority groups and each group's smooth weighted rotation,
-//! and the policies that say how a try's outcome changes a backend's state.
+//! [`Pool`]: the backends, their priority groups and each group's [`Rotation`], and the
+//! policies that say how a try's outcome changes a backend's standing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::HeaderMap;
 use pingora::tls::x509::X509;
 
 use super::backend::{Backend, BackendError, PeerTemplate};
-use super::health::HealthChange;
+use super::rotation::Rotation;
+use super::standing::StandingChange;
 use crate::config::{Config, CooldownPolicy, CredentialKind, EjectionPolicy};
-use crate::retry::Outcome;
+use crate::outcome::Outcome;
 
 /// The backends and their rotation.
 pub struct Pool {
     pub(super) backends: Box<[Arc<Backend>]>,
-    /// Priority groups, lowest priority first.
-    pub(super) groups: Box<[Group]>,
+    /// Priority groups' rotations, lowest priority first.
+    pub(super) groups: Box<[Rotation]>,
     /// For each backend, the index of its group.
     pub(super) group_of: Box<[usize]>,
     cooldown: CooldownPolicy,
     ejection: EjectionPolicy,
-}
-
-/// Backends of one priority, with their own rotation.
-pub(super) struct Group {
-    /// One round of the smooth weighted rotation: backend indexes, each as often as its weight.
-    pub(super) rotation: Box<[usize]>,
-    /// Turns taken so far; each request takes one when it first uses the group.
-    turns: AtomicUsize,
-}
-
-impl Group {
-    /// A new turn in the rotation.
-    pub(super) fn take_turn(&self) -> usize {
-        self.turns.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 impl Pool {
@@ -81,13 +66,7 @@ impl Pool {
                     (0..backends.len()).filter(|&i| group_of[i] == g).collect();
                 let weights: Vec<u16> =
                     members.iter().map(|&i| config.backends[i].weight).collect();
-                Group {
-                    rotation: smooth_rotation(&weights)
-                        .into_iter()
-                        .map(|k| members[k])
-                        .collect(),
-                    turns: AtomicUsize::new(0),
-                }
+                Rotation::new(&members, &weights)
             })
             .collect();
         Ok(Pool {
@@ -115,15 +94,15 @@ impl Pool {
     }
 
     /// Takes in what a try on backend `index` produced, with the response headers when it
-    /// answered (see [`super::health::BackendHealth::observe`]).
+    /// answered (see [`super::standing::BackendStanding::observe`]).
     pub fn observe(
         &self,
         index: usize,
         outcome: Outcome,
         headers: Option<&HeaderMap>,
         deployment: Option<&str>,
-    ) -> Option<HealthChange> {
-        self.backends[index].health.observe(
+    ) -> Option<StandingChange> {
+        self.backends[index].standing.observe(
             outcome,
             headers,
             deployment,
@@ -131,25 +110,6 @@ impl Pool {
             &self.ejection,
         )
     }
-}
-
-/// The order of one round of weighted round robin, spread out as nginx's smooth weighted
-/// round robin does (weights 3:1 give `a a b a`, not `a a a b`).
-fn smooth_rotation(weights: &[u16]) -> Vec<usize> {
-    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    (0..total)
-        .map(|_| {
-            for (c, &w) in current.iter_mut().zip(weights) {
-                *c += i64::from(w);
-            }
-            let best = (0..current.len())
-                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
-                .unwrap_or(0);
-            current[best] -= total;
-            best
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -174,28 +134,10 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn equal_weights_rotate_exactly() {
-        assert_eq!(smooth_rotation(&[1, 1, 1]), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn weights_are_spread_out() {
-        assert_eq!(smooth_rotation(&[3, 1]), vec![0, 0, 1, 0]);
-        let r = smooth_rotation(&[5, 1, 1]);
-        assert_eq!(r.len(), 7);
-        assert_eq!(r.iter().filter(|&&i| i == 0).count(), 5);
-        assert_ne!(
-            &r[..5],
-            &[0, 0, 0, 0, 0],
-            "heavy backend not bunched: {r:?}"
-        );
-    }
-
-    #[test]
     fn groups_follow_priority() {
         let p = pool(&[(5, 1), (0, 1), (5, 1), (2, 1)]);
         assert_eq!(&*p.group_of, &[2, 0, 2, 1]);
-        assert_eq!(&*p.groups[2].rotation, &[0, 2]);
+        assert_eq!(p.groups[2].order(), &[0, 2]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Active health checks: backends with a `health_check` are probed on their interval with
 //! pingora-load-balancing's TCP or HTTP checks, and the results feed the same state passive
-//! health uses ([`super::health::BackendHealth`]).
+//! health uses ([`super::standing::BackendStanding`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,11 +90,11 @@ async fn probe_forever(backend: Arc<Backend>, kind: HealthCheckKind, interval: D
         };
         if check.run(&target).await {
             failures = 0;
-            backend.health.set_probe(true);
+            backend.standing.set_probe(true);
         } else {
             failures += 1;
             if failures >= PROBE_FAILURES {
-                backend.health.set_probe(false);
+                backend.standing.set_probe(false);
             }
         }
     }

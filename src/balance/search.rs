@@ -8,7 +8,7 @@ use std::time::Instant;
 use http::HeaderValue;
 use smallvec::SmallVec;
 
-use super::health::{Moment, Standing};
+use super::standing::{Moment, Standing};
 use super::{Pick, Pool, Unavailable};
 
 impl Pool {
@@ -38,7 +38,7 @@ impl Pool {
                 no_token = true;
                 continue;
             };
-            let good = b.health.standing(deployment, at) == Standing::Good;
+            let good = b.standing.standing(deployment, at) == Standing::Good;
             let key = (Some(index) != holder, !good, self.group_of[index]);
             order.push((key.0, key.1, key.2, Pick { index, credential }));
         }
@@ -80,7 +80,7 @@ mod tests {
         assert_eq!(order(&p, None), [0, 1, 2]);
         assert_eq!(order(&p, Some(2)), [2, 0, 1]);
         p.get(0)
-            .health
+            .standing
             .cool(Some("gpt-4o"), Duration::from_secs(60), "test");
         assert_eq!(order(&p, None), [1, 2, 0], "cooling, yet still asked");
         assert_eq!(

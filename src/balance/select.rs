@@ -12,7 +12,7 @@ use http::HeaderValue;
 use smallvec::SmallVec;
 
 use super::backend::Credential;
-use super::health::{Moment, Standing};
+use super::standing::{Moment, Standing};
 use super::Pool;
 
 /// Why no backend can take a request.
@@ -125,7 +125,7 @@ impl Selection<'_> {
         } else if b.needs_token() && self.token.is_none() {
             Fit::NoToken
         } else {
-            match b.health.standing(self.deployment, at) {
+            match b.standing.standing(self.deployment, at) {
                 Standing::Cooling(left) => Fit::Cooling(left),
                 Standing::Unhealthy => Fit::Unhealthy,
                 Standing::Good => Fit::Ready,
@@ -195,7 +195,7 @@ impl Selection<'_> {
     /// request and has been tried `fewest` times.
     fn pick_in(&mut self, group: usize, fewest: usize, at: Moment) -> Option<Pick> {
         let turn = self.turn(group);
-        let rotation = &self.pool.groups.get(group)?.rotation;
+        let rotation = self.pool.groups.get(group)?.order();
         let index = (0..rotation.len())
             .map(|k| rotation[(turn + k) % rotation.len()])
             .find(|&i| self.tries_of(i) == fewest && self.accepts_at(i, at))?;

@@ -6,39 +6,12 @@
 //! keys from the file are hashed at load and not kept.
 
 pub mod entra;
+pub mod limits;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-use crate::config::{ClientKey, ClientLimits};
-
-/// The SHA-256 of a client key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyDigest([u8; 32]);
-
-impl KeyDigest {
-    /// The digest of `key`.
-    pub fn of(key: &[u8]) -> KeyDigest {
-        KeyDigest(Sha256::digest(key).into())
-    }
-
-    /// A digest written as 64 hexadecimal digits (`key_sha256`).
-    pub fn from_hex(hex: &str) -> Option<KeyDigest> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex.trim(), &mut bytes).ok()?;
-        Some(KeyDigest(bytes))
-    }
-}
-
-impl fmt::Debug for KeyDigest {
-    /// A digest of a weak key can be brute-forced: it never prints either.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyDigest(*****)")
-    }
-}
+use crate::config::{ClientKey, ClientLimits, KeyDigest};
 
 /// A client the proxy knows: its name (in logs and metrics) and what it may use.
 #[derive(Debug, PartialEq, Eq)]

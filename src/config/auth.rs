@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::raw::Problems;
 use super::validate::duration;
 use super::values::{EnvString, HumanDuration, SecretValue};
+use super::Secret;
 use super::{Auth, CredentialKind, UserAssigned};
-use crate::credentials::Secret;
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "snake_case")]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::raw::{Problems, RawClient, RawClientAuth, RawEntraClients};
 use super::validate::{duplicates, duration, DAY};
+use super::KeyDigest;
 use super::{ClientKey, ClientLimits, EntraClients};
-use crate::clients::KeyDigest;
 
 /// Entra ID clients need both halves: the tenant to check tokens against, and who is who.
 pub(super) fn client_auth_is_whole(
@@ -116,6 +116,13 @@ fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
         }
         list.into_iter().map(|d| d.0).collect()
     });
+    // `-` is the metrics' and the access log's word for "no client" (`metrics::NO_CLIENT`).
+    if c.name.0 == "-" || c.name.0.is_empty() {
+        p.add(
+            format!("{key}.name"),
+            "give the client a name (`-` stands for requests without a client in metrics)",
+        );
+    }
     ClientKey {
         name: c.name.0,
         digest,

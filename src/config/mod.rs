@@ -7,10 +7,13 @@
 //! named once, here, beside the setting it belongs to.
 
 mod auth;
+mod backends;
 mod clients;
 mod env;
 mod load;
 mod raw;
+mod secret;
+mod settings;
 mod validate;
 pub mod values;
 
@@ -19,9 +22,9 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::clients::KeyDigest;
-use crate::credentials::Secret;
 pub use load::{ConfigError, Problem};
+pub use secret::{KeyDigest, Secret};
+pub use settings::{CooldownPolicy, EjectionPolicy, ServerSettings, Sizes, Timeouts};
 pub use values::{BackendUrl, Scheme};
 
 /// The validated configuration.
@@ -46,7 +49,8 @@ pub struct Config {
     /// How clients with Entra ID tokens are checked (`client_auth.entra`).
     pub entra_clients: Option<EntraClients>,
     pub timeouts: Timeouts,
-    pub limits: Limits,
+    /// Request sizes (`limits`).
+    pub sizes: Sizes,
     pub server: ServerSettings,
     /// How throttled backends are left alone.
     pub cooldown: CooldownPolicy,
@@ -100,6 +104,9 @@ pub enum LogFormat {
 impl Config {
     /// `retry.max_tries` when the file does not say.
     pub const DEFAULT_MAX_TRIES: NonZeroU32 = NonZeroU32::new(3).expect("3 is not zero");
+    /// `objects.remember` when the file does not say.
+    pub const DEFAULT_OBJECTS_REMEMBERED: std::num::NonZeroUsize =
+        std::num::NonZeroUsize::new(100_000).expect("not zero");
     /// `paths` when the file does not say: Azure OpenAI's.
     pub const DEFAULT_PATHS: [&'static str; 1] = ["/openai/"];
 }
@@ -273,119 +280,6 @@ impl EntraClients {
             format!("https://login.microsoftonline.com/{tenant}/v2.0"),
             format!("https://sts.windows.net/{tenant}/"),
         ]
-    }
-}
-
-/// Upstream timeouts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP connect (and TLS handshake) to a backend.
-    pub connect: Duration,
-    /// From the request sent to the response header received.
-    pub response_header: Duration,
-    /// Longest silence between two reads of a response body.
-    pub body_idle: Duration,
-    /// How long an idle upstream connection is kept for reuse.
-    pub pool_idle: Duration,
-    /// The longest a client may take to send a request body, whole (then 408).
-    pub client_body: Duration,
-}
-
-impl Default for Timeouts {
-    /// 5 s to connect, 300 s for the response header (long non-streaming completions take a
-    /// while), 300 s between body chunks, 60 s of pooled idleness, 60 s for a client's body
-    /// (32 MiB, the largest by default, at 4 Mbit/s).
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(5),
-            response_header: Duration::from_secs(300),
-            body_idle: Duration::from_secs(300),
-            pool_idle: Duration::from_secs(60),
-            client_body: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Request size limits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// The largest request body accepted (and replayed on retries).
-    pub max_body_bytes: u64,
-    /// The largest total size of request headers.
-    pub max_header_bytes: usize,
-}
-
-impl Default for Limits {
-    /// 32 MiB of body, 32 KiB of headers.
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 32 << 20,
-            max_header_bytes: 32 << 10,
-        }
-    }
-}
-
-/// Process settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerSettings {
-    /// Worker threads of the proxy service.
-    pub threads: usize,
-    /// Whether the workers share one runtime that moves tasks between threads (`true`), or
-    /// each runs its own, like nginx's workers (`false`, the default and the faster).
-    pub work_stealing: bool,
-    /// How long in-flight requests may take to finish after SIGTERM.
-    pub grace_period: Duration,
-}
-
-impl Default for ServerSettings {
-    /// One thread per CPU, each with its own runtime; 60 s of grace.
-    fn default() -> Self {
-        ServerSettings {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            work_stealing: false,
-            grace_period: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Cooldowns after a 429 or 503.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CooldownPolicy {
-    /// When the answer says nothing usable about how long.
-    pub default: Duration,
-    /// The longest cooldown honoured, whatever the backend says.
-    pub max: Duration,
-}
-
-impl Default for CooldownPolicy {
-    /// 10 s when the backend does not say; at most 1 h whatever it says.
-    fn default() -> Self {
-        CooldownPolicy {
-            default: Duration::from_secs(10),
-            max: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// When passive health ejects a backend, and for how long.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EjectionPolicy {
-    /// Consecutive failures (connection errors, timeouts, 5xx) that eject a backend.
-    pub failures: u32,
-    /// The first ejection; each further one while it keeps failing doubles it.
-    pub base: Duration,
-    /// The longest ejection.
-    pub max: Duration,
-}
-
-impl Default for EjectionPolicy {
-    /// 3 failures in a row eject for 10 s, doubling to 5 min while it keeps failing.
-    fn default() -> Self {
-        EjectionPolicy {
-            failures: 3,
-            base: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-        }
     }
 }
 

@@ -170,6 +170,7 @@ pub(super) struct RawTimeouts {
     pub(super) body_idle: Option<HumanDuration>,
     pub(super) pool_idle: Option<HumanDuration>,
     pub(super) client_body: Option<HumanDuration>,
+    pub(super) client_header: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]

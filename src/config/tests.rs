@@ -24,7 +24,7 @@ fn defaults_are_filled_in() {
     assert_eq!(c.backends[0].name, "a.openai.azure.com");
     assert_eq!(c.backends[0].weight, 1);
     assert_eq!(c.timeouts, Timeouts::default());
-    assert_eq!(c.limits.max_body_bytes, 32 << 20);
+    assert_eq!(c.sizes.max_body_bytes, 32 << 20);
     assert!(c.clients.is_none());
 }
 
@@ -170,7 +170,7 @@ fn secrets_lose_surrounding_whitespace_and_refuse_control_characters() {
     assert_eq!(c.backends[0].api_key.as_ref().unwrap().expose(), "k-1");
     assert_eq!(
         c.clients.unwrap()[0].digest,
-        Some(crate::clients::KeyDigest::of(b"key-a"))
+        Some(crate::config::KeyDigest::of(b"key-a"))
     );
     let p = problems(&format!("{MINIMAL}    api_key: \"a\\nb\"\n"));
     assert_eq!(p[0].path, "backends[0].api_key");
@@ -220,7 +220,7 @@ fn defaults_are_the_named_ones() {
     assert_eq!(c.auth.startup_wait, Auth::DEFAULT_STARTUP_WAIT);
     assert_eq!(c.cooldown, CooldownPolicy::default());
     assert_eq!(c.ejection, EjectionPolicy::default());
-    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.sizes, Sizes::default());
     assert_eq!(
         c.server.grace_period,
         ServerSettings::default().grace_period
@@ -245,7 +245,7 @@ fn a_client_gives_a_key_or_its_digest() {
     let clients = c.clients.unwrap();
     assert_eq!(
         clients[1].digest,
-        Some(crate::clients::KeyDigest::of(b"key-b"))
+        Some(crate::config::KeyDigest::of(b"key-b"))
     );
     for (clients, path) in [
         ("  - {name: a}\n", "clients[0]"),
@@ -344,10 +344,7 @@ fn objects_remembered_is_a_positive_count() {
     let c = Config::from_yaml(&format!("{MINIMAL}objects: {{remember: 500}}\n")).unwrap();
     assert_eq!(c.objects_remembered.get(), 500);
     let c = Config::from_yaml(MINIMAL).unwrap();
-    assert_eq!(
-        c.objects_remembered,
-        crate::objects::LocalLocations::DEFAULT_CAPACITY
-    );
+    assert_eq!(c.objects_remembered, Config::DEFAULT_OBJECTS_REMEMBERED);
     let p = problems(&format!("{MINIMAL}objects: {{remember: 0}}\n"));
     assert_eq!(p[0].path, "objects.remember");
     assert!(p[0].line.is_some(), "{p:?}");

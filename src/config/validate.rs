@@ -2,24 +2,23 @@
 //! named beside the validated types, and reports every problem it finds with its key path, so a
 //! file with three mistakes gets three answers at once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::clients;
 use super::raw::{
-    Problems, RawAdmin, RawBackend, RawCheckKind, RawConfig, RawCooldown, RawHealth,
-    RawHealthCheck, RawLimits, RawRetry, RawServer, RawTimeouts, RawTls,
+    Problems, RawAdmin, RawConfig, RawCooldown, RawHealth, RawLimits, RawRetry, RawServer,
+    RawTimeouts, RawTls,
 };
 use super::values::{EnvString, HumanDuration, ListenAddr};
 use super::RedisSettings;
+use super::Secret;
+use super::{backends, clients};
 use super::{
-    BackendConfig, Config, CooldownPolicy, EjectionPolicy, HealthCheck, HealthCheckKind, Limits,
-    Problem, ServerSettings, Timeouts, TlsListener,
+    Config, CooldownPolicy, EjectionPolicy, Problem, ServerSettings, Sizes, Timeouts, TlsListener,
 };
-use crate::credentials::Secret;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// The least duration that is more than zero.
@@ -35,7 +34,7 @@ impl RawConfig {
         }
         clients::client_auth_is_whole(self.clients.as_deref(), self.client_auth.as_ref(), &mut p);
         let config = Config {
-            backends: backends(self.backends, &mut p),
+            backends: backends::backends(self.backends, &mut p),
             max_tries: max_tries(self.retry, &mut p),
             entra_clients: self
                 .client_auth
@@ -44,7 +43,7 @@ impl RawConfig {
             clients: self.clients.map(|c| clients::clients(c, &mut p)),
             auth: self.auth.validate(&mut p),
             timeouts: timeouts(self.timeouts, &mut p),
-            limits: limits(self.limits, &mut p),
+            sizes: sizes(self.limits, &mut p),
             server: server(self.server, &mut p),
             cooldown: cooldown(self.cooldown, &mut p),
             ejection: ejection(self.health, &mut p),
@@ -58,7 +57,7 @@ impl RawConfig {
             objects_remembered: self
                 .objects
                 .and_then(|o| o.remember)
-                .unwrap_or(crate::objects::LocalLocations::DEFAULT_CAPACITY),
+                .unwrap_or(Config::DEFAULT_OBJECTS_REMEMBERED),
             listen: self.listen.into_iter().map(|l| l.0).collect(),
             tls: self.tls.map(tls),
             admin: self.admin.map(|a| a.listen.0),
@@ -83,7 +82,7 @@ fn tls(t: RawTls) -> TlsListener {
     }
 }
 
-/// One address cannot serve two listeners.
+/// One address cannot serve two listeners (but port 0 is a port picked for each).
 fn listeners_are_distinct(
     listen: &[ListenAddr],
     tls: Option<&RawTls>,
@@ -94,6 +93,8 @@ fn listeners_are_distinct(
         listen.iter().map(|l| ("listen", l.0.as_str())).collect();
     addresses.extend(tls.map(|t| ("tls.listen", t.listen.0.as_str())));
     addresses.extend(admin.map(|a| ("admin.listen", a.listen.0.as_str())));
+    // Each port 0 is a port of its own, picked at start.
+    addresses.retain(|(_, a)| !a.ends_with(":0"));
     for addr in duplicates(addresses.iter().map(|(_, a)| *a)) {
         let keys: Vec<&str> = addresses
             .iter()
@@ -105,103 +106,6 @@ fn listeners_are_distinct(
             format!("{addr} is given more than once ({})", keys.join(", ")),
         );
     }
-}
-
-fn backends(raw: Vec<RawBackend>, p: &mut Problems) -> Vec<BackendConfig> {
-    if raw.is_empty() {
-        p.add("backends", "give at least one backend");
-    }
-    let backends: Vec<BackendConfig> = raw
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| backend(&format!("backends[{i}]"), b, p))
-        .collect();
-    for name in duplicates(backends.iter().map(|b| b.name.as_str())) {
-        p.add(
-            "backends",
-            format!("two backends are named {name:?}: give each a distinct `name`"),
-        );
-    }
-    backends
-}
-
-fn backend(key: &str, b: RawBackend, p: &mut Problems) -> BackendConfig {
-    let weight = b.weight.unwrap_or(BackendConfig::DEFAULT_WEIGHT);
-    if weight == 0 {
-        p.add(format!("{key}.weight"), "must be at least 1");
-    }
-    BackendConfig {
-        name: b.name.map_or_else(|| b.url.authority(), |n| n.0),
-        url: b.url,
-        weight: weight.max(1),
-        api_key: b.api_key.map(|k| k.0),
-        priority: b.priority.unwrap_or(BackendConfig::DEFAULT_PRIORITY),
-        deployments: b
-            .deployments
-            .map(|map| deployments(&format!("{key}.deployments"), map, p)),
-        health_check: b
-            .health_check
-            .map(|h| health_check(&format!("{key}.health_check"), h, p)),
-    }
-}
-
-/// Azure OpenAI deployment names: letters, digits, `-`, `_` and `.`.
-fn valid_deployment(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn deployments(
-    key: &str,
-    map: BTreeMap<String, EnvString>,
-    p: &mut Problems,
-) -> BTreeMap<String, String> {
-    if map.is_empty() {
-        p.add(
-            key,
-            "an empty map would serve nothing: remove it to serve every deployment",
-        );
-    }
-    map.into_iter()
-        .map(|(from, EnvString(to))| {
-            for name in [&from, &to] {
-                if !valid_deployment(name) {
-                    p.add(
-                        format!("{key}.{from}"),
-                        format!("{name:?} is not a deployment name (letters, digits, - _ .)"),
-                    );
-                }
-            }
-            (from, to)
-        })
-        .collect()
-}
-
-fn health_check(key: &str, h: RawHealthCheck, p: &mut Problems) -> HealthCheck {
-    let interval = duration(
-        p,
-        &format!("{key}.interval"),
-        h.interval,
-        HealthCheck::DEFAULT_INTERVAL,
-        Duration::from_millis(100)..=Duration::MAX,
-    );
-    let kind = match (h.kind, h.path) {
-        (RawCheckKind::Tcp, None) => HealthCheckKind::Tcp,
-        (RawCheckKind::Tcp, Some(_)) => {
-            p.add(format!("{key}.path"), "is used only with kind http");
-            HealthCheckKind::Tcp
-        }
-        (RawCheckKind::Http, path) => {
-            let path = path.map_or_else(|| HealthCheck::DEFAULT_PATH.to_string(), |p| p.0);
-            if !path.starts_with('/') {
-                p.add(format!("{key}.path"), "must start with /");
-            }
-            HealthCheckKind::Http { path }
-        }
-    };
-    HealthCheck { kind, interval }
 }
 
 fn paths(raw: Option<Vec<EnvString>>, p: &mut Problems) -> Vec<String> {
@@ -284,11 +188,18 @@ fn timeouts(raw: Option<RawTimeouts>, p: &mut Problems) -> Timeouts {
             d.client_body,
             positive(HOUR),
         ),
+        client_header: duration(
+            p,
+            "timeouts.client_header",
+            t.client_header,
+            d.client_header,
+            positive(HOUR),
+        ),
     }
 }
 
-fn limits(raw: Option<RawLimits>, p: &mut Problems) -> Limits {
-    let d = Limits::default();
+fn sizes(raw: Option<RawLimits>, p: &mut Problems) -> Sizes {
+    let d = Sizes::default();
     let l = raw.unwrap_or_default();
     let max_body_bytes = l.max_body_bytes.map_or(d.max_body_bytes, |v| v.0);
     if !(1 << 10..=1 << 30).contains(&max_body_bytes) {
@@ -300,7 +211,7 @@ fn limits(raw: Option<RawLimits>, p: &mut Problems) -> Limits {
     if !(1 << 10..=96 << 10).contains(&max_header_bytes) {
         p.add("limits.max_header_bytes", "must be between 1KiB and 96KiB");
     }
-    Limits {
+    Sizes {
         max_body_bytes,
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
     }

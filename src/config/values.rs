@@ -2,12 +2,12 @@
 //! reported with its key path and line by serde.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer};
 
-use crate::credentials::Secret;
+use super::Secret;
 
 /// A string after `${NAME}` substitution from the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,12 +48,23 @@ impl<'de> Deserialize<'de> for SecretValue {
 pub struct ListenAddr(pub String);
 
 impl<'de> Deserialize<'de> for ListenAddr {
+    /// An IP address and port (written back in its normal form), or a host name and port, which
+    /// is resolved when the proxy starts listening, never when a configuration is checked.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let EnvString(s) = EnvString::deserialize(d)?;
-        let resolved: Option<SocketAddr> = s.to_socket_addrs().ok().and_then(|mut a| a.next());
-        match resolved {
-            Some(addr) => Ok(ListenAddr(addr.to_string())),
-            None => Err(de::Error::custom(format!(
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddr(addr.to_string()));
+        }
+        let named = s.rsplit_once(':').is_some_and(|(host, port)| {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        });
+        match named {
+            true => Ok(ListenAddr(s)),
+            false => Err(de::Error::custom(format!(
                 "{s:?} is not a \"host:port\" address (for example 0.0.0.0:8080)"
             ))),
         }

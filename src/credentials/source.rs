@@ -156,22 +156,29 @@ impl CredentialSource {
 
 /// An HTTP client for token endpoints that also trusts the CAs in `pem`.
 fn transport_trusting(pem: &[u8]) -> Result<Transport, String> {
-    Ok(Transport::new(Arc::new(http_client(Some(pem))?)))
+    let client = http_client(Some(pem)).map_err(|e| e.to_string())?;
+    Ok(Transport::new(Arc::new(client)))
+}
+
+/// Why the HTTP client for Entra ID endpoints could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    #[error("upstream_tls.ca_file: {0}")]
+    Ca(#[source] reqwest::Error),
+    #[error("cannot build the Entra ID endpoint client: {0}")]
+    Build(#[source] reqwest::Error),
 }
 
 /// An HTTP client for Entra ID endpoints (tokens, signing keys): bounded waits, no redirects,
 /// the system's roots plus the CAs in `extra_ca` (`upstream_tls.ca_file`).
-pub fn http_client(extra_ca: Option<&[u8]>) -> Result<reqwest::Client, String> {
+pub fn http_client(extra_ca: Option<&[u8]>) -> Result<reqwest::Client, HttpClientError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(pem) = extra_ca {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("upstream_tls.ca_file: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(HttpClientError::Ca)?;
         builder = builder.tls_certs_merge(certs);
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the Entra ID endpoint client: {e}"))
+    builder.build().map_err(HttpClientError::Build)
 }

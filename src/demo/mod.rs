@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use aoai_sim::{Backend, BackendOptions, IdentityEndpoint};
 
 use crate::config::Config;
-use crate::server::Proxy;
+use crate::server::Process;
 
 /// Options of `aoai-proxy demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// The proxy's port on 127.0.0.1 (the admin endpoint takes the next one).
+    /// The proxy's port on 127.0.0.1 (the admin endpoint takes the next one); 0 picks free
+    /// ports for both, and the lines printed name them.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
 }
@@ -44,6 +45,44 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     );
     std::env::set_var("IDENTITY_HEADER", IDENTITY_HEADER);
 
+    let urls = start_simulators(identity_listener)?;
+
+    let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let admin_port = if args.port == 0 {
+        0
+    } else {
+        args.port.wrapping_add(1)
+    };
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let yaml = format!(
+        "listen: [\"{listen}\"]\nadmin: {{listen: \"{admin}\"}}\nauth: {{kind: managed_identity}}\n\
+         backends:\n  - {{url: \"{}\", name: eastus-sim}}\n  - {{url: \"{}\", name: westus-sim}}\n\
+         clients:\n  - {{name: demo, key: {DEMO_KEY}}}\n",
+        urls[0], urls[1]
+    );
+    let config = Config::from_yaml(&yaml).map_err(|p| format!("demo configuration: {p:?}"))?;
+    let process = Process::build(&config).map_err(|e| e.to_string())?;
+    let process = process
+        .listen()
+        .map_err(|e| format!("cannot listen: {e} (try --port)"))?;
+    let (listen, admin) = match process.listening() {
+        (Some(listen), Some(admin)) => (listen, admin),
+        _ => return Err("the proxy has no listener".into()),
+    };
+
+    std::thread::spawn(move || {
+        if wait_ready(admin, Duration::from_secs(30)) {
+            print_instructions(listen, admin);
+        } else {
+            eprintln!("the proxy did not become ready within 30 s: see the log above");
+        }
+    });
+    Ok(process.run())
+}
+
+/// Starts the simulated identity endpoint (on `identity_listener`) and two backends, on a thread
+/// of their own for the life of the process; the backends' URLs.
+fn start_simulators(identity_listener: TcpListener) -> Result<Vec<String>, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -87,31 +126,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
             }
         });
     });
-    let urls = rx.recv().map_err(|e| e.to_string())??;
-
-    let listen = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let admin = SocketAddr::from(([127, 0, 0, 1], args.port.wrapping_add(1)));
-    for addr in [listen, admin] {
-        std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen on {addr}: {e} (try --port)"))?;
-    }
-    let yaml = format!(
-        "listen: [\"{listen}\"]\nadmin: {{listen: \"{admin}\"}}\nauth: {{kind: managed_identity}}\n\
-         backends:\n  - {{url: \"{}\", name: eastus-sim}}\n  - {{url: \"{}\", name: westus-sim}}\n\
-         clients:\n  - {{name: demo, key: {DEMO_KEY}}}\n",
-        urls[0], urls[1]
-    );
-    let config = Config::from_yaml(&yaml).map_err(|p| format!("demo configuration: {p:?}"))?;
-    let proxy = Proxy::build(&config).map_err(|e| e.to_string())?;
-
-    std::thread::spawn(move || {
-        if wait_ready(admin, Duration::from_secs(30)) {
-            print_instructions(listen, admin);
-        } else {
-            eprintln!("the proxy did not become ready within 30 s: see the log above");
-        }
-    });
-    Ok(proxy.run())
+    rx.recv().map_err(|e| e.to_string())?
 }
 
 /// Polls `/readyz` until it answers 200.

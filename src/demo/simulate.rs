@@ -89,37 +89,13 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
                 ),
             ],
         };
-        let mut keep = Vec::new();
-        for (i, addr) in args.listen.iter().enumerate() {
-            let options = BackendOptions {
-                name: format!("sim-{i}"),
-                answer: answer(args.answer_bytes),
-                chunk_delay: Duration::from_millis(args.chunk_delay_ms),
-                ..Default::default()
-            };
-            let b = Backend::start_on(*addr, options)
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-            println!("simulated Azure OpenAI backend sim-{i} at {}", b.url());
-            keep.push(b);
-        }
-        for addr in &args.throttled {
-            let options = BackendOptions {
-                name: format!("throttled-{}", addr.port()),
-                ..Default::default()
-            };
-            let b = Backend::start_on(*addr, options)
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-            b.set_fault(Some(throttle.clone()));
-            println!(
-                "simulated Azure OpenAI backend answering 429 at {}",
-                b.url()
-            );
-            keep.push(b);
-        }
+        let backends = start_backends(&args, &throttle).await?;
+        let _identity = match args.identity {
+            Some(addr) => Some(start_identity(addr, &args.identity_header).await?),
+            None => None,
+        };
         let throttles = async {
-            // The `--listen` backends come first in `keep`.
+            // The `--listen` backends come first.
             let listening = args.listen.len();
             if args.throttle_every_ms == 0 || listening == 0 {
                 return std::future::pending().await;
@@ -128,26 +104,8 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
             tick.tick().await;
             for i in (0..listening).cycle() {
                 tick.tick().await;
-                keep[i].push_fault(throttle.clone());
+                backends[i].push_fault(throttle.clone());
             }
-        };
-        let _identity = match args.identity {
-            Some(addr) => {
-                let id = IdentityEndpoint::start_on(
-                    addr,
-                    &args.identity_header,
-                    Duration::from_secs(24 * 3600),
-                )
-                .await
-                .map_err(|e| format!("{addr}: {e}"))?;
-                println!(
-                    "simulated managed identity: IDENTITY_ENDPOINT={} IDENTITY_HEADER={}",
-                    id.endpoint(),
-                    args.identity_header
-                );
-                Some(id)
-            }
-            None => None,
         };
         // Ctrl+C, or SIGTERM (`docker stop`, where it runs as the container's first process).
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -159,4 +117,50 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// The `--listen` backends, then the `--throttled` ones (which answer `throttle`).
+async fn start_backends(args: &SimulateArgs, throttle: &Fault) -> Result<Vec<Backend>, String> {
+    let mut started = Vec::new();
+    for (i, addr) in args.listen.iter().enumerate() {
+        let options = BackendOptions {
+            name: format!("sim-{i}"),
+            answer: answer(args.answer_bytes),
+            chunk_delay: Duration::from_millis(args.chunk_delay_ms),
+            ..Default::default()
+        };
+        let b = Backend::start_on(*addr, options)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        println!("simulated Azure OpenAI backend sim-{i} at {}", b.url());
+        started.push(b);
+    }
+    for addr in &args.throttled {
+        let options = BackendOptions {
+            name: format!("throttled-{}", addr.port()),
+            ..Default::default()
+        };
+        let b = Backend::start_on(*addr, options)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        b.set_fault(Some(throttle.clone()));
+        println!(
+            "simulated Azure OpenAI backend answering 429 at {}",
+            b.url()
+        );
+        started.push(b);
+    }
+    Ok(started)
+}
+
+/// The simulated managed identity endpoint on `addr`.
+async fn start_identity(addr: SocketAddr, header: &str) -> Result<IdentityEndpoint, String> {
+    let id = IdentityEndpoint::start_on(addr, header, Duration::from_secs(24 * 3600))
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    println!(
+        "simulated managed identity: IDENTITY_ENDPOINT={} IDENTITY_HEADER={header}",
+        id.endpoint(),
+    );
+    Ok(id)
 }

@@ -10,12 +10,12 @@ use ahash::RandomState;
 use prometheus::Histogram;
 
 use super::{histogram, TokenKind, TryLabel, SECONDS_BUCKETS};
-use crate::retry::Outcome;
+use crate::outcome::Outcome;
 use crate::usage::Usage;
 
 /// Tokens of one (deployment, client) on one backend, by [`TokenKind`]: `None` until a kind
 /// is first reported.
-pub(super) type TokenCounts = [Option<u64>; 4];
+pub type TokenCounts = [Option<u64>; 4];
 
 /// Per backend: deployment, then client, then the counts. Looked up by `&str`, so an answer
 /// of a series already seen allocates nothing (and hashed with aHash, not SipHash: the keys
@@ -24,19 +24,48 @@ type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts, RandomState>,
 
 /// The most (deployment, client) series kept per backend. A deployment is named by the client
 /// (in the path or the body's `model`), so spellings that a backend still answers could grow the
-/// table without end: past the cap, new ones are counted under `deployment="other"`.
+/// table without end: past the cap, new ones are counted under [`OTHER_DEPLOYMENTS`].
 pub const MAX_TOKEN_SERIES: usize = 1000;
+
+/// The `client` label of requests without a client (no `clients` configured). No client is
+/// named so: the configuration refuses the name.
+pub const NO_CLIENT: &str = "-";
+
+/// The `deployment` label of requests that name no deployment. No deployment is named so: a
+/// deployment name begins with a letter or digit.
+const NO_DEPLOYMENT: &str = "-";
+
+/// The `deployment` label of names past [`MAX_TOKEN_SERIES`], and of names that cannot be a
+/// deployment's (so that neither sentinel can be a real name).
+const OTHER_DEPLOYMENTS: &str = "(other)";
+
+/// The `deployment` label of `deployment`: its name when it can be one (letters, digits, `-`,
+/// `_` and `.`, beginning with a letter or digit, at most 64), else a sentinel no name can be.
+pub fn deployment_label(deployment: Option<&str>) -> &str {
+    let Some(name) = deployment else {
+        return NO_DEPLOYMENT;
+    };
+    let plausible = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    match plausible {
+        true => name,
+        false => OTHER_DEPLOYMENTS,
+    }
+}
 
 /// What one backend did: its tries by outcome, the tokens it reported, and how long it took
 /// to answer. Kept with the [`crate::balance::Backend`], so it lives as long as the backend does
 /// (across a reload that keeps it).
 pub struct BackendStats {
     /// By `label as usize`.
-    pub(super) tries: [AtomicU64; TryLabel::ALL.len()],
+    tries: [AtomicU64; TryLabel::ALL.len()],
     /// Tokens: touched once an answer, when it reported usage.
-    pub(super) tokens: Mutex<TokenTable>,
+    tokens: Mutex<TokenTable>,
     /// From sending the request to its response header, for tries that got one.
-    pub(super) first_byte: Histogram,
+    first_byte: Histogram,
 }
 
 impl Default for BackendStats {
@@ -77,10 +106,30 @@ impl BackendStats {
         totals
     }
 
+    /// From sending a request to its response header, for the tries that got one.
+    pub fn first_byte(&self) -> &Histogram {
+        &self.first_byte
+    }
+
+    /// The token counts, by (deployment, client) label, in label order.
+    pub fn token_series(&self) -> Vec<(String, String, TokenCounts)> {
+        let table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut series: Vec<_> = table
+            .iter()
+            .flat_map(|(d, clients)| {
+                clients
+                    .iter()
+                    .map(move |(c, n)| (d.to_string(), c.to_string(), *n))
+            })
+            .collect();
+        series.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        series
+    }
+
     /// Counts the tokens reported for an answer to `client` (`None`: no `clients`) about
     /// `deployment`.
     pub fn record_usage(&self, deployment: Option<&str>, client: Option<&str>, usage: &Usage) {
-        let (deployment, client) = (deployment.unwrap_or("-"), client.unwrap_or("-"));
+        let (deployment, client) = (deployment_label(deployment), client.unwrap_or(NO_CLIENT));
         let mut table = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let known = table
             .get(deployment)
@@ -89,7 +138,7 @@ impl BackendStats {
         let deployment = if known || !full() {
             deployment
         } else {
-            "other"
+            OTHER_DEPLOYMENTS
         };
         let clients = match table.get_mut(deployment) {
             Some(clients) => clients,
@@ -110,5 +159,36 @@ impl BackendStats {
                 *count = Some(count.unwrap_or(0).saturating_add(n));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_series_are_bounded_and_sentinels_are_no_real_name() {
+        let b = BackendStats::default();
+        let usage = Usage {
+            prompt: 1,
+            completion: 1,
+            ..Usage::default()
+        };
+        for i in 0..MAX_TOKEN_SERIES + 10 {
+            b.record_usage(Some(&format!("d{i}")), None, &usage);
+        }
+        b.record_usage(Some("d0"), None, &usage);
+        let series = b.token_series();
+        assert_eq!(series.len(), MAX_TOKEN_SERIES + 1, "the cap, plus (other)");
+        let count = |d: &str| series.iter().find(|s| s.0 == d).map(|s| s.2[0]);
+        assert_eq!(count("(other)"), Some(Some(10)));
+        assert_eq!(count("d0"), Some(Some(2)));
+        // A deployment named as a sentinel is not one.
+        assert_eq!(deployment_label(Some("-")), "(other)");
+        assert_eq!(deployment_label(Some("(other)")), "(other)");
+        assert_eq!(deployment_label(Some("other")), "other");
+        assert_eq!(deployment_label(Some("x\ny")), "(other)");
+        assert_eq!(deployment_label(None), "-");
+        assert_eq!(deployment_label(Some("gpt-4.1-mini")), "gpt-4.1-mini");
     }
 }

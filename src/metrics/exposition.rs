@@ -1,233 +1,181 @@
-//! The Prometheus text exposition of [`Metrics`] and the pool's backends. Written by hand: the
-//! label sets follow the pool, which changes on reload; the histograms' buckets, sums and
-//! counts come from the `prometheus` crate's lock-free histogram.
+//! The Prometheus text exposition: metric families built from the counters and encoded by the
+//! `prometheus` crate's [`TextEncoder`], which writes each family's `# HELP` and `# TYPE` and
+//! escapes label values. The process's own families are built here ([`Metrics::families`]);
+//! those whose series follow the pool (a set a backend, changing on reload) are the pool's to
+//! build (`balance::exposition`), and the token's the admin listener's, with [`Family`].
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use prometheus::core::Metric as _;
-use prometheus::Histogram;
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Histogram, TextEncoder};
 
-use super::{Metrics, RetryCause, TokenCounts, TokenKind, TryLabel, RESPONSE_CLASSES};
-use crate::balance::Pool;
-use crate::credentials::TokenCache;
+use super::{Metrics, RetryCause, RESPONSE_CLASSES};
+
+/// A metric family being built, one series at a time.
+pub struct Family {
+    family: MetricFamily,
+    series: Vec<proto::Metric>,
+}
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_string());
+        family.set_help(help.to_string());
+        family.set_field_type(kind);
+        Family {
+            family,
+            series: Vec::new(),
+        }
+    }
+
+    pub fn counter(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::COUNTER)
+    }
+
+    pub fn gauge(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::GAUGE)
+    }
+
+    pub fn histogram(name: &str, help: &str) -> Family {
+        Family::new(name, help, MetricType::HISTOGRAM)
+    }
+
+    /// Adds the series of `labels` with `value` (a counter's or a gauge's).
+    pub fn add(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Family {
+        let mut m = proto::Metric::default();
+        m.set_label(label_pairs(labels));
+        match self.family.get_field_type() {
+            MetricType::GAUGE => {
+                let mut g = proto::Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+            _ => {
+                let mut c = proto::Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            }
+        }
+        self.push(m)
+    }
+
+    /// Adds the series of `labels` with the buckets, sum and count of `h`.
+    pub fn add_histogram(&mut self, labels: &[(&str, &str)], h: &Histogram) -> &mut Family {
+        let mut m = h.metric();
+        m.set_label(label_pairs(labels));
+        self.push(m)
+    }
+
+    fn push(&mut self, m: proto::Metric) -> &mut Family {
+        self.series.push(m);
+        self
+    }
+
+    pub fn done(mut self) -> MetricFamily {
+        self.family.set_metric(self.series);
+        self.family
+    }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect()
+}
+
+/// The text exposition of `families`; a family with no series yet is left out (it would
+/// have nothing to say).
+pub fn encode(families: &[MetricFamily]) -> String {
+    let some: Vec<MetricFamily> = families
+        .iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .cloned()
+        .collect();
+    TextEncoder::new()
+        .encode_to_string(&some)
+        .unwrap_or_else(|e| format!("# the metrics could not be encoded: {e}\n"))
+}
 
 impl Metrics {
-    /// The Prometheus text exposition: these counters, the backends of `pool` (their tries,
-    /// tokens, timings and health) and the token the proxy holds (`None`: it needs none).
-    pub fn render(&self, pool: &Pool, token: Option<&TokenCache>) -> String {
-        let mut out = String::new();
-        let series = |out: &mut String, kind: &str, name: &str, value: u64| {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
-        };
-        series(
-            &mut out,
-            "counter",
-            "aoai_proxy_requests_total",
-            self.requests.load(Ordering::Relaxed),
-        );
-        series(
-            &mut out,
-            "counter",
-            "aoai_proxy_retries_total",
-            self.retries.load(Ordering::Relaxed),
-        );
-        series(
-            &mut out,
-            "gauge",
-            "aoai_proxy_in_flight",
-            self.in_flight() as u64,
-        );
-        series(
-            &mut out,
-            "gauge",
-            "aoai_proxy_ready",
-            u64::from(token.is_none_or(|t| t.is_ready())),
-        );
-        let state = self.state_store_up.load(Ordering::Relaxed);
-        if state != super::NO_STATE_STORE {
-            series(
-                &mut out,
-                "gauge",
-                "aoai_proxy_state_store_up",
-                u64::from(state),
-            );
+    /// The process's own families: requests, answers, retries, reloads, the shared state.
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let n = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed) as f64;
+        let mut out = Vec::with_capacity(10);
+        out.push(one(
+            Family::counter("aoai_proxy_requests_total", "Requests received."),
+            n(&self.requests),
+        ));
+        out.push(one(
+            Family::counter(
+                "aoai_proxy_retries_total",
+                "Tries followed by another (a retry).",
+            ),
+            n(&self.retries),
+        ));
+        out.push(one(
+            Family::gauge("aoai_proxy_in_flight", "Requests being served now."),
+            self.in_flight() as f64,
+        ));
+        if let Some(up) = self.state_store_up() {
+            let help = "1 while the shared state store (state.redis) answers, 0 while this replica uses its own state.";
+            out.push(one(
+                Family::gauge("aoai_proxy_state_store_up", help),
+                f64::from(u8::from(up)),
+            ));
         }
-        series(
-            &mut out,
-            "counter",
-            "aoai_proxy_token_fetches_total",
-            token.map_or(0, |t| t.fetches()),
+        let mut causes = Family::counter(
+            "aoai_proxy_retries_by_cause_total",
+            "Retries by what the try that was retried produced.",
         );
-        let _ = writeln!(out, "# TYPE aoai_proxy_token_refreshes_total counter");
-        let refreshes = token.map_or((0, 0), |t| (t.fetches(), t.failed_fetches()));
-        let _ = writeln!(
-            out,
-            "aoai_proxy_token_refreshes_total{{result=\"ok\"}} {}\naoai_proxy_token_refreshes_total{{result=\"error\"}} {}",
-            refreshes.0, refreshes.1
-        );
-        if let Some(left) = token.and_then(TokenCache::expires_in) {
-            series(
-                &mut out,
-                "gauge",
-                "aoai_proxy_token_expires_in_seconds",
-                left,
-            );
-        }
-        let _ = writeln!(out, "# TYPE aoai_proxy_retries_by_cause_total counter");
         for cause in RetryCause::ALL {
-            let _ = writeln!(
-                out,
-                "aoai_proxy_retries_by_cause_total{{cause=\"{}\"}} {}",
-                cause.as_str(),
-                self.retry_causes[cause as usize].load(Ordering::Relaxed)
+            causes.add(
+                &[("cause", cause.as_str())],
+                n(&self.retry_causes[cause as usize]),
             );
         }
-        let _ = writeln!(out, "# TYPE aoai_proxy_responses_total counter");
-        for (class, n) in RESPONSE_CLASSES.iter().zip(&self.responses) {
-            let _ = writeln!(
-                out,
-                "aoai_proxy_responses_total{{class=\"{class}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
+        out.push(causes.done());
+        let mut classes = Family::counter(
+            "aoai_proxy_responses_total",
+            "Answers by what the client got: 2xx, 3xx, 4xx, 429 or 5xx.",
+        );
+        for (class, count) in RESPONSE_CLASSES.iter().zip(&self.responses) {
+            classes.add(&[("class", class)], n(count));
         }
+        out.push(classes.done());
         let (ok, error) = self.reloads();
-        let _ = writeln!(
-            out,
-            "# TYPE aoai_proxy_config_reloads_total counter\naoai_proxy_config_reloads_total{{result=\"ok\"}} {ok}\naoai_proxy_config_reloads_total{{result=\"error\"}} {error}"
+        let mut reloads = Family::counter(
+            "aoai_proxy_config_reloads_total",
+            "Configuration reloads (SIGHUP) by result.",
         );
-        render_histogram(
-            &mut out,
+        reloads.add(&[("result", "ok")], ok as f64);
+        reloads.add(&[("result", "error")], error as f64);
+        out.push(reloads.done());
+        let mut duration = Family::histogram(
             "aoai_proxy_request_duration_seconds",
-            &[(None, &self.duration)],
+            "Requests from their arrival to the last byte of their answer.",
         );
-        render_histogram(&mut out, "aoai_proxy_request_tries", &[(None, &self.tries)]);
-        let backends = pool.backends();
-        let first_bytes: Vec<(Option<String>, &Histogram)> = backends
-            .iter()
-            .map(|b| {
-                (
-                    Some(format!("backend=\"{}\"", label(&b.name))),
-                    &b.stats.first_byte,
-                )
-            })
-            .collect();
-        let first_bytes: Vec<(Option<&str>, &Histogram)> = first_bytes
-            .iter()
-            .map(|(l, h)| (l.as_deref(), *h))
-            .collect();
-        render_histogram(
-            &mut out,
-            "aoai_proxy_upstream_first_byte_seconds",
-            &first_bytes,
+        duration.add_histogram(&[], &self.duration);
+        out.push(duration.done());
+        let mut tries = Family::histogram(
+            "aoai_proxy_request_tries",
+            "Tries per request that reached a backend.",
         );
-
-        let _ = writeln!(out, "# TYPE aoai_proxy_tokens_total counter");
-        for b in backends {
-            let table = b.stats.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            let mut series: Vec<(&str, &str, &TokenCounts)> = table
-                .iter()
-                .flat_map(|(d, clients)| clients.iter().map(move |(c, n)| (&**d, &**c, n)))
-                .collect();
-            series.sort_unstable_by_key(|(d, c, _)| (*d, *c));
-            for (deployment, client, counts) in series {
-                for (kind, n) in TokenKind::ALL.iter().zip(counts) {
-                    let Some(n) = n else { continue };
-                    let _ = writeln!(
-                        out,
-                        "aoai_proxy_tokens_total{{backend=\"{}\",deployment=\"{}\",client=\"{}\",kind=\"{}\"}} {n}",
-                        label(&b.name),
-                        label(deployment),
-                        label(client),
-                        kind.as_str()
-                    );
-                }
-            }
-        }
-        let _ = writeln!(out, "# TYPE aoai_proxy_backend_tries_total counter");
-        for b in backends {
-            let name = label(&b.name);
-            for (l, n) in TryLabel::ALL.iter().zip(b.stats.tries()) {
-                let _ = writeln!(
-                    out,
-                    "aoai_proxy_backend_tries_total{{backend=\"{name}\",outcome=\"{}\"}} {n}",
-                    l.as_str(),
-                );
-            }
-        }
-        render_health(&mut out, pool);
+        tries.add_histogram(&[], &self.tries);
+        out.push(tries.done());
         out
     }
 }
 
-/// Writes `name` as a Prometheus histogram: one series a `(labels, histogram)`, `labels` the
-/// text inside the braces (`None`: no labels). The buckets, sum and count come from the
-/// `prometheus` crate's lock-free histogram; only the text is written here, because the other
-/// series are, and their label sets follow the pool, which changes on reload.
-fn render_histogram(out: &mut String, name: &str, series: &[(Option<&str>, &Histogram)]) {
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for (labels, h) in series {
-        let m = h.metric();
-        let h = m.get_histogram();
-        let (open, sep) = match labels {
-            Some(l) => (format!("{{{l}"), ","),
-            None => ("{".to_string(), ""),
-        };
-        for b in h.get_bucket() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{open}{sep}le=\"{}\"}} {}",
-                b.upper_bound(),
-                b.cumulative_count()
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{open}{sep}le=\"+Inf\"}} {}",
-            h.get_sample_count()
-        );
-        let braces = labels.map(|l| format!("{{{l}}}")).unwrap_or_default();
-        let _ = writeln!(out, "{name}_sum{braces} {}", h.get_sample_sum());
-        let _ = writeln!(out, "{name}_count{braces} {}", h.get_sample_count());
-    }
-}
-
-/// Cooldowns, ejections and probe results of every backend, as Prometheus gauges.
-fn render_health(out: &mut String, pool: &Pool) {
-    let now = Instant::now();
-    out.push_str(
-        "# TYPE aoai_proxy_backend_cooling_seconds gauge\n# TYPE aoai_proxy_backend_ejected_seconds gauge\n# TYPE aoai_proxy_backend_probe_up gauge\n",
-    );
-    for b in pool.backends() {
-        let name = label(&b.name);
-        let s = b.health.snapshot(now);
-        for (deployment, left) in &s.cooling {
-            let d = label(deployment.as_deref().unwrap_or(""));
-            let _ = writeln!(
-                out,
-                "aoai_proxy_backend_cooling_seconds{{backend=\"{name}\",deployment=\"{d}\"}} {:.3}",
-                left.as_secs_f64()
-            );
-        }
-        let ejected = s.ejected.map_or(0.0, |d| d.as_secs_f64());
-        let _ = writeln!(
-            out,
-            "aoai_proxy_backend_ejected_seconds{{backend=\"{name}\"}} {ejected:.3}"
-        );
-        if let Some(up) = s.probe_up {
-            let _ = writeln!(
-                out,
-                "aoai_proxy_backend_probe_up{{backend=\"{name}\"}} {}",
-                u8::from(up)
-            );
-        }
-    }
-}
-
-/// A label value with `\`, `"` and line feeds escaped, as the exposition format asks.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// `family` with its one series, unlabelled, of `value`.
+fn one(mut family: Family, value: f64) -> MetricFamily {
+    family.add(&[], value);
+    family.done()
 }

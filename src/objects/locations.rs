@@ -28,9 +28,6 @@ pub struct LocalLocations {
 }
 
 impl LocalLocations {
-    /// `objects.remember` when the file does not say.
-    pub const DEFAULT_CAPACITY: NonZeroUsize = NonZeroUsize::new(100_000).expect("not zero");
-
     pub fn new(capacity: NonZeroUsize) -> Self {
         LocalLocations {
             map: Mutex::new(LruCache::new(capacity)),

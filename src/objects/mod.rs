@@ -1,7 +1,7 @@
 //! Stateful objects: files, batches, fine-tuning jobs, assistants, threads, vector stores and
 //! stored responses live on the one Azure OpenAI resource that made them. This module says
 //! which objects a request names ([`named`]), where each lives ([`locations`]), and which
-//! objects an answer made ([`learn`]); the proxy's search ([`crate::proxy`]) uses all three.
+//! objects an answer made ([`learn`]); the proxy's search for an object's backend uses all three.
 
 pub mod learn;
 pub mod locations;
@@ -9,7 +9,7 @@ pub mod named;
 
 pub use learn::CreatedReader;
 pub use locations::{LocalLocations, ObjectLocations};
-pub use named::{deletes_named, list_of, names, Named};
+pub use named::Named;
 
 /// The collections of stateful objects, as their paths name them after `/openai/` or
 /// `/openai/v1/`. An object's id is the segment after its collection's.

@@ -1,15 +1,14 @@
-//! The stateful objects a request names: in its path (`/openai/files/{id}/content`) or in its
-//! JSON body (`previous_response_id`, `input_file_id`, `file_ids`, ...), and whether it lists a
-//! collection.
+//! The stateful objects a request names: in its path (`/openai/files/{id}/content`), and the
+//! body keys that name them (`previous_response_id`, `input_file_id`, `file_ids`, ...; read
+//! from the body by [`crate::request::BodyFacts`]); and whether it lists a collection.
 
 use http::Method;
-use serde_json::Value;
 use smallvec::SmallVec;
 
 use super::collection;
 
 /// Body keys whose string value (or array of strings) names an object.
-const BODY_KEYS: [&str; 9] = [
+pub const BODY_KEYS: [&str; 9] = [
     "previous_response_id",
     "input_file_id",
     "training_file",
@@ -23,7 +22,7 @@ const BODY_KEYS: [&str; 9] = [
 
 /// How deep into a body the keys are looked for (assistants name files and vector stores in
 /// `tool_resources.code_interpreter.file_ids`, messages in `attachments[].file_id`).
-const MAX_DEPTH: usize = 8;
+pub const MAX_DEPTH: usize = 8;
 
 /// At most this many objects are taken from one request.
 const MAX_NAMED: usize = 16;
@@ -53,39 +52,32 @@ impl Named {
     }
 }
 
-/// The objects a request on `path` with `body` names.
-pub fn names(path: &str, body: &[u8]) -> Named {
-    let mut named = Named::default();
-    if let Some(id) = in_path(path) {
-        named.ids.push(id.to_string());
-        named.in_path = true;
-    }
-    // Most bodies (chat completions) name nothing: look for a key's tail before parsing.
-    let may_name = |tail: &[u8]| memchr::memmem::find(body, tail).is_some();
-    if body.first() == Some(&b'{') && (may_name(b"_id") || may_name(b"_file\"")) {
-        if let Ok(value) = serde_json::from_slice::<Value>(body) {
-            in_body(&value, 0, &mut named);
-        }
-    }
-    named
-}
-
 /// The collection a request lists (`GET /openai/files`), when it lists one that every backend
 /// has a part of. Responses and threads have no list; a thread's messages and runs, and a
 /// vector store's files, live with it and are not merged.
 pub fn list_of(method: &Method, path: &str) -> Option<&'static str> {
+    list_in(method, collection(path))
+}
+
+/// [`list_of`], from what [`collection`] found in the path.
+pub fn list_in(method: &Method, found: Option<(&'static str, &str)>) -> Option<&'static str> {
     if method != Method::GET {
         return None;
     }
-    match collection(path)? {
+    match found? {
         (c, "" | "/") if c != "responses" && c != "threads" => Some(c),
         _ => None,
     }
 }
 
 /// The object id in `path`: the segment after a stateful collection's.
-fn in_path(path: &str) -> Option<&str> {
-    let (collection, rest) = collection(path)?;
+pub fn in_path(path: &str) -> Option<&str> {
+    object_in(collection(path))
+}
+
+/// [`in_path`], from what [`collection`] found in the path.
+pub fn object_in<'p>(found: Option<(&'static str, &'p str)>) -> Option<&'p str> {
+    let (collection, rest) = found?;
     let id = rest.strip_prefix('/')?.split('/').next()?;
     let verb = VERBS.contains(&(collection, id));
     (is_id(id) && !verb).then_some(id)
@@ -103,42 +95,21 @@ fn is_id(id: &str) -> bool {
 /// Whether a `DELETE` of `path` deletes the object it names (`DELETE /openai/files/{id}`),
 /// not something that lives with it (`/threads/{id}/messages/{msg}`).
 pub fn deletes_named(path: &str) -> bool {
-    collection(path).is_some_and(|(_, rest)| {
+    deletes_in(collection(path))
+}
+
+/// [`deletes_named`] (of a `DELETE`), from what [`collection`] found in the path.
+pub fn deletes_in(found: Option<(&'static str, &str)>) -> bool {
+    found.is_some_and(|(_, rest)| {
         let rest = rest.strip_prefix('/').unwrap_or_default();
         !rest.is_empty() && !rest.trim_end_matches('/').contains('/')
     })
 }
 
-fn in_body(value: &Value, depth: usize, named: &mut Named) {
-    if depth > MAX_DEPTH || named.ids.len() >= MAX_NAMED {
-        return;
-    }
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                if BODY_KEYS.contains(&key.as_str()) {
-                    match v {
-                        Value::String(id) => push(named, id),
-                        Value::Array(items) => items
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .for_each(|id| push(named, id)),
-                        _ => {}
-                    }
-                } else if key != "metadata" {
-                    // A client's own `metadata` (free-form tags) names no object.
-                    in_body(v, depth + 1, named);
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| in_body(v, depth + 1, named)),
-        _ => {}
-    }
-}
-
-fn push(named: &mut Named, id: &str) {
-    if is_id(id) && named.ids.len() < MAX_NAMED && !named.ids.iter().any(|n| n == id) {
-        named.ids.push(id.to_string());
+/// Adds `id` to `ids` when it can be an object's id, is not there yet, and there is room.
+pub fn push_id(ids: &mut SmallVec<[String; 2]>, id: &str) {
+    if is_id(id) && ids.len() < MAX_NAMED && !ids.iter().any(|n| n == id) {
+        ids.push(id.to_string());
     }
 }
 
@@ -146,65 +117,28 @@ fn push(named: &mut Named, id: &str) {
 mod tests {
     use super::*;
 
-    fn ids(path: &str, body: &str) -> Vec<String> {
-        names(path, body.as_bytes()).ids.into_vec()
-    }
-
     #[test]
     fn objects_in_the_path_are_named() {
-        assert_eq!(ids("/openai/files/file-1/content", ""), ["file-1"]);
-        assert_eq!(ids("/openai/v1/batches/batch_2/cancel", ""), ["batch_2"]);
-        assert_eq!(ids("/openai/threads/thread_3/runs/run_4", ""), ["thread_3"]);
-        assert_eq!(ids("/openai/responses/resp_5", ""), ["resp_5"]);
+        assert_eq!(in_path("/openai/files/file-1/content"), Some("file-1"));
         assert_eq!(
-            ids("/openai/fine_tuning/jobs/ftjob-6/events", ""),
-            ["ftjob-6"]
-        );
-        assert!(ids("/openai/files", "").is_empty());
-        assert!(ids("/openai/threads/runs", "").is_empty());
-        assert!(ids("/openai/v1/responses/input_tokens", "").is_empty());
-        assert!(ids("/openai/files/..%2f", "").is_empty());
-        assert!(ids(&format!("/openai/files/{}", "x".repeat(200)), "").is_empty());
-        assert!(ids("/openai/deployments/gpt-4o/chat/completions", "").is_empty());
-    }
-
-    #[test]
-    fn objects_in_the_body_are_named_at_any_depth() {
-        assert_eq!(
-            ids(
-                "/openai/v1/responses",
-                r#"{"model":"gpt-4o","previous_response_id":"resp_1","input":"hi"}"#
-            ),
-            ["resp_1"]
+            in_path("/openai/v1/batches/batch_2/cancel"),
+            Some("batch_2")
         );
         assert_eq!(
-            ids("/openai/batches", r#"{"input_file_id":"file-1"}"#),
-            ["file-1"]
+            in_path("/openai/threads/thread_3/runs/run_4"),
+            Some("thread_3")
         );
+        assert_eq!(in_path("/openai/responses/resp_5"), Some("resp_5"));
         assert_eq!(
-            ids(
-                "/openai/assistants",
-                r#"{"tool_resources":{"code_interpreter":{"file_ids":["file-1","file-2"]},
-                    "file_search":{"vector_store_ids":["vs_1"]}}}"#
-            ),
-            ["file-1", "file-2", "vs_1"]
+            in_path("/openai/fine_tuning/jobs/ftjob-6/events"),
+            Some("ftjob-6")
         );
-        assert_eq!(
-            ids(
-                "/openai/threads/thread_1/runs",
-                r#"{"assistant_id":"asst_1","thread_id":"thread_1"}"#
-            ),
-            ["thread_1", "asst_1"]
-        );
-        // Tags are the client's: they name nothing.
-        assert!(ids(
-            "/openai/v1/chat/completions",
-            r#"{"metadata":{"thread_id":"mine"},"messages":[]}"#
-        )
-        .is_empty());
-        // No key: not even parsed.
-        assert!(ids("/openai/v1/chat/completions", r#"{"messages":[]}"#).is_empty());
-        assert!(ids("/openai/batches", "not json _id").is_empty());
+        assert_eq!(in_path("/openai/files"), None);
+        assert_eq!(in_path("/openai/threads/runs"), None);
+        assert_eq!(in_path("/openai/v1/responses/input_tokens"), None);
+        assert_eq!(in_path("/openai/files/..%2f"), None);
+        assert_eq!(in_path(&format!("/openai/files/{}", "x".repeat(200))), None);
+        assert_eq!(in_path("/openai/deployments/gpt-4o/chat/completions"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::config::LogFormat;
 use crate::metrics::TryLabel;
-use crate::retry::Outcome;
+use crate::outcome::Outcome;
 use crate::usage::Usage;
 
 /// The log target of access lines. JSON lines use [`JSON_TARGET`], below it, which the
@@ -154,7 +154,7 @@ impl AccessLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retry::Failure;
+    use crate::outcome::Failure;
     use http::StatusCode;
 
     fn line() -> AccessLine<'static> {

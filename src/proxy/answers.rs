@@ -6,8 +6,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::balance::Unavailable;
-use crate::limits::{Limit, Refused};
-use crate::retry::Failure;
+use crate::clients::limits::{Admitted, Limit, Refused};
+use crate::outcome::Failure;
 
 /// An answer made by the proxy rather than a backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub enum ProxyError {
     DeploymentNotFound { deployment: String },
     /// The client's `deployments` does not list the deployment.
     DeploymentNotAllowed { client: String, deployment: String },
+    /// The client has `deployments`, and the body's `model` cannot be read (given twice, or a
+    /// form): a backend might find another deployment in it than the proxy would check.
+    ModelUnreadable { client: String },
     /// The client spent its `requests_per_minute` or `tokens_per_minute`.
     ClientLimit(Refused),
 }
@@ -94,102 +97,99 @@ impl ProxyError {
             ProxyError::Upstream { status, .. } => *status,
             ProxyError::AllCooling { .. } => 429,
             ProxyError::DeploymentNotFound { .. } => 404,
-            ProxyError::DeploymentNotAllowed { .. } => 403,
+            ProxyError::DeploymentNotAllowed { .. } | ProxyError::ModelUnreadable { .. } => 403,
             ProxyError::ClientLimit(_) => 429,
         }
     }
 
-    /// The JSON body.
+    /// Azure's error `code`.
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized => "401",
+            ProxyError::PathNotForwarded => "404",
+            ProxyError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
+            ProxyError::BodyTooLarge { .. } => "RequestEntityTooLarge",
+            ProxyError::BadRequestBody | ProxyError::BadPath | ProxyError::AmbiguousDeployment => {
+                "BadRequest"
+            }
+            ProxyError::BodyTimeout(_) => "RequestTimeout",
+            ProxyError::NoToken | ProxyError::NoClientKeys => "ServiceUnavailable",
+            ProxyError::Upstream { status: 504, .. } => "GatewayTimeout",
+            ProxyError::Upstream { .. } => "BadGateway",
+            ProxyError::AllCooling { .. } | ProxyError::ClientLimit(_) => "429",
+            ProxyError::DeploymentNotFound { .. } => "DeploymentNotFound",
+            ProxyError::DeploymentNotAllowed { .. } | ProxyError::ModelUnreadable { .. } => {
+                "PermissionDenied"
+            }
+        }
+    }
+
+    /// What the client is told.
+    fn message(&self) -> String {
+        match self {
+            ProxyError::Unauthorized => "Access denied: a valid key is required in the api-key header or as Authorization: Bearer.".into(),
+            ProxyError::HeadersTooLarge { limit } => format!("The request headers are larger than the proxy's limit of {limit} bytes."),
+            ProxyError::BodyTooLarge { limit } => format!("The request body is larger than the proxy's limit of {limit} bytes."),
+            ProxyError::BadRequestBody => "The request body could not be read.".into(),
+            ProxyError::BodyTimeout(limit) => format!("The request body did not arrive within {} seconds.", limit.as_secs_f64()),
+            ProxyError::BadPath => "The request path has a `.` or `..` segment, or an encoded `/` or `\\`: the proxy does not forward it.".into(),
+            ProxyError::AmbiguousDeployment => "Name the deployment once: `deployment=` on /openai/realtime, `model=` on /openai/v1/realtime.".into(),
+            ProxyError::PathNotForwarded => "Resource not found.".into(),
+            ProxyError::NoToken => "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not given one. Try again shortly.".into(),
+            ProxyError::NoClientKeys => "The proxy cannot check Entra ID tokens yet: the tenant's signing keys have not been fetched. Try again shortly.".into(),
+            ProxyError::Upstream { detail, .. } => detail.clone(),
+            ProxyError::AllCooling { deployment, left } => format!(
+                "Every backend{} is throttled. Please retry after {} seconds.",
+                deployment.as_ref().map(|d| format!(" for deployment {d}")).unwrap_or_default(),
+                retry_after_secs(*left)
+            ),
+            ProxyError::DeploymentNotFound { deployment } => format!("No backend serves the deployment {deployment:?}."),
+            ProxyError::DeploymentNotAllowed { client, deployment } => format!("The client {client:?} may not use the deployment {deployment:?}."),
+            ProxyError::ModelUnreadable { client } => format!("The client {client:?} may use only some deployments, and the request's model cannot be read: give `model` once, in a JSON body."),
+            ProxyError::ClientLimit(r) => format!(
+                "Requests to this proxy have exceeded the client's {} per minute limit. Please retry after {} seconds.",
+                match r.limit {
+                    Limit::Requests => "requests",
+                    Limit::Tokens => "tokens",
+                },
+                retry_after_secs(r.retry_after)
+            ),
+        }
+    }
+
+    /// The JSON body, in Azure's shape.
     pub fn body(&self) -> String {
-        let (code, message) = match self {
-            ProxyError::Unauthorized => (
-                "401",
-                "Access denied: a valid key is required in the api-key header or as Authorization: Bearer.".to_string(),
-            ),
-            ProxyError::HeadersTooLarge { limit } => (
-                "RequestHeaderFieldsTooLarge",
-                format!("The request headers are larger than the proxy's limit of {limit} bytes."),
-            ),
-            ProxyError::BodyTooLarge { limit } => (
-                "RequestEntityTooLarge",
-                format!("The request body is larger than the proxy's limit of {limit} bytes."),
-            ),
-            ProxyError::BadRequestBody => (
-                "BadRequest",
-                "The request body could not be read.".to_string(),
-            ),
-            ProxyError::BodyTimeout(limit) => (
-                "RequestTimeout",
-                format!(
-                    "The request body did not arrive within {} seconds.",
-                    limit.as_secs_f64()
-                ),
-            ),
-            ProxyError::BadPath => (
-                "BadRequest",
-                "The request path has a `.` or `..` segment, or an encoded `/` or `\\`: the proxy does not forward it.".to_string(),
-            ),
-            ProxyError::AmbiguousDeployment => (
-                "BadRequest",
-                "Name the deployment once: `deployment=` on /openai/realtime, `model=` on /openai/v1/realtime.".to_string(),
-            ),
-            ProxyError::PathNotForwarded => ("404", "Resource not found.".to_string()),
-            ProxyError::NoToken => (
-                "ServiceUnavailable",
-                "The proxy has no valid Entra ID token for Azure OpenAI: the token endpoint has not given one. Try again shortly.".to_string(),
-            ),
-            ProxyError::NoClientKeys => (
-                "ServiceUnavailable",
-                "The proxy cannot check Entra ID tokens yet: the tenant's signing keys have not been fetched. Try again shortly.".to_string(),
-            ),
-            ProxyError::Upstream { status, detail } => (
-                if *status == 504 { "GatewayTimeout" } else { "BadGateway" },
-                detail.clone(),
-            ),
-            ProxyError::AllCooling { deployment, left } => (
-                "429",
-                format!(
-                    "Every backend{} is throttled. Please retry after {} seconds.",
-                    deployment.as_ref().map(|d| format!(" for deployment {d}")).unwrap_or_default(),
-                    retry_after_secs(*left)
-                ),
-            ),
-            ProxyError::DeploymentNotFound { deployment } => (
-                "DeploymentNotFound",
-                format!("No backend serves the deployment {deployment:?}."),
-            ),
-            ProxyError::DeploymentNotAllowed { client, deployment } => (
-                "PermissionDenied",
-                format!("The client {client:?} may not use the deployment {deployment:?}."),
-            ),
-            ProxyError::ClientLimit(r) => (
-                "429",
-                format!(
-                    "Requests to this proxy have exceeded the client's {} per minute limit. Please retry after {} seconds.",
-                    match r.limit {
-                        Limit::Requests => "requests",
-                        Limit::Tokens => "tokens",
-                    },
-                    retry_after_secs(r.retry_after)
-                ),
-            ),
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let message = self.message();
+        let error = Inner {
+            code: self.code(),
+            message: &message,
         };
-        serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+        serde_json::to_string(&Body { error }).unwrap_or_default()
     }
 
     /// Writes this error to the client as a complete response.
     pub async fn respond(&self, session: &mut Session) -> pingora::Result<()> {
-        self.respond_with(session, &[]).await
+        self.respond_to(session, None).await
     }
 
-    /// Writes this error to the client with these `headers` too.
-    pub async fn respond_with(
+    /// Writes this error to a client that has `left` under its limits (for its
+    /// `x-ratelimit-remaining-*`).
+    pub async fn respond_to(
         &self,
         session: &mut Session,
-        headers: &[(&'static str, String)],
+        left: Option<&Admitted>,
     ) -> pingora::Result<()> {
         let body = Bytes::from(self.body());
-        let mut resp = ResponseHeader::build(self.status(), Some(4 + headers.len()))?;
+        let mut resp = ResponseHeader::build(self.status(), Some(6))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         let retry_after = |resp: &mut ResponseHeader, left| -> pingora::Result<()> {
@@ -207,8 +207,12 @@ impl ProxyError {
             }
             _ => {}
         }
-        for (name, value) in headers {
-            resp.insert_header(*name, value)?;
+        if let Some(left) = left {
+            super::headers::set_remaining(
+                &mut resp,
+                left.remaining_requests,
+                left.remaining_tokens,
+            )?;
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await

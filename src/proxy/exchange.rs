@@ -1,24 +1,22 @@
 //! The upstream exchange of one try: connect to a backend (or reuse an idle connection), send
-//! the request and its whole body (in one write, mostly), and wait for the response header.
+//! the request and its whole body (in one write, mostly), and wait for the response header;
+//! and what becomes of an answer that is not relayed as it comes (read whole, or drained).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::protocols::Stream;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, OrErr};
+use tokio::time::Instant;
 
-use super::headers;
 use super::upstream::Upstream;
-use crate::balance::Credential;
-use crate::retry::{Failure, Outcome};
+use crate::outcome::{Failure, Outcome, WholeAnswer};
 
 /// What a try produced.
 pub enum Attempt {
@@ -46,37 +44,76 @@ impl Attempt {
     }
 }
 
-/// A backend's answer: its response header, and the session to read the body from.
+/// A backend's answer: its response header, the session to read the body from, and the peer
+/// its connection goes back to.
 pub struct Answer {
-    pub head: Box<ResponseHeader>,
+    pub head: Box<pingora::http::ResponseHeader>,
     pub session: Box<HttpSession>,
+    pub peer: Arc<HttpPeer>,
 }
 
 impl Answer {
-    /// The answer in `session`, whose response header has been read.
-    fn read(session: Box<HttpSession>) -> Attempt {
-        match session.response_header() {
-            Some(head) => Attempt::Answered(Answer {
-                head: Box::new(head.clone()),
-                session,
-            }),
-            None => Attempt::Failed(
-                Failure::Dropped,
-                Error::explain(ErrorType::InvalidHTTPHeader, "no response header"),
-            ),
-        }
-    }
-
     pub fn status(&self) -> StatusCode {
         self.head.status
     }
 }
 
-/// Sends `request` to `peer` and waits up to `header_timeout` for the response header.
+/// The most of a body sent in the same write as the request head (copied beside it); a larger
+/// one follows the head in a write of its own.
+const JOINED_BODY: usize = 64 * 1024;
+
+/// A request as it goes to a backend.
+pub enum Request {
+    /// Written as it is: the head, with the body when it is small, then the rest of the body.
+    /// Most requests leave in one write, so the backend wakes once.
+    Wire { head: Bytes, rest: Option<Bytes> },
+    /// Through Pingora's writer, which remembers the request to frame the answer: a `HEAD` (no
+    /// body) or an upgrade (a tunnel).
+    Framed(Box<RequestHeader>, Bytes),
+}
+
+impl Request {
+    /// The client's request `client` as backend `host` gets it, with `credential`, the target
+    /// `path` and `body`.
+    pub fn for_backend(
+        client: &RequestHeader,
+        path: &[u8],
+        host: &http::HeaderValue,
+        credential: &crate::balance::Credential,
+        body: &Bytes,
+    ) -> pingora::Result<Request> {
+        // `wire` leaves an upgrade to `framed`.
+        if client.method != http::Method::HEAD {
+            let joined = body.len() <= JOINED_BODY;
+            let extra = if joined { body.len() } else { 0 };
+            if let Some(mut head) =
+                super::headers::wire(client, path, host, credential, body.len(), extra)
+            {
+                let rest = match joined {
+                    true => {
+                        head.extend_from_slice(body);
+                        None
+                    }
+                    false => Some(body.clone()),
+                };
+                return Ok(Request::Wire {
+                    head: head.freeze(),
+                    rest,
+                });
+            }
+        }
+        // Pingora's writer refuses a target that cannot stand in a request line, with its error.
+        let req = super::headers::framed(client, path, host, credential, body.len())?;
+        Ok(Request::Framed(Box::new(req), body.clone()))
+    }
+}
+
+/// Sends `request` to `peer` and waits up to `header_timeout` for the response header; each
+/// write may take up to `write_timeout`.
 pub async fn send(
     upstream: &Upstream,
-    peer: &HttpPeer,
-    request: Request<'_>,
+    peer: &Arc<HttpPeer>,
+    request: &Request,
     header_timeout: Duration,
     write_timeout: Duration,
 ) -> Attempt {
@@ -96,8 +133,8 @@ pub async fn send(
         // A pooled connection may have been closed by the backend a moment ago: that is the
         // pool's doing, not the backend's, so it gets one more go on a new connection.
         let retry_if_stale = reused && may_retry_stale;
-        match exchange(stream, peer, &request, write_timeout, deadline).await {
-            Ok(session) => return Answer::read(Box::new(session)),
+        match exchange(stream, peer, request, write_timeout, deadline).await {
+            Ok(session) => return answered(session, peer.clone()),
             Err(Exchange::Timeout) => {
                 let e = Error::explain(
                     ErrorType::ReadTimedout,
@@ -114,87 +151,39 @@ pub async fn send(
     }
 }
 
+/// The answer in `session`, whose response header has been read.
+fn answered(session: HttpSession, peer: Arc<HttpPeer>) -> Attempt {
+    match session.response_header() {
+        Some(head) => Attempt::Answered(Answer {
+            head: Box::new(head.clone()),
+            session: Box::new(session),
+            peer,
+        }),
+        None => Attempt::Failed(
+            Failure::Dropped,
+            Error::explain(ErrorType::InvalidHTTPHeader, "no response header"),
+        ),
+    }
+}
+
 enum Exchange {
     Timeout,
     Failed(Box<Error>),
 }
 
-/// The most of a body sent in the same write as the request head (copied beside it); a larger
-/// one follows the head in writes of its own.
-const JOINED_BODY: usize = 64 * 1024;
-
-/// A request as it goes to a backend. Most leave in one write, head and body together, so the
-/// backend wakes once (Pingora's writer flushes the head on its own); `HEAD` and upgrades go
-/// through Pingora's writer, which remembers the request to frame the answer (no body, or a
-/// tunnel), as do bodies too large to copy.
-pub enum Request<'a> {
-    /// Head and body, serialized.
-    Joined(Bytes),
-    /// Boxed: the rarer kind, and a header map is large.
-    Framed(Box<RequestHeader>, &'a Bytes),
-}
-
-impl<'a> Request<'a> {
-    /// The client's request as backend `host` gets it, with `credential`, the path `path` when
-    /// one is given, and `body`.
-    pub fn for_backend(
-        client: &RequestHeader,
-        path: Option<&[u8]>,
-        host: &http::HeaderValue,
-        credential: Credential,
-        body: &'a Bytes,
-    ) -> pingora::Result<Request<'a>> {
-        if client.method != http::Method::HEAD && body.len() <= JOINED_BODY {
-            if let Some(wire) = headers::upstream_wire(client, path, host, &credential, body) {
-                return Ok(Request::Joined(wire.freeze()));
-            }
-        }
-        // Pingora's writer refuses a path that cannot stand in a request line, with its error.
-        let mut req = headers::upstream_request(client, host, credential, body)?;
-        if let Some(path) = path {
-            req.set_raw_path(path)?;
-        }
-        Ok(Request::Framed(Box::new(req), body))
-    }
-}
-
-/// Writes a serialized request on `stream`.
-async fn write_joined(stream: &mut Stream, wire: &[u8]) -> pingora::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let written = async {
-        stream.write_all(wire).await?;
-        stream.flush().await
-    };
-    written
-        .await
-        .or_err(ErrorType::WriteError, "while writing the request")
-}
-
-/// Writes a request through Pingora's writer.
-async fn write_framed(
-    session: &mut HttpSession,
-    req: &RequestHeader,
-    body: &Bytes,
-) -> pingora::Result<()> {
-    session.write_request_header(Box::new(req.clone())).await?;
-    if !body.is_empty() {
-        session.write_request_body(body.clone(), true).await?;
-    }
-    session.finish_request_body().await
-}
-
-/// Writes the request on `stream` (to `peer`) and reads the response header, all before
+/// Writes `request` on `stream` (to `peer`) and reads the response header, all before
 /// `deadline`; the session to read the rest of the answer from.
 async fn exchange(
     mut stream: Stream,
     peer: &HttpPeer,
-    request: &Request<'_>,
+    request: &Request,
     write_timeout: Duration,
     deadline: Instant,
 ) -> Result<HttpSession, Exchange> {
     let written = match request {
-        Request::Joined(wire) => {
-            match tokio::time::timeout_at(deadline, write_joined(&mut stream, wire)).await {
+        Request::Wire { head, rest } => {
+            let wire = write_wire(&mut stream, head, rest.as_ref());
+            match tokio::time::timeout_at(deadline, wire).await {
                 Err(_) => return Err(Exchange::Timeout),
                 Ok(written) => written,
             }
@@ -205,7 +194,8 @@ async fn exchange(
     session.set_write_timeout(Some(write_timeout));
     let written = match (written, request) {
         (Ok(()), Request::Framed(req, body)) => {
-            match tokio::time::timeout_at(deadline, write_framed(&mut session, req, body)).await {
+            let framed = write_framed(&mut session, req, body);
+            match tokio::time::timeout_at(deadline, framed).await {
                 Err(_) => return Err(Exchange::Timeout),
                 Ok(written) => written,
             }
@@ -228,6 +218,34 @@ async fn exchange(
     }
 }
 
+/// Writes a serialized request on `stream`.
+async fn write_wire(stream: &mut Stream, head: &[u8], rest: Option<&Bytes>) -> pingora::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let written = async {
+        stream.write_all(head).await?;
+        if let Some(rest) = rest {
+            stream.write_all(rest).await?;
+        }
+        stream.flush().await
+    };
+    written
+        .await
+        .or_err(ErrorType::WriteError, "while writing the request")
+}
+
+/// Writes a request through Pingora's writer.
+async fn write_framed(
+    session: &mut HttpSession,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    session.write_request_header(Box::new(req.clone())).await?;
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), true).await?;
+    }
+    session.finish_request_body().await
+}
+
 /// Classifies a connection error.
 fn connect_failure(e: &Error) -> Failure {
     use ErrorType::*;
@@ -240,8 +258,10 @@ fn connect_failure(e: &Error) -> Failure {
 
 /// Reads and discards an answer that will not be delivered (a retried 429 or 5xx) so its
 /// connection can go back to the pool; closes it instead when that takes too long.
-pub fn discard(upstream: Arc<Upstream>, peer: Arc<HttpPeer>, answer: Answer, idle: Duration) {
-    let mut session = answer.session;
+pub fn discard(upstream: Arc<Upstream>, answer: Answer, idle: Duration) {
+    let Answer {
+        mut session, peer, ..
+    } = answer;
     tokio::spawn(async move {
         let drained = tokio::time::timeout(Duration::from_secs(2), async {
             let mut read = 0usize;
@@ -260,65 +280,39 @@ pub fn discard(upstream: Arc<Upstream>, peer: Arc<HttpPeer>, answer: Answer, idl
     });
 }
 
-/// The most of an answer read whole: one the proxy must look into (a 400 that may say "not
-/// found") or keep while it asks other backends.
-pub const MAX_WHOLE: usize = 1 << 20;
-
-/// An answer read to its end: its header and body.
-pub struct WholeAnswer {
-    pub head: Box<ResponseHeader>,
-    pub body: Bytes,
-}
-
-/// Reads `answer` to its end (at most `max` bytes, each read within `idle`) and puts its
-/// connection back in the pool (kept `pool_idle`).
+/// Reads what `attempt` produced to its end (at most `max` bytes of body, each read within
+/// `idle`), putting its connection back in the pool (kept `pool_idle`); or why it cannot be.
 pub async fn read_whole(
     upstream: &Upstream,
-    peer: Option<&HttpPeer>,
-    answer: Answer,
+    attempt: Attempt,
     max: usize,
     (idle, pool_idle): (Duration, Duration),
-) -> pingora::Result<WholeAnswer> {
-    let Answer { head, mut session } = answer;
-    let mut body = bytes::BytesMut::new();
+) -> Result<WholeAnswer, (Failure, String)> {
+    let answer = match attempt {
+        Attempt::Answered(answer) => answer,
+        Attempt::Failed(f, e) => return Err((f, e.to_string())),
+    };
+    let Answer {
+        head,
+        mut session,
+        peer,
+    } = answer;
+    let mut body = BytesMut::new();
     loop {
-        let chunk = tokio::time::timeout(idle, session.read_response_body())
-            .await
-            .map_err(|_| Error::explain(ErrorType::ReadTimedout, "backend silent mid-answer"))??;
+        let chunk = match tokio::time::timeout(idle, session.read_response_body()).await {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => return Err((Failure::Dropped, e.to_string())),
+            Err(_) => return Err((Failure::Dropped, "backend silent mid-answer".into())),
+        };
         let Some(chunk) = chunk else { break };
         if body.len() + chunk.len() > max {
-            return Error::e_explain(ErrorType::InternalError, "answer too large to hold");
+            return Err((Failure::Dropped, "answer too large to hold".into()));
         }
         body.extend_from_slice(&chunk);
     }
-    if let Some(peer) = peer {
-        upstream.release(*session, peer, pool_idle).await;
-    }
+    upstream.release(*session, &peer, pool_idle).await;
     Ok(WholeAnswer {
         head,
         body: body.freeze(),
     })
-}
-
-impl WholeAnswer {
-    /// Whether it says the object it was asked for is not on this backend: a 404, or a 400
-    /// with code `previous_response_not_found` (the Responses API's).
-    pub fn is_not_found(&self) -> bool {
-        match self.head.status.as_u16() {
-            404 => true,
-            400 => {
-                #[derive(serde::Deserialize)]
-                struct Body {
-                    error: Inner,
-                }
-                #[derive(serde::Deserialize)]
-                struct Inner {
-                    code: Option<String>,
-                }
-                serde_json::from_slice::<Body>(&self.body)
-                    .is_ok_and(|b| b.error.code.as_deref() == Some("previous_response_not_found"))
-            }
-            _ => false,
-        }
-    }
 }

@@ -1,7 +1,8 @@
-//! Header rewriting: what the client sent becomes what a backend gets, and what a backend
-//! answered becomes what the client gets.
+//! Header rules, each written once: what the client sent becomes what a backend gets
+//! ([`for_backend`], whichever way the request is then written: [`wire`] or [`framed`]), and what
+//! a backend answered becomes what the client gets ([`strip_response`], [`set_remaining`]).
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
@@ -31,97 +32,123 @@ const DROPPED_RESPONSE_HEADERS: [HeaderName; 4] = [
     header::UPGRADE,
 ];
 
-/// Builds the request for one backend from the client's request.
-///
-/// The path, query, method and other headers stay as the client sent them.
-pub fn upstream_request(
-    client: &RequestHeader,
-    host: &HeaderValue,
-    credential: Credential,
-    body: &Bytes,
-) -> Result<RequestHeader> {
-    let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
-        || client.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut req = client.clone();
-    req.set_version(http::Version::HTTP_11);
-    // A WebSocket upgrade (the Realtime API) keeps asking for it, hop by hop.
-    let upgrade = upgrade_to(client).cloned();
-    for name in &DROPPED_REQUEST_HEADERS {
-        req.remove_header(name);
-    }
-    if let Some(protocol) = upgrade {
-        req.insert_header(header::CONNECTION, "Upgrade")?;
-        req.insert_header(header::UPGRADE, protocol)?;
-    }
-    req.insert_header(header::HOST, host.clone())?;
-    match credential {
-        Credential::EntraToken(v) => req.insert_header(header::AUTHORIZATION, v)?,
-        Credential::ApiKey(v) => req.insert_header("api-key", v)?,
-        Credential::Nothing => {}
-    }
-    if had_body || !body.is_empty() {
-        req.insert_header(header::CONTENT_LENGTH, body.len())?;
-    }
-    Ok(req)
+/// A header value a backend gets.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    /// As the client sent it, or the backend's own (a credential stays marked sensitive).
+    Header(&'a HeaderValue),
+    Text(&'static str),
+    /// A `Content-Length`.
+    Length(usize),
 }
 
-/// The request for one backend as it leaves in one write: what [`upstream_request`] builds,
-/// serialized as HTTP/1.1 with `body` after it, without building a header map for it (no clone
-/// of the client's, no removals, no inserts). `path` replaces the client's when it is given.
-/// Header names go in lower case. `None` when the request must go through
-/// [`upstream_request`]: an upgrade, or a path that cannot stand in a request line.
-pub fn upstream_wire(
+/// Calls `put` with each header (name in lower case, and value) a backend gets for the
+/// client's request `client`, in order: the client's own but for those never forwarded, then
+/// the `upgrade` the client asked for (the Realtime API's WebSocket, see [`upgrade_to`]), the
+/// backend's `Host`, its `credential`, and the length of the body (`body_len`) the proxy sends.
+pub fn for_backend<'a>(
+    client: &'a RequestHeader,
+    upgrade: Option<&'a HeaderValue>,
+    host: &'a HeaderValue,
+    credential: &'a Credential,
+    body_len: usize,
+    mut put: impl FnMut(&str, Value<'a>),
+) {
+    let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
+        || client.headers.contains_key(header::TRANSFER_ENCODING);
+    for (name, value) in &client.headers {
+        let ours = name == header::HOST || name == header::CONTENT_LENGTH;
+        if !ours && !DROPPED_REQUEST_HEADERS.contains(name) {
+            put(name.as_str(), Value::Header(value));
+        }
+    }
+    if let Some(protocol) = upgrade {
+        put("connection", Value::Text("Upgrade"));
+        put("upgrade", Value::Header(protocol));
+    }
+    put("host", Value::Header(host));
+    match credential {
+        Credential::EntraToken(v) => put("authorization", Value::Header(v)),
+        Credential::ApiKey(v) => put("api-key", Value::Header(v)),
+        Credential::Nothing => {}
+    }
+    if had_body || body_len > 0 {
+        put("content-length", Value::Length(body_len));
+    }
+}
+
+/// The request head for a backend, serialized as HTTP/1.1 (the headers of [`for_backend`],
+/// with `path` as the request target), with room for `extra` more bytes after it. `None` when
+/// the target cannot stand in a request line, or for an upgrade (see [`framed`]).
+pub fn wire(
     client: &RequestHeader,
-    path: Option<&[u8]>,
+    path: &[u8],
     host: &HeaderValue,
     credential: &Credential,
-    body: &[u8],
+    body_len: usize,
+    extra: usize,
 ) -> Option<BytesMut> {
-    let path = path.unwrap_or(client.raw_path());
     if path.is_empty()
         || path.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r' | b' '))
         || upgrade_to(client).is_some()
     {
         return None;
     }
-    let mut wire = BytesMut::with_capacity(160 + header_bytes(client) + body.len());
-    let mut put = |name: &[u8], value: &[u8]| {
-        wire.extend_from_slice(name);
+    let mut wire = BytesMut::with_capacity(160 + header_bytes(client) + extra);
+    wire.extend_from_slice(client.method.as_str().as_bytes());
+    wire.extend_from_slice(b" ");
+    wire.extend_from_slice(path);
+    wire.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut length = itoa::Buffer::new();
+    for_backend(client, None, host, credential, body_len, |name, value| {
+        wire.extend_from_slice(name.as_bytes());
         wire.extend_from_slice(b": ");
-        wire.extend_from_slice(value);
+        wire.extend_from_slice(match value {
+            Value::Header(v) => v.as_bytes(),
+            Value::Text(t) => t.as_bytes(),
+            Value::Length(n) => length.format(n).as_bytes(),
+        });
         wire.extend_from_slice(b"\r\n");
-    };
-    let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
-        || client.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut line = BytesMut::with_capacity(path.len() + 24);
-    line.extend_from_slice(client.method.as_str().as_bytes());
-    line.extend_from_slice(b" ");
-    line.extend_from_slice(path);
-    line.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &client.headers {
-        let ours = name == header::HOST || name == header::CONTENT_LENGTH;
-        if !ours && !DROPPED_REQUEST_HEADERS.contains(name) {
-            put(name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    put(b"host", host.as_bytes());
-    match credential {
-        Credential::EntraToken(v) => put(b"authorization", v.as_bytes()),
-        Credential::ApiKey(v) => put(b"api-key", v.as_bytes()),
-        Credential::Nothing => {}
-    }
-    if had_body || !body.is_empty() {
-        let mut n = itoa::Buffer::new();
-        put(b"content-length", n.format(body.len()).as_bytes());
-    }
+    });
     wire.extend_from_slice(b"\r\n");
-    wire.extend_from_slice(body);
-    line.unsplit(wire);
-    Some(line)
+    Some(wire)
+}
+
+/// The request head for a backend as Pingora's HTTP/1 writer takes it (the headers of
+/// [`for_backend`], with `path` as the request target): for a `HEAD` or an upgrade, whose answer
+/// Pingora frames from the request it wrote.
+pub fn framed(
+    client: &RequestHeader,
+    path: &[u8],
+    host: &HeaderValue,
+    credential: &Credential,
+    body_len: usize,
+) -> Result<RequestHeader> {
+    let mut req = RequestHeader::build(client.method.clone(), path, Some(client.headers.len()))?;
+    let mut result = Ok(());
+    let upgrade = upgrade_to(client);
+    for_backend(
+        client,
+        upgrade,
+        host,
+        credential,
+        body_len,
+        |name, value| {
+            let value = match value {
+                Value::Header(v) => v.clone(),
+                Value::Text(t) => HeaderValue::from_static(t),
+                Value::Length(n) => HeaderValue::from(n),
+            };
+            if result.is_ok() {
+                result = req.append_header(name.to_string(), value).map(|_| ());
+            }
+        },
+    );
+    result.map(|()| req)
 }
 
 /// The protocol a request asks to upgrade to (`Connection: Upgrade` with `Upgrade: P`).
-fn upgrade_to(req: &RequestHeader) -> Option<&HeaderValue> {
+pub fn upgrade_to(req: &RequestHeader) -> Option<&HeaderValue> {
     let asks = req.headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
@@ -153,7 +180,7 @@ pub fn set_remaining(
     head: &mut ResponseHeader,
     requests: Option<u64>,
     tokens: Option<u64>,
-) -> pingora::Result<()> {
+) -> Result<()> {
     if let Some(n) = requests {
         head.insert_header("x-ratelimit-remaining-requests", n.to_string())?;
     }
@@ -163,7 +190,7 @@ pub fn set_remaining(
     Ok(())
 }
 
-/// The client key a request carries: `api-key: K` or `Authorization: Bearer K`.
+/// The client key a request carries in its headers: `api-key: K` or `Authorization: Bearer K`.
 pub fn client_key(req: &RequestHeader) -> Option<&[u8]> {
     if let Some(v) = req.headers.get("api-key") {
         return Some(v.as_bytes());
@@ -196,79 +223,79 @@ mod tests {
         r
     }
 
+    /// The header lines of a serialized head, sorted, and its request line.
+    fn lines(wire: &[u8]) -> (String, Vec<String>) {
+        let text = String::from_utf8(wire.to_vec()).unwrap();
+        let mut lines: Vec<String> = text
+            .trim_end()
+            .split("\r\n")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let first = lines.remove(0);
+        lines.sort();
+        (first, lines)
+    }
+
     #[test]
     fn client_credentials_never_reach_the_backend() {
         let host = HeaderValue::from_static("aoai.example.com");
-        let token = HeaderValue::from_static("Bearer entra");
-        let body = Bytes::from_static(b"{}");
-        let req = upstream_request(&client(), &host, Credential::EntraToken(token), &body).unwrap();
-        assert_eq!(req.headers["authorization"], "Bearer entra");
-        assert!(req.headers.get("api-key").is_none());
-        assert_eq!(req.headers["host"], "aoai.example.com");
-        assert_eq!(req.headers["content-length"], "2");
-        assert!(req.headers.get("transfer-encoding").is_none());
-        assert!(req.headers.get("connection").is_none());
-        assert_eq!(req.headers["x-ms-client-request-id"], "abc");
-        assert_eq!(
-            req.raw_path(),
-            b"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
-        );
-
-        let key = HeaderValue::from_static("backend-key");
-        let req = upstream_request(&client(), &host, Credential::ApiKey(key), &body).unwrap();
-        assert_eq!(req.headers["api-key"], "backend-key");
-        assert!(req.headers.get("authorization").is_none());
-    }
-
-    /// The request lines and header lines of a serialized request, in order for comparing,
-    /// and the body.
-    fn parts(wire: &[u8]) -> (Vec<String>, Vec<u8>) {
-        let end = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8(wire[..end].to_vec()).unwrap();
-        let mut lines: Vec<String> = head.split("\r\n").map(str::to_ascii_lowercase).collect();
-        lines[1..].sort();
-        (lines, wire[end + 4..].to_vec())
-    }
-
-    #[test]
-    fn the_wire_form_is_the_built_request_serialized() {
-        use pingora::protocols::http::v1::client::http_req_header_to_wire;
-        let host = HeaderValue::from_static("aoai.example.com");
-        let body = Bytes::from_static(b"{\"model\":\"x\"}");
+        let path = client().raw_path().to_vec();
         for credential in [
             Credential::EntraToken(HeaderValue::from_static("Bearer entra")),
             Credential::ApiKey(HeaderValue::from_static("backend-key")),
-            Credential::Nothing,
         ] {
-            for (body, path) in [
-                (body.clone(), None),
-                (
-                    Bytes::new(),
-                    Some(&b"/openai/deployments/own-name/chat/completions"[..]),
-                ),
-            ] {
-                let wire = upstream_wire(&client(), path, &host, &credential, &body).unwrap();
-                let mut built =
-                    upstream_request(&client(), &host, credential.clone(), &body).unwrap();
-                if let Some(p) = path {
-                    built.set_raw_path(p).unwrap();
-                }
-                let mut expected = http_req_header_to_wire(&built).unwrap();
-                expected.extend_from_slice(&body);
-                assert_eq!(parts(&wire), parts(&expected));
-            }
+            let wire = wire(&client(), &path, &host, &credential, 2, 0).unwrap();
+            let (first, headers) = lines(&wire);
+            assert_eq!(
+                first,
+                "post /openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21 http/1.1"
+            );
+            let expected_credential = match &credential {
+                Credential::EntraToken(_) => "authorization: bearer entra",
+                _ => "api-key: backend-key",
+            };
+            assert_eq!(
+                headers,
+                [
+                    expected_credential,
+                    "content-length: 2",
+                    "host: aoai.example.com",
+                    "x-ms-client-request-id: abc",
+                ]
+            );
         }
     }
 
     #[test]
-    fn upgrades_and_unwritable_paths_are_left_to_the_built_request() {
+    fn both_ways_of_writing_send_the_same_headers() {
+        use pingora::protocols::http::v1::client::http_req_header_to_wire;
+        let host = HeaderValue::from_static("aoai.example.com");
+        let token = HeaderValue::from_static("Bearer entra");
+        let credential = Credential::EntraToken(token);
+        let path = b"/openai/deployments/own/chat/completions";
+        let framed = framed(&client(), path, &host, &credential, 7).unwrap();
+        let from_pingora = http_req_header_to_wire(&framed).unwrap();
+        let ours = wire(&client(), path, &host, &credential, 7, 0).unwrap();
+        assert_eq!(lines(&from_pingora), lines(&ours));
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_for_again_hop_by_hop() {
         let host = HeaderValue::from_static("aoai.example.com");
         let mut upgrade = client();
         upgrade.insert_header("connection", "Upgrade").unwrap();
         upgrade.insert_header("upgrade", "websocket").unwrap();
-        assert!(upstream_wire(&upgrade, None, &host, &Credential::Nothing, b"").is_none());
-        let bad = Some(&b"/a b"[..]);
-        assert!(upstream_wire(&client(), bad, &host, &Credential::Nothing, b"").is_none());
+        let req = framed(
+            &upgrade,
+            b"/openai/realtime",
+            &host,
+            &Credential::Nothing,
+            0,
+        )
+        .unwrap();
+        assert_eq!(req.headers["connection"], "Upgrade");
+        assert_eq!(req.headers["upgrade"], "websocket");
+        assert!(wire(&client(), b"/a b", &host, &Credential::Nothing, 0, 0).is_none());
     }
 
     #[test]

@@ -1,103 +1,73 @@
-//! The Pingora [`ProxyHttp`] of aoai-proxy. Its phases are thin: `request_filter` admits the
-//! request ([`admission`]), reads its body once, and hands it to the try loop ([`tries`]), which
-//! runs each try as an upstream exchange ([`exchange`]), rewrites headers on the way
-//! ([`headers`]), and relays the chosen answer ([`relay`], counting the tokens it reports) or
-//! makes the proxy's own ([`answers`]).
+//! The Pingora [`ProxyHttp`] of aoai-proxy: [`Proxy`]. Its phases hand each request to the
+//! [`Gateway`] in force, and a request follows one file per step:
 //!
-//! NOTE: each try is its own exchange over a connection from [`upstream`] (Pingora's transport
-//! connector for TCP, TLS, SNI and verification; our own idle lists) rather than Pingora's proxy
-//! loop, because that loop cannot replay a
-//! body past its fixed 64 KiB retry buffer: on a retry it sends no body at all
-//! (pingora-core `BODY_BUF_LIMIT`; pingora-proxy `proxy_h1.rs` `proxy_handle_downstream`), and it
-//! has no retry on a response status (https://github.com/cloudflare/pingora/issues/873).
+//! 1. `request_filter` ([`Proxy`], here) → [`Gateway::serve`] (`gateway`): admission
+//!    (`admission`), the body read once, the typed view ([`crate::request`]), the client's
+//!    limits (`accounting`), and the route (`route`);
+//! 2. the tries, made and recorded by one driver (`drive`) and decided by a pure policy
+//!    ([`crate::retry`]);
+//! 3. each try's exchange with a backend (`relay`, `exchange`, `headers`, `upstream`);
+//! 4. the answer relayed (`relay`, or `realtime` for a WebSocket), or the proxy's own
+//!    (`answers`);
+//! 5. `logging`: the access line (`access`) and the client's limits settled.
+//!
+//! NOTE: `request_filter` answers every request itself, and `upstream_peer` is never reached:
+//! each try is its own exchange over a connection from `upstream` (Pingora's transport
+//! connector for TCP, TLS, SNI and verification; our own idle lists) rather than Pingora's
+//! proxy loop, because that loop cannot replay a body past its fixed 64 KiB retry buffer (on a
+//! retry it sends no body at all: pingora-core `BODY_BUF_LIMIT`, pingora-proxy `proxy_h1.rs`)
+//! and has no retry on a response status (https://github.com/cloudflare/pingora/issues/873).
 
 mod access;
+mod accounting;
 mod admission;
 mod answers;
+mod drive;
 mod exchange;
+mod gateway;
+pub mod header_deadline;
 pub mod headers;
-mod lists;
 pub mod paths;
 mod realtime;
 mod relay;
-mod search;
-mod tries;
+mod route;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use smallvec::SmallVec;
 
 pub use access::JSON_TARGET as ACCESS_JSON_TARGET;
 pub use answers::ProxyError;
+pub use gateway::{Gateway, Lasting};
 
-use crate::balance::Pool;
-use crate::clients::entra::EntraVerifier;
-use crate::clients::{Client, Clients};
-use crate::config::{Limits, LogFormat, Timeouts};
-use crate::credentials::TokenCache;
-use crate::limits::{Admitted, LimitStore};
-use crate::metrics::{InFlight, Metrics};
-use crate::objects::ObjectLocations;
-use crate::retry::Outcome;
-use crate::state::SharedState;
+use crate::clients::limits::Admitted;
+use crate::clients::Client;
+use crate::metrics::InFlight;
+use crate::outcome::Outcome;
 use crate::usage::Usage;
-use smallvec::SmallVec;
 
-/// The Pingora service: the configuration in force, replaced whole on a reload. Each request
+/// The Pingora service: the [`Gateway`] in force, replaced whole on a reload. Each request
 /// takes the one current when it arrives and keeps it to its end, so a reload never changes
 /// the backends, clients or limits of a request (or stream) in flight.
-pub struct ProxyService {
-    pub current: Arc<ArcSwap<AoaiProxy>>,
-}
-
-/// Everything a request needs, built from one configuration and shared by the requests that
-/// arrive while it is current.
-pub struct AoaiProxy {
-    pub pool: Arc<Pool>,
-    /// `None` when no backend takes the proxy's Entra ID token.
-    pub tokens: Option<Arc<TokenCache>>,
-    pub upstream: Arc<upstream::Upstream>,
-    pub max_tries: u32,
-    /// How long a request waits for a token on its way (`auth.startup_wait`).
-    pub startup_wait: std::time::Duration,
-    /// The clients allowed in; `None` when the proxy is open.
-    pub clients: Option<Clients>,
-    /// Checks clients' Entra ID tokens (`client_auth.entra`).
-    pub entra: Option<Arc<EntraVerifier>>,
-    /// Where stateful objects live.
-    pub objects: Arc<dyn ObjectLocations>,
-    /// The state shared with other replicas (`state.redis`): cooldowns and ejections seen here
-    /// are published through it.
-    pub state: Option<Arc<SharedState>>,
-    /// Where the clients' limit windows are kept.
-    pub limit_store: Arc<dyn LimitStore>,
-    pub timeouts: Timeouts,
-    pub limits: Limits,
-    /// The path prefixes forwarded (`paths`).
-    pub paths: Vec<String>,
-    pub metrics: Arc<Metrics>,
-    /// `usage.include_in_streams`: ask streamed completions for their usage.
-    pub include_stream_usage: bool,
-    /// `log.format`.
-    pub log_format: LogFormat,
-    /// When this configuration was loaded (for the status page).
-    pub loaded_at: SystemTime,
+pub struct Proxy {
+    pub current: Arc<ArcSwap<Gateway>>,
 }
 
 /// Per-request state.
 pub struct RequestCtx {
-    /// The configuration the request is served by, from its arrival to its end.
-    proxy: Arc<AoaiProxy>,
+    /// The gateway the request is served by, from its arrival to its end.
+    gateway: Arc<Gateway>,
     started: Instant,
     /// Tries made so far.
     tries: u32,
-    /// The deployment the request names (in its path, or its body's `model`).
+    /// The deployment the request names (in its path, its query or its body's `model`).
     deployment: Option<String>,
     /// Each try's backend and what it produced.
     tried: SmallVec<[(usize, Outcome); 3]>,
@@ -122,46 +92,8 @@ fn client_went_away(e: &Error) -> bool {
         )
 }
 
-impl AoaiProxy {
-    /// Lets the balancer take in what a try on backend `index` produced, and tells the other
-    /// replicas of a cooldown or ejection it began.
-    fn observe(
-        &self,
-        index: usize,
-        outcome: Outcome,
-        headers: Option<&http::HeaderMap>,
-        deployment: Option<&str>,
-    ) {
-        let change = self.pool.observe(index, outcome, headers, deployment);
-        if let (Some(change), Some(state)) = (change, &self.state) {
-            state.send(crate::state::Write::Health {
-                backend: self.pool.get(index).name.clone(),
-                change,
-            });
-        }
-    }
-
-    /// Serves the whole request: admission, body, tries and the streamed answer.
-    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        // A client that stops reading must not hold a backend stream forever.
-        session.set_write_timeout(Some(self.timeouts.body_idle));
-        let admitted = match self.admit(session, ctx) {
-            Ok(()) => self.read_body(session).await?,
-            Err(refused) => Err(refused),
-        };
-        match admitted {
-            Ok(body) => self.forward(session, ctx, body).await,
-            Err(refused) => {
-                // The body is left unread: close afterwards rather than drain it.
-                session.set_keepalive(None);
-                refused.respond(session).await
-            }
-        }
-    }
-}
-
 #[async_trait]
-impl ProxyHttp for ProxyService {
+impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
     /// No downstream modules: Pingora's default is a response compression module, disabled,
@@ -171,7 +103,7 @@ impl ProxyHttp for ProxyService {
 
     /// Starts a request's state; it counts as in flight until the state is dropped.
     fn new_ctx(&self) -> RequestCtx {
-        let proxy = self.current.load_full();
+        let gateway = self.current.load_full();
         RequestCtx {
             started: Instant::now(),
             tries: 0,
@@ -181,16 +113,27 @@ impl ProxyHttp for ProxyService {
             client: None,
             admitted: None,
             usage: None,
-            _in_flight: proxy.metrics.start_request(),
-            proxy,
+            _in_flight: gateway.metrics.start_request(),
+            gateway,
         }
     }
 
-    /// Serves the whole request: admission, body, tries and the streamed answer. Returns
-    /// `true` (answered), so Pingora's own upstream phases never run.
+    /// The request header is complete: its connection's header deadline
+    /// (`timeouts.client_header`) is over.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        header_deadline::header_read(session);
+        Ok(())
+    }
+
+    /// Serves the whole request (see [`Gateway::serve`]). Returns `true` (answered), so
+    /// Pingora's own upstream phases never run.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let proxy = ctx.proxy.clone();
-        proxy.serve(session, ctx).await?;
+        let gateway = ctx.gateway.clone();
+        gateway.serve(session, ctx).await?;
         Ok(true)
     }
 
@@ -244,45 +187,10 @@ impl ProxyHttp for ProxyService {
         client_went_away(e)
     }
 
-    /// Writes one access-log line per request.
+    /// Ends the request: counts it, settles its client's limits, writes its access line, and
+    /// starts its connection's header deadline for the next request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let duration = ctx.started.elapsed();
-        let status = session.response_written().map(|r| r.status.as_u16());
-        let proxy = &ctx.proxy;
-        proxy.metrics.record_end(status, duration, ctx.tries);
-        if let (Some(client), Some(admitted)) = (&ctx.client, &ctx.admitted) {
-            // What the backend reported replaces the estimate; an answer that is not a success
-            // spent nothing; a success that reported nothing keeps its estimate.
-            let spent = match (ctx.usage, status) {
-                (Some(u), _) => u.prompt.saturating_add(u.completion),
-                (None, Some(200..=299)) => admitted.estimate,
-                (None, _) => 0,
-            };
-            proxy
-                .limit_store
-                .settle(&client.name, admitted, spent, Instant::now());
-        }
-        if !log::log_enabled!(target: access::TARGET, log::Level::Info) {
-            return;
-        }
-        let req = session.req_header();
-        access::AccessLine {
-            client_addr: session.client_addr().map(|a| a.to_string()),
-            client: ctx.client.as_deref().map(|c| c.name.as_str()),
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            deployment: ctx.deployment.as_deref(),
-            status,
-            tries: ctx
-                .tried
-                .iter()
-                .map(|&(i, outcome)| (proxy.pool.get(i).name.as_str(), outcome))
-                .collect(),
-            first_byte: ctx.first_byte,
-            duration,
-            usage: ctx.usage,
-            error: e.map(|e| e.to_string()),
-        }
-        .write(proxy.log_format);
+        ctx.gateway.finish(session, e, ctx);
+        header_deadline::await_next_header(session);
     }
 }

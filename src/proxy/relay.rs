@@ -1,5 +1,8 @@
-//! Relaying the chosen response: the header, then the body chunk by chunk as the backend sends
-//! it, bursts joined into one write, never waiting for more than has arrived.
+//! [`Relay`]: the upstream side of a request. It makes each try's exchange (the request as a
+//! backend gets it, sent over one of the worker's connections) and relays the chosen answer:
+//! the header, then the body chunk by chunk as the backend sends it, bursts joined into one
+//! write, never waiting for more than has arrived; the tokens and objects it reports are read
+//! on the way ([`Readers`]).
 
 use std::sync::Arc;
 
@@ -7,152 +10,35 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use super::exchange::Answer;
-use super::exchange::WholeAnswer;
-use super::{headers, AoaiProxy};
-use crate::limits::Admitted;
+use super::exchange::{self, Answer, Attempt};
+use super::upstream::Upstream;
+use super::{headers, realtime};
+use crate::balance::{Backend, Credential, Naming};
+use crate::clients::limits::Admitted;
+use crate::clients::Client;
+use crate::config::Timeouts;
 use crate::objects::{CreatedReader, ObjectLocations};
+use crate::outcome::{Failure, WholeAnswer};
+use crate::request::Request;
+use crate::retry::Product;
 use crate::usage::{Usage, UsageEventFilter, UsageReader};
 
-impl AoaiProxy {
-    /// Streams the chosen answer to the client, chunk by chunk as the backend sends it, then
-    /// returns its connection to the pool. The usage it reports is read on the way, counted
-    /// for `backend`, the request's deployment and client, and returned.
-    pub(super) async fn relay(
-        &self,
-        session: &mut Session,
-        answer: Answer,
-        peer: Option<Arc<HttpPeer>>,
-        labels: Delivery<'_>,
-    ) -> Result<Option<Usage>> {
-        if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            // Boxed, as once per session it can be: it would size every answer's future.
-            return Box::pin(self.tunnel(session, answer)).await.map(|()| None);
-        }
-        let Answer {
-            mut head,
-            session: mut up,
-        } = answer;
-        headers::strip_response(&mut head);
-        if let Some(left) = &labels.limits {
-            headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
-        }
-        let mut usage = head
-            .status
-            .is_success()
-            .then(|| UsageReader::for_answer(&head.headers))
-            .flatten();
-        let mut created = match &labels.learning {
-            Some(l) if l.created && head.status.is_success() => {
-                Some(CreatedReader::for_answer(&head.headers))
-            }
-            _ => None,
-        };
-        let learned = labels
-            .learning
-            .as_ref()
-            .is_some_and(|_| head.status.is_success());
-        let mut hide = (labels.hide_usage_event && head.status.is_success() && is_stream(&head))
-            .then(UsageEventFilter::default);
-        session
-            .write_response_header(head, false)
-            .await
-            .map_err(|e| e.into_down())?;
-        let idle = self.timeouts.body_idle;
-        let body = async {
-            loop {
-                let chunk = tokio::select! {
-                    biased;
-                    chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
-                    // Between chunks, notice a client that left so the backend stops generating.
-                    _ = session.downstream_session.read_body_or_idle(true) => {
-                        return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
-                    }
-                };
-                match chunk {
-                    Ok(Ok(Some(bytes))) => {
-                        let (bytes, end) = coalesce(&mut up, bytes);
-                        if let Some(reader) = usage.as_mut() {
-                            reader.feed(&bytes);
-                        }
-                        if let Some(reader) = created.as_mut() {
-                            reader.feed(&bytes);
-                            // A stream's response is known from its first event: a follow-up
-                            // sent before the stream ends finds it without a search.
-                            if let (Some(id), Some(l)) = (reader.take_found(), &labels.learning) {
-                                let backend = &self.pool.get(labels.backend).name;
-                                l.remember(&*self.objects, backend, &[id]);
-                            }
-                        }
-                        let bytes = match hide.as_mut() {
-                            Some(filter) => filter.filter(bytes),
-                            None => bytes,
-                        };
-                        session
-                            .write_response_body(Some(bytes), false)
-                            .await
-                            .map_err(|e| e.into_down())?;
-                        if end? {
-                            break;
-                        }
-                    }
-                    Ok(Ok(None)) => break,
-                    Ok(Err(e)) => return Err(e.into_up()),
-                    Err(_) => {
-                        let why = format!("backend silent for {idle:?} mid-response");
-                        return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
-                    }
-                }
-            }
-            Ok::<(), Box<Error>>(())
-        };
-        let body = body.await;
-        // Counted before the client sees the end, so that it is there once the client is done;
-        // and also when the body broke off after the backend had reported its usage.
-        let usage = usage.and_then(UsageReader::finish);
-        if let Some(u) = &usage {
-            self.pool
-                .get(labels.backend)
-                .stats
-                .record_usage(labels.deployment, labels.client, u);
-        }
-        body?;
-        if let (true, Some(learning)) = (learned, &labels.learning) {
-            let backend = &self.pool.get(labels.backend).name;
-            let made = created.map(CreatedReader::finish).unwrap_or_default();
-            learning.remember(&*self.objects, backend, &made);
-        }
-        if let Some(rest) = hide.as_mut().map(UsageEventFilter::finish) {
-            if !rest.is_empty() {
-                session
-                    .write_response_body(Some(rest), false)
-                    .await
-                    .map_err(|e| e.into_down())?;
-            }
-        }
-        session
-            .write_response_body(None, true)
-            .await
-            .map_err(|e| e.into_down())?;
-        if let Some(peer) = peer {
-            self.upstream
-                .release(*up, &peer, self.timeouts.pool_idle)
-                .await;
-        }
-        Ok(usage)
-    }
+/// Connections to backends, the timeouts of an exchange, and where the objects answers make
+/// are remembered.
+pub struct Relay {
+    pub upstream: Arc<Upstream>,
+    pub timeouts: Timeouts,
+    pub objects: Arc<dyn ObjectLocations>,
 }
 
 /// How an answer is delivered: whom its tokens are counted for, and what the client is told.
-pub(super) struct Delivery<'a> {
-    pub backend: usize,
+pub struct Delivery<'a> {
     pub deployment: Option<&'a str>,
-    pub client: Option<&'a str>,
-    /// The proxy added `stream_options.include_usage` to the request: the usage event is taken
-    /// out of the stream the client gets.
+    pub client: Option<Arc<Client>>,
+    /// The proxy asked the stream for its usage: the usage event is taken out of what the
+    /// client gets.
     pub hide_usage_event: bool,
     /// What the client has left under its limits, for `x-ratelimit-remaining-*`.
     pub limits: Option<Admitted>,
@@ -161,7 +47,8 @@ pub(super) struct Delivery<'a> {
 }
 
 /// What a successful answer says about where objects live.
-pub(super) struct Learning<'a> {
+#[derive(Clone, Copy, Default)]
+pub struct Learning<'a> {
     /// The objects the request named: they are on the backend that answered.
     pub named: &'a [String],
     /// The request may have made objects: read their ids from the answer.
@@ -184,10 +71,155 @@ impl Learning<'_> {
     }
 }
 
-impl AoaiProxy {
-    /// Gives the client an answer read whole (see [`super::exchange::read_whole`]), as the
-    /// backend sent it.
-    pub(super) async fn relay_whole(
+impl Relay {
+    /// One try of `request` on `backend` with `credential`, abandoned (with an error) if the
+    /// client leaves meanwhile, so the backend stops generating for nobody. A backend that
+    /// knows the deployment by another name gets that name.
+    pub async fn try_once(
+        &self,
+        session: &mut Session,
+        backend: &Backend,
+        request: &Request,
+        credential: &Credential,
+    ) -> Result<Attempt> {
+        let Some(peer) = backend.peer() else {
+            let e = Error::explain(
+                ErrorType::ConnectError,
+                "the backend's host name has not resolved",
+            );
+            return Ok(Attempt::Failed(Failure::Connect, e));
+        };
+        let head = session.req_header();
+        let renamed = match backend.naming(request.deployment()) {
+            Some(Naming::Renamed(own)) => request.for_backend(own, head.raw_path()),
+            _ => Default::default(),
+        };
+        let path = renamed.path.as_deref().unwrap_or(head.raw_path());
+        let body = renamed.body.as_ref().unwrap_or(request.body());
+        let wire =
+            exchange::Request::for_backend(head, path, &backend.host_header, credential, body)?;
+        let t = &self.timeouts;
+        let send = exchange::send(&self.upstream, &peer, &wire, t.response_header, t.body_idle);
+        tokio::select! {
+            attempt = send => Ok(attempt),
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                let e = Error::explain(ErrorType::ConnectionClosed, "client closed the connection while waiting for a backend");
+                Err(e.into_down())
+            }
+        }
+    }
+
+    /// What `attempt` on `backend` produced, read to its end (at most `max` bytes of body).
+    pub async fn read(&self, backend: usize, attempt: Attempt, max: usize) -> Product {
+        let t = &self.timeouts;
+        let read = exchange::read_whole(&self.upstream, attempt, max, (t.body_idle, t.pool_idle));
+        match read.await {
+            Ok(whole) => Product::Whole(whole),
+            Err((failure, error)) => Product::Failed {
+                backend,
+                failure,
+                error,
+            },
+        }
+    }
+
+    /// Puts aside what a try produced before the next one: an answer is drained so its
+    /// connection goes back to the pool.
+    pub fn set_aside(&self, attempt: Attempt) {
+        if let Attempt::Answered(answer) = attempt {
+            exchange::discard(self.upstream.clone(), answer, self.timeouts.pool_idle);
+        }
+    }
+
+    /// Streams the chosen answer of `backend` to the client, chunk by chunk as the backend
+    /// sends it, then returns its connection to the pool. The usage it reports is read on the
+    /// way, counted for `backend`, the request's deployment and client, and returned.
+    pub async fn relay(
+        &self,
+        session: &mut Session,
+        answer: Answer,
+        backend: &Backend,
+        delivery: Delivery<'_>,
+    ) -> Result<Option<Usage>> {
+        if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // Boxed, as once per session it can be: it would size every answer's future.
+            let tunnel = realtime::tunnel(session, answer, self.timeouts.body_idle);
+            return Box::pin(tunnel).await.map(|()| None);
+        }
+        let Answer {
+            mut head,
+            session: mut up,
+            peer,
+        } = answer;
+        headers::strip_response(&mut head);
+        if let Some(left) = &delivery.limits {
+            headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
+        }
+        let mut readers = Readers::for_answer(&head, &delivery);
+        session
+            .write_response_header(head, false)
+            .await
+            .map_err(|e| e.into_down())?;
+        let copied = self
+            .copy_body(session, &mut up, &mut readers, backend)
+            .await;
+        // Counted before the client sees the end, so that it is there once the client is done;
+        // and also when the body broke off after the backend had reported its usage.
+        let usage = readers.finish(backend, &delivery, &*self.objects, copied.is_ok());
+        copied?;
+        if let Some(rest) = readers.hide.as_mut().map(UsageEventFilter::finish) {
+            if !rest.is_empty() {
+                let write = session.write_response_body(Some(rest), false);
+                write.await.map_err(|e| e.into_down())?;
+            }
+        }
+        let end = session.write_response_body(None, true);
+        end.await.map_err(|e| e.into_down())?;
+        self.upstream
+            .release(*up, &peer, self.timeouts.pool_idle)
+            .await;
+        Ok(usage)
+    }
+
+    /// Copies the body of `up` to the client through `readers`, until it ends.
+    async fn copy_body(
+        &self,
+        session: &mut Session,
+        up: &mut HttpSession,
+        readers: &mut Readers<'_>,
+        backend: &Backend,
+    ) -> Result<()> {
+        let idle = self.timeouts.body_idle;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                chunk = tokio::time::timeout(idle, up.read_response_body()) => chunk,
+                // Between chunks, notice a client that left so the backend stops generating.
+                _ = session.downstream_session.read_body_or_idle(true) => {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "client left mid-response").into_down());
+                }
+            };
+            let bytes = match chunk {
+                Ok(Ok(Some(bytes))) => bytes,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(e)) => return Err(e.into_up()),
+                Err(_) => {
+                    let why = format!("backend silent for {idle:?} mid-response");
+                    return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
+                }
+            };
+            let (bytes, end) = coalesce(up, bytes);
+            let bytes = readers.feed(bytes, backend, &*self.objects);
+            let write = session.write_response_body(Some(bytes), false);
+            write.await.map_err(|e| e.into_down())?;
+            if end? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Gives the client an answer read whole, as the backend sent it.
+    pub async fn relay_whole(
         &self,
         session: &mut Session,
         whole: WholeAnswer,
@@ -206,11 +238,76 @@ impl AoaiProxy {
     }
 }
 
-/// Whether the answer is a stream of server-sent events.
-fn is_stream(head: &ResponseHeader) -> bool {
-    head.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+/// What reads an answer's body as it passes: its usage, the objects it made, and the usage
+/// event the client did not ask for.
+struct Readers<'a> {
+    usage: Option<UsageReader>,
+    created: Option<CreatedReader>,
+    hide: Option<UsageEventFilter>,
+    /// A success on a path with objects: what it taught is learned at its end.
+    learning: Option<Learning<'a>>,
+}
+
+impl<'a> Readers<'a> {
+    fn for_answer(head: &ResponseHeader, delivery: &Delivery<'a>) -> Self {
+        let success = head.status.is_success();
+        let learning = delivery.learning.filter(|_| success);
+        let stream = || {
+            head.headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        };
+        Readers {
+            usage: success
+                .then(|| UsageReader::for_answer(&head.headers))
+                .flatten(),
+            created: learning
+                .filter(|l| l.created)
+                .map(|_| CreatedReader::for_answer(&head.headers)),
+            hide: (delivery.hide_usage_event && success && stream())
+                .then(UsageEventFilter::default),
+            learning,
+        }
+    }
+
+    /// Reads `bytes` on their way; what the client gets of them.
+    fn feed(&mut self, bytes: Bytes, backend: &Backend, objects: &dyn ObjectLocations) -> Bytes {
+        if let Some(reader) = self.usage.as_mut() {
+            reader.feed(&bytes);
+        }
+        if let Some(reader) = self.created.as_mut() {
+            reader.feed(&bytes);
+            // A stream's response is known from its first event: a follow-up sent before the
+            // stream ends finds it without a search.
+            if let (Some(id), Some(l)) = (reader.take_found(), &self.learning) {
+                l.remember(objects, &backend.name, &[id]);
+            }
+        }
+        match self.hide.as_mut() {
+            Some(filter) => filter.filter(bytes),
+            None => bytes,
+        }
+    }
+
+    /// The usage reported, counted for `backend`; what a complete answer taught is learned.
+    fn finish(
+        &mut self,
+        backend: &Backend,
+        delivery: &Delivery<'_>,
+        objects: &dyn ObjectLocations,
+        complete: bool,
+    ) -> Option<Usage> {
+        let usage = self.usage.take().and_then(UsageReader::finish);
+        if let Some(u) = &usage {
+            let client = delivery.client.as_deref().map(|c| c.name.as_str());
+            backend.stats.record_usage(delivery.deployment, client, u);
+        }
+        if let (true, Some(learning)) = (complete, &self.learning) {
+            let made = self.created.take().map(CreatedReader::finish);
+            learning.remember(objects, &backend.name, &made.unwrap_or_default());
+        }
+        usage
+    }
 }
 
 /// Joins to `first` the body chunks the backend has already delivered, so a burst of events

@@ -1,20 +1,20 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (it can serve: a token is
-//! held, or none is needed), `/metrics` (Prometheus), `/status` (each backend's state, as JSON)
-//! and `/` (a page that shows `/status`).
+//! held, or none is needed), `/metrics` (Prometheus text), `/status` (each backend's standing,
+//! as JSON, see [`Status`]) and `/` (a page that shows `/status`).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde_json::{json, Value};
+use prometheus::proto::MetricFamily;
 
+use super::status::Status;
 use crate::credentials::TokenCache;
-use crate::metrics::{Metrics, TokenKind, TryLabel};
-use crate::proxy::AoaiProxy;
+use crate::metrics::{self, Family, Metrics};
+use crate::proxy::Gateway;
 
 /// The status page: one self-contained file (no external assets) that fetches `/status` and
 /// renders it, every few seconds.
@@ -24,8 +24,10 @@ const STATUS_PAGE: &str = include_str!("status.html");
 pub struct Admin {
     pub tokens: Option<Arc<TokenCache>>,
     pub metrics: Arc<Metrics>,
-    /// The configuration in force.
-    pub current: Arc<ArcSwap<AoaiProxy>>,
+    /// The gateway in force.
+    pub current: Arc<ArcSwap<Gateway>>,
+    /// The addresses plain HTTP is served on.
+    pub listen: Vec<String>,
 }
 
 impl Admin {
@@ -33,89 +35,49 @@ impl Admin {
         self.tokens.as_ref().is_none_or(|t| t.is_ready())
     }
 
-    /// The `/status` document.
-    fn status(&self) -> Value {
-        let proxy = self.current.load();
-        let now = Instant::now();
-        let backends: Vec<Value> = proxy
-            .pool
-            .backends()
-            .iter()
-            .map(|b| {
-                let s = b.health.snapshot(now);
-                let state = if s.ejected.is_some() {
-                    "ejected"
-                } else if s.probe_up == Some(false) {
-                    "probe_down"
-                } else {
-                    "up"
-                };
-                let cooling: Vec<Value> = s
-                    .cooling
-                    .iter()
-                    .map(|(deployment, left)| {
-                        json!({
-                            "deployment": deployment.as_deref().unwrap_or("*"),
-                            "seconds_left": round(left.as_secs_f64()),
-                        })
-                    })
-                    .collect();
-                let tries: serde_json::Map<String, Value> = TryLabel::ALL
-                    .iter()
-                    .zip(b.stats.tries())
-                    .map(|(l, n)| (l.as_str().to_string(), n.into()))
-                    .collect();
-                let tokens: serde_json::Map<String, Value> = TokenKind::ALL
-                    .iter()
-                    .zip(b.stats.token_totals())
-                    .map(|(k, n)| (k.as_str().to_string(), n.into()))
-                    .collect();
-                json!({
-                    "name": b.name,
-                    "url": format!("{}://{}", b.config.url.scheme.as_str(), b.config.url.authority()),
-                    "priority": b.config.priority,
-                    "weight": b.config.weight,
-                    "state": state,
-                    "ejected_seconds_left": s.ejected.map(|d| round(d.as_secs_f64())),
-                    "probe": s.probe_up.map(|up| if up { "up" } else { "down" }),
-                    "cooling": cooling,
-                    "tries": tries,
-                    "tokens": tokens,
-                })
-            })
-            .collect();
-        let token = self.tokens.as_ref().map(|t| {
-            json!({
-                "seconds_left": t.expires_in(),
-                "fetches": t.fetches(),
-                "failed_fetches": t.failed_fetches(),
-            })
-        });
-        let (ok, error) = self.metrics.reloads();
-        let loaded = proxy.loaded_at;
-        json!({
-            "ready": self.ready(),
-            "in_flight": self.metrics.in_flight(),
-            "backends": backends,
-            "token": token,
-            "config": {
-                "loaded_at": loaded
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .ok()
-                    .and_then(|d| jiff::Timestamp::from_second(d.as_secs() as i64).ok())
-                    .map(|t| t.to_string()),
-                "loaded_seconds_ago": SystemTime::now()
-                    .duration_since(loaded)
-                    .map_or(0, |d| d.as_secs()),
-                "reloads": {"ok": ok, "error": error},
-            },
-        })
+    /// The `/metrics` page: the process's families, the pool's, and the token's.
+    fn metrics_page(&self) -> String {
+        let gateway = self.current.load();
+        let mut families = self.metrics.families();
+        families.extend(token_families(self.ready(), self.tokens.as_deref()));
+        families.extend(gateway.pool().families());
+        metrics::encode(&families)
+    }
+
+    fn status(&self) -> String {
+        let gateway = self.current.load();
+        let listen = self.listen.clone();
+        let status = Status::of(&gateway, self.tokens.as_deref(), &self.metrics, listen);
+        serde_json::to_string(&status).unwrap_or_default()
     }
 }
 
-/// Seconds to the millisecond: what an operator reads.
-fn round(s: f64) -> f64 {
-    (s * 1000.0).round() / 1000.0
+/// Readiness and the Entra ID token's fetches and expiry (`tokens`: `None` when none is needed).
+fn token_families(ready: bool, tokens: Option<&TokenCache>) -> Vec<MetricFamily> {
+    let mut out = Vec::with_capacity(4);
+    let mut r = Family::gauge("aoai_proxy_ready", "1 while /readyz answers 200.");
+    r.add(&[], f64::from(u8::from(ready)));
+    out.push(r.done());
+    let (ok, failed) = tokens.map_or((0, 0), |t| (t.fetches(), t.failed_fetches()));
+    let mut fetches = Family::counter("aoai_proxy_token_fetches_total", "Entra ID tokens fetched.");
+    fetches.add(&[], ok as f64);
+    out.push(fetches.done());
+    let mut refreshes = Family::counter(
+        "aoai_proxy_token_refreshes_total",
+        "Entra ID token fetches by result.",
+    );
+    refreshes.add(&[("result", "ok")], ok as f64);
+    refreshes.add(&[("result", "error")], failed as f64);
+    out.push(refreshes.done());
+    if let Some(left) = tokens.and_then(TokenCache::expires_in) {
+        let mut expiry = Family::gauge(
+            "aoai_proxy_token_expires_in_seconds",
+            "Seconds until the Entra ID token held expires.",
+        );
+        expiry.add(&[], left as f64);
+        out.push(expiry.done());
+    }
+    out
 }
 
 #[async_trait]
@@ -129,12 +91,8 @@ impl ServeHttp for Admin {
                 "text/plain",
                 "not ready: no valid Entra ID token yet\n".to_string(),
             ),
-            "/metrics" => {
-                let pool = self.current.load().pool.clone();
-                let text = self.metrics.render(&pool, self.tokens.as_deref());
-                (200, "text/plain; version=0.0.4", text)
-            }
-            "/status" => (200, "application/json", self.status().to_string()),
+            "/metrics" => (200, prometheus::TEXT_FORMAT, self.metrics_page()),
+            "/status" => (200, "application/json", self.status()),
             "/" => (200, "text/html; charset=utf-8", STATUS_PAGE.to_string()),
             _ => (
                 404,

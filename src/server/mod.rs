@@ -1,38 +1,44 @@
-//! Start-up, once: [`Proxy::build`] reads the files the configuration names and builds every
-//! part (the backend pool, the credential, the proxy service, the admin listener, the background
-//! tasks) without touching the network; `--test` runs exactly that. [`Proxy::run`] then resolves
-//! the backends, listens, and serves until a signal ([`shutdown`]).
+//! Start-up, once: [`Process::build`] reads the files the configuration names and builds every
+//! part (the backend pool, the credential, the gateway, the background tasks) without touching
+//! the network; `--test` runs exactly that. [`Process::listen`] then settles the addresses
+//! ([`listen`]) and adds the listeners (a service per worker, [`workers`], and the admin
+//! listener), and [`Process::run`] resolves the backends and serves until a signal
+//! ([`shutdown`]), reloading on SIGHUP ([`reload`]).
 
 mod admin;
 mod files;
+mod listen;
 mod reload;
 mod shutdown;
+mod status;
 mod workers;
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use pingora::tls::x509::X509;
-use tokio::sync::watch;
-
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TcpSocketOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use pingora::tls::x509::X509;
+use tokio::sync::watch;
 
 use crate::balance::{BackendError, Pool, Prober, Resolver};
 use crate::clients::entra::{EntraVerifier, JwksFetcher};
-use crate::clients::Clients;
+use crate::clients::limits::{LimitStore, LocalLimits};
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
-use crate::credentials::{http_client, CredentialError, CredentialSource, Refresher, TokenCache};
-use crate::limits::{LimitStore, LocalLimits};
+use crate::credentials::{http_client, CredentialError, CredentialSource, HttpClientError};
+use crate::credentials::{Refresher, TokenCache};
 use crate::metrics::Metrics;
 use crate::objects::{LocalLocations, ObjectLocations};
+use crate::proxy::header_deadline::Deadlined;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{AoaiProxy, ProxyService};
+use crate::proxy::{Gateway, Lasting, Proxy};
 use crate::state::limits::SharedLimits;
 use crate::state::objects::SharedLocations;
 use crate::state::{SharedState, StateTask};
@@ -50,9 +56,10 @@ pub enum StartError {
     #[error(transparent)]
     Credential(#[from] CredentialError),
     #[error("client_auth.entra: {0}")]
-    Client(String),
+    EntraClient(#[from] HttpClientError),
+    /// The crate's message does not repeat the URL (which may hold a password).
     #[error("state.redis: {0}")]
-    State(String),
+    State(#[from] redis::RedisError),
 }
 
 impl StartError {
@@ -73,239 +80,254 @@ impl StartError {
 /// Upstream connections kept idle for reuse, per backend address on each worker thread.
 const POOLED_CONNECTIONS: usize = 1024;
 
-/// The parts that live as long as the process, whatever the configuration in force.
-pub(crate) struct Shared {
-    /// `None` when no backend takes the proxy's Entra ID token.
-    tokens: Option<Arc<TokenCache>>,
-    upstream: Arc<Upstream>,
-    metrics: Arc<Metrics>,
-    /// The trust store for upstream TLS, when `upstream_tls.ca_file` adds to the system roots.
-    ca: Option<Arc<Box<[X509]>>>,
-    /// Client limit windows: kept across reloads, by client name.
-    limit_store: Arc<dyn LimitStore>,
-    /// Checks clients' Entra ID tokens, with the signing keys fetched at start.
-    entra: Option<Arc<EntraVerifier>>,
-    /// Where stateful objects live: kept across reloads, by backend name.
-    objects: Arc<dyn ObjectLocations>,
-    /// The state shared with other replicas (`state.redis`).
-    state: Option<Arc<SharedState>>,
-}
-
-impl Shared {
-    /// The proxy service for `config`, with its `pool` built.
-    fn service(&self, config: &Config, pool: Arc<Pool>) -> AoaiProxy {
-        AoaiProxy {
-            pool,
-            tokens: self.tokens.clone(),
-            upstream: self.upstream.clone(),
-            max_tries: config.max_tries.get(),
-            startup_wait: config.auth.startup_wait,
-            clients: config.clients.as_deref().map(Clients::new),
-            limit_store: self.limit_store.clone(),
-            objects: self.objects.clone(),
-            state: self.state.clone(),
-            entra: self.entra.clone(),
-            timeouts: config.timeouts.clone(),
-            limits: config.limits.clone(),
-            paths: config.paths.clone(),
-            metrics: self.metrics.clone(),
-            log_format: config.log_format,
-            include_stream_usage: config.include_stream_usage,
-            loaded_at: SystemTime::now(),
-        }
-    }
-}
-
-/// The server, built and ready to run.
-pub struct Proxy {
+/// The process: every part built once, ready to listen and run.
+pub struct Process {
     server: Server,
     config: Config,
-    current: Arc<ArcSwap<AoaiProxy>>,
+    current: Arc<ArcSwap<Gateway>>,
     pools: watch::Sender<Arc<Pool>>,
-    shared: Shared,
+    lasting: Lasting,
+    /// The trust store for upstream TLS, when `upstream_tls.ca_file` adds to the system roots.
+    ca: Option<Arc<Box<[X509]>>>,
+    /// The HTTPS listener's TLS settings, one a worker, until the listeners are added.
+    tls: Vec<TlsSettings>,
     reload_from: Option<PathBuf>,
     drained: shutdown::Drained,
+    /// The addresses settled by [`Process::listen`].
+    addresses: Option<listen::Addresses>,
 }
 
-impl Proxy {
+impl Process {
     /// Builds every part from the validated configuration, each once. No network, and nothing
     /// listens yet.
-    pub fn build(config: &Config) -> Result<Proxy, StartError> {
+    pub fn build(config: &Config) -> Result<Process, StartError> {
         let files = files::read(config).map_err(StartError::Files)?;
-        let ca = files.upstream_ca.as_ref();
-        let pool = Arc::new(Pool::new(config, ca.map(|c| c.trust.clone()))?);
-        let source = CredentialSource::new(&config.auth.credential, ca.map(|c| &c.pem[..]))?;
+        let (pem, ca) = match &files.upstream_ca {
+            Some(c) => (Some(&c.pem[..]), Some(c.trust.clone())),
+            None => (None, None),
+        };
+        let pool = Arc::new(Pool::new(config, ca.clone())?);
+        let source = CredentialSource::new(&config.auth.credential, pem)?;
         let metrics = Arc::new(Metrics::default());
-
-        let conf = ServerConf {
-            threads: config.server.threads,
-            // By default one current-thread runtime per worker, like nginx's workers: a request
-            // and its backend connections stay on one thread, with no cross-thread wake-ups.
-            work_stealing: config.server.work_stealing,
-            grace_period_seconds: Some(config.server.grace_period.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(5),
-            ..ServerConf::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
-
-        // No backend that takes the token means no token to fetch (and nothing to wait for).
-        let tokens = match source {
-            Some(source) if pool.needs_token() => {
-                let cache = Arc::new(TokenCache::default());
-                server.add_service(background_service(
-                    "entra-token",
-                    Refresher {
-                        source,
-                        scope: config.auth.scope.clone(),
-                        cache: cache.clone(),
-                        margin: config.auth.refresh_before,
-                    },
-                ));
-                Some(cache)
-            }
-            _ => {
-                if config.auth.credential != CredentialKind::None {
-                    log::info!("every backend has an api_key: no Entra ID token is fetched");
-                }
-                None
-            }
-        };
+        let mut server = Server::new_with_opt_and_conf(None, server_conf(config));
+        let tokens = token_refresher(&mut server, config, source, &pool);
         let entra = match &config.entra_clients {
-            Some(e) => {
-                let verifier = Arc::new(EntraVerifier::new(e));
-                let http = http_client(ca.map(|c| &c.pem[..])).map_err(StartError::Client)?;
-                server.add_service(background_service(
-                    "entra-client-keys",
-                    JwksFetcher {
-                        verifier: verifier.clone(),
-                        http,
-                    },
-                ));
-                Some(verifier)
-            }
+            Some(e) => Some(entra_keys(&mut server, e, pem)?),
             None => None,
         };
         let (pools, _) = watch::channel(pool.clone());
-        server.add_service(background_service(
-            "health-checks",
-            Prober {
-                pools: pools.subscribe(),
-            },
-        ));
-        server.add_service(background_service(
-            "dns",
-            Resolver {
-                pools: pools.subscribe(),
-            },
-        ));
-        // Shared state (`state.redis`): the stores that use it, and the task that keeps it up.
-        let local_objects = LocalLocations::new(config.objects_remembered);
-        let (limit_store, objects, state): (Arc<dyn LimitStore>, Arc<dyn ObjectLocations>, _) =
-            match &config.redis {
-                None => (
-                    Arc::new(LocalLimits::default()),
-                    Arc::new(local_objects),
-                    None,
-                ),
-                Some(settings) => {
-                    let (state, writes) = SharedState::new(
-                        settings,
-                        files.redis_ca.as_deref(),
-                        config.objects_remembered.get(),
-                        metrics.clone(),
-                    )
-                    .map_err(|e| StartError::State(e.to_string()))?;
-                    server.add_service(background_service(
-                        "shared-state",
-                        StateTask {
-                            state: state.clone(),
-                            pools: pools.subscribe(),
-                            writes: tokio::sync::Mutex::new(Some(writes)),
-                        },
-                    ));
-                    (
-                        Arc::new(SharedLimits::new(state.clone())),
-                        Arc::new(SharedLocations::new(state.clone(), local_objects)),
-                        Some(state),
-                    )
-                }
-            };
+        let probes = Prober {
+            pools: pools.subscribe(),
+        };
+        server.add_service(background_service("health-checks", probes));
+        let dns = Resolver {
+            pools: pools.subscribe(),
+        };
+        server.add_service(background_service("dns", dns));
+        let shared = shared_state(
+            &mut server,
+            config,
+            files.redis_ca.as_deref(),
+            &metrics,
+            &pools,
+        )?;
         let drained = shutdown::Drained::new();
         server.add_service(background_service(
             "drain",
             drained.watcher(metrics.clone()),
         ));
-
-        let shared = Shared {
-            tokens: tokens.clone(),
+        let (limits, objects, state) = shared;
+        let lasting = Lasting {
+            tokens,
             upstream: Arc::new(Upstream::new(POOLED_CONNECTIONS)),
-            metrics: metrics.clone(),
-            ca: ca.map(|c| c.trust.clone()),
-            limit_store,
+            metrics,
+            limits,
+            entra,
             objects,
             state,
-            entra,
         };
-        let current = Arc::new(ArcSwap::from_pointee(shared.service(config, pool)));
-        let mut tls = files.listener.into_iter();
-        for index in 0..workers::count(&config.server) {
-            let app = pingora::proxy::http_proxy(
-                &server.configuration,
-                ProxyService {
-                    current: current.clone(),
-                },
-            );
-            server.add_service(workers::worker(index, config, app, tls.next()));
-        }
-
-        if let Some(addr) = &config.admin {
-            let app = Admin {
-                tokens,
-                metrics,
-                current: current.clone(),
-            };
-            let mut admin = Service::new(
-                "admin".to_string(),
-                pingora::apps::http_app::HttpServer::new_app(app),
-            );
-            admin.add_tcp(addr);
-            server.add_service(admin);
-        }
-
-        Ok(Proxy {
+        let current = Arc::new(ArcSwap::from_pointee(Gateway::new(config, pool, &lasting)));
+        Ok(Process {
             server,
             config: config.clone(),
             current,
             pools,
-            shared,
+            lasting,
+            ca,
+            tls: files.listener,
             reload_from: None,
             drained,
+            addresses: None,
         })
     }
 
     /// Reloads the configuration from `path` on SIGHUP (see [`reload`]).
-    pub fn reload_from(mut self, path: &Path) -> Proxy {
+    pub fn reload_from(mut self, path: &Path) -> Process {
         self.reload_from = Some(path.to_owned());
         self
     }
 
-    /// Whether every address to listen on is free; what is not, by key and address.
-    pub fn check_listen(&self) -> Result<(), String> {
-        workers::check_free(&self.config)
+    /// Settles the addresses (each given one free, each port 0 picked and held) and adds the
+    /// listeners: a service per worker and the admin listener. What is wrong, by key and
+    /// address.
+    pub fn listen(mut self) -> Result<Process, String> {
+        let addresses = listen::settle(&self.config)?;
+        let workers = workers::count(&self.config.server);
+        let mut tls = std::mem::take(&mut self.tls).into_iter();
+        for index in 0..workers {
+            let proxy = Proxy {
+                current: self.current.clone(),
+            };
+            let app = Deadlined {
+                app: Arc::new(pingora::proxy::http_proxy(
+                    &self.server.configuration,
+                    proxy,
+                )),
+                within: self.config.timeouts.client_header,
+            };
+            let worker = workers::worker(index, workers, &addresses, app, tls.next());
+            self.server.add_service(worker);
+        }
+        if let Some(address) = &addresses.admin {
+            let app = Admin {
+                tokens: self.lasting.tokens.clone(),
+                metrics: self.lasting.metrics.clone(),
+                current: self.current.clone(),
+                listen: addresses.listen.iter().map(|a| a.addr.clone()).collect(),
+            };
+            let app = pingora::apps::http_app::HttpServer::new_app(app);
+            let mut admin = Service::new("admin".to_string(), app);
+            let mut options = TcpSocketOptions::default();
+            options.so_reuseport = address.picked.then_some(true);
+            admin.add_tcp_with_settings(&address.addr, options);
+            self.server.add_service(admin);
+        }
+        self.addresses = Some(addresses);
+        Ok(self)
     }
 
-    /// Resolves the backends, listens and serves until SIGTERM or SIGINT; then stops accepting,
-    /// lets in-flight requests finish (at most `server.grace_period`) and returns.
+    /// The first plain HTTP address and the admin address listened on (a port 0 of the file
+    /// is the one picked), once [`Self::listen`] has settled them.
+    pub fn listening(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let Some(a) = &self.addresses else {
+            return (None, None);
+        };
+        let parse = |addr: &listen::Address| addr.addr.to_socket_addrs().ok()?.next();
+        (
+            a.listen.first().and_then(parse),
+            a.admin.as_ref().and_then(parse),
+        )
+    }
+
+    /// Resolves the backends, and serves until SIGTERM or SIGINT; then stops accepting, lets
+    /// in-flight requests finish (at most `server.grace_period`) and returns.
     pub fn run(self) -> ExitCode {
-        self.current.load().pool.resolve_all();
-        let metrics = self.shared.metrics.clone();
+        self.current.load().pool().resolve_all();
+        let metrics = self.lasting.metrics.clone();
+        let _held = self.addresses;
         let reloader = self.reload_from.map(|path| Reloader {
             path,
             started: self.config,
             current: self.current,
             pools: self.pools,
-            shared: self.shared,
+            lasting: self.lasting,
+            ca: self.ca,
         });
         shutdown::run(self.server, metrics, self.drained, reloader)
     }
+}
+
+/// Pingora's settings for `config`.
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.server.threads,
+        // By default one current-thread runtime per worker, like nginx's workers: a request
+        // and its backend connections stay on one thread, with no cross-thread wake-ups.
+        work_stealing: config.server.work_stealing,
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    }
+}
+
+/// The token cache and the task that keeps it filled, when a backend takes the proxy's token
+/// (otherwise no token is fetched, and nothing waits for one).
+fn token_refresher(
+    server: &mut Server,
+    config: &Config,
+    source: Option<CredentialSource>,
+    pool: &Pool,
+) -> Option<Arc<TokenCache>> {
+    match source {
+        Some(source) if pool.needs_token() => {
+            let cache = Arc::new(TokenCache::default());
+            let refresher = Refresher {
+                source,
+                scope: config.auth.scope.clone(),
+                cache: cache.clone(),
+                margin: config.auth.refresh_before,
+            };
+            server.add_service(background_service("entra-token", refresher));
+            Some(cache)
+        }
+        _ => {
+            if config.auth.credential != CredentialKind::None {
+                log::info!("every backend has an api_key: no Entra ID token is fetched");
+            }
+            None
+        }
+    }
+}
+
+/// The check of clients' Entra ID tokens, and the task that fetches the tenant's keys.
+fn entra_keys(
+    server: &mut Server,
+    clients: &crate::config::EntraClients,
+    extra_ca: Option<&[u8]>,
+) -> Result<Arc<EntraVerifier>, StartError> {
+    let verifier = Arc::new(EntraVerifier::new(clients));
+    let fetcher = JwksFetcher {
+        verifier: verifier.clone(),
+        http: http_client(extra_ca)?,
+    };
+    server.add_service(background_service("entra-client-keys", fetcher));
+    Ok(verifier)
+}
+
+/// Where limit windows and object places are kept: in this process, or (`state.redis`) in
+/// Redis with the task that keeps it connected.
+type Stores = (
+    Arc<dyn LimitStore>,
+    Arc<dyn ObjectLocations>,
+    Option<Arc<SharedState>>,
+);
+
+fn shared_state(
+    server: &mut Server,
+    config: &Config,
+    redis_ca: Option<&[u8]>,
+    metrics: &Arc<Metrics>,
+    pools: &watch::Sender<Arc<Pool>>,
+) -> Result<Stores, StartError> {
+    let local_objects = LocalLocations::new(config.objects_remembered);
+    let Some(settings) = &config.redis else {
+        return Ok((
+            Arc::new(LocalLimits::default()),
+            Arc::new(local_objects),
+            None,
+        ));
+    };
+    let remember = config.objects_remembered.get();
+    let (state, writes) = SharedState::new(settings, redis_ca, remember, metrics.clone())?;
+    let task = StateTask {
+        state: state.clone(),
+        pools: pools.subscribe(),
+        writes: tokio::sync::Mutex::new(Some(writes)),
+    };
+    server.add_service(background_service("shared-state", task));
+    Ok((
+        Arc::new(SharedLimits::new(state.clone())),
+        Arc::new(SharedLocations::new(state.clone(), local_objects)),
+        Some(state),
+    ))
 }

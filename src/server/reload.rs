@@ -1,5 +1,5 @@
 //! Configuration reload on SIGHUP: the file is read and validated again and, when it is valid,
-//! a new [`AoaiProxy`] takes over for the requests that arrive from then on. Requests and
+//! a new [`Gateway`] takes over for the requests that arrive from then on. Requests and
 //! streams in flight keep the one they started with (each holds it to its end). Backends that
 //! stay (same name, same URL) keep their cooldowns, ejection, probe results, counters and
 //! resolved address; the token cache and the upstream connection pool are the process's own
@@ -15,21 +15,24 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::Shared;
+use pingora::tls::x509::X509;
+
 use crate::balance::Pool;
 use crate::config::Config;
 use crate::metrics::Reload;
-use crate::proxy::AoaiProxy;
+use crate::proxy::{Gateway, Lasting};
 
 /// Reloads the configuration from `path`.
 pub(super) struct Reloader {
     pub(super) path: PathBuf,
     /// The configuration the process started with: what its fixed settings are.
     pub(super) started: Config,
-    pub(super) current: Arc<ArcSwap<AoaiProxy>>,
+    pub(super) current: Arc<ArcSwap<Gateway>>,
     /// The pool, for the background tasks that follow it (probes, DNS, status).
     pub(super) pools: watch::Sender<Arc<Pool>>,
-    pub(super) shared: Shared,
+    pub(super) lasting: Lasting,
+    /// The trust store for upstream TLS (`upstream_tls.ca_file`).
+    pub(super) ca: Option<Arc<Box<[X509]>>>,
 }
 
 impl Reloader {
@@ -38,7 +41,7 @@ impl Reloader {
         let path = self.path.display();
         match self.try_reload().await {
             Ok(fixed) => {
-                self.shared.metrics.record_reload(Reload::Ok);
+                self.lasting.metrics.record_reload(Reload::Ok);
                 log::info!("SIGHUP: reloaded {path}");
                 if !fixed.is_empty() {
                     log::warn!(
@@ -48,7 +51,7 @@ impl Reloader {
                 }
             }
             Err(e) => {
-                self.shared.metrics.record_reload(Reload::Error);
+                self.lasting.metrics.record_reload(Reload::Error);
                 log::error!(
                     "SIGHUP: the configuration was not reloaded, the running one stays: {e}"
                 );
@@ -65,9 +68,9 @@ impl Reloader {
             .map_err(|e| e.to_string())?;
         let fixed = fixed_changes(&self.started, &config);
         let running = self.current.load_full();
-        let pool = Pool::replacing(&config, self.shared.ca.clone(), Some(&running.pool))
+        let pool = Pool::replacing(&config, self.ca.clone(), Some(running.pool()))
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        if pool.needs_token() && self.shared.tokens.is_none() {
+        if pool.needs_token() && self.lasting.tokens.is_none() {
             return Err(format!(
                 "{}: backends without an api_key now need an Entra ID token, and the running proxy fetches none (every backend had an api_key, or auth.kind is none): restart to use them",
                 self.path.display()
@@ -80,8 +83,8 @@ impl Reloader {
         })
         .await
         .map_err(|e| e.to_string())?;
-        self.current
-            .store(Arc::new(self.shared.service(&config, pool.clone())));
+        let gateway = Gateway::new(&config, pool.clone(), &self.lasting);
+        self.current.store(Arc::new(gateway));
         self.pools.send_replace(pool);
         Ok(fixed)
     }
@@ -109,6 +112,10 @@ fn fixed_changes(started: &Config, new: &Config) -> Vec<&'static str> {
         (&a.credential, &a.scope, a.refresh_before) == (&b.credential, &b.scope, b.refresh_before),
     );
     check("server", started.server == new.server);
+    check(
+        "timeouts.client_header",
+        started.timeouts.client_header == new.timeouts.client_header,
+    );
     check("client_auth", started.entra_clients == new.entra_clients);
     check("state", started.redis == new.redis);
     check(

@@ -12,8 +12,6 @@
 //! With `server.work_stealing: true` there is one service on one shared runtime, as Pingora
 //! builds it.
 
-use std::net::TcpListener;
-
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
@@ -22,7 +20,8 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::listening;
 use pingora::services::Service as ServiceTrait;
 
-use crate::config::{Config, ServerSettings};
+use super::listen::{Address, Addresses};
+use crate::config::ServerSettings;
 
 /// Buffers of each client connection. Pingora's defaults are a 64 KiB read buffer (held by
 /// every connection, a thousand open streams included) and a 1,460-byte write buffer, which
@@ -43,19 +42,20 @@ pub(super) fn count(server: &ServerSettings) -> usize {
     }
 }
 
-/// One worker's listening service for `app`: every `listen` address, and the HTTPS one when
-/// `tls` is given.
+/// One worker's listening service for `app`, of the `workers` `server` runs: every `listen`
+/// address, and the HTTPS one when `tls` is given.
 pub(super) fn worker<A>(
     index: usize,
-    config: &Config,
+    workers: usize,
+    addresses: &Addresses,
     app: A,
     tls: Option<TlsSettings>,
 ) -> Worker<A> {
-    let shared_port = count(&config.server) > 1;
-    let listener = |addr: &str| {
+    let shared_port = workers > 1;
+    let listener = |a: &Address| {
         let mut options = TcpSocketOptions::default();
-        options.so_reuseport = shared_port.then_some(true);
-        ListenerConfig::tcp(addr)
+        options.so_reuseport = (shared_port || a.picked).then_some(true);
+        ListenerConfig::tcp(&a.addr)
             .tcp_socket_options(options)
             .l4_buffer(CLIENT_BUFFERS)
     };
@@ -65,11 +65,11 @@ pub(super) fn worker<A>(
         "aoai-proxy".to_string()
     };
     let mut service = listening::Service::new(name, app);
-    for addr in &config.listen {
-        service.add_listener(listener(addr));
+    for a in &addresses.listen {
+        service.add_listener(listener(a));
     }
-    if let (Some(t), Some(settings)) = (&config.tls, tls) {
-        service.add_listener(listener(&t.listen).tls(settings));
+    if let (Some(a), Some(settings)) = (&addresses.tls, tls) {
+        service.add_listener(listener(a).tls(settings));
     }
     if shared_port {
         service.threads = Some(1);
@@ -105,15 +105,4 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Worker<A> {
     fn threads(&self) -> Option<usize> {
         self.service.threads
     }
-}
-
-/// Whether every address the proxy listens on is free: a socket without `SO_REUSEPORT` cannot
-/// bind where any other socket listens, ours from an earlier start included. Pingora would
-/// instead retry a busy address every second, without end and without serving.
-pub(super) fn check_free(config: &Config) -> Result<(), String> {
-    let tls = config.tls.iter().map(|t| ("tls.listen", &t.listen));
-    for (key, addr) in config.listen.iter().map(|a| ("listen", a)).chain(tls) {
-        TcpListener::bind(addr.as_str()).map_err(|e| format!("{key}: {addr}: {e}"))?;
-    }
-    Ok(())
 }

@@ -14,7 +14,7 @@
 //! The first transition to down, and the return, are logged once each;
 //! `aoai_proxy_state_store_up` says which it is.
 
-pub mod health;
+pub mod cooldowns;
 pub mod limits;
 pub mod objects;
 
@@ -26,10 +26,9 @@ use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use crate::balance::StandingChange;
 use crate::config::RedisSettings;
 use crate::metrics::Metrics;
-
-pub use health::HealthChange;
 
 /// Writes waiting for the background task; more are dropped (and their effect is local only).
 const QUEUE: usize = 16 * 1024;
@@ -40,9 +39,9 @@ const CHECK_EVERY: Duration = Duration::from_millis(500);
 pub enum Write {
     /// A backend began cooling or was ejected: publish it, and keep it for replicas that
     /// resynchronise.
-    Health {
+    Standing {
         backend: String,
-        change: HealthChange,
+        change: StandingChange,
     },
     /// An object lives on a backend.
     Learn { id: String, backend: String },
@@ -96,7 +95,7 @@ impl SharedState {
             None => redis::Client::open(settings.url.expose())?,
         };
         let (queue, writes) = mpsc::channel(QUEUE);
-        metrics.set_state_store_up(Some(false));
+        metrics.set_state_store_up(false);
         let state = SharedState {
             client,
             conn: ArcSwapOption::empty(),
@@ -134,7 +133,7 @@ impl SharedState {
     /// background check sees Redis answer again.
     pub(crate) fn mark_down(&self, why: &str) {
         if self.up.swap(false, Ordering::AcqRel) {
-            self.metrics.set_state_store_up(Some(false));
+            self.metrics.set_state_store_up(false);
         }
         self.note_unreachable(why);
     }
@@ -152,7 +151,7 @@ impl SharedState {
         self.warned.store(false, Ordering::Release);
         if was_down {
             log::info!("state store up: sharing cooldowns, limits and object places");
-            self.metrics.set_state_store_up(Some(true));
+            self.metrics.set_state_store_up(true);
         }
         was_down
     }

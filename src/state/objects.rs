@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{SharedState, Write};
+use super::{unix_now, SharedState, Write};
 use crate::objects::{LocalLocations, ObjectLocations};
 
 /// Records where an object lives, and forgets the least recently learned past the bound.
@@ -74,4 +74,44 @@ impl ObjectLocations for SharedLocations {
         self.local.forget(id);
         self.state.send(Write::Forget { id: id.to_string() });
     }
+}
+
+/// Records in Redis that `id` lives on `backend`: the background task's write.
+pub(crate) async fn learn(
+    state: &SharedState,
+    script: &redis::Script,
+    id: String,
+    backend: String,
+) -> Option<i64> {
+    let (hash, used) = (state.key("objects"), state.key("objects:used"));
+    let now = u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX);
+    let bound = state.remember;
+    state
+        .call(|mut conn| async move {
+            script
+                .key(hash)
+                .key(used)
+                .arg(id)
+                .arg(backend)
+                .arg(now)
+                .arg(bound)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+}
+
+/// Forgets `id` in Redis: the background task's write.
+pub(crate) async fn forget(state: &SharedState, id: String) -> Option<i64> {
+    let (hash, used) = (state.key("objects"), state.key("objects:used"));
+    state
+        .call(|mut conn| async move {
+            redis::pipe()
+                .hdel(hash, &id)
+                .zrem(used, &id)
+                .query_async::<(i64, i64)>(&mut conn)
+                .await
+                .map(|_| 1)
+        })
+        .await
 }

@@ -11,9 +11,8 @@ use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch, Mutex};
 
-use super::health::{self, Message};
-use super::limits::{SharedLimits, SETTLE};
-use super::objects::LEARN;
+use super::cooldowns::{self, Message};
+use super::{limits, objects};
 use super::{unix_now, SharedState, Write, CHECK_EVERY};
 use crate::balance::Pool;
 
@@ -82,32 +81,10 @@ impl StateTask {
     /// applies those the other replicas keep.
     async fn resync(&self) {
         let pool = self.pools.borrow().clone();
-        for (backend, change) in health::in_force(&pool) {
-            self.state.send(Write::Health { backend, change });
+        for (backend, change) in cooldowns::in_force(&pool) {
+            self.state.send(Write::Standing { backend, change });
         }
-        let key = self.state.key("health");
-        let kept: Option<Vec<(String, u64)>> =
-            self.state
-                .call(|mut conn| async move {
-                    redis::cmd("HGETALL").arg(key).query_async(&mut conn).await
-                })
-                .await;
-        let now = unix_now();
-        let mut applied = 0;
-        for (field, until) in kept.unwrap_or_default() {
-            let Ok((b, k, d)) = serde_json::from_str::<(String, String, Option<String>)>(&field)
-            else {
-                continue;
-            };
-            let m = Message {
-                r: String::new(),
-                b,
-                k,
-                d,
-                u: until,
-            };
-            applied += usize::from(m.apply(&pool, now));
-        }
+        let applied = cooldowns::take_in_kept(&self.state, &pool).await;
         if applied > 0 {
             log::info!(
                 "state store: {applied} cooldown(s) or ejection(s) of other replicas applied"
@@ -119,9 +96,9 @@ impl StateTask {
     async fn write(&self, mut writes: mpsc::Receiver<Write>) {
         let state = &self.state;
         let (publish, learn, settle) = (
-            &redis::Script::new(health::PUBLISH),
-            &redis::Script::new(LEARN),
-            &redis::Script::new(SETTLE),
+            &redis::Script::new(cooldowns::PUBLISH),
+            &redis::Script::new(objects::LEARN),
+            &redis::Script::new(limits::SETTLE),
         );
         while let Some(write) = writes.recv().await {
             if !state.is_up() {
@@ -129,55 +106,11 @@ impl StateTask {
                 continue;
             }
             let done = match write {
-                Write::Health { backend, change } => {
-                    let m = Message::new(&state.replica, &backend, &change, unix_now());
-                    let wire = serde_json::to_string(&m).unwrap_or_default();
-                    let (hash, channel, field, until) =
-                        (state.key("health"), state.key("health"), m.field(), m.u);
-                    state
-                        .call(|mut conn| async move {
-                            publish
-                                .key(hash)
-                                .arg(field)
-                                .arg(until)
-                                .arg(wire)
-                                .arg(channel)
-                                .invoke_async::<i64>(&mut conn)
-                                .await
-                        })
-                        .await
+                Write::Standing { backend, change } => {
+                    cooldowns::publish(state, publish, &backend, &change).await
                 }
-                Write::Learn { id, backend } => {
-                    let (hash, used) = (state.key("objects"), state.key("objects:used"));
-                    let now = u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX);
-                    let bound = state.remember;
-                    state
-                        .call(|mut conn| async move {
-                            learn
-                                .key(hash)
-                                .key(used)
-                                .arg(id)
-                                .arg(backend)
-                                .arg(now)
-                                .arg(bound)
-                                .invoke_async::<i64>(&mut conn)
-                                .await
-                        })
-                        .await
-                }
-                Write::Forget { id } => {
-                    let (hash, used) = (state.key("objects"), state.key("objects:used"));
-                    state
-                        .call(|mut conn| async move {
-                            redis::pipe()
-                                .hdel(hash, &id)
-                                .zrem(used, &id)
-                                .query_async::<(i64, i64)>(&mut conn)
-                                .await
-                                .map(|_| 1)
-                        })
-                        .await
-                }
+                Write::Learn { id, backend } => objects::learn(state, learn, id, backend).await,
+                Write::Forget { id } => objects::forget(state, id).await,
                 Write::Settle {
                     client,
                     admitted_second,
@@ -185,19 +118,8 @@ impl StateTask {
                     now_second,
                     spent,
                 } => {
-                    let key = SharedLimits::key(state, &client);
-                    state
-                        .call(|mut conn| async move {
-                            settle
-                                .key(key)
-                                .arg(admitted_second)
-                                .arg(estimate)
-                                .arg(now_second)
-                                .arg(spent)
-                                .invoke_async::<i64>(&mut conn)
-                                .await
-                        })
-                        .await
+                    let admitted = (admitted_second, estimate);
+                    limits::settle(state, settle, &client, admitted, (now_second, spent)).await
                 }
             };
             if done.is_none() {
@@ -229,7 +151,7 @@ impl StateTask {
                 let Ok(m) = serde_json::from_slice::<Message>(msg.get_payload_bytes()) else {
                     continue;
                 };
-                if m.r == state.replica {
+                if m.replica == state.replica {
                     continue;
                 }
                 let pool = self.pools.borrow().clone();

@@ -13,7 +13,7 @@
 
 mod stream;
 
-pub use stream::{ask_for_stream_usage, StreamUsage, UsageEventFilter};
+pub use stream::UsageEventFilter;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;

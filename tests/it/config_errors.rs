@@ -194,13 +194,66 @@ fn every_unusable_file_is_reported_at_once() {
     }
 }
 
+/// Runs `aoai-proxy ARGS` under `strace` (following every thread) until it exits: its exit code,
+/// and the lines of the trace that are the network or name resolution: a file the resolver
+/// reads (`/etc/hosts`, `/etc/resolv.conf`, `/etc/nsswitch.conf`, nscd's socket), an IP socket,
+/// a connect.
+fn network_calls(args: &[&str], env: &[(&str, String)]) -> (i32, Vec<String>) {
+    let out = scratch_dir().join("strace");
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=socket,connect,openat,open", "-o"])
+        .arg(&out)
+        .arg(env!("CARGO_BIN_EXE_aoai-proxy"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("strace (Debian's strace, which scripts/deps installs)");
+    let trace = std::fs::read_to_string(&out).expect("the trace");
+    let marks = [
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/nsswitch.conf",
+        "nscd",
+        "AF_INET",
+        "connect(",
+    ];
+    let calls = trace
+        .lines()
+        .filter(|l| marks.iter().any(|m| l.contains(m)))
+        .map(str::to_string)
+        .collect();
+    (status.code().unwrap_or(-1), calls)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_touches_no_network() {
-    // A token endpoint that counts what it is asked, and a backend whose name cannot resolve.
+async fn test_touches_no_network_and_resolves_no_name() {
+    // The control: a command that resolves a name (from /etc/hosts: nothing leaves the
+    // machine) and connects is seen doing both.
+    let (_, seen) = network_calls(&["health", "--url", "http://localhost:9/readyz"], &[]);
+    assert!(
+        seen.iter().any(|l| l.contains("/etc/hosts"))
+            && seen.iter().any(|l| l.contains("connect(")),
+        "strace did not see a name resolved and a connection made: {seen:#?}"
+    );
+    // Names wherever the configuration can give one: the listener, backends (one probed), the
+    // client keys' endpoint, Redis; and a token endpoint that counts what it is asked.
     let id = identity().await;
-    let yaml = "listen: [\"127.0.0.1:8080\"]\nauth: {kind: managed_identity}\nbackends:\n  - url: https://aoai.invalid\n";
-    let (code, stderr, _) = run(yaml, &["-t"], Some(&id));
-    assert_eq!(code, 0, "{stderr}");
+    let yaml = "listen: [\"localhost:8080\"]\nauth: {kind: managed_identity}\n\
+        backends:\n  - url: https://localhost:1\n  - {url: \"https://localhost:2\", health_check: {kind: http}}\n\
+        client_auth: {entra: {tenant: t, audience: a, jwks_url: \"https://localhost:3/keys\"}}\n\
+        clients: [{name: c, entra_ids: [x]}]\nstate: {redis: {url: \"redis://localhost:4\"}}\n";
+    let file = scratch_dir().join("conf.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let env = [
+        ("IDENTITY_ENDPOINT", id.endpoint()),
+        ("IDENTITY_HEADER", IDENTITY_HEADER.to_string()),
+    ];
+    let path = file.display().to_string();
+    let (code, seen) = network_calls(&["--config", &path, "--test"], &env);
+    assert_eq!(code, 0, "--test failed");
+    assert!(seen.is_empty(), "--test touched the network: {seen:#?}");
     assert!(id.queries().is_empty(), "--test fetched a token");
 }
 

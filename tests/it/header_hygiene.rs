@@ -94,3 +94,75 @@ async fn oversized_headers_get_431_and_reach_no_backend() {
     // The proxy keeps serving.
     assert_eq!(chat(&proxy).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_key_in_the_query_never_reaches_a_backend_in_any_spelling_on_any_path() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = format!("{}clients: [{{name: c, key: CLIENTKEY}}]\n", mi_yaml(&[&b]));
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let spellings = [
+        "api-key",
+        "API-KEY",
+        "Api-Key",
+        "api%2Dkey",
+        "%61pi-key",
+        "api%2dKEY",
+    ];
+    // Forwarded, asked of every backend (a list), searched for (a named object), Realtime.
+    let paths = [
+        (
+            "POST",
+            "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21&{K}=CLIENTKEY",
+        ),
+        ("POST", "/openai/v1/chat/completions?{K}=CLIENTKEY"),
+        ("GET", "/openai/files?{K}=CLIENTKEY&api-version=2024-10-21"),
+        (
+            "GET",
+            "/openai/files/file-nowhere?api-version=2024-10-21&{K}=CLIENTKEY",
+        ),
+        (
+            "GET",
+            "/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o&{K}=CLIENTKEY",
+        ),
+    ];
+    let mut sent = 0;
+    for spelling in spellings {
+        for (method, path) in paths {
+            let path = path.replace("{K}", spelling);
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut r = client()
+                .request(method.clone(), proxy.url(&path))
+                .header("api-key", "CLIENTKEY");
+            if method == reqwest::Method::POST {
+                r = r.json(&serde_json::json!({"model": "gpt-4o", "messages": []}));
+            }
+            let status = r.send().await.unwrap().status().as_u16();
+            assert!(status < 500, "{path}: {status}");
+            sent += 1;
+        }
+    }
+    let recorded = b.recorded();
+    assert!(
+        recorded.len() >= sent,
+        "{} of {sent} reached the backend",
+        recorded.len()
+    );
+    for r in &recorded {
+        let all = format!(
+            "{} {:?} {}",
+            r.uri,
+            r.headers,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            !all.contains("CLIENTKEY"),
+            "the client's key reached the backend: {all}"
+        );
+        assert!(
+            r.uri.contains("api-version=") || r.uri.starts_with("/openai/v1/"),
+            "the rest of the query went too: {}",
+            r.uri
+        );
+    }
+}

@@ -90,14 +90,14 @@ async fn clients_can_connect_over_https() {
     std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
     let id = identity().await;
     let b = backend("b0").await;
-    let port = free_port();
     let yaml = format!(
-        "tls: {{listen: \"127.0.0.1:{port}\", cert: \"{}\", key: \"{}\"}}\n{}",
+        "tls: {{listen: \"127.0.0.1:0\", cert: \"{}\", key: \"{}\"}}\n{}",
         dir.join("tls.crt").display(),
         dir.join("tls.key").display(),
         mi_yaml(&[&b])
     );
-    let _proxy = Proxy::start(&yaml, Some(&id));
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let port = proxy.tls_port.expect("the HTTPS port");
     let client = reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap()])

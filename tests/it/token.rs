@@ -147,9 +147,11 @@ async fn kind_none_sends_no_token() {
 async fn tokens_never_appear_in_logs_or_metrics() {
     let id = identity().await;
     let b = backend("b0").await;
-    let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\"}}\n  - {{url: \"{}\", api_key: backend-secret-key}}\nclients: [{{name: c, key: client-secret-key}}]\n", b.url(), b.url().replace("127.0.0.1", "localhost"));
+    // One backend takes the proxy's token, the other (the same simulator, by another name) its
+    // own key: both secrets go out, and neither may come back in a log line or a metric.
+    let yaml = format!("auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: token-backend}}\n  - {{url: \"{}\", name: key-backend, api_key: backend-secret-key}}\nclients: [{{name: c, key: client-secret-key}}]\n", b.url(), b.url().replace("127.0.0.1", "localhost"));
     let proxy = Proxy::start(&yaml, Some(&id));
-    for key in ["client-secret-key", "wrong-key"] {
+    for key in ["client-secret-key", "client-secret-key", "wrong-key"] {
         client()
             .post(proxy.url(CHAT))
             .header("api-key", key)
@@ -158,8 +160,27 @@ async fn tokens_never_appear_in_logs_or_metrics() {
             .await
             .unwrap();
     }
+    // What is searched was written: each request's access line, and a backend of each kind
+    // was sent its secret.
+    proxy.wait_for_log("backend=key-backend").await;
+    proxy.wait_for_log("backend=token-backend").await;
+    let log = proxy.wait_for_log(" 401 backend=- tries=0 client=-").await;
+    let sent: Vec<String> = b
+        .recorded()
+        .iter()
+        .map(|r| format!("{:?}", r.headers))
+        .collect();
+    assert!(
+        sent.iter().any(|h| h.contains("backend-secret-key")),
+        "{sent:?}"
+    );
+    assert!(sent.iter().any(|h| h.contains("sim-token-1")), "{sent:?}");
     let (_, metrics) = proxy.admin_get("/metrics");
-    let everything = format!("{}{metrics}", proxy.log());
+    assert!(
+        metrics.contains("aoai_proxy_token_fetches_total 1"),
+        "{metrics}"
+    );
+    let everything = format!("{log}{metrics}");
     for secret in [
         "sim-token-1",
         "backend-secret-key",

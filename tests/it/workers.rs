@@ -96,14 +96,14 @@ async fn every_worker_serves_https() {
     std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
     let b = backend("b0").await;
-    let port = free_port();
     let yaml = format!(
-        "tls: {{listen: \"127.0.0.1:{port}\", cert: \"{}\", key: \"{}\"}}\nserver: {{threads: 2}}\nauth: {{kind: none}}\nbackends:\n  - {{url: \"{}\", api_key: k}}\n",
+        "tls: {{listen: \"127.0.0.1:0\", cert: \"{}\", key: \"{}\"}}\nserver: {{threads: 2}}\nauth: {{kind: none}}\nbackends:\n  - {{url: \"{}\", api_key: k}}\n",
         dir.join("tls.crt").display(),
         dir.join("tls.key").display(),
         b.url()
     );
     let proxy = Proxy::start(&yaml, None);
+    let port = proxy.tls_port.expect("the HTTPS port");
     let https = || {
         reqwest::Client::builder()
             .no_proxy()

@@ -3,7 +3,7 @@
 
 use super::super::pool::tests::{pool, pool_with};
 use super::*;
-use crate::retry::{Failure, Outcome};
+use crate::outcome::{Failure, Outcome};
 
 const GPT: Option<&str> = Some("gpt-4o");
 
@@ -23,7 +23,9 @@ fn walk(p: &Pool, tries: usize, now: Instant) -> Vec<usize> {
 }
 
 fn throttle(p: &Pool, i: usize, secs: u64) {
-    p.get(i).health.cool(GPT, Duration::from_secs(secs), "test");
+    p.get(i)
+        .standing
+        .cool(GPT, Duration::from_secs(secs), "test");
 }
 
 fn fail(p: &Pool, i: usize) {
@@ -179,7 +181,8 @@ fn a_fresh_token_retries_the_same_backend_unless_it_cooled() {
 
 mod properties {
     use super::*;
-    use crate::retry::{self, Sent, Tries, Verdict};
+    use crate::outcome::Sent;
+    use crate::retry::{Forward, Policy, Try, Verdict};
     use proptest::prelude::*;
 
     /// (priority, weight) of each backend, which are cooling, which ejected, `max_tries`.
@@ -215,17 +218,23 @@ mod properties {
                 }
             }
             let usable: Vec<usize> = (0..backends.len()).filter(|&i| !cooling[i]).collect();
-            let Ok((mut s, first)) = p.select(GPT, None, now) else {
+            let Ok((s, first)) = p.select(GPT, None, now) else {
                 prop_assert!(usable.is_empty(), "a usable backend, yet none chosen");
                 return Ok(());
             };
+            let mut policy = Forward::new(s, max);
             let mut picks = vec![first.index];
             loop {
-                let tries = Tries { made: picks.len() as u32, max, sent: Sent::Nothing, token_refreshed: false };
-                match retry::decide(tries, Outcome::Failed(Failure::Connect), || s.next(now)) {
-                    Verdict::Retry(pick) => picks.push(pick.index),
+                let t = Try {
+                    backend: picks[picks.len() - 1],
+                    made: picks.len() as u32,
+                    sent: Sent::Nothing,
+                    outcome: Outcome::Failed(Failure::Connect),
+                };
+                match policy.decide(&t) {
+                    Verdict::Next(pick) => picks.push(pick.index),
                     Verdict::Deliver => break,
-                    Verdict::RetryWithFreshToken => prop_assert!(false, "no token was sent"),
+                    other => prop_assert!(false, "no token was sent, nothing to read: {other:?}"),
                 }
             }
             // Every try is made: a backend is always left (a tried one may go again), except

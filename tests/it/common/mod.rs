@@ -46,7 +46,8 @@ impl DeadPort {
     }
 }
 
-/// A port that was free a moment ago (for the proxy's own listeners, bound at once).
+/// A port that was free a moment ago, for a peer that cannot report the port it binds (the
+/// simulator's `--listen`, redis-server). The proxy binds port 0 and says which it got.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -66,13 +67,19 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// A running `aoai-proxy` process; killed when dropped.
+/// A running `aoai-proxy` process; killed when dropped. It listens on ports it picked itself
+/// (`127.0.0.1:0`) and logged.
 pub struct Proxy {
     child: Child,
     pub port: u16,
     pub admin: u16,
+    /// The HTTPS port, when the configuration has a `tls` listener.
+    pub tls_port: Option<u16>,
     pub dir: PathBuf,
 }
+
+/// The configuration's first lines: every listener on a port the proxy picks.
+const LISTENERS: &str = "listen: [\"127.0.0.1:0\"]\nadmin: {listen: \"127.0.0.1:0\"}\n";
 
 /// How to start the proxy.
 pub struct Start<'a> {
@@ -110,12 +117,9 @@ impl Proxy {
 
     pub fn start_with(s: Start<'_>) -> Proxy {
         let dir = scratch_dir();
-        let (port, admin) = (free_port(), free_port());
         let file = dir.join("aoai-proxy.yaml");
-        let yaml = format!(
-            "listen: [\"127.0.0.1:{port}\"]\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n{}",
-            s.yaml
-        );
+        let tls = s.yaml.lines().any(|l| l.starts_with("tls:"));
+        let yaml = format!("{LISTENERS}{}", s.yaml);
         std::fs::write(&file, yaml).expect("cannot write the configuration");
         let log = std::fs::File::create(dir.join("proxy.log")).expect("cannot create the log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"));
@@ -136,13 +140,45 @@ impl Proxy {
         let child = cmd.spawn().expect("cannot start aoai-proxy");
         let mut proxy = Proxy {
             child,
-            port,
-            admin,
+            port: 0,
+            admin: 0,
+            tls_port: None,
             dir,
         };
+        proxy.wait_for_ports(tls);
         let path = if s.wait_ready { "/readyz" } else { "/healthz" };
         proxy.wait_for(path);
         proxy
+    }
+
+    /// Polls the log (at most 30 s) for the ports the proxy picked: `listening on ADDR (KEY)`.
+    fn wait_for_ports(&mut self, tls: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("aoai-proxy exited with {status}:\n{}", self.log());
+            }
+            let log = self.log();
+            let port = |key: &str| {
+                log.lines()
+                    .filter(|l| l.ends_with(&format!(" ({key})")))
+                    .find_map(|l| l.split("listening on ").nth(1)?.split(' ').next())
+                    .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.port())
+            };
+            if let (Some(p), Some(a)) = (port("listen"), port("admin.listen")) {
+                if !tls || port("tls.listen").is_some() {
+                    (self.port, self.admin) = (p, a);
+                    self.tls_port = port("tls.listen");
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aoai-proxy did not log its ports within 30 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Polls the admin listener until `path` answers 200 (at most 30 s).
@@ -223,10 +259,7 @@ impl Proxy {
     /// Replaces the configuration file with `yaml` after the same `listen` and `admin`, as
     /// [`Proxy::start`] wrote it (the proxy reads it again on SIGHUP).
     pub fn rewrite_config(&self, yaml: &str) {
-        let yaml = format!(
-            "listen: [\"127.0.0.1:{}\"]\nadmin: {{listen: \"127.0.0.1:{}\"}}\n{yaml}",
-            self.port, self.admin
-        );
+        let yaml = format!("{LISTENERS}{yaml}");
         std::fs::write(self.dir.join("aoai-proxy.yaml"), yaml)
             .expect("cannot rewrite the configuration");
     }

@@ -260,28 +260,6 @@ impl LimitStore for LocalLimits {
     }
 }
 
-/// The tokens a request may spend, before the backend says: its prompt (about four bytes a
-/// token, over the whole body) and the completion it allows (`max_tokens`,
-/// `max_completion_tokens` or the Responses API's `max_output_tokens`).
-pub fn estimate_tokens(body: &[u8]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Caps {
-        max_tokens: Option<u64>,
-        max_completion_tokens: Option<u64>,
-        max_output_tokens: Option<u64>,
-    }
-    let prompt = (body.len() as u64).div_ceil(4);
-    // With no `max_tokens` the completion is unknown until the backend says: counted as none
-    // here, and settled when the answer ends.
-    let completion = serde_json::from_slice::<Caps>(body).map_or(0, |c| {
-        c.max_completion_tokens
-            .or(c.max_tokens)
-            .or(c.max_output_tokens)
-            .unwrap_or(0)
-    });
-    prompt.saturating_add(completion)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,16 +363,5 @@ mod tests {
         assert!(store.admit_here("b", &l, 1, t0).is_err());
         store.settle_here("b", &b, 0, t0);
         assert!(store.admit_here("b", &l, 1, t0).is_ok());
-    }
-
-    #[test]
-    fn the_estimate_counts_the_prompt_and_the_completion_allowed() {
-        assert_eq!(estimate_tokens(br#"{"max_tokens":100}"#), 5 + 100);
-        assert_eq!(
-            estimate_tokens(br#"{"max_completion_tokens":7,"max_tokens":100}"#),
-            11 + 7
-        );
-        assert_eq!(estimate_tokens(b"not json"), 2);
-        assert_eq!(estimate_tokens(b""), 0);
     }
 }

@@ -11,7 +11,7 @@ use http::HeaderMap;
 
 use super::cooldown;
 use crate::config::{CooldownPolicy, EjectionPolicy};
-use crate::retry::Outcome;
+use crate::outcome::Outcome;
 
 /// Nanoseconds since an arbitrary start (never 0): lets an `Instant` live in an atomic.
 fn nanos(at: Instant) -> u64 {
@@ -48,7 +48,7 @@ type Cooldowns = Box<[(Option<Box<str>>, u64)]>;
 
 /// A change in a backend's standing that the other replicas should know of (`state.redis`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HealthChange {
+pub enum StandingChange {
     /// A deployment on it began cooling for this long.
     Cooled {
         deployment: Option<String>,
@@ -70,7 +70,7 @@ pub struct Snapshot {
 }
 
 /// One backend's state.
-pub struct BackendHealth {
+pub struct BackendStanding {
     name: String,
     cooldowns: ArcSwap<Cooldowns>,
     /// The latest end of any cooldown, in [`nanos`]: past it, nothing cools, and a request need
@@ -83,9 +83,9 @@ pub struct BackendHealth {
     probe_down: AtomicBool,
 }
 
-impl BackendHealth {
+impl BackendStanding {
     pub fn new(name: &str) -> Self {
-        BackendHealth {
+        BackendStanding {
             name: name.to_string(),
             cooldowns: ArcSwap::default(),
             cooling_until: AtomicU64::new(0),
@@ -177,7 +177,7 @@ impl BackendHealth {
         deployment: Option<&str>,
         cooldown: &CooldownPolicy,
         ejection: &EjectionPolicy,
-    ) -> Option<HealthChange> {
+    ) -> Option<StandingChange> {
         match outcome {
             Outcome::Status(status) if matches!(status.as_u16(), 429 | 503) => {
                 let (period, why) = cooldown::period(headers, cooldown, SystemTime::now());
@@ -190,8 +190,8 @@ impl BackendHealth {
                     }
                 };
                 Some(match ejected {
-                    Some(period) => HealthChange::Ejected { period },
-                    None => HealthChange::Cooled {
+                    Some(period) => StandingChange::Ejected { period },
+                    None => StandingChange::Cooled {
                         deployment: deployment.map(str::to_string),
                         period,
                     },
@@ -199,25 +199,25 @@ impl BackendHealth {
             }
             Outcome::Status(status) if status.as_u16() >= 500 => self
                 .record_failure(ejection)
-                .map(|period| HealthChange::Ejected { period }),
+                .map(|period| StandingChange::Ejected { period }),
             Outcome::Status(_) => {
                 self.record_success();
                 None
             }
             Outcome::Failed(_) => self
                 .record_failure(ejection)
-                .map(|period| HealthChange::Ejected { period }),
+                .map(|period| StandingChange::Ejected { period }),
         }
     }
 
     /// Takes in a change another replica saw (`state.redis`): this backend cools or is out of
     /// rotation for `change`'s period from now, as if this replica had seen it.
-    pub fn apply_shared(&self, change: &HealthChange) {
+    pub fn apply_shared(&self, change: &StandingChange) {
         match change {
-            HealthChange::Cooled { deployment, period } => {
+            StandingChange::Cooled { deployment, period } => {
                 self.cool(deployment.as_deref(), *period, "seen by another replica")
             }
-            HealthChange::Ejected { period } => {
+            StandingChange::Ejected { period } => {
                 let now = Instant::now();
                 let until = nanos(now.checked_add(*period).unwrap_or(now));
                 if self.ejected_until.fetch_max(until, Ordering::AcqRel) < until {
@@ -314,116 +314,4 @@ impl BackendHealth {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cooldowns_are_per_deployment() {
-        let h = BackendHealth::new("b");
-        let now = Instant::now();
-        assert_eq!(h.cooling_left(Some("gpt-4o"), now), None);
-        h.cool(Some("gpt-4o"), Duration::from_secs(5), "test");
-        let left = h.cooling_left(Some("gpt-4o"), Instant::now()).unwrap();
-        assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
-        assert_eq!(h.cooling_left(Some("gpt-35"), now), None);
-        assert_eq!(h.cooling_left(None, now), None);
-        assert_eq!(
-            h.cooling_left(Some("gpt-4o"), now + Duration::from_secs(6)),
-            None
-        );
-        // A shorter cooldown never cuts a longer one short.
-        h.cool(Some("gpt-4o"), Duration::from_secs(1), "test");
-        assert!(h.cooling_left(Some("gpt-4o"), Instant::now()).unwrap() > Duration::from_secs(4));
-    }
-
-    #[test]
-    fn ejection_grows_while_failing_and_one_success_restores() {
-        let policy = EjectionPolicy {
-            failures: 3,
-            base: Duration::from_secs(10),
-            max: Duration::from_secs(25),
-        };
-        let h = BackendHealth::new("b");
-        h.record_failure(&policy);
-        h.record_failure(&policy);
-        assert!(!h.is_ejected(Instant::now()));
-        h.record_failure(&policy);
-        let first = h.snapshot(Instant::now()).ejected.unwrap();
-        assert!(first > Duration::from_secs(9) && first <= Duration::from_secs(10));
-        // Back after the ejection, it fails at once: ejected again, for twice as long.
-        h.ejected_until.store(0, Ordering::Release);
-        h.record_failure(&policy);
-        let second = h.snapshot(Instant::now()).ejected.unwrap();
-        assert!(second > Duration::from_secs(19), "{second:?}");
-        h.ejected_until.store(0, Ordering::Release);
-        h.record_failure(&policy);
-        assert!(
-            h.snapshot(Instant::now()).ejected.unwrap() <= Duration::from_secs(25),
-            "capped"
-        );
-        h.record_success();
-        assert!(!h.is_ejected(Instant::now()));
-        h.record_failure(&policy);
-        assert!(!h.is_ejected(Instant::now()), "a success resets the count");
-    }
-
-    #[test]
-    fn a_throttled_answer_cools_the_deployment_for_as_long_as_allowed() {
-        let cooldown = CooldownPolicy {
-            default: Duration::from_secs(10),
-            max: Duration::from_secs(3600),
-        };
-        let eject_at_once = EjectionPolicy {
-            failures: 1,
-            ..Default::default()
-        };
-        let status = |s| Outcome::Status(http::StatusCode::from_u16(s).unwrap());
-        let mut asks_two_hours = HeaderMap::new();
-        asks_two_hours.insert("retry-after", "7200".parse().unwrap());
-        let h = BackendHealth::new("b");
-        h.observe(
-            status(429),
-            Some(&asks_two_hours),
-            Some("gpt-4o"),
-            &cooldown,
-            &eject_at_once,
-        );
-        let left = h.cooling_left(Some("gpt-4o"), Instant::now()).unwrap();
-        assert!(
-            left <= Duration::from_secs(3600) && left > Duration::from_secs(3590),
-            "capped by cooldown.max: {left:?}"
-        );
-        assert!(
-            !h.is_ejected(Instant::now()),
-            "a 429 shows the backend alive"
-        );
-        // A 503 with nothing usable: the default cooldown, and it counts towards ejection.
-        let h = BackendHealth::new("b");
-        h.observe(
-            status(503),
-            Some(&HeaderMap::new()),
-            None,
-            &cooldown,
-            &eject_at_once,
-        );
-        let left = h.cooling_left(None, Instant::now()).unwrap();
-        assert!(
-            left <= Duration::from_secs(10) && left > Duration::from_secs(9),
-            "{left:?}"
-        );
-        assert!(h.is_ejected(Instant::now()));
-        // Any answer below 500 brings it back.
-        h.observe(status(404), None, None, &cooldown, &eject_at_once);
-        assert!(!h.is_ejected(Instant::now()));
-    }
-
-    #[test]
-    fn probes_flip_state() {
-        let h = BackendHealth::new("b");
-        assert_eq!(h.snapshot(Instant::now()).probe_up, None);
-        h.set_probe(false);
-        assert!(h.is_probe_down());
-        h.set_probe(true);
-        assert_eq!(h.snapshot(Instant::now()).probe_up, Some(true));
-    }
-}
+mod tests;

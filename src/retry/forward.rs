@@ -1,8 +1,6 @@
-//! The retry policy: what follows a try, decided in one place by [`decide`], a pure function of
-//! the request's state and what the try produced. The try loop (`proxy::tries`) carries its
-//! verdict out and decides nothing of its own.
+//! [`Forward`]: how a request is forwarded, the README's "How retry works", in one pure
+//! function, [`decide`]:
 //!
-//! The rules, as the README states them:
 //! - a try fails on a connection or TLS error, a connection lost before a response header, no
 //!   response header in time, or 408, 429, 500, 502, 503 or 504; anything else is the answer;
 //! - a failed try goes to the next backend the balancer offers, at most `retry.max_tries` tries
@@ -10,70 +8,13 @@
 //! - a 401 to the proxy's own Entra ID token is retried once, on the same backend, with a
 //!   fresh token.
 
-use http::StatusCode;
+use std::time::Instant;
 
-/// Why a try produced no response header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// TCP connect failed (refused, unreachable, name not resolved).
-    Connect,
-    /// The TLS handshake failed (including an untrusted certificate).
-    Tls,
-    /// The connect, TLS handshake or response header took longer than its timeout.
-    Timeout,
-    /// The connection dropped before a complete response header.
-    Dropped,
-}
+use http::HeaderValue;
 
-impl Failure {
-    /// The status the client gets when this was the last try: 504 for a timeout, else 502.
-    pub fn status(self) -> u16 {
-        match self {
-            Failure::Timeout => 504,
-            Failure::Connect | Failure::Tls | Failure::Dropped => 502,
-        }
-    }
-
-    /// A short name for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Tls => "tls",
-            Failure::Timeout => "timeout",
-            Failure::Dropped => "dropped",
-        }
-    }
-}
-
-/// What one try produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A response header with this status.
-    Status(StatusCode),
-    /// No response header.
-    Failed(Failure),
-}
-
-impl Outcome {
-    /// Whether the try failed: no answer, or Azure's throttling and server-side errors.
-    pub fn is_failure(self) -> bool {
-        match self {
-            Outcome::Status(s) => matches!(s.as_u16(), 408 | 429 | 500 | 502 | 503 | 504),
-            Outcome::Failed(_) => true,
-        }
-    }
-}
-
-/// What proved the try to its backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sent {
-    /// The proxy's Entra ID token.
-    EntraToken,
-    /// The backend's own `api-key`.
-    ApiKey,
-    /// Nothing (`auth.kind: none` and no `api_key`).
-    Nothing,
-}
+use super::{Policy, Try, Verdict};
+use crate::balance::{Pick, Selection};
+use crate::outcome::{Outcome, Sent};
 
 /// The request's state, as far as retrying goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,9 +29,9 @@ pub struct Tries {
     pub token_refreshed: bool,
 }
 
-/// What follows a try. `P` is what the balancer offers for the next try.
+/// What follows a try, as [`decide`] says. `P` is what the balancer offers for the next try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict<P> {
+pub enum Step<P> {
     /// The client gets what this try produced: its answer as it was, or, when it got none,
     /// 502 (504 after a timeout) in Azure's error shape.
     Deliver,
@@ -104,24 +45,69 @@ pub enum Verdict<P> {
 
 /// Decides what follows a try that produced `outcome`. `next` asks the balancer for the backend
 /// of another try; it is called only when the policy wants one.
-pub fn decide<P>(tries: Tries, outcome: Outcome, next: impl FnOnce() -> Option<P>) -> Verdict<P> {
+pub fn decide<P>(tries: Tries, outcome: Outcome, next: impl FnOnce() -> Option<P>) -> Step<P> {
     if tries.made >= tries.max {
-        return Verdict::Deliver;
+        return Step::Deliver;
     }
-    let refused_token =
-        outcome == Outcome::Status(StatusCode::UNAUTHORIZED) && tries.sent == Sent::EntraToken;
-    if refused_token && !tries.token_refreshed {
-        return Verdict::RetryWithFreshToken;
+    if outcome.refuses_token(tries.sent) && !tries.token_refreshed {
+        return Step::RetryWithFreshToken;
     }
     if !outcome.is_failure() {
-        return Verdict::Deliver;
+        return Step::Deliver;
     }
-    next().map_or(Verdict::Deliver, Verdict::Retry)
+    next().map_or(Step::Deliver, Step::Retry)
+}
+
+/// Forwarding: the first backend from the request's turn of the round robin, then, after a try
+/// that failed, the next one its [`Selection`] offers.
+pub struct Forward<'a> {
+    selection: Selection<'a>,
+    /// `retry.max_tries`.
+    max: u32,
+    /// The request already had its one fresh token after a 401.
+    token_refreshed: bool,
+}
+
+impl<'a> Forward<'a> {
+    pub fn new(selection: Selection<'a>, max_tries: u32) -> Self {
+        Forward {
+            selection,
+            max: max_tries,
+            token_refreshed: false,
+        }
+    }
+}
+
+impl Policy for Forward<'_> {
+    const RETRIES: bool = true;
+
+    fn decide(&mut self, t: &Try) -> Verdict {
+        let tries = Tries {
+            made: t.made,
+            max: self.max,
+            sent: t.sent,
+            token_refreshed: self.token_refreshed,
+        };
+        match decide(tries, t.outcome, || self.selection.next(Instant::now())) {
+            Step::Deliver => Verdict::Deliver,
+            Step::Retry(pick) => Verdict::Next(pick),
+            Step::RetryWithFreshToken => {
+                self.token_refreshed = true;
+                Verdict::RefreshToken
+            }
+        }
+    }
+
+    fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick> {
+        self.selection.again(backend, token, Instant::now())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::Failure;
+    use http::StatusCode;
 
     const THROTTLED: [u16; 6] = [408, 429, 500, 502, 503, 504];
     const FAILURES: [Failure; 4] = [
@@ -154,70 +140,62 @@ mod tests {
         for s in THROTTLED {
             assert_eq!(
                 decide(tries(1, 3), status(s), || Some("b")),
-                Verdict::Retry("b"),
+                Step::Retry("b"),
                 "{s}"
             );
             assert_eq!(
                 decide(tries(2, 3), status(s), || Some("c")),
-                Verdict::Retry("c"),
+                Step::Retry("c"),
                 "{s}"
             );
         }
         for f in FAILURES {
             let v = decide(tries(1, 3), Outcome::Failed(f), || Some("b"));
-            assert_eq!(v, Verdict::Retry("b"), "{f:?}");
+            assert_eq!(v, Step::Retry("b"), "{f:?}");
         }
     }
 
     #[test]
     fn the_last_try_is_delivered_whatever_it_is() {
         for s in THROTTLED.into_iter().chain([200, 401]) {
-            assert_eq!(
-                decide(tries(3, 3), status(s), never),
-                Verdict::Deliver,
-                "{s}"
-            );
+            assert_eq!(decide(tries(3, 3), status(s), never), Step::Deliver, "{s}");
         }
         for f in FAILURES {
             assert_eq!(
                 decide(tries(3, 3), Outcome::Failed(f), never),
-                Verdict::Deliver
+                Step::Deliver
             );
         }
     }
 
     #[test]
     fn one_try_means_no_retry() {
-        assert_eq!(decide(tries(1, 1), status(429), never), Verdict::Deliver);
+        assert_eq!(decide(tries(1, 1), status(429), never), Step::Deliver);
         assert_eq!(
             decide(tries(1, 1), Outcome::Failed(Failure::Connect), never),
-            Verdict::Deliver
+            Step::Deliver
         );
-        assert_eq!(decide(tries(1, 1), status(401), never), Verdict::Deliver);
+        assert_eq!(decide(tries(1, 1), status(401), never), Step::Deliver);
     }
 
     #[test]
     fn with_no_backend_left_the_client_gets_this_try() {
         assert_eq!(
             decide(tries(1, 3), status(429), || None::<&str>),
-            Verdict::Deliver
+            Step::Deliver
         );
         assert_eq!(
             decide(tries(1, 3), Outcome::Failed(Failure::Timeout), || None::<
                 &str,
             >),
-            Verdict::Deliver
+            Step::Deliver
         );
     }
 
     #[test]
     fn other_statuses_are_delivered_at_once() {
         for s in [200, 201, 204, 301, 400, 403, 404, 409, 413, 422, 501, 505] {
-            assert_eq!(
-                decide(tries(1, 3), status(s), never),
-                Verdict::Deliver,
-                "{s}"
-            );
+            assert_eq!(decide(tries(1, 3), status(s), never), Step::Deliver, "{s}");
         }
     }
 
@@ -225,13 +203,13 @@ mod tests {
     fn a_refused_token_is_retried_once_on_the_same_backend() {
         assert_eq!(
             decide(tries(1, 3), status(401), never),
-            Verdict::RetryWithFreshToken
+            Step::RetryWithFreshToken
         );
         let refreshed = Tries {
             token_refreshed: true,
             ..tries(2, 3)
         };
-        assert_eq!(decide(refreshed, status(401), never), Verdict::Deliver);
+        assert_eq!(decide(refreshed, status(401), never), Step::Deliver);
     }
 
     #[test]
@@ -241,15 +219,7 @@ mod tests {
                 sent,
                 ..tries(1, 3)
             };
-            assert_eq!(decide(t, status(401), never), Verdict::Deliver, "{sent:?}");
+            assert_eq!(decide(t, status(401), never), Step::Deliver, "{sent:?}");
         }
-    }
-
-    #[test]
-    fn failures_give_up_with_their_status() {
-        assert_eq!(Failure::Timeout.status(), 504);
-        assert_eq!(Failure::Connect.status(), 502);
-        assert_eq!(Failure::Tls.status(), 502);
-        assert_eq!(Failure::Dropped.status(), 502);
     }
 }

@@ -1,0 +1,274 @@
+//! The one try driver. Every try of every request is made and recorded here, the same way,
+//! whatever the policy ([`crate::retry`]) that says what follows it: the exchange, what the
+//! balancer and the other replicas learn of it, its time to first byte, a refused token
+//! reported, the record for the access log and the metrics; then the policy's verdict carried
+//! out (the answer relayed, read whole, or set aside for the next try).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::answers::ProxyError;
+use super::exchange::Attempt;
+use super::relay::Delivery;
+use super::{Gateway, RequestCtx};
+use crate::balance::{Backend, Pick};
+use crate::credentials::TokenRef;
+use crate::metrics::Retried;
+use crate::outcome::{Failure, Outcome};
+use crate::request::Request;
+use crate::retry::{End, Policy, Product, Settled, Try, Verdict};
+use crate::state::Write;
+
+/// Where a request's tries begin: its first backend, and the token it was chosen with.
+pub(super) struct Start {
+    pub pick: Pick,
+    pub token: Option<TokenRef>,
+}
+
+/// What the driver does after a try, as the policy decided.
+enum Step {
+    /// Set aside what the try produced (if the policy did not read it) and try `Pick` next.
+    Next(Pick, Option<Attempt>),
+    /// Relay this try's answer as it comes (or the 502/504 of its failure).
+    Deliver(Attempt),
+    /// Give the client this, read whole (or the 502/504 of a failure).
+    Give(Product),
+    /// No backend is left: the policy's end.
+    End,
+}
+
+impl Gateway {
+    /// Makes the tries of `request` from `start` until `policy` settles on an answer, and
+    /// gives it to the client.
+    pub(super) async fn drive<P: Policy>(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: &Request,
+        start: Start,
+        policy: &mut P,
+        delivery: Delivery<'_>,
+    ) -> Result<()> {
+        let Start {
+            mut pick,
+            mut token,
+        } = start;
+        loop {
+            let backend = self.pool.get(pick.index);
+            let (t, attempt) = self
+                .attempt(session, ctx, request, &pick, backend, token.as_ref())
+                .await?;
+            let step = self.step(policy, &t, attempt, &mut token).await;
+            let retried = match P::RETRIES && matches!(step, Step::Next(..)) {
+                true => Retried::Yes,
+                false => Retried::No,
+            };
+            self.metrics.record_try(&backend.stats, t.outcome, retried);
+            match step {
+                Step::Next(next, attempt) => {
+                    if let Some(attempt) = attempt {
+                        self.set_aside(backend, &t, attempt, P::RETRIES);
+                    }
+                    pick = next;
+                }
+                Step::Deliver(attempt) => {
+                    return self
+                        .deliver(session, ctx, backend, attempt, delivery)
+                        .await
+                }
+                Step::Give(product) => return self.give(session, ctx, product).await,
+                Step::End => {
+                    return match policy.end() {
+                        End::Deliver(product) => self.give(session, ctx, product).await,
+                        End::Unavailable(why) => {
+                            ctx.first_byte = Some(ctx.started.elapsed());
+                            ProxyError::unavailable(why, request.deployment())
+                                .respond_to(session, ctx.admitted.as_ref())
+                                .await
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try of `request` on `pick`'s `backend`, and everything recorded of it: the balancer
+    /// and the other replicas see its outcome, its first byte is timed, a refused `token` is
+    /// reported, and it is kept for the access log.
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: &Request,
+        pick: &Pick,
+        backend: &Backend,
+        token: Option<&TokenRef>,
+    ) -> Result<(Try, Attempt)> {
+        ctx.tries += 1;
+        let sent = pick.credential.sent();
+        let sent_at = Instant::now();
+        let attempt = self
+            .relay
+            .try_once(session, backend, request, &pick.credential)
+            .await?;
+        let outcome = attempt.outcome();
+        if let Attempt::Answered(_) = attempt {
+            backend.stats.record_first_byte(sent_at.elapsed());
+        }
+        ctx.tried.push((pick.index, outcome));
+        self.observe(pick.index, outcome, &attempt, request.deployment());
+        if let (true, Some(used)) = (outcome.refuses_token(sent), token) {
+            // Whatever this request does next, the requests to come need a new token.
+            self.tokens.refused(used);
+        }
+        let t = Try {
+            backend: pick.index,
+            made: ctx.tries,
+            sent,
+            outcome,
+        };
+        Ok((t, attempt))
+    }
+
+    /// Lets the balancer take in what a try on backend `index` produced, and tells the other
+    /// replicas of a cooldown or ejection it began.
+    fn observe(&self, index: usize, outcome: Outcome, attempt: &Attempt, deployment: Option<&str>) {
+        let change = self
+            .pool
+            .observe(index, outcome, attempt.headers(), deployment);
+        if let (Some(change), Some(state)) = (change, &self.state) {
+            state.send(Write::Standing {
+                backend: self.pool.get(index).name.clone(),
+                change,
+            });
+        }
+    }
+
+    /// What `policy` says follows try `t`, carried out as far as it needs the network: a fresh
+    /// token fetched, an answer read whole.
+    async fn step<P: Policy>(
+        &self,
+        policy: &mut P,
+        t: &Try,
+        attempt: Attempt,
+        token: &mut Option<TokenRef>,
+    ) -> Step {
+        match policy.decide(t) {
+            Verdict::Deliver => Step::Deliver(attempt),
+            Verdict::Next(pick) => Step::Next(pick, Some(attempt)),
+            Verdict::RefreshToken => {
+                let fresh = self.tokens.replace(token).await;
+                match fresh.and_then(|header| policy.again(t.backend, header)) {
+                    Some(pick) => Step::Next(pick, Some(attempt)),
+                    None => Step::Deliver(attempt),
+                }
+            }
+            Verdict::Read(max) => {
+                let product = self.relay.read(t.backend, attempt, max).await;
+                match policy.settle(t, product) {
+                    Settled::Deliver(product) => Step::Give(product),
+                    Settled::Next(pick) => Step::Next(pick, None),
+                    Settled::End => Step::End,
+                }
+            }
+        }
+    }
+
+    /// Puts aside what try `t` produced before the next one (an answer is drained so its
+    /// connection goes back to the pool), and logs it.
+    fn set_aside(&self, backend: &Backend, t: &Try, attempt: Attempt, retrying: bool) {
+        let then = if retrying {
+            "retrying"
+        } else {
+            "asking the next backend"
+        };
+        let tries = (t.made, self.max_tries);
+        match &attempt {
+            Attempt::Answered(answer) => log::info!(
+                "backend {} answered {} (try {}/{}): {then}",
+                backend.name,
+                answer.status().as_u16(),
+                tries.0,
+                tries.1
+            ),
+            Attempt::Failed(f, e) => log::info!(
+                "backend {}: {} ({e}) (try {}/{}): {then}",
+                backend.name,
+                f.as_str(),
+                tries.0,
+                tries.1
+            ),
+        }
+        self.relay.set_aside(attempt);
+    }
+
+    /// Gives the client what the last try produced: the backend's answer as it comes, or a
+    /// 502/504 when it got none.
+    async fn deliver(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        backend: &Arc<Backend>,
+        attempt: Attempt,
+        delivery: Delivery<'_>,
+    ) -> Result<()> {
+        ctx.first_byte = Some(ctx.started.elapsed());
+        match attempt {
+            Attempt::Answered(answer) => {
+                ctx.usage = self.relay.relay(session, answer, backend, delivery).await?;
+                Ok(())
+            }
+            Attempt::Failed(failure, e) => {
+                self.gave_up(session, ctx, backend, failure, &e.to_string())
+                    .await
+            }
+        }
+    }
+
+    /// Gives the client an answer read whole, or the 502/504 of a backend that gave none.
+    async fn give(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        product: Product,
+    ) -> Result<()> {
+        ctx.first_byte = Some(ctx.started.elapsed());
+        match product {
+            Product::Whole(whole) => {
+                let left = ctx.admitted.as_ref();
+                self.relay.relay_whole(session, whole, left).await
+            }
+            Product::Failed {
+                backend,
+                failure,
+                error,
+            } => {
+                let backend = self.pool.get(backend).clone();
+                self.gave_up(session, ctx, &backend, failure, &error).await
+            }
+        }
+    }
+
+    /// The client's answer when `backend` gave none (`failure`, `error`) and no try is left.
+    async fn gave_up(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        backend: &Backend,
+        failure: Failure,
+        error: &str,
+    ) -> Result<()> {
+        let tries = ctx.tries;
+        log::warn!(
+            "backend {}: {} ({error}); giving up after {tries} tries",
+            backend.name,
+            failure.as_str()
+        );
+        ProxyError::gave_up(failure, &backend.name, tries)
+            .respond_to(session, ctx.admitted.as_ref())
+            .await
+    }
+}

@@ -1,0 +1,199 @@
+//! [`Gateway`]: everything a request uses, built from one configuration and shared by the
+//! requests that arrive while it is in force, as parts with a small surface each: who is let in
+//! ([`Admission`]), the backends and how they are chosen ([`Pool`]), the proxy's tokens
+//! ([`Tokens`]), usage and limits ([`Accounting`]), and the upstream side ([`Relay`]). Its
+//! [`Gateway::serve`] is the request path's first step; the tries are driven in `drive`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::access::AccessLine;
+use super::accounting::Accounting;
+use super::admission::Admission;
+use super::answers::ProxyError;
+use super::relay::Relay;
+use super::upstream::Upstream;
+use super::RequestCtx;
+use crate::balance::Pool;
+use crate::clients::entra::EntraVerifier;
+use crate::clients::limits::LimitStore;
+use crate::clients::Clients;
+use crate::config::{Config, LogFormat};
+use crate::credentials::{TokenCache, Tokens};
+use crate::metrics::Metrics;
+use crate::objects::ObjectLocations;
+use crate::request::{AmbiguousDeployment, Request};
+use crate::state::SharedState;
+
+/// The parts that live as long as the process, whatever the configuration in force.
+pub struct Lasting {
+    /// `None` when no backend takes the proxy's Entra ID token.
+    pub tokens: Option<Arc<TokenCache>>,
+    pub upstream: Arc<Upstream>,
+    pub metrics: Arc<Metrics>,
+    /// Client limit windows: kept across reloads, by client name.
+    pub limits: Arc<dyn LimitStore>,
+    /// Checks clients' Entra ID tokens, with the signing keys fetched at start.
+    pub entra: Option<Arc<EntraVerifier>>,
+    /// Where stateful objects live: kept across reloads, by backend name.
+    pub objects: Arc<dyn ObjectLocations>,
+    /// The state shared with other replicas (`state.redis`).
+    pub state: Option<Arc<SharedState>>,
+}
+
+/// The request path as one configuration builds it.
+pub struct Gateway {
+    pub(super) admission: Admission,
+    pub(super) pool: Arc<Pool>,
+    pub(super) tokens: Tokens,
+    pub(super) accounting: Accounting,
+    pub(super) relay: Relay,
+    /// Cooldowns and ejections seen here are published through it (`state.redis`).
+    pub(super) state: Option<Arc<SharedState>>,
+    pub(super) metrics: Arc<Metrics>,
+    /// `retry.max_tries`.
+    pub(super) max_tries: u32,
+    /// `log.format`.
+    log_format: LogFormat,
+    /// When this configuration was loaded (for the status page).
+    loaded_at: SystemTime,
+}
+
+impl Gateway {
+    /// The gateway of `config`, with its `pool` built and the process's `lasting` parts.
+    pub fn new(config: &Config, pool: Arc<Pool>, lasting: &Lasting) -> Gateway {
+        Gateway {
+            admission: Admission {
+                sizes: config.sizes.clone(),
+                client_body: config.timeouts.client_body,
+                paths: config.paths.clone(),
+                clients: config.clients.as_deref().map(Clients::new),
+                entra: lasting.entra.clone(),
+            },
+            pool,
+            tokens: Tokens::new(lasting.tokens.clone(), config.auth.startup_wait),
+            accounting: Accounting {
+                limits: lasting.limits.clone(),
+                ask_streams_for_usage: config.include_stream_usage,
+            },
+            relay: Relay {
+                upstream: lasting.upstream.clone(),
+                timeouts: config.timeouts.clone(),
+                objects: lasting.objects.clone(),
+            },
+            state: lasting.state.clone(),
+            metrics: lasting.metrics.clone(),
+            max_tries: config.max_tries.get(),
+            log_format: config.log_format,
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    /// The backends in force.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// When this configuration was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Serves the whole request: admission, its body, its typed view, the client's limits,
+    /// then its tries and the answer ([`Self::route`]).
+    pub(super) async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        // A client that stops reading must not hold a backend stream forever.
+        session.set_write_timeout(Some(self.relay.timeouts.body_idle));
+        let read = match self.admission.admit(session) {
+            Ok(client) => {
+                ctx.client = client;
+                self.admission.read_body(session).await?
+            }
+            Err(refused) => Err(refused),
+        };
+        let body = match read {
+            Ok(body) => body,
+            Err(refused) => {
+                // The body is left unread: close afterwards rather than drain it.
+                session.set_keepalive(None);
+                return refused.respond(session).await;
+            }
+        };
+        let ask = self.accounting.ask_streams_for_usage;
+        let mut request = match Request::read(session.req_header(), body, ask) {
+            Ok(request) => request,
+            Err(AmbiguousDeployment) => {
+                return ProxyError::AmbiguousDeployment.respond(session).await
+            }
+        };
+        let served = match self.accounting.admit(ctx.client.as_deref(), &request).await {
+            Ok(admitted) => {
+                ctx.admitted = admitted;
+                self.route(session, ctx, &request).await
+            }
+            Err(refused) => refused.respond(session).await,
+        };
+        ctx.deployment = request.take_deployment();
+        served
+    }
+
+    /// Sends the request where it goes: every backend for a list, the backends in turn for a
+    /// request that names an object, else the round robin.
+    async fn route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: &Request,
+    ) -> Result<()> {
+        // Boxed: a list or a search asks several backends and its future is large; inline, it
+        // would size every request's future, and every request's copy of it, by that.
+        if let Some(collection) = request.list() {
+            return Box::pin(self.list(session, ctx, request, collection)).await;
+        }
+        let named = request.objects();
+        if !named.is_empty() {
+            return Box::pin(self.search(session, ctx, request, named)).await;
+        }
+        self.forward(session, ctx, request).await
+    }
+
+    /// The request's end: counts it, settles its client's limits, and writes its access line.
+    pub(super) fn finish(
+        &self,
+        session: &Session,
+        error: Option<&pingora::Error>,
+        ctx: &RequestCtx,
+    ) {
+        let duration = ctx.started.elapsed();
+        let status = session.response_written().map(|r| r.status.as_u16());
+        self.metrics.record_end(status, duration, ctx.tries);
+        if let (Some(client), Some(admitted)) = (&ctx.client, &ctx.admitted) {
+            self.accounting.settle(client, admitted, ctx.usage, status);
+        }
+        if !log::log_enabled!(target: super::access::TARGET, log::Level::Info) {
+            return;
+        }
+        let req = session.req_header();
+        AccessLine {
+            client_addr: session.client_addr().map(|a| a.to_string()),
+            client: ctx.client.as_deref().map(|c| c.name.as_str()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            deployment: ctx.deployment.as_deref(),
+            status,
+            tries: ctx
+                .tried
+                .iter()
+                .map(|&(i, outcome)| (self.pool.get(i).name.as_str(), outcome))
+                .collect(),
+            first_byte: ctx.first_byte,
+            duration,
+            usage: ctx.usage,
+            error: error.map(|e| e.to_string()),
+        }
+        .write(self.log_format);
+    }
+}

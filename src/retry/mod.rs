@@ -1,0 +1,136 @@
+//! The try policies: what follows each try of a request, decided by a pure [`Policy`] that sees
+//! only what the try produced. The proxy's one try driver (`proxy::drive`) makes every try the
+//! same way (pick, credential, exchange, observe, first byte, the record for the access log and
+//! metrics) and carries out the policy's [`Verdict`]; the three ways a request uses its backends
+//! differ only here:
+//!
+//! - [`Forward`]: round robin and retries, the README's "How retry works";
+//! - [`Search`]: the backends asked in turn for a stateful object until one holds it;
+//! - [`List`]: every backend asked for its part of a list, merged into one.
+//!
+//! Each is unit-tested without a session or a network.
+
+mod forward;
+mod list;
+mod search;
+
+pub use forward::{decide, Forward, Step, Tries};
+pub use list::{List, Page};
+pub use search::Search;
+
+use http::HeaderValue;
+
+use crate::balance::{Pick, Unavailable};
+use crate::outcome::{Failure, Outcome, Sent, WholeAnswer};
+
+/// One try, as a policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Try {
+    /// The backend it went to.
+    pub backend: usize,
+    /// The tries made for the request so far, this one included.
+    pub made: u32,
+    /// What proved it to the backend.
+    pub sent: Sent,
+    /// What it produced.
+    pub outcome: Outcome,
+}
+
+/// A try that is over: its answer read to its end, or why there is none.
+#[derive(Debug)]
+pub enum Product {
+    Whole(WholeAnswer),
+    /// No answer from `backend` (or none that could be read to its end), and what went wrong,
+    /// for the log.
+    Failed {
+        backend: usize,
+        failure: Failure,
+        error: String,
+    },
+}
+
+/// What follows a try that produced a response header, or none.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The client gets this try: its answer as it comes, or the 502/504 of its failure.
+    Deliver,
+    /// The backend refused the proxy's token (401): the same backend again with a fresh one
+    /// ([`Policy::again`]); if none comes in time, the client gets this answer.
+    RefreshToken,
+    /// Read the answer whole, at most this many bytes (a failure is as it is), and
+    /// [`Policy::settle`] it.
+    Read(usize),
+    /// Put this try aside and send the request to this backend.
+    Next(Pick),
+}
+
+/// What follows a try that [`Policy::settle`] took in.
+#[derive(Debug)]
+pub enum Settled {
+    /// The client gets this.
+    Deliver(Product),
+    /// Send the request to this backend.
+    Next(Pick),
+    /// No backend is left: [`Policy::end`] says what the client gets.
+    End,
+}
+
+/// What the client gets when every backend has been asked.
+#[derive(Debug)]
+pub enum End {
+    Deliver(Product),
+    Unavailable(Unavailable),
+}
+
+/// How a request uses its backends.
+pub trait Policy {
+    /// Whether going on to another backend is a retry (`aoai_proxy_retries_total`), or asking
+    /// the next one, which spends no try.
+    const RETRIES: bool;
+
+    /// What follows a try that produced a response header, or none.
+    fn decide(&mut self, t: &Try) -> Verdict;
+
+    /// What follows a try read whole after [`Verdict::Read`] (or that had no answer).
+    fn settle(&mut self, _t: &Try, product: Product) -> Settled {
+        Settled::Deliver(product)
+    }
+
+    /// The backend `backend` once more with a fresh `token`, after [`Verdict::RefreshToken`]:
+    /// `None` when it can no longer take the request (the client gets the 401).
+    fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick>;
+
+    /// What the client gets when no backend is left to ask.
+    fn end(&mut self) -> End {
+        End::Unavailable(Unavailable::UnknownDeployment)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use http::StatusCode;
+
+    /// A try on `backend`, the `made`th, sent with `sent`, that produced `outcome`.
+    pub fn try_on(backend: usize, made: u32, sent: Sent, outcome: Outcome) -> Try {
+        Try {
+            backend,
+            made,
+            sent,
+            outcome,
+        }
+    }
+
+    pub fn status(s: u16) -> Outcome {
+        Outcome::Status(StatusCode::from_u16(s).unwrap())
+    }
+
+    /// An answer read whole: `status` and a JSON `body`.
+    pub fn whole(status: u16, body: &str) -> Product {
+        let head = pingora::http::ResponseHeader::build(status, None).unwrap();
+        Product::Whole(WholeAnswer {
+            head: Box::new(head),
+            body: bytes::Bytes::from(body.to_string()),
+        })
+    }
+}

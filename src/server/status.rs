@@ -1,0 +1,227 @@
+//! The `/status` document: each backend's standing, its tries and tokens, the token's expiry,
+//! the configuration's age, and the addresses the proxy listens on, as [`Serialize`] types (the
+//! names are the contract's; more may be added).
+
+use std::time::{Instant, SystemTime};
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use crate::balance::Backend;
+use crate::credentials::TokenCache;
+use crate::metrics::{Metrics, TokenKind, TryLabel};
+use crate::proxy::Gateway;
+
+/// `/status`.
+#[derive(Serialize)]
+pub struct Status {
+    pub ready: bool,
+    pub in_flight: usize,
+    /// The addresses plain HTTP is served on (a port 0 in the file is the one picked).
+    pub listen: Vec<String>,
+    pub backends: Vec<BackendStatus>,
+    /// `None` when no backend takes the proxy's token.
+    pub token: Option<TokenStatus>,
+    pub config: ConfigStatus,
+}
+
+/// One backend.
+#[derive(Serialize)]
+pub struct BackendStatus {
+    name: String,
+    url: String,
+    priority: u8,
+    weight: u16,
+    state: State,
+    ejected_seconds_left: Option<f64>,
+    probe: Option<Probe>,
+    cooling: Vec<Cooling>,
+    tries: Counts<TryLabel>,
+    tokens: Counts<TokenKind>,
+}
+
+/// Whether a backend takes requests (a cooling backend is `up`, with `cooling` entries).
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    Up,
+    Ejected,
+    ProbeDown,
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Probe {
+    Up,
+    Down,
+}
+
+/// A deployment cooling on a backend (`*`: the requests that name none).
+#[derive(Serialize)]
+struct Cooling {
+    deployment: String,
+    seconds_left: f64,
+}
+
+/// Counts by label, as a JSON object in the labels' order.
+struct Counts<L>(Vec<(L, u64)>);
+
+impl<L: Label> Serialize for Counts<L> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (label, n) in &self.0 {
+            map.serialize_entry(label.name(), n)?;
+        }
+        map.end()
+    }
+}
+
+trait Label {
+    fn name(&self) -> &'static str;
+}
+
+impl Label for TryLabel {
+    fn name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Label for TokenKind {
+    fn name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+#[derive(Serialize)]
+pub struct TokenStatus {
+    seconds_left: Option<u64>,
+    fetches: u64,
+    failed_fetches: u64,
+}
+
+#[derive(Serialize)]
+pub struct ConfigStatus {
+    loaded_at: Option<String>,
+    loaded_seconds_ago: u64,
+    reloads: Reloads,
+}
+
+#[derive(Serialize)]
+struct Reloads {
+    ok: u64,
+    error: u64,
+}
+
+impl Status {
+    /// The status of `gateway` now.
+    pub fn of(
+        gateway: &Gateway,
+        tokens: Option<&TokenCache>,
+        metrics: &Metrics,
+        listen: Vec<String>,
+    ) -> Status {
+        let now = Instant::now();
+        let (ok, error) = metrics.reloads();
+        let loaded = gateway.loaded_at();
+        Status {
+            ready: tokens.is_none_or(TokenCache::is_ready),
+            in_flight: metrics.in_flight(),
+            listen,
+            backends: gateway
+                .pool()
+                .backends()
+                .iter()
+                .map(|b| BackendStatus::of(b, now))
+                .collect(),
+            token: tokens.map(|t| TokenStatus {
+                seconds_left: t.expires_in(),
+                fetches: t.fetches(),
+                failed_fetches: t.failed_fetches(),
+            }),
+            config: ConfigStatus {
+                loaded_at: loaded
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| jiff::Timestamp::from_second(d.as_secs() as i64).ok())
+                    .map(|t| t.to_string()),
+                loaded_seconds_ago: SystemTime::now()
+                    .duration_since(loaded)
+                    .map_or(0, |d| d.as_secs()),
+                reloads: Reloads { ok, error },
+            },
+        }
+    }
+}
+
+impl BackendStatus {
+    fn of(b: &Backend, now: Instant) -> BackendStatus {
+        let s = b.standing.snapshot(now);
+        let state = match (s.ejected, s.probe_up) {
+            (Some(_), _) => State::Ejected,
+            (None, Some(false)) => State::ProbeDown,
+            _ => State::Up,
+        };
+        BackendStatus {
+            name: b.name.clone(),
+            url: format!(
+                "{}://{}",
+                b.config.url.scheme.as_str(),
+                b.config.url.authority()
+            ),
+            priority: b.config.priority,
+            weight: b.config.weight,
+            state,
+            ejected_seconds_left: s.ejected.map(|d| round(d.as_secs_f64())),
+            probe: s
+                .probe_up
+                .map(|up| if up { Probe::Up } else { Probe::Down }),
+            cooling: s
+                .cooling
+                .iter()
+                .map(|(deployment, left)| Cooling {
+                    deployment: deployment.as_deref().unwrap_or("*").to_string(),
+                    seconds_left: round(left.as_secs_f64()),
+                })
+                .collect(),
+            tries: Counts(TryLabel::ALL.into_iter().zip(b.stats.tries()).collect()),
+            tokens: Counts(
+                TokenKind::ALL
+                    .into_iter()
+                    .zip(b.stats.token_totals())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Seconds to the millisecond: what an operator reads.
+fn round(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_reads_as_the_contract_names_it() {
+        let pool = crate::balance::test_pool(&[(0, 1)]);
+        let b = pool.get(0);
+        b.standing
+            .cool(Some("gpt-4o"), std::time::Duration::from_secs(30), "test");
+        let v = serde_json::to_value(BackendStatus::of(b, Instant::now())).unwrap();
+        assert_eq!(v["state"], "up");
+        assert_eq!(v["cooling"][0]["deployment"], "gpt-4o");
+        assert!(v["cooling"][0]["seconds_left"].as_f64().unwrap() > 29.0);
+        assert_eq!(v["probe"], serde_json::Value::Null);
+        let tries: Vec<&String> = v["tries"].as_object().unwrap().keys().collect();
+        assert_eq!(tries[..3], ["2xx", "3xx", "4xx"], "in the labels' order");
+        assert_eq!(v["tokens"]["prompt"], 0);
+        b.standing.set_probe(false);
+        let v = serde_json::to_value(BackendStatus::of(b, Instant::now())).unwrap();
+        assert_eq!(
+            (&v["state"], &v["probe"]),
+            (&"probe_down".into(), &"down".into())
+        );
+    }
+}
