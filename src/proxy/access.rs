@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::config::LogFormat;
 use crate::metrics::TryLabel;
@@ -110,45 +110,75 @@ impl AccessLine<'_> {
 
     /// The line as one JSON object.
     pub fn json(&self) -> String {
-        let tries: Vec<_> = self
-            .tries
-            .iter()
-            .map(|(backend, outcome)| {
-                let status = match outcome {
-                    Outcome::Status(s) => Some(s.as_u16()),
-                    Outcome::Failed(_) => None,
-                };
-                json!({
-                    "backend": backend,
-                    "outcome": TryLabel::of(*outcome).as_str(),
-                    "status": status,
-                })
-            })
-            .collect();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        json!({
-            "time": format!("{:.3}", jiff::Timestamp::now()),
-            "client_addr": self.client_addr,
-            "client": self.client,
-            "method": self.method,
-            "path": self.path,
-            "deployment": self.deployment,
-            "status": self.status,
-            "tries": self.tries.len(),
-            "attempts": tries,
-            "backend": self.tries.last().map(|(b, _)| b),
-            "ttfb_ms": self.first_byte.map(ms),
-            "duration_ms": ms(self.duration),
-            "tokens": self.usage.map(|u| json!({
-                "prompt": u.prompt,
-                "completion": u.completion,
-                "cached": u.cached,
-                "reasoning": u.reasoning,
-            })),
-            "error": self.error,
-        })
-        .to_string()
+        let line = JsonLine {
+            time: format!("{:.3}", jiff::Timestamp::now()),
+            client_addr: self.client_addr.as_deref(),
+            client: self.client,
+            method: self.method,
+            path: self.path,
+            deployment: self.deployment,
+            status: self.status,
+            tries: self.tries.len(),
+            attempts: self
+                .tries
+                .iter()
+                .map(|&(backend, outcome)| JsonAttempt {
+                    backend,
+                    outcome: TryLabel::of(outcome).as_str(),
+                    status: match outcome {
+                        Outcome::Status(s) => Some(s.as_u16()),
+                        Outcome::Failed(_) => None,
+                    },
+                })
+                .collect(),
+            backend: self.tries.last().map(|(b, _)| *b),
+            ttfb_ms: self.first_byte.map(ms),
+            duration_ms: ms(self.duration),
+            tokens: self.usage.map(|u| JsonTokens {
+                prompt: u.prompt,
+                completion: u.completion,
+                cached: u.cached,
+                reasoning: u.reasoning,
+            }),
+            error: self.error.as_deref(),
+        };
+        serde_json::to_string(&line).unwrap_or_default()
     }
+}
+
+/// A JSON access line (`log.format: json`): these names are the ones the README lists.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    client_addr: Option<&'a str>,
+    client: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    deployment: Option<&'a str>,
+    status: Option<u16>,
+    tries: usize,
+    attempts: Vec<JsonAttempt<'a>>,
+    backend: Option<&'a str>,
+    ttfb_ms: Option<f64>,
+    duration_ms: f64,
+    tokens: Option<JsonTokens>,
+    error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonAttempt<'a> {
+    backend: &'a str,
+    outcome: &'static str,
+    status: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct JsonTokens {
+    prompt: u64,
+    completion: u64,
+    cached: Option<u64>,
+    reasoning: Option<u64>,
 }
 
 #[cfg(test)]

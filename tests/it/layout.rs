@@ -183,8 +183,8 @@ fn module_of(file: &Path) -> Option<String> {
     (name != "main" && name != "lib").then(|| name.to_string())
 }
 
-#[test]
-fn top_level_modules_depend_on_each_other_one_way() {
+/// The top-level modules each module's code (not its tests, not its comments) names.
+fn module_uses() -> BTreeMap<String, BTreeSet<String>> {
     let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in rust_files(&src()).into_iter().filter(|f| !is_test_file(f)) {
         let Some(module) = module_of(&file) else {
@@ -207,6 +207,12 @@ fn top_level_modules_depend_on_each_other_one_way() {
             }
         }
     }
+    uses
+}
+
+#[test]
+fn top_level_modules_depend_on_each_other_one_way() {
+    let uses = module_uses();
     // A cycle is a module that reaches itself.
     for start in uses.keys() {
         let mut stack: Vec<Vec<String>> = vec![vec![start.clone()]];
@@ -227,8 +233,8 @@ fn top_level_modules_depend_on_each_other_one_way() {
     }
 }
 
-#[test]
-fn the_readme_layout_table_names_what_is_in_src() {
+/// The `src/` entries the README's layout table names, in its order.
+fn layout_table() -> Vec<String> {
     let readme = std::fs::read_to_string(src().parent().unwrap().join("README.md")).unwrap();
     let table = readme
         .split("## Layout")
@@ -236,13 +242,35 @@ fn the_readme_layout_table_names_what_is_in_src() {
         .expect("a Layout section")
         .split("\n## ")
         .next()
-        .unwrap();
-    let named: BTreeSet<String> = table
+        .unwrap()
+        .to_string();
+    table
         .lines()
         .filter(|l| l.starts_with("| `src/"))
         .filter_map(|l| l.split('`').nth(1))
         .map(|p| p.trim_end_matches('/').to_string())
+        .collect()
+}
+
+#[test]
+fn a_module_uses_only_those_above_it_in_the_readme_table() {
+    let order: Vec<String> = layout_table()
+        .iter()
+        .map(|p| p.trim_start_matches("src/").trim_end_matches(".rs").to_string())
         .collect();
+    let at = |m: &str| order.iter().position(|o| o == m);
+    for (module, used) in module_uses() {
+        let here = at(&module).unwrap_or_else(|| panic!("{module} is not in the table"));
+        for other in used {
+            let there = at(&other).unwrap_or_else(|| panic!("{other} is not in the table"));
+            assert!(there < here, "{module} uses {other}, which is below it in the table");
+        }
+    }
+}
+
+#[test]
+fn the_readme_layout_table_names_what_is_in_src() {
+    let named: BTreeSet<String> = layout_table().into_iter().collect();
     let present: BTreeSet<String> = std::fs::read_dir(src())
         .unwrap()
         .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
