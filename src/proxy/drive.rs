@@ -75,9 +75,7 @@ impl Gateway {
                     pick = next;
                 }
                 Step::Deliver(attempt) => {
-                    return self
-                        .deliver(session, ctx, backend, attempt, delivery)
-                        .await
+                    return self.deliver(session, ctx, backend, attempt, delivery).await
                 }
                 Step::Give(product) => return self.give(session, ctx, product).await,
                 Step::End => {

@@ -12,10 +12,12 @@ use super::answers::ProxyError;
 use super::drive::Start;
 use super::relay::{Delivery, Learning};
 use super::{Gateway, RequestCtx};
-use crate::balance::Unavailable;
+use crate::balance::{Pick, Unavailable};
+use crate::credentials::TokenRef;
 use crate::objects::Named;
 use crate::request::{query, Request};
 use crate::retry::{self, Page};
+use smallvec::SmallVec;
 
 impl Gateway {
     /// Forwards `request`: its turn of the round robin, and retries (see [`retry::Forward`]).
@@ -64,16 +66,8 @@ impl Gateway {
                 break;
             }
         }
-        let mut token = self.tokens.current();
-        let order = self
-            .tokens
-            .choose(&mut token, no_token, |t| {
-                self.pool
-                    .search_order(deployment, t.as_ref(), holder, Instant::now())
-            })
-            .await;
-        let order = match order {
-            Ok(order) => order,
+        let (order, token) = match self.in_turn(deployment, holder).await {
+            Ok(chosen) => chosen,
             Err(why) => return self.unavailable(session, ctx, why, deployment).await,
         };
         let header = token.as_ref().map(|t| t.header.clone());
@@ -143,6 +137,24 @@ impl Gateway {
         }
         log::debug!("listed {collection} from every backend");
         served
+    }
+
+    /// The backends a search or a list asks in turn, for `deployment` (`holder` first), and the
+    /// token they are asked with (waited for, when only backends that need one could be asked).
+    async fn in_turn(
+        &self,
+        deployment: Option<&str>,
+        holder: Option<usize>,
+    ) -> Result<(SmallVec<[Pick; 4]>, Option<TokenRef>), Unavailable> {
+        let mut token = self.tokens.current();
+        let order = self
+            .tokens
+            .choose(&mut token, no_token, |t| {
+                self.pool
+                    .search_order(deployment, t.as_ref(), holder, Instant::now())
+            })
+            .await?;
+        Ok((order, token))
     }
 
     /// How an answer to `request` is delivered to `ctx`'s client.

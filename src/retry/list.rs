@@ -17,7 +17,7 @@ use http::{HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 use smallvec::SmallVec;
 
-use super::{End, Policy, Product, Settled, Try, Verdict};
+use super::{End, InTurn, Policy, Product, Settled, Try, Verdict};
 use crate::balance::{Pick, Pool};
 use crate::outcome::{Failure, Outcome, WholeAnswer};
 
@@ -34,10 +34,7 @@ pub struct Page {
 
 /// One list, asked of every backend.
 pub struct List<'a> {
-    pool: &'a Pool,
-    order: smallvec::IntoIter<[Pick; 4]>,
-    token: Option<HeaderValue>,
-    refreshed: Option<usize>,
+    backends: InTurn<'a>,
     page: Page,
     /// Each backend's items and `has_more`, in the order they answered.
     parts: Vec<(Vec<Value>, bool)>,
@@ -55,13 +52,9 @@ impl<'a> List<'a> {
         token: Option<HeaderValue>,
         page: Page,
     ) -> (Self, Option<Pick>) {
-        let mut order = order.into_iter();
-        let first = order.next();
+        let (backends, first) = InTurn::new(pool, order, token);
         let list = List {
-            pool,
-            order,
-            token,
-            refreshed: None,
+            backends,
             page,
             parts: Vec::new(),
             template: None,
@@ -73,22 +66,6 @@ impl<'a> List<'a> {
     /// Every object listed so far, with the backend that holds it.
     pub fn listed(&self) -> &[(String, usize)] {
         &self.listed
-    }
-
-    fn next(&mut self) -> Settled {
-        match self.order.next() {
-            Some(pick) => {
-                let backend = self.pool.get(pick.index);
-                let credential = backend
-                    .credential(self.token.as_ref())
-                    .unwrap_or(pick.credential);
-                Settled::Next(Pick {
-                    index: pick.index,
-                    credential,
-                })
-            }
-            None => Settled::End,
-        }
     }
 
     /// Takes in one backend's page; `false` when it is not a list.
@@ -116,8 +93,7 @@ impl Policy for List<'_> {
     const RETRIES: bool = false;
 
     fn decide(&mut self, t: &Try) -> Verdict {
-        if t.outcome.refuses_token(t.sent) && self.refreshed != Some(t.backend) {
-            self.refreshed = Some(t.backend);
+        if self.backends.refresh(t) {
             return Verdict::RefreshToken;
         }
         match t.outcome {
@@ -132,19 +108,14 @@ impl Policy for List<'_> {
             return Settled::Deliver(product);
         };
         if whole.head.status == StatusCode::NOT_FOUND || self.take(t.backend, whole) {
-            return self.next();
+            return self.backends.next();
         }
         // An error, or not a list: the client gets it as it was.
         Settled::Deliver(product)
     }
 
     fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick> {
-        let credential = self.pool.get(backend).credential(Some(&token))?;
-        self.token = Some(token);
-        Some(Pick {
-            index: backend,
-            credential,
-        })
+        self.backends.again(backend, token)
     }
 
     fn end(&mut self) -> End {

@@ -19,8 +19,9 @@ pub use list::{List, Page};
 pub use search::Search;
 
 use http::HeaderValue;
+use smallvec::SmallVec;
 
-use crate::balance::{Pick, Unavailable};
+use crate::balance::{Pick, Pool, Unavailable};
 use crate::outcome::{Failure, Outcome, Sent, WholeAnswer};
 
 /// One try, as a policy sees it.
@@ -103,6 +104,73 @@ pub trait Policy {
     /// What the client gets when no backend is left to ask.
     fn end(&mut self) -> End {
         End::Unavailable(Unavailable::UnknownDeployment)
+    }
+}
+
+/// The backends a search or a list asks in turn, with the token in force: what the two
+/// policies share. Each backend that refuses the proxy's token (401) gets one fresh token.
+struct InTurn<'a> {
+    pool: &'a Pool,
+    /// The backends left to ask, in order.
+    order: smallvec::IntoIter<[Pick; 4]>,
+    /// The proxy's token header in force (an earlier backend may have had it replaced).
+    token: Option<HeaderValue>,
+    /// The backend that had its fresh token after a 401.
+    refreshed: Option<usize>,
+}
+
+impl<'a> InTurn<'a> {
+    /// The backends of `order`, asked with `token`; and the first to ask.
+    fn new(
+        pool: &'a Pool,
+        order: SmallVec<[Pick; 4]>,
+        token: Option<HeaderValue>,
+    ) -> (Self, Option<Pick>) {
+        let mut order = order.into_iter();
+        let first = order.next();
+        let in_turn = InTurn {
+            pool,
+            order,
+            token,
+            refreshed: None,
+        };
+        (in_turn, first)
+    }
+
+    /// Whether try `t` refused the proxy's token on a backend that has not had a fresh one.
+    fn refresh(&mut self, t: &Try) -> bool {
+        let first = t.outcome.refuses_token(t.sent) && self.refreshed != Some(t.backend);
+        if first {
+            self.refreshed = Some(t.backend);
+        }
+        first
+    }
+
+    /// The next backend to ask, with the token in force, or the end.
+    fn next(&mut self) -> Settled {
+        match self.order.next() {
+            Some(pick) => {
+                let backend = self.pool.get(pick.index);
+                let credential = backend
+                    .credential(self.token.as_ref())
+                    .unwrap_or(pick.credential);
+                Settled::Next(Pick {
+                    index: pick.index,
+                    credential,
+                })
+            }
+            None => Settled::End,
+        }
+    }
+
+    /// `backend` once more with a fresh `token`, which is in force from now on.
+    fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick> {
+        let credential = self.pool.get(backend).credential(Some(&token))?;
+        self.token = Some(token);
+        Some(Pick {
+            index: backend,
+            credential,
+        })
     }
 }
 

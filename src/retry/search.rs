@@ -11,7 +11,7 @@
 use http::{HeaderValue, StatusCode};
 use smallvec::SmallVec;
 
-use super::{End, Policy, Product, Settled, Try, Verdict};
+use super::{End, InTurn, Policy, Product, Settled, Try, Verdict};
 use crate::balance::{Pick, Pool};
 use crate::outcome::Outcome;
 
@@ -21,15 +21,9 @@ pub const MAX_WHOLE: usize = 1 << 20;
 
 /// The search for one object's backend.
 pub struct Search<'a> {
-    pool: &'a Pool,
-    /// The backends left to ask, in order.
-    order: smallvec::IntoIter<[Pick; 4]>,
+    backends: InTurn<'a>,
     /// The backend known to hold the object, if one is.
     holder: Option<usize>,
-    /// The proxy's token header in force (an earlier backend may have had it replaced).
-    token: Option<HeaderValue>,
-    /// The backend that had its fresh token after a 401.
-    refreshed: Option<usize>,
     /// The first answer of a backend that could not say (a 429, a 5xx, no answer).
     unsure: Option<Product>,
     /// The last "not found".
@@ -45,35 +39,14 @@ impl<'a> Search<'a> {
         holder: Option<usize>,
         token: Option<HeaderValue>,
     ) -> (Self, Option<Pick>) {
-        let mut order = order.into_iter();
-        let first = order.next();
+        let (backends, first) = InTurn::new(pool, order, token);
         let search = Search {
-            pool,
-            order,
+            backends,
             holder,
-            token,
-            refreshed: None,
             unsure: None,
             not_found: None,
         };
         (search, first)
-    }
-
-    /// The next backend to ask, with the token in force, or the end.
-    fn next(&mut self) -> Settled {
-        match self.order.next() {
-            Some(pick) => {
-                let backend = self.pool.get(pick.index);
-                let credential = backend
-                    .credential(self.token.as_ref())
-                    .unwrap_or(pick.credential);
-                Settled::Next(Pick {
-                    index: pick.index,
-                    credential,
-                })
-            }
-            None => Settled::End,
-        }
     }
 
     /// What a backend that could not say produced: the client gets it at once from the holder,
@@ -83,7 +56,7 @@ impl<'a> Search<'a> {
             return Settled::Deliver(product);
         }
         self.unsure.get_or_insert(product);
-        self.next()
+        self.backends.next()
     }
 }
 
@@ -91,8 +64,7 @@ impl Policy for Search<'_> {
     const RETRIES: bool = false;
 
     fn decide(&mut self, t: &Try) -> Verdict {
-        if t.outcome.refuses_token(t.sent) && self.refreshed != Some(t.backend) {
-            self.refreshed = Some(t.backend);
+        if self.backends.refresh(t) {
             return Verdict::RefreshToken;
         }
         match t.outcome {
@@ -116,7 +88,7 @@ impl Policy for Search<'_> {
         };
         if whole.is_not_found() {
             self.not_found = Some(product);
-            return self.next();
+            return self.backends.next();
         }
         if Outcome::Status(whole.head.status).is_failure() {
             return self.unsure(t, product);
@@ -126,12 +98,7 @@ impl Policy for Search<'_> {
     }
 
     fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick> {
-        let credential = self.pool.get(backend).credential(Some(&token))?;
-        self.token = Some(token);
-        Some(Pick {
-            index: backend,
-            credential,
-        })
+        self.backends.again(backend, token)
     }
 
     fn end(&mut self) -> End {

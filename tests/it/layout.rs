@@ -256,14 +256,21 @@ fn layout_table() -> Vec<String> {
 fn a_module_uses_only_those_above_it_in_the_readme_table() {
     let order: Vec<String> = layout_table()
         .iter()
-        .map(|p| p.trim_start_matches("src/").trim_end_matches(".rs").to_string())
+        .map(|p| {
+            p.trim_start_matches("src/")
+                .trim_end_matches(".rs")
+                .to_string()
+        })
         .collect();
     let at = |m: &str| order.iter().position(|o| o == m);
     for (module, used) in module_uses() {
         let here = at(&module).unwrap_or_else(|| panic!("{module} is not in the table"));
         for other in used {
             let there = at(&other).unwrap_or_else(|| panic!("{other} is not in the table"));
-            assert!(there < here, "{module} uses {other}, which is below it in the table");
+            assert!(
+                there < here,
+                "{module} uses {other}, which is below it in the table"
+            );
         }
     }
 }
