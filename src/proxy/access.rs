@@ -19,7 +19,8 @@ pub const JSON_TARGET: &str = "aoai_proxy::access::json";
 
 /// What one access line says.
 pub struct AccessLine<'a> {
-    pub client_addr: Option<String>,
+    /// Where the request came from (only the JSON line names it, so it is formatted there).
+    pub client_addr: Option<&'a dyn std::fmt::Display>,
     /// The client's name, when `clients` is configured and it was recognised.
     pub client: Option<&'a str>,
     pub method: &'a str,
@@ -28,7 +29,7 @@ pub struct AccessLine<'a> {
     /// The status the client got; `None` when it got none (it left, or the stream broke).
     pub status: Option<u16>,
     /// Each try: the backend's name and what it produced.
-    pub tries: Vec<(&'a str, Outcome)>,
+    pub tries: smallvec::SmallVec<[(&'a str, Outcome); 3]>,
     pub first_byte: Option<Duration>,
     pub duration: Duration,
     pub usage: Option<Usage>,
@@ -113,7 +114,7 @@ impl AccessLine<'_> {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let line = JsonLine {
             time: format!("{:.3}", jiff::Timestamp::now()),
-            client_addr: self.client_addr.as_deref(),
+            client_addr: self.client_addr.map(|a| a.to_string()),
             client: self.client,
             method: self.method,
             path: self.path,
@@ -151,7 +152,7 @@ impl AccessLine<'_> {
 #[derive(Serialize)]
 struct JsonLine<'a> {
     time: String,
-    client_addr: Option<&'a str>,
+    client_addr: Option<String>,
     client: Option<&'a str>,
     method: &'a str,
     path: &'a str,
@@ -189,13 +190,13 @@ mod tests {
 
     fn line() -> AccessLine<'static> {
         AccessLine {
-            client_addr: Some("127.0.0.1:5000".into()),
+            client_addr: Some(&"127.0.0.1:5000"),
             client: Some("team-a"),
             method: "POST",
             path: "/openai/deployments/gpt-4o/chat/completions",
             deployment: Some("gpt-4o"),
             status: Some(200),
-            tries: vec![
+            tries: smallvec::smallvec![
                 ("east", Outcome::Status(StatusCode::TOO_MANY_REQUESTS)),
                 ("west", Outcome::Failed(Failure::Connect)),
                 ("north", Outcome::Status(StatusCode::OK)),

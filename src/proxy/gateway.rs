@@ -178,7 +178,7 @@ impl Gateway {
         }
         let req = session.req_header();
         AccessLine {
-            client_addr: session.client_addr().map(|a| a.to_string()),
+            client_addr: session.client_addr().map(|a| a as &dyn std::fmt::Display),
             client: ctx.client.as_deref().map(|c| c.name.as_str()),
             method: req.method.as_str(),
             path: req.uri.path(),

@@ -161,11 +161,10 @@ impl Relay {
             .await
             .map_err(|e| e.into_down())?;
         let copied = self
-            .copy_body(session, &mut up, &mut readers, backend)
+            .copy_body(session, &mut up, &mut readers, (backend, &delivery))
             .await;
-        // Counted before the client sees the end, so that it is there once the client is done;
-        // and also when the body broke off after the backend had reported its usage.
-        let usage = readers.finish(backend, &delivery, &*self.objects, copied.is_ok());
+        // Counted also when the body broke off after the backend had reported its usage.
+        readers.end(backend, &delivery, &*self.objects, copied.is_ok());
         copied?;
         if let Some(rest) = readers.hide.as_mut().map(UsageEventFilter::finish) {
             if !rest.is_empty() {
@@ -178,16 +177,17 @@ impl Relay {
         self.upstream
             .release(*up, &peer, self.timeouts.pool_idle)
             .await;
-        Ok(usage)
+        Ok(readers.counted)
     }
 
-    /// Copies the body of `up` to the client through `readers`, until it ends.
+    /// Copies the body of `up` to the client through `readers`, until it ends. What the answer
+    /// reported is counted before its last bytes go out, so it is there once the client has them.
     async fn copy_body(
         &self,
         session: &mut Session,
         up: &mut HttpSession,
         readers: &mut Readers<'_>,
-        backend: &Backend,
+        (backend, delivery): (&Backend, &Delivery<'_>),
     ) -> Result<()> {
         let idle = self.timeouts.body_idle;
         loop {
@@ -210,6 +210,9 @@ impl Relay {
             };
             let (bytes, end) = coalesce(up, bytes);
             let bytes = readers.feed(bytes, backend, &*self.objects);
+            if matches!(end, Ok(true)) {
+                readers.end(backend, delivery, &*self.objects, true);
+            }
             let write = session.write_response_body(Some(bytes), false);
             write.await.map_err(|e| e.into_down())?;
             if end? {
@@ -246,6 +249,8 @@ struct Readers<'a> {
     hide: Option<UsageEventFilter>,
     /// A success on a path with objects: what it taught is learned at its end.
     learning: Option<Learning<'a>>,
+    /// The usage reported, once the answer has ended.
+    counted: Option<Usage>,
 }
 
 impl<'a> Readers<'a> {
@@ -267,6 +272,7 @@ impl<'a> Readers<'a> {
             hide: (delivery.hide_usage_event && success && stream())
                 .then(UsageEventFilter::default),
             learning,
+            counted: None,
         }
     }
 
@@ -289,24 +295,26 @@ impl<'a> Readers<'a> {
         }
     }
 
-    /// The usage reported, counted for `backend`; what a complete answer taught is learned.
-    fn finish(
+    /// The answer ended (`complete`, or broke off): the usage it reported is counted for
+    /// `backend` (and kept in `counted`), and what a complete answer taught is learned. Once.
+    fn end(
         &mut self,
         backend: &Backend,
         delivery: &Delivery<'_>,
         objects: &dyn ObjectLocations,
         complete: bool,
-    ) -> Option<Usage> {
-        let usage = self.usage.take().and_then(UsageReader::finish);
-        if let Some(u) = &usage {
-            let client = delivery.client.as_deref().map(|c| c.name.as_str());
-            backend.stats.record_usage(delivery.deployment, client, u);
+    ) {
+        if let Some(reader) = self.usage.take() {
+            self.counted = reader.finish();
+            if let Some(u) = &self.counted {
+                let client = delivery.client.as_deref().map(|c| c.name.as_str());
+                backend.stats.record_usage(delivery.deployment, client, u);
+            }
         }
-        if let (true, Some(learning)) = (complete, &self.learning) {
+        if let (true, Some(learning)) = (complete, self.learning.take()) {
             let made = self.created.take().map(CreatedReader::finish);
             learning.remember(objects, &backend.name, &made.unwrap_or_default());
         }
-        usage
     }
 }
 

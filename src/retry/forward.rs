@@ -222,4 +222,33 @@ mod tests {
             assert_eq!(decide(t, status(401), never), Step::Deliver, "{sent:?}");
         }
     }
+
+    #[test]
+    fn the_policy_walks_the_rotation_and_refreshes_a_refused_token_once() {
+        use crate::retry::test_support::try_on;
+        let pool = crate::balance::test_pool(&[(0, 1), (0, 1), (0, 1)]);
+        let (selection, first) = pool.select(Some("gpt-4o"), None, Instant::now()).unwrap();
+        let mut policy = Forward::new(selection, 3);
+        let next = |v: Verdict| match v {
+            Verdict::Next(p) => Some(p.index),
+            _ => None,
+        };
+        // A 401 to the proxy's token: the same backend, with a fresh one.
+        let refused = try_on(first.index, 1, Sent::EntraToken, status(401));
+        assert!(matches!(policy.decide(&refused), Verdict::RefreshToken));
+        let fresh = HeaderValue::from_static("Bearer fresh");
+        assert_eq!(
+            policy.again(first.index, fresh).map(|p| p.index),
+            Some(first.index)
+        );
+        // A second 401 is the client's.
+        let again = try_on(first.index, 2, Sent::EntraToken, status(401));
+        assert!(matches!(policy.decide(&again), Verdict::Deliver));
+        // A 429: the next backend in the rotation; the last try is delivered whatever it is.
+        let throttled = try_on(first.index, 2, Sent::EntraToken, status(429));
+        let second = next(policy.decide(&throttled)).expect("a retry");
+        assert_ne!(second, first.index);
+        let last = try_on(second, 3, Sent::EntraToken, status(503));
+        assert!(matches!(policy.decide(&last), Verdict::Deliver));
+    }
 }
