@@ -32,48 +32,43 @@ const DROPPED_RESPONSE_HEADERS: [HeaderName; 4] = [
     header::UPGRADE,
 ];
 
-/// A header value a backend gets.
-#[derive(Clone, Copy, Debug)]
-pub enum Value<'a> {
-    /// As the client sent it, or the backend's own (a credential stays marked sensitive).
-    Header(&'a HeaderValue),
-    Text(&'static str),
-    /// A `Content-Length`.
-    Length(usize),
-}
+/// The headers that carry a backend's credential: their values are marked sensitive.
+const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "api-key"];
 
 /// Calls `put` with each header (name in lower case, and value) a backend gets for the
 /// client's request `client`, in order: the client's own but for those never forwarded, then
 /// the `upgrade` the client asked for (the Realtime API's WebSocket, see [`upgrade_to`]), the
-/// backend's `Host`, its `credential`, and the length of the body (`body_len`) the proxy sends.
-pub fn for_backend<'a>(
-    client: &'a RequestHeader,
-    upgrade: Option<&'a HeaderValue>,
-    host: &'a HeaderValue,
-    credential: &'a Credential,
+/// backend's `Host`, its `credential` (in one of [`CREDENTIAL_HEADERS`]), and the length of the
+/// body (`body_len`) the proxy sends.
+pub fn for_backend(
+    client: &RequestHeader,
+    upgrade: Option<&HeaderValue>,
+    host: &HeaderValue,
+    credential: &Credential,
     body_len: usize,
-    mut put: impl FnMut(&str, Value<'a>),
+    mut put: impl FnMut(&str, &[u8]),
 ) {
     let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
         || client.headers.contains_key(header::TRANSFER_ENCODING);
     for (name, value) in &client.headers {
         let ours = name == header::HOST || name == header::CONTENT_LENGTH;
         if !ours && !DROPPED_REQUEST_HEADERS.contains(name) {
-            put(name.as_str(), Value::Header(value));
+            put(name.as_str(), value.as_bytes());
         }
     }
     if let Some(protocol) = upgrade {
-        put("connection", Value::Text("Upgrade"));
-        put("upgrade", Value::Header(protocol));
+        put("connection", b"Upgrade");
+        put("upgrade", protocol.as_bytes());
     }
-    put("host", Value::Header(host));
+    put("host", host.as_bytes());
     match credential {
-        Credential::EntraToken(v) => put("authorization", Value::Header(v)),
-        Credential::ApiKey(v) => put("api-key", Value::Header(v)),
+        Credential::EntraToken(v) => put(CREDENTIAL_HEADERS[0], v.as_bytes()),
+        Credential::ApiKey(v) => put(CREDENTIAL_HEADERS[1], v.as_bytes()),
         Credential::Nothing => {}
     }
     if had_body || body_len > 0 {
-        put("content-length", Value::Length(body_len));
+        let mut length = itoa::Buffer::new();
+        put("content-length", length.format(body_len).as_bytes());
     }
 }
 
@@ -99,15 +94,10 @@ pub fn wire(
     wire.extend_from_slice(b" ");
     wire.extend_from_slice(path);
     wire.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut length = itoa::Buffer::new();
     for_backend(client, None, host, credential, body_len, |name, value| {
         wire.extend_from_slice(name.as_bytes());
         wire.extend_from_slice(b": ");
-        wire.extend_from_slice(match value {
-            Value::Header(v) => v.as_bytes(),
-            Value::Text(t) => t.as_bytes(),
-            Value::Length(n) => length.format(n).as_bytes(),
-        });
+        wire.extend_from_slice(value);
         wire.extend_from_slice(b"\r\n");
     });
     wire.extend_from_slice(b"\r\n");
@@ -127,23 +117,15 @@ pub fn framed(
     let mut req = RequestHeader::build(client.method.clone(), path, Some(client.headers.len()))?;
     let mut result = Ok(());
     let upgrade = upgrade_to(client);
-    for_backend(
-        client,
-        upgrade,
-        host,
-        credential,
-        body_len,
-        |name, value| {
-            let value = match value {
-                Value::Header(v) => v.clone(),
-                Value::Text(t) => HeaderValue::from_static(t),
-                Value::Length(n) => HeaderValue::from(n),
-            };
-            if result.is_ok() {
-                result = req.append_header(name.to_string(), value).map(|_| ());
-            }
-        },
-    );
+    for_backend(client, upgrade, host, credential, body_len, |name, value| {
+        let value = HeaderValue::from_bytes(value).map(|mut v| {
+            v.set_sensitive(CREDENTIAL_HEADERS.contains(&name));
+            v
+        });
+        if let (Ok(()), Ok(value)) = (&result, value) {
+            result = req.append_header(name.to_string(), value).map(|_| ());
+        }
+    });
     result.map(|()| req)
 }
 
@@ -274,6 +256,7 @@ mod tests {
         let credential = Credential::EntraToken(token);
         let path = b"/openai/deployments/own/chat/completions";
         let framed = framed(&client(), path, &host, &credential, 7).unwrap();
+        assert!(framed.headers["authorization"].is_sensitive());
         let from_pingora = http_req_header_to_wire(&framed).unwrap();
         let ours = wire(&client(), path, &host, &credential, 7, 0).unwrap();
         assert_eq!(lines(&from_pingora), lines(&ours));
