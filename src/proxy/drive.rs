@@ -48,20 +48,25 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         request: &Request,
-        start: Start,
+        start: &mut Start,
         policy: &mut P,
-        delivery: Delivery<'_>,
+        delivery: &Delivery<'_>,
     ) -> Result<()> {
-        let Start {
-            mut pick,
-            mut token,
-        } = start;
+        // By reference, not by value: an async fn keeps its arguments, and a copy of them, in
+        // its future for as long as it runs.
         loop {
-            let backend = self.pool.get(pick.index);
+            let backend = self.pool.get(start.pick.index);
             let (t, attempt) = self
-                .attempt(session, ctx, request, &pick, backend, token.as_ref())
+                .attempt(
+                    session,
+                    ctx,
+                    request,
+                    &start.pick,
+                    backend,
+                    start.token.as_ref(),
+                )
                 .await?;
-            let step = self.step(policy, &t, attempt, &mut token).await;
+            let step = self.step(policy, &t, attempt, &mut start.token).await;
             let retried = match P::RETRIES && matches!(step, Step::Next(..)) {
                 true => Retried::Yes,
                 false => Retried::No,
@@ -72,7 +77,7 @@ impl Gateway {
                     if let Some(attempt) = attempt {
                         self.set_aside(backend, &t, attempt, P::RETRIES);
                     }
-                    pick = next;
+                    start.pick = next;
                 }
                 Step::Deliver(attempt) => {
                     return self.deliver(session, ctx, backend, attempt, delivery).await
@@ -211,7 +216,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         backend: &Arc<Backend>,
         attempt: Attempt,
-        delivery: Delivery<'_>,
+        delivery: &Delivery<'_>,
     ) -> Result<()> {
         ctx.first_byte = Some(ctx.started.elapsed());
         match attempt {

@@ -153,9 +153,12 @@ impl Gateway {
         if let Some(collection) = request.list() {
             return Box::pin(self.list(session, ctx, request, collection)).await;
         }
-        let named = request.objects();
-        if !named.is_empty() {
-            return Box::pin(self.search(session, ctx, request, named)).await;
+        {
+            // Not held while forwarding: a future keeps what lives across its awaits.
+            let named = request.objects();
+            if !named.is_empty() {
+                return Box::pin(self.search(session, ctx, request, named)).await;
+            }
         }
         self.forward(session, ctx, request).await
     }

@@ -117,15 +117,22 @@ pub fn framed(
     let mut req = RequestHeader::build(client.method.clone(), path, Some(client.headers.len()))?;
     let mut result = Ok(());
     let upgrade = upgrade_to(client);
-    for_backend(client, upgrade, host, credential, body_len, |name, value| {
-        let value = HeaderValue::from_bytes(value).map(|mut v| {
-            v.set_sensitive(CREDENTIAL_HEADERS.contains(&name));
-            v
-        });
-        if let (Ok(()), Ok(value)) = (&result, value) {
-            result = req.append_header(name.to_string(), value).map(|_| ());
-        }
-    });
+    for_backend(
+        client,
+        upgrade,
+        host,
+        credential,
+        body_len,
+        |name, value| {
+            let value = HeaderValue::from_bytes(value).map(|mut v| {
+                v.set_sensitive(CREDENTIAL_HEADERS.contains(&name));
+                v
+            });
+            if let (Ok(()), Ok(value)) = (&result, value) {
+                result = req.append_header(name.to_string(), value).map(|_| ());
+            }
+        },
+    );
     result.map(|()| req)
 }
 

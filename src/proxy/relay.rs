@@ -139,7 +139,7 @@ impl Relay {
         session: &mut Session,
         answer: Answer,
         backend: &Backend,
-        delivery: Delivery<'_>,
+        delivery: &Delivery<'_>,
     ) -> Result<Option<Usage>> {
         if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // Boxed, as once per session it can be: it would size every answer's future.
@@ -155,16 +155,16 @@ impl Relay {
         if let Some(left) = &delivery.limits {
             headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
         }
-        let mut readers = Readers::for_answer(&head, &delivery);
+        let mut readers = Readers::for_answer(&head, delivery);
         session
             .write_response_header(head, false)
             .await
             .map_err(|e| e.into_down())?;
         let copied = self
-            .copy_body(session, &mut up, &mut readers, (backend, &delivery))
+            .copy_body(session, &mut up, &mut readers, (backend, delivery))
             .await;
         // Counted also when the body broke off after the backend had reported its usage.
-        readers.end(backend, &delivery, &*self.objects, copied.is_ok());
+        readers.end(backend, delivery, &*self.objects, copied.is_ok());
         copied?;
         if let Some(rest) = readers.hide.as_mut().map(UsageEventFilter::finish) {
             if !rest.is_empty() {

@@ -28,26 +28,35 @@ impl Gateway {
         request: &Request,
     ) -> Result<()> {
         let deployment = request.deployment();
-        let mut token = self.tokens.current();
-        let chosen = self
-            .tokens
-            .choose(&mut token, no_token, |t| {
-                self.pool.select(deployment, t, Instant::now())
-            })
-            .await;
-        let (selection, first) = match chosen {
-            Ok(chosen) => chosen,
+        let (mut policy, mut start) = match self.forward_plan(deployment).await {
+            Ok(plan) => plan,
             Err(why) => return self.unavailable(session, ctx, why, deployment).await,
         };
-        let mut policy = retry::Forward::new(selection, self.max_tries);
         let learning = request.may_create().then(|| Learning {
             created: true,
             ..Learning::default()
         });
         let delivery = self.delivery(ctx, request, learning);
-        let start = Start { pick: first, token };
-        self.drive(session, ctx, request, start, &mut policy, delivery)
+        self.drive(session, ctx, request, &mut start, &mut policy, &delivery)
             .await
+    }
+
+    /// The first backend of a request for `deployment` (its turn of the round robin), the
+    /// token it is sent with, and the policy of its retries. In a function of its own, so that
+    /// what choosing takes is not kept in the request's future while it is forwarded.
+    async fn forward_plan<'a>(
+        &'a self,
+        deployment: Option<&'a str>,
+    ) -> Result<(retry::Forward<'a>, Start), Unavailable> {
+        let mut token = self.tokens.current();
+        let (selection, pick) = self
+            .tokens
+            .choose(&mut token, no_token, |t| {
+                self.pool.select(deployment, t, Instant::now())
+            })
+            .await?;
+        let policy = retry::Forward::new(selection, self.max_tries);
+        Ok((policy, Start { pick, token }))
     }
 
     /// Serves `request`, which names the objects in `named` (see [`retry::Search`]).
@@ -89,8 +98,8 @@ impl Gateway {
             deleted: request.deletes(),
         };
         let delivery = self.delivery(ctx, request, Some(learning));
-        let start = Start { pick: first, token };
-        self.drive(session, ctx, request, start, &mut policy, delivery)
+        let mut start = Start { pick: first, token };
+        self.drive(session, ctx, request, &mut start, &mut policy, &delivery)
             .await
     }
 
@@ -128,9 +137,9 @@ impl Gateway {
                 .await;
         };
         let delivery = self.delivery(ctx, request, None);
-        let start = Start { pick: first, token };
+        let mut start = Start { pick: first, token };
         let served = self
-            .drive(session, ctx, request, start, &mut policy, delivery)
+            .drive(session, ctx, request, &mut start, &mut policy, &delivery)
             .await;
         for (id, backend) in policy.listed() {
             self.relay.objects.learn(id, &self.pool.get(*backend).name);

@@ -15,7 +15,6 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::Method;
-use memchr::memmem;
 use pingora::http::RequestHeader;
 
 pub use body::BodyFacts;
@@ -58,9 +57,11 @@ pub struct Request {
     deletes: bool,
     /// The body as the client sent it.
     original: Bytes,
-    /// The change every try makes to it (`usage.include_in_streams`), and the body made.
-    edit: Option<(Splice, Bytes)>,
-    facts: OnceLock<Option<BodyFacts>>,
+    /// The change every try makes to it (`usage.include_in_streams`), and the body made. Boxed,
+    /// as the facts are: most requests have neither, and this view lives in every request's
+    /// future.
+    edit: Option<Box<(Splice, Bytes)>>,
+    facts: OnceLock<Option<Box<BodyFacts>>>,
 }
 
 impl Request {
@@ -95,7 +96,7 @@ impl Request {
                 .and_then(|f| rewrite::ask_for_usage(&r.original, f));
             if let Some(edit) = edit {
                 let body = rewrite::apply(&r.original, &mut [edit.clone()]);
-                r.edit = Some((edit, body));
+                r.edit = Some(Box::new((edit, body)));
             }
         }
         Ok(r)
@@ -132,8 +133,8 @@ impl Request {
     /// The body's facts, read on first use; `None` when it is not a JSON object.
     pub fn facts(&self) -> Option<&BodyFacts> {
         self.facts
-            .get_or_init(|| BodyFacts::read(&self.original))
-            .as_ref()
+            .get_or_init(|| BodyFacts::read(&self.original).map(Box::new))
+            .as_deref()
     }
 
     /// The deployment the request names.
@@ -170,8 +171,7 @@ impl Request {
         }
         // Most bodies (chat completions) name nothing: look for a key's tail before reading.
         let parsed = self.facts.get().is_some();
-        let may_name = |tail: &[u8]| memmem::find(&self.original, tail).is_some();
-        if parsed || may_name(b"_id") || may_name(b"_file\"") {
+        if parsed || may_name_objects(&self.original) {
             for id in self.facts().iter().flat_map(|f| &f.objects) {
                 objects::named::push_id(&mut named.ids, id);
             }
@@ -205,7 +205,9 @@ impl Request {
 
     /// The body every try sends (but see [`Self::for_backend`]).
     pub fn body(&self) -> &Bytes {
-        self.edit.as_ref().map_or(&self.original, |(_, body)| body)
+        self.edit
+            .as_deref()
+            .map_or(&self.original, |(_, body)| body)
     }
 
     /// Whether the proxy asked the stream for its usage: the usage event is its to take out.
@@ -229,7 +231,7 @@ impl Request {
                 let rename = self.facts().and_then(|f| rewrite::rename_model(f, own));
                 let body = rename.map(|r| {
                     let mut splices: Vec<Splice> =
-                        self.edit.iter().map(|(e, _)| e.clone()).collect();
+                        self.edit.iter().map(|edit| edit.0.clone()).collect();
                     splices.push(r);
                     rewrite::apply(&self.original, &mut splices)
                 });
@@ -238,6 +240,16 @@ impl Request {
             Where::Nowhere => Renamed::default(),
         }
     }
+}
+
+/// Whether `body` may name a stateful object: whether it has a key ending in `_id`, `_ids` or
+/// `_file` (every key of [`objects::named::BODY_KEYS`] does). One scan for `_`, which a chat
+/// completion's body has a few of at most.
+fn may_name_objects(body: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', body).any(|at| {
+        let after = &body[at + 1..];
+        after.starts_with(b"id") || after.starts_with(b"file\"")
+    })
 }
 
 /// A request as one backend gets it, where that differs from the client's.

@@ -176,3 +176,14 @@ fn what_a_request_asks_for_is_read_from_its_method_and_path() {
     assert!(read("DELETE", "/openai/files/file-1", "").deletes());
     assert!(!read("DELETE", "/openai/threads/t/messages/m", "").deletes());
 }
+
+#[test]
+fn the_quick_look_for_named_objects_sees_every_key() {
+    for key in objects::named::BODY_KEYS {
+        assert!(
+            may_name_objects(format!("{{\"{key}\":\"x\"}}").as_bytes()),
+            "{key}"
+        );
+    }
+    assert!(!may_name_objects(br#"{"max_tokens":5,"messages":[]}"#));
+}

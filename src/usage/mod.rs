@@ -16,6 +16,8 @@ mod stream;
 pub use stream::UsageEventFilter;
 
 use bytes::{Bytes, BytesMut};
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -186,12 +188,20 @@ fn event_usage(line: &[u8]) -> Option<Usage> {
         .map(RawUsage::into_usage)
 }
 
+/// `"usage"`, the key looked for.
+const KEY: &[u8] = b"\"usage\"";
+
+/// Searchers for [`KEY`], built once: `memmem::find` builds one a call, which costs more than
+/// the search on an answer's end.
+static FIND_KEY: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(KEY));
+static RFIND_KEY: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(KEY));
+
 /// The last `"usage": {...}` object in the end of a JSON body that parses as usage (a
 /// `"usage"` in the client's own `metadata` after it is passed over).
 fn json_usage(tail: &[u8]) -> Option<Usage> {
-    const KEY: &[u8] = b"\"usage\"";
     let mut before = tail;
-    while let Some(at) = memmem::rfind(before, KEY) {
+    while let Some(at) = RFIND_KEY.rfind(before) {
         let value = tail[at + KEY.len()..]
             .trim_ascii_start()
             .strip_prefix(b":")
@@ -209,9 +219,8 @@ fn json_usage(tail: &[u8]) -> Option<Usage> {
 
 /// Whether `data` has `"usage"` followed by an object (not `null`).
 fn has_usage_object(data: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"usage\"";
     let mut rest = data;
-    while let Some(at) = memmem::find(rest, KEY) {
+    while let Some(at) = FIND_KEY.find(rest) {
         rest = &rest[at + KEY.len()..];
         let value = rest
             .trim_ascii_start()
@@ -265,132 +274,4 @@ impl RawUsage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reads `body` fed in pieces of `step` bytes.
-    fn read(content_type: &str, body: &str, step: usize) -> Option<Usage> {
-        let mut r = UsageReader::for_content_type(Some(content_type.as_bytes())).unwrap();
-        for piece in body.as_bytes().chunks(step) {
-            r.feed(&Bytes::copy_from_slice(piece));
-        }
-        r.finish()
-    }
-
-    const CHAT: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"content":"usage is a word"}}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
-
-    #[test]
-    fn a_json_answer_reports_its_usage_however_it_is_split() {
-        let expected = Usage {
-            prompt: 12,
-            completion: 7,
-            cached: Some(4),
-            reasoning: Some(2),
-        };
-        for step in [1, 3, 64, 10_000] {
-            assert_eq!(
-                read("application/json", CHAT, step),
-                Some(expected),
-                "{step}"
-            );
-        }
-        let embeddings =
-            r#"{"object":"list","data":[],"usage":{"prompt_tokens":5,"total_tokens":5}}"#;
-        assert_eq!(
-            read("application/json; charset=utf-8", embeddings, 7),
-            Some(Usage {
-                prompt: 5,
-                ..Usage::default()
-            })
-        );
-        assert_eq!(
-            read("application/json", r#"{"error":{"code":"429"}}"#, 5),
-            None
-        );
-    }
-
-    #[test]
-    fn a_long_json_answer_keeps_only_its_end() {
-        let long = format!(
-            r#"{{"choices":[{{"message":{{"content":"{}"}}}}],"usage":{{"prompt_tokens":1,"completion_tokens":900}}}}"#,
-            "x".repeat(1 << 20)
-        );
-        let mut r = UsageReader::for_content_type(Some(b"application/json")).unwrap();
-        for piece in long.as_bytes().chunks(4096) {
-            r.feed(&Bytes::copy_from_slice(piece));
-            if let Body::Json { len, .. } = &r.body {
-                assert!(*len <= JSON_TAIL + 4096, "the body was kept: {len}");
-            }
-        }
-        assert_eq!(r.finish().map(|u| u.completion), Some(900));
-    }
-
-    #[test]
-    fn a_chat_stream_reports_the_usage_chunk() {
-        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
-             data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n\
-             data: [DONE]\n\n";
-        for step in [1, 2, 17, 1000] {
-            let u = read("text/event-stream", stream, step).unwrap();
-            assert_eq!((u.prompt, u.completion), (9, 3), "{step}");
-        }
-        let without = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n";
-        assert_eq!(read("text/event-stream", without, 5), None);
-    }
-
-    #[test]
-    fn a_responses_stream_reports_response_completed() {
-        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n\n\
-             event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}\n\n\
-             event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":20,\"output_tokens\":8,\"input_tokens_details\":{\"cached_tokens\":16},\"output_tokens_details\":{\"reasoning_tokens\":5}}}}\n\n";
-        assert_eq!(
-            read("text/event-stream", stream, 13),
-            Some(Usage {
-                prompt: 20,
-                completion: 8,
-                cached: Some(16),
-                reasoning: Some(5),
-            })
-        );
-    }
-
-    #[test]
-    fn a_usage_in_the_clients_metadata_is_passed_over() {
-        let body = r#"{"id":"resp_1","usage":{"input_tokens":3,"output_tokens":2},"metadata":{"usage":"x"}}"#;
-        assert_eq!(
-            read("application/json", body, 10).map(|u| u.completion),
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn a_huge_event_still_reports_its_usage() {
-        let event = format!(
-            "data: {{\"type\":\"response.completed\",\"response\":{{\"instructions\":\"{}\",\"usage\":{{\"input_tokens\":7,\"output_tokens\":5}},\"metadata\":{{}}}}}}\n\n",
-            "i".repeat(300 << 10)
-        );
-        let mut r = UsageReader::for_content_type(Some(b"text/event-stream")).unwrap();
-        for piece in event.as_bytes().chunks(8192) {
-            r.feed(&Bytes::copy_from_slice(piece));
-            if let Body::Events { line, .. } = &r.body {
-                assert!(line.len() <= MAX_LINE + 8192, "the event was kept whole");
-            }
-        }
-        assert_eq!(r.finish().map(|u| (u.prompt, u.completion)), Some((7, 5)));
-    }
-
-    #[test]
-    fn compressed_answers_are_not_read() {
-        let mut h = http::HeaderMap::new();
-        h.insert("content-type", "application/json".parse().unwrap());
-        assert!(UsageReader::for_answer(&h).is_some());
-        h.insert("content-encoding", "gzip".parse().unwrap());
-        assert!(UsageReader::for_answer(&h).is_none());
-    }
-
-    #[test]
-    fn other_answers_are_not_read() {
-        assert!(UsageReader::for_content_type(Some(b"audio/mpeg")).is_none());
-        assert!(UsageReader::for_content_type(None).is_none());
-    }
-}
+mod tests;

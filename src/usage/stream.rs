@@ -2,6 +2,8 @@
 //! proxy asked for it ([`UsageEventFilter`]; the asking is [`crate::request::rewrite`]'s). The
 //! tokens themselves are read by [`super::UsageReader`].
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde::Deserialize;
@@ -21,14 +23,19 @@ pub struct UsageEventFilter {
     dropped: bool,
 }
 
-/// What marks a candidate line: only the usage chunk has no choices.
-const NO_CHOICES: [&[u8]; 2] = [b"\"choices\":[]", b"\"choices\": []"];
+/// What marks a candidate line: only the usage chunk has no choices. Searchers built once.
+static NO_CHOICES: LazyLock<[memmem::Finder<'static>; 2]> = LazyLock::new(|| {
+    [
+        memmem::Finder::new(b"\"choices\":[]"),
+        memmem::Finder::new(b"\"choices\": []"),
+    ]
+});
 
 impl UsageEventFilter {
     /// The part of `chunk` the client gets.
     pub fn filter(&mut self, chunk: Bytes) -> Bytes {
         let whole_lines = self.partial.is_empty() && chunk.last() == Some(&b'\n');
-        let candidate = NO_CHOICES.iter().any(|m| memmem::find(&chunk, m).is_some());
+        let candidate = NO_CHOICES.iter().any(|m| m.find(&chunk).is_some());
         if whole_lines && !candidate && !self.dropped {
             return chunk;
         }
@@ -74,7 +81,7 @@ fn is_usage_event(line: &[u8]) -> bool {
     let Some(data) = line.strip_prefix(b"data:") else {
         return false;
     };
-    if !NO_CHOICES.iter().any(|m| memmem::find(data, m).is_some()) {
+    if !NO_CHOICES.iter().any(|m| m.find(data).is_some()) {
         return false;
     }
     #[derive(Deserialize)]
