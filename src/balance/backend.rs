@@ -1,5 +1,6 @@
 //! [`Backend`]: one Azure OpenAI instance — where it is (its peer, re-resolved by [`super::dns`]),
-//! how it is authenticated, the deployments it serves under which names, and its health.
+//! how it is authenticated, the deployments it serves under which names, and its standing
+//! (cooldowns, ejection, probes).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -95,7 +96,7 @@ pub struct Backend {
 impl Backend {
     /// `uses_tokens`: whether the proxy has an Entra ID credential (`auth.kind` is not `none`).
     /// `previous`: the backend of the same name in the configuration this one replaces (on a
-    /// reload). When it is at the same URL it is the same instance: its health (cooldowns,
+    /// reload). When it is at the same URL it is the same instance: its standing (cooldowns,
     /// ejection, probes), its counters and its resolved address carry over.
     pub(super) fn new(
         config: &BackendConfig,

@@ -109,7 +109,7 @@ mod tests {
         p.get(1)
             .standing
             .cool(Some("gpt-4o"), Duration::from_secs(60), "test");
-        let text = encode(&p.families());
+        let text = encode(p.families());
         for line in [
             "aoai_proxy_tokens_total{backend=\"127.0.0.1:1000\",deployment=\"gpt-4o\",client=\"team \\\"a\\\"\\nb\",kind=\"prompt\"} 3",
             "aoai_proxy_upstream_first_byte_seconds_bucket{backend=\"127.0.0.1:1001\",le=\"0.01\"} 1",

@@ -47,12 +47,15 @@ fn backend(key: &str, b: RawBackend, p: &mut Problems) -> BackendConfig {
     }
 }
 
-/// Azure OpenAI deployment names: letters, digits, `-`, `_` and `.`.
-fn valid_deployment(name: &str) -> bool {
-    !name.is_empty()
+/// Whether `name` can be an Azure OpenAI deployment's: letters, digits, `-`, `_` and `.`,
+/// beginning with a letter or digit, at most 64 characters. (The metrics' sentinels, `-` and
+/// `(other)`, cannot be one.)
+pub fn is_deployment_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn deployments(
@@ -69,10 +72,13 @@ fn deployments(
     map.into_iter()
         .map(|(from, EnvString(to))| {
             for name in [&from, &to] {
-                if !valid_deployment(name) {
+                if !is_deployment_name(name) {
                     p.add(
                         format!("{key}.{from}"),
-                        format!("{name:?} is not a deployment name (letters, digits, - _ .)"),
+                        format!(
+                            "{name:?} is not a deployment name (letters, digits, - _ ., \
+                             beginning with a letter or digit, at most 64)"
+                        ),
                     );
                 }
             }

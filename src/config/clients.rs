@@ -10,6 +10,10 @@ use super::validate::{duplicates, duration, DAY};
 use super::KeyDigest;
 use super::{ClientKey, ClientLimits, EntraClients};
 
+/// The client name that stands for "no client" in the metrics' `client` label and the access
+/// log: no client may be named so.
+pub const NO_CLIENT: &str = "-";
+
 /// Entra ID clients need both halves: the tenant to check tokens against, and who is who.
 pub(super) fn client_auth_is_whole(
     clients: Option<&[RawClient]>,
@@ -116,8 +120,7 @@ fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
         }
         list.into_iter().map(|d| d.0).collect()
     });
-    // `-` is the metrics' and the access log's word for "no client" (`metrics::NO_CLIENT`).
-    if c.name.0 == "-" || c.name.0.is_empty() {
+    if c.name.0 == NO_CLIENT || c.name.0.is_empty() {
         p.add(
             format!("{key}.name"),
             "give the client a name (`-` stands for requests without a client in metrics)",

@@ -22,6 +22,8 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use backends::is_deployment_name;
+pub use clients::NO_CLIENT;
 pub use load::{ConfigError, Problem};
 pub use secret::{KeyDigest, Secret};
 pub use settings::{CooldownPolicy, EjectionPolicy, ServerSettings, Sizes, Timeouts};

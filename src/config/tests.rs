@@ -91,6 +91,15 @@ fn bad_values_are_refused() {
             "  - {url: \"https://b\", name: a.openai.azure.com}\n",
             "backends",
         ),
+        // Not a deployment name: the metrics' sentinels, and a name past Azure's 64.
+        (
+            "  - {url: \"https://b\", deployments: {\"-\": gpt-4o}}\n",
+            "backends[1].deployments.-",
+        ),
+        (
+            "  - {url: \"https://b\", deployments: {gpt-4o: \"(other)\"}}\n",
+            "backends[1].deployments.gpt-4o",
+        ),
     ] {
         let p = problems(&format!("{MINIMAL}{yaml}"));
         assert_eq!(p[0].path, path, "{yaml}: {p:?}");
@@ -322,6 +331,8 @@ fn client_limits_are_validated_with_their_keys() {
             "clients[0].deployments",
         ),
         ("{name: a, entra_ids: []}", "clients[0].entra_ids"),
+        // `-` is the metrics' and the access log's "no client".
+        ("{name: \"-\", key: k}", "clients[0].name"),
     ] {
         let p = problems(&format!("{MINIMAL}{entra}clients:\n  - {client}\n"));
         assert!(p.iter().any(|p| p.path == path), "{client}: {p:?}");

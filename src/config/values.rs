@@ -117,11 +117,7 @@ impl BackendUrl {
 
 impl fmt::Display for BackendUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        write!(f, "{scheme}://{}", self.authority())
+        write!(f, "{}://{}", self.scheme.as_str(), self.authority())
     }
 }
 

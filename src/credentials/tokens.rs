@@ -28,11 +28,6 @@ impl Tokens {
         }
     }
 
-    /// The cache, when the proxy holds tokens at all.
-    pub fn cache(&self) -> Option<&Arc<TokenCache>> {
-        self.cache.as_ref()
-    }
-
     /// The token held now.
     pub fn current(&self) -> Option<TokenRef> {
         self.cache.as_ref()?.token()

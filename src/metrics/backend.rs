@@ -10,6 +10,7 @@ use ahash::RandomState;
 use prometheus::Histogram;
 
 use super::{histogram, TokenKind, TryLabel, SECONDS_BUCKETS};
+use crate::config::NO_CLIENT;
 use crate::outcome::Outcome;
 use crate::usage::Usage;
 
@@ -25,34 +26,23 @@ type TokenTable = HashMap<Box<str>, HashMap<Box<str>, TokenCounts, RandomState>,
 /// The most (deployment, client) series kept per backend. A deployment is named by the client
 /// (in the path or the body's `model`), so spellings that a backend still answers could grow the
 /// table without end: past the cap, new ones are counted under [`OTHER_DEPLOYMENTS`].
-pub const MAX_TOKEN_SERIES: usize = 1000;
+const MAX_TOKEN_SERIES: usize = 1000;
 
-/// The `client` label of requests without a client (no `clients` configured). No client is
-/// named so: the configuration refuses the name.
-pub const NO_CLIENT: &str = "-";
-
-/// The `deployment` label of requests that name no deployment. No deployment is named so: a
-/// deployment name begins with a letter or digit.
+/// The `deployment` label of requests that name no deployment: not a deployment name (see
+/// [`crate::config::is_deployment_name`]).
 const NO_DEPLOYMENT: &str = "-";
 
 /// The `deployment` label of names past [`MAX_TOKEN_SERIES`], and of names that cannot be a
 /// deployment's (so that neither sentinel can be a real name).
 const OTHER_DEPLOYMENTS: &str = "(other)";
 
-/// The `deployment` label of `deployment`: its name when it can be one (letters, digits, `-`,
-/// `_` and `.`, beginning with a letter or digit, at most 64), else a sentinel no name can be.
-pub fn deployment_label(deployment: Option<&str>) -> &str {
-    let Some(name) = deployment else {
-        return NO_DEPLOYMENT;
-    };
-    let plausible = name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    match plausible {
-        true => name,
-        false => OTHER_DEPLOYMENTS,
+/// The `deployment` label of `deployment`: its name when it can be one
+/// ([`crate::config::is_deployment_name`]), else a sentinel no name can be.
+fn deployment_label(deployment: Option<&str>) -> &str {
+    match deployment {
+        None => NO_DEPLOYMENT,
+        Some(name) if crate::config::is_deployment_name(name) => name,
+        Some(_) => OTHER_DEPLOYMENTS,
     }
 }
 

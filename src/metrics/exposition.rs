@@ -93,14 +93,10 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 
 /// The text exposition of `families`; a family with no series yet is left out (it would
 /// have nothing to say).
-pub fn encode(families: &[MetricFamily]) -> String {
-    let some: Vec<MetricFamily> = families
-        .iter()
-        .filter(|f| !f.get_metric().is_empty())
-        .cloned()
-        .collect();
+pub fn encode(mut families: Vec<MetricFamily>) -> String {
+    families.retain(|f| !f.get_metric().is_empty());
     TextEncoder::new()
-        .encode_to_string(&some)
+        .encode_to_string(&families)
         .unwrap_or_else(|e| format!("# the metrics could not be encoded: {e}\n"))
 }
 

@@ -1,5 +1,6 @@
-//! The label values of the metrics, each an enum: adding one makes the compiler list every
-//! place to update.
+//! The label values of the metrics: try outcomes, token kinds and retry causes as enums (adding
+//! one makes the compiler list every place to update), and the classes of the client's answers
+//! with the function that picks one.
 
 use crate::outcome::{Failure, Outcome};
 

@@ -14,7 +14,7 @@ mod backend;
 mod exposition;
 mod labels;
 
-pub use backend::{deployment_label, BackendStats, TokenCounts, MAX_TOKEN_SERIES, NO_CLIENT};
+pub use backend::{BackendStats, TokenCounts};
 pub use exposition::{encode, Family};
 use labels::{response_class, RESPONSE_CLASSES};
 pub use labels::{RetryCause, TokenKind, TryLabel};
@@ -187,7 +187,7 @@ mod tests {
         let stats = BackendStats::default();
         let throttled = Outcome::Status(http::StatusCode::TOO_MANY_REQUESTS);
         m.record_try(&stats, throttled, Retried::Yes);
-        let text = encode(&m.families());
+        let text = encode(m.families());
         for line in [
             "aoai_proxy_request_duration_seconds_bucket{le=\"0.025\"} 0",
             "aoai_proxy_request_duration_seconds_bucket{le=\"0.05\"} 1",
@@ -212,7 +212,7 @@ mod tests {
             "no shared store, no gauge"
         );
         m.set_state_store_up(true);
-        assert!(encode(&m.families()).contains("aoai_proxy_state_store_up 1"));
+        assert!(encode(m.families()).contains("aoai_proxy_state_store_up 1"));
     }
 
     #[tokio::test]

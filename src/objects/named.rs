@@ -5,8 +5,6 @@
 use http::Method;
 use smallvec::SmallVec;
 
-use super::collection;
-
 /// Body keys whose string value (or array of strings) names an object.
 pub const BODY_KEYS: [&str; 9] = [
     "previous_response_id",
@@ -52,14 +50,10 @@ impl Named {
     }
 }
 
-/// The collection a request lists (`GET /openai/files`), when it lists one that every backend
-/// has a part of. Responses and threads have no list; a thread's messages and runs, and a
-/// vector store's files, live with it and are not merged.
-pub fn list_of(method: &Method, path: &str) -> Option<&'static str> {
-    list_in(method, collection(path))
-}
-
-/// [`list_of`], from what [`collection`] found in the path.
+/// The collection a request lists (`GET /openai/files`), from what [`super::collection`] found
+/// in its path, when it lists one that every backend has a part of. Responses and threads have
+/// no list; a thread's messages and runs, and a vector store's files, live with it and are not
+/// merged.
 pub fn list_in(method: &Method, found: Option<(&'static str, &str)>) -> Option<&'static str> {
     if method != Method::GET {
         return None;
@@ -70,12 +64,8 @@ pub fn list_in(method: &Method, found: Option<(&'static str, &str)>) -> Option<&
     }
 }
 
-/// The object id in `path`: the segment after a stateful collection's.
-pub fn in_path(path: &str) -> Option<&str> {
-    object_in(collection(path))
-}
-
-/// [`in_path`], from what [`collection`] found in the path.
+/// The object id a path names (the segment after a stateful collection's), from what
+/// [`super::collection`] found in it.
 pub fn object_in<'p>(found: Option<(&'static str, &'p str)>) -> Option<&'p str> {
     let (collection, rest) = found?;
     let id = rest.strip_prefix('/')?.split('/').next()?;
@@ -92,13 +82,9 @@ fn is_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Whether a `DELETE` of `path` deletes the object it names (`DELETE /openai/files/{id}`),
-/// not something that lives with it (`/threads/{id}/messages/{msg}`).
-pub fn deletes_named(path: &str) -> bool {
-    deletes_in(collection(path))
-}
-
-/// [`deletes_named`] (of a `DELETE`), from what [`collection`] found in the path.
+/// Whether a `DELETE` deletes the object its path names (`DELETE /openai/files/{id}`), not
+/// something that lives with it (`/threads/{id}/messages/{msg}`), from what
+/// [`super::collection`] found in the path.
 pub fn deletes_in(found: Option<(&'static str, &str)>) -> bool {
     found.is_some_and(|(_, rest)| {
         let rest = rest.strip_prefix('/').unwrap_or_default();
@@ -115,7 +101,20 @@ pub fn push_id(ids: &mut SmallVec<[String; 2]>, id: &str) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::collection;
     use super::*;
+
+    fn list_of(method: &Method, path: &str) -> Option<&'static str> {
+        list_in(method, collection(path))
+    }
+
+    fn in_path(path: &str) -> Option<&str> {
+        object_in(collection(path))
+    }
+
+    fn deletes_named(path: &str) -> bool {
+        deletes_in(collection(path))
+    }
 
     #[test]
     fn objects_in_the_path_are_named() {

@@ -65,7 +65,8 @@ pub struct RequestCtx {
     /// The gateway the request is served by, from its arrival to its end.
     gateway: Arc<Gateway>,
     started: Instant,
-    /// Tries made so far.
+    /// Tries made so far: one more than `tried` holds when the client left during a try,
+    /// which then has no outcome.
     tries: u32,
     /// The deployment the request names (in its path, its query or its body's `model`).
     deployment: Option<String>,

@@ -151,10 +151,7 @@ impl Relay {
             session: mut up,
             peer,
         } = answer;
-        headers::strip_response(&mut head);
-        if let Some(left) = &delivery.limits {
-            headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
-        }
+        for_client(&mut head, delivery.limits.as_ref())?;
         let mut readers = Readers::for_answer(&head, delivery);
         session
             .write_response_header(head, false)
@@ -229,15 +226,22 @@ impl Relay {
         limits: Option<&Admitted>,
     ) -> Result<()> {
         let WholeAnswer { mut head, body } = whole;
-        headers::strip_response(&mut head);
-        if let Some(left) = limits {
-            headers::set_remaining(&mut head, left.remaining_requests, left.remaining_tokens)?;
-        }
+        for_client(&mut head, limits)?;
         let write = async {
             session.write_response_header(head, false).await?;
             session.write_response_body(Some(body), true).await
         };
         write.await.map_err(|e| e.into_down())
+    }
+}
+
+/// A backend's response header made the client's: its hop-by-hop headers taken off, and what
+/// the client has `left` under its limits put on.
+fn for_client(head: &mut ResponseHeader, left: Option<&Admitted>) -> Result<()> {
+    headers::strip_response(head);
+    match left {
+        Some(l) => headers::set_remaining(head, l.remaining_requests, l.remaining_tokens),
+        None => Ok(()),
     }
 }
 

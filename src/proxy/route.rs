@@ -112,16 +112,8 @@ impl Gateway {
         request: &Request,
         collection: &'static str,
     ) -> Result<()> {
-        let mut token = self.tokens.current();
-        let order = self
-            .tokens
-            .choose(&mut token, no_token, |t| {
-                self.pool
-                    .search_order(None, t.as_ref(), None, Instant::now())
-            })
-            .await;
-        let order = match order {
-            Ok(order) => order,
+        let (order, token) = match self.in_turn(None, None).await {
+            Ok(chosen) => chosen,
             Err(why) => return self.unavailable(session, ctx, why, None).await,
         };
         let q = session.req_header().uri.query();

@@ -44,7 +44,6 @@ pub struct AmbiguousDeployment;
 pub struct Request {
     deployment: Option<String>,
     named: Where,
-    realtime: bool,
     /// The collection it lists (`GET /openai/files`).
     list: Option<&'static str>,
     /// The object its path names, if any.
@@ -78,7 +77,6 @@ impl Request {
         let mut r = Request {
             deployment: None,
             named: Where::Nowhere,
-            realtime: false,
             list: objects::named::list_in(&head.method, found),
             path_object: objects::named::object_in(found).map(str::to_string),
             post: head.method == Method::POST,
@@ -89,7 +87,6 @@ impl Request {
             facts: OnceLock::new(),
         };
         (r.deployment, r.named) = r.find_deployment(path, query)?;
-        r.realtime = matches!(r.named, Where::Query(_));
         if ask_for_usage && rewrite::may_ask_for_usage(path, query, &r.original) {
             let edit = r
                 .facts()
@@ -181,7 +178,7 @@ impl Request {
 
     /// Whether it is a Realtime upgrade.
     pub fn is_realtime(&self) -> bool {
-        self.realtime
+        matches!(self.named, Where::Query(_))
     }
 
     /// The collection it lists, when it lists one every backend has a part of.

@@ -5,6 +5,7 @@
 //! for byte as the client sent it.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
@@ -72,12 +73,16 @@ pub fn rename_model(facts: &BodyFacts, to: &str) -> Option<Splice> {
 /// `stream_options` (2024-09-01-preview on).
 pub fn knows_stream_options(query: Option<&str>) -> bool {
     const FIRST: &str = "2024-09-01";
-    query::param(query, "api-version")
-        .and_then(|v| v.get(..FIRST.len()).map(str::to_string))
-        .is_some_and(|date| {
-            date.bytes().all(|b| b.is_ascii_digit() || b == b'-') && date.as_str() >= FIRST
+    query::param(query, "api-version").is_some_and(|v| {
+        v.get(..FIRST.len()).is_some_and(|date| {
+            date.bytes().all(|b| b.is_ascii_digit() || b == b'-') && date >= FIRST
         })
+    })
 }
+
+/// The searcher for a body's `"stream"` key, built once (`memmem::find` builds one a call).
+static STREAM_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"stream\""));
 
 /// Whether a request on `path` with `query` and `body` is one that `usage.include_in_streams`
 /// may ask for usage: a streamed chat completion or completion, on `/openai/v1/` or with an
@@ -85,7 +90,7 @@ pub fn knows_stream_options(query: Option<&str>) -> bool {
 pub fn may_ask_for_usage(path: &str, query: Option<&str>, body: &[u8]) -> bool {
     path.ends_with("/completions")
         && !path.contains("/extensions/")
-        && memmem::find(body, b"\"stream\"").is_some()
+        && STREAM_KEY.find(body).is_some()
         && (path.starts_with("/openai/v1/") || knows_stream_options(query))
 }
 

@@ -187,3 +187,21 @@ fn the_quick_look_for_named_objects_sees_every_key() {
     }
     assert!(!may_name_objects(br#"{"max_tokens":5,"messages":[]}"#));
 }
+
+#[test]
+fn a_body_that_is_not_json_goes_on_untouched_even_where_the_proxy_rewrites() {
+    // Where the deployment is the body's `model` and streams are asked for their usage: a form
+    // (or a JSON text with something after it) has no facts, and nothing is spliced into it.
+    let h = head("POST", "/openai/v1/chat/completions");
+    for body in [
+        &b"--b\r\ncontent-disposition: form-data\r\n\r\n{\"model\":\"o3\",\"stream\":true}\r\n--b--"[..],
+        br#"{"model":"o3","stream":true} trailing"#,
+    ] {
+        let r = Request::read(&h, Bytes::copy_from_slice(body), true).unwrap();
+        assert!(r.facts().is_none(), "{body:?}");
+        assert_eq!(&r.body()[..], body, "sent as the client sent it");
+        assert!(!r.hides_usage_event());
+        let renamed = r.for_backend("o3-eu", h.raw_path());
+        assert!(renamed.body.is_none() && renamed.path.is_none());
+    }
+}

@@ -41,13 +41,13 @@ impl Admin {
         let mut families = self.metrics.families();
         families.extend(token_families(self.ready(), self.tokens.as_deref()));
         families.extend(gateway.pool().families());
-        metrics::encode(&families)
+        metrics::encode(families)
     }
 
     fn status(&self) -> String {
         let gateway = self.current.load();
-        let listen = self.listen.clone();
-        let status = Status::of(&gateway, self.tokens.as_deref(), &self.metrics, listen);
+        let tokens = (self.ready(), self.tokens.as_deref());
+        let status = Status::of(&gateway, tokens, &self.metrics, &self.listen);
         serde_json::to_string(&status).unwrap_or_default()
     }
 }

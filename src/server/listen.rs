@@ -16,6 +16,8 @@ use crate::config::Config;
 pub struct Address {
     /// `host:port`, the port the one picked when the file gave 0.
     pub addr: String,
+    /// What it resolved to, when it was settled.
+    pub resolved: SocketAddr,
     /// The port was picked: every socket on it shares it (`SO_REUSEPORT`).
     pub picked: bool,
 }
@@ -44,9 +46,9 @@ pub fn settle(config: &Config) -> Result<Addresses, String> {
             // A socket without SO_REUSEPORT cannot bind where any other socket listens, ours
             // from an earlier start included.
             TcpListener::bind(socket_addr).map_err(failed)?;
-            let addr = addr.to_string();
             return Ok(Address {
-                addr,
+                addr: addr.to_string(),
+                resolved: socket_addr,
                 picked: false,
             });
         }
@@ -55,6 +57,7 @@ pub fn settle(config: &Config) -> Result<Addresses, String> {
         held.push(socket);
         Ok(Address {
             addr: picked.to_string(),
+            resolved: picked,
             picked: true,
         })
     };

@@ -13,7 +13,7 @@ mod shutdown;
 mod status;
 mod workers;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -212,10 +212,9 @@ impl Process {
         let Some(a) = &self.addresses else {
             return (None, None);
         };
-        let parse = |addr: &listen::Address| addr.addr.to_socket_addrs().ok()?.next();
         (
-            a.listen.first().and_then(parse),
-            a.admin.as_ref().and_then(parse),
+            a.listen.first().map(|l| l.resolved),
+            a.admin.as_ref().map(|l| l.resolved),
         )
     }
 

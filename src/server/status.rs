@@ -14,11 +14,11 @@ use crate::proxy::Gateway;
 
 /// `/status`.
 #[derive(Serialize)]
-pub struct Status {
+pub struct Status<'a> {
     pub ready: bool,
     pub in_flight: usize,
     /// The addresses plain HTTP is served on (a port 0 in the file is the one picked).
-    pub listen: Vec<String>,
+    pub listen: &'a [String],
     pub backends: Vec<BackendStatus>,
     /// `None` when no backend takes the proxy's token.
     pub token: Option<TokenStatus>,
@@ -36,8 +36,8 @@ pub struct BackendStatus {
     ejected_seconds_left: Option<f64>,
     probe: Option<Probe>,
     cooling: Vec<Cooling>,
-    tries: Counts<TryLabel>,
-    tokens: Counts<TokenKind>,
+    tries: Counts,
+    tokens: Counts,
 }
 
 /// Whether a backend takes requests (a cooling backend is `up`, with `cooling` entries).
@@ -64,31 +64,15 @@ struct Cooling {
 }
 
 /// Counts by label, as a JSON object in the labels' order.
-struct Counts<L>(Vec<(L, u64)>);
+struct Counts(Vec<(&'static str, u64)>);
 
-impl<L: Label> Serialize for Counts<L> {
+impl Serialize for Counts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.0.len()))?;
         for (label, n) in &self.0 {
-            map.serialize_entry(label.name(), n)?;
+            map.serialize_entry(label, n)?;
         }
         map.end()
-    }
-}
-
-trait Label {
-    fn name(&self) -> &'static str;
-}
-
-impl Label for TryLabel {
-    fn name(&self) -> &'static str {
-        self.as_str()
-    }
-}
-
-impl Label for TokenKind {
-    fn name(&self) -> &'static str {
-        self.as_str()
     }
 }
 
@@ -112,19 +96,19 @@ struct Reloads {
     error: u64,
 }
 
-impl Status {
-    /// The status of `gateway` now.
+impl<'a> Status<'a> {
+    /// The status of `gateway` now, `ready` or not, listening on `listen`.
     pub fn of(
         gateway: &Gateway,
-        tokens: Option<&TokenCache>,
+        (ready, tokens): (bool, Option<&TokenCache>),
         metrics: &Metrics,
-        listen: Vec<String>,
-    ) -> Status {
+        listen: &'a [String],
+    ) -> Status<'a> {
         let now = Instant::now();
         let (ok, error) = metrics.reloads();
         let loaded = gateway.loaded_at();
         Status {
-            ready: tokens.is_none_or(TokenCache::is_ready),
+            ready,
             in_flight: metrics.in_flight(),
             listen,
             backends: gateway
@@ -163,11 +147,7 @@ impl BackendStatus {
         };
         BackendStatus {
             name: b.name.clone(),
-            url: format!(
-                "{}://{}",
-                b.config.url.scheme.as_str(),
-                b.config.url.authority()
-            ),
+            url: b.config.url.to_string(),
             priority: b.config.priority,
             weight: b.config.weight,
             state,
@@ -183,10 +163,13 @@ impl BackendStatus {
                     seconds_left: round(left.as_secs_f64()),
                 })
                 .collect(),
-            tries: Counts(TryLabel::ALL.into_iter().zip(b.stats.tries()).collect()),
+            tries: Counts(
+                (TryLabel::ALL.into_iter().map(TryLabel::as_str))
+                    .zip(b.stats.tries())
+                    .collect(),
+            ),
             tokens: Counts(
-                TokenKind::ALL
-                    .into_iter()
+                (TokenKind::ALL.into_iter().map(TokenKind::as_str))
                     .zip(b.stats.token_totals())
                     .collect(),
             ),

@@ -258,6 +258,11 @@ mod tests {
         let eject: Message =
             serde_json::from_str(r#"{"r":"a","b":"east","k":"eject","d":null,"u":7}"#).unwrap();
         assert_eq!(eject.kind, Kind::Eject);
+        // An ejection is written without `d`, which every version reads as none.
+        assert_eq!(
+            serde_json::to_string(&eject).unwrap(),
+            r#"{"r":"a","b":"east","k":"eject","u":7}"#
+        );
         assert!(serde_json::from_str::<Message>(r#"{"r":"a","b":"e","k":"melt","u":7}"#).is_err());
         // The hash's fields.
         assert_eq!(m.field(), r#"["east","cool","gpt-4o"]"#);

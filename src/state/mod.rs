@@ -1,5 +1,5 @@
 //! Shared state across replicas (`state.redis`): backend cooldowns and ejections
-//! ([`health`]), client limit windows ([`limits`]) and where stateful objects live
+//! ([`cooldowns`]), client limit windows ([`limits`]) and where stateful objects live
 //! ([`objects`]), in one Redis that every replica uses.
 //!
 //! Redis is never on a request's critical path:

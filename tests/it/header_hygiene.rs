@@ -142,6 +142,27 @@ async fn a_client_key_in_the_query_never_reaches_a_backend_in_any_spelling_on_an
             sent += 1;
         }
     }
+    // An absolute-form target (`POST http://host/path?query`) loses its key as well.
+    {
+        use std::io::{Read, Write};
+        let body = br#"{"messages":[]}"#;
+        let target = "http://elsewhere.example/openai/deployments/gpt-4o/chat/completions\
+                      ?api-version=2024-10-21&API-KEY=CLIENTKEY";
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: elsewhere.example\r\napi-key: CLIENTKEY\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        sent += 1;
+    }
     let recorded = b.recorded();
     assert!(
         recorded.len() >= sent,

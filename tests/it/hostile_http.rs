@@ -226,3 +226,79 @@ async fn two_hundred_slowloris_connections_are_cut_off_and_do_not_delay_a_normal
     );
     still_serving(&proxy).await;
 }
+
+/// Reads one response with a `content-length` from `s`: its status line and headers, and body.
+fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = s.read(&mut buf).expect("the response header");
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    while got.len() < head_end + length {
+        let n = s.read(&mut buf).expect("the response body");
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    (head, got[head_end..].to_vec())
+}
+
+/// `timeouts.client_header` times the header only: a keep-alive connection idle for longer
+/// between two requests, and a body that takes longer to arrive, are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_deadline_ends_with_the_header() {
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = format!(
+        "timeouts: {{client_header: 500ms, client_body: 10s}}\n{}",
+        mi_yaml(&[&b])
+    );
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let body = br#"{"messages":[{"role":"user","content":"Hello"}]}"#;
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    // Two requests on one connection, with three deadlines' worth of quiet between them (the
+    // time passing is what is tested).
+    for _ in 0..2 {
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let (status, _) = read_response(&mut s);
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    // A body trickled over about 1.5 s, once its header is whole.
+    let started = Instant::now();
+    s.write_all(head.as_bytes()).unwrap();
+    for piece in body.chunks(body.len().div_ceil(6)) {
+        std::thread::sleep(Duration::from_millis(250));
+        s.write_all(piece).unwrap();
+    }
+    let (status, _) = read_response(&mut s);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(started.elapsed() > Duration::from_millis(1000));
+    assert_eq!(b.requests(), 3);
+}

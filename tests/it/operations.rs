@@ -197,6 +197,53 @@ async fn the_status_json_shows_who_is_cooling_and_who_is_ejected() {
     assert_eq!(v["ready"], true);
     assert_eq!(v["config"]["reloads"]["ok"], 0);
     assert!(v["config"]["loaded_at"].as_str().unwrap().ends_with('Z'));
+    // Every name the README and the page read is there (more may be added).
+    let has = |object: &Value, keys: &[&str]| {
+        for key in keys {
+            assert!(object.get(key).is_some(), "no {key:?} in {object}");
+        }
+    };
+    has(
+        &v,
+        &[
+            "ready",
+            "in_flight",
+            "listen",
+            "backends",
+            "token",
+            "config",
+        ],
+    );
+    has(
+        &b0,
+        &[
+            "name",
+            "url",
+            "priority",
+            "weight",
+            "state",
+            "ejected_seconds_left",
+            "probe",
+            "cooling",
+            "tries",
+            "tokens",
+        ],
+    );
+    has(&v["token"], &["seconds_left", "fetches", "failed_fetches"]);
+    has(
+        &v["config"],
+        &["loaded_at", "loaded_seconds_ago", "reloads"],
+    );
+    has(&v["config"]["reloads"], &["ok", "error"]);
+    assert_eq!(v["token"]["fetches"], 1);
+    assert_eq!(
+        v["listen"],
+        serde_json::json!([format!("127.0.0.1:{}", proxy.port)])
+    );
+    assert!(
+        b0["url"].as_str().unwrap().starts_with("http://127.0.0.1:"),
+        "{b0}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,7 +129,7 @@ async fn an_object_made_elsewhere_is_found_without_spending_tries() {
     let proxy = Proxy::start(&three(&b, "retry: {max_tries: 1}\n"), None);
     let file = upload(&b[2].url()).await;
     let (status, got) = send("GET", proxy.url(&format!("/openai/files/{file}{V}")), None).await;
-    assert_eq!(status, 200, "{got}");
+    assert_eq!(status, 200, "{got} {}", proxy.log());
     assert_eq!(got["id"], file.as_str());
     assert_eq!(counts(&[&b[0], &b[1], &b[2]]), [1, 1, 2], "each asked once");
     // Now it is known: straight to b2.
@@ -378,4 +378,70 @@ async fn lists_merge_every_backends_objects_newest_first() {
     }
     let after = counts(&[&b[0], &b[1], &b[2]]);
     assert_eq!((0..3).map(|i| after[i] - before[i]).sum::<u64>(), 6);
+}
+
+/// A backend that refuses the proxy's token (401) while a search or a list asks it gets one
+/// fresh token and is asked again, as a forwarded request's would be; every try of a list is
+/// timed to its first byte like any other. (A proxy each: a second forced refresh within
+/// seconds of the first waits, by design.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_and_lists_bring_a_fresh_token_after_a_401() {
+    use aoai_sim::Fault;
+    let refused = || Fault::Status {
+        status: 401,
+        headers: vec![],
+    };
+    // The token each backend was sent with a GET of `path`, in order.
+    let tokens = |backend: &Backend, path: &str| -> Vec<String> {
+        let recorded = backend.recorded();
+        let on_path = recorded
+            .iter()
+            .filter(|r| r.method == "GET" && r.uri.split('?').next() == Some(path));
+        on_path
+            .map(|r| r.headers["authorization"].to_str().unwrap().to_string())
+            .collect()
+    };
+
+    // The search: whichever backend is asked first, the holder refuses once, then answers.
+    let id = identity().await;
+    let b = backends(2).await;
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    let file = upload(&b[1].url()).await;
+    b[1].push_fault(refused());
+    let (status, got) = send("GET", proxy.url(&format!("/openai/files/{file}{V}")), None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["id"], file.as_str());
+    assert_eq!(id.fetches(), 2);
+    assert_eq!(
+        tokens(&b[1], &format!("/openai/files/{file}")),
+        ["Bearer sim-token-1", "Bearer sim-token-2"]
+    );
+
+    // The list: b0 refuses once; it is asked again with a fresh token, and the list is whole.
+    let id = identity().await;
+    let b = backends(2).await;
+    let proxy = Proxy::start(&mi_yaml(&[&b[0], &b[1]]), Some(&id));
+    let file = upload(&b[1].url()).await;
+    b[0].push_fault(refused());
+    let (status, list) = send("GET", proxy.url(&format!("/openai/files{V}")), None).await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [file.as_str()]);
+    assert_eq!(id.fetches(), 2);
+    assert_eq!(
+        tokens(&b[0], "/openai/files"),
+        ["Bearer sim-token-1", "Bearer sim-token-2"]
+    );
+    let (_, metrics) = proxy.admin_get("/metrics");
+    let timed = |b: &str| {
+        let name = format!("aoai_proxy_upstream_first_byte_seconds_count{{backend=\"{b}\"}}");
+        metric(&metrics, &name)
+    };
+    // Each of the list's three tries (b0 twice, b1 once) was timed.
+    assert_eq!((timed("b0"), timed("b1")), (2.0, 1.0), "{metrics}");
 }
