@@ -68,6 +68,12 @@ async fn send(method: &str, url: String, body: Option<Value>) -> (u16, Value) {
     )
 }
 
+/// The ids of a list's `data`, in order.
+fn listed(list: &Value) -> Vec<&str> {
+    let data = list["data"].as_array().expect("a list");
+    data.iter().map(|f| f["id"].as_str().unwrap()).collect()
+}
+
 /// Which of `b` holds `id` (exactly one must).
 fn holder(b: &[Backend], id: &str) -> usize {
     let holders: Vec<usize> = (0..b.len()).filter(|&i| b[i].holds(id)).collect();
@@ -344,12 +350,7 @@ async fn lists_merge_every_backends_objects_newest_first() {
     }
     let (status, list) = send("GET", proxy.url(&format!("/openai/files{V}")), None).await;
     assert_eq!(status, 200, "{list}");
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap())
-        .collect();
+    let ids = listed(&list);
     let mut expected = made.clone();
     expected.sort();
     let mut got: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
@@ -425,12 +426,7 @@ async fn searches_and_lists_bring_a_fresh_token_after_a_401() {
     b[0].push_fault(refused());
     let (status, list) = send("GET", proxy.url(&format!("/openai/files{V}")), None).await;
     assert_eq!(status, 200, "{list}");
-    let ids: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["id"].as_str().unwrap())
-        .collect();
+    let ids = listed(&list);
     assert_eq!(ids, [file.as_str()]);
     assert_eq!(id.fetches(), 2);
     assert_eq!(
