@@ -148,7 +148,28 @@ impl Proxy {
         proxy.wait_for_ports(tls);
         let path = if s.wait_ready { "/readyz" } else { "/healthz" };
         proxy.wait_for(path);
+        // The admin listener can answer before the workers' sockets listen on the picked
+        // port (held, bound, not listening until then): a connection now would be refused.
+        for port in std::iter::once(proxy.port).chain(proxy.tls_port) {
+            proxy.wait_for_accept(port);
+        }
         proxy
+    }
+
+    /// Polls (at most 30 s) until a connection to `port` is accepted.
+    fn wait_for_accept(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("aoai-proxy exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aoai-proxy did not accept on port {port} within 30 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Polls the log (at most 30 s) for the ports the proxy picked: `listening on ADDR (KEY)`.
