@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pure code on the request path: backend selection (the real
-//! `Pool::select`, with cooling and ejected backends), the token read and header rewrite, the
+//! `Pool::select_costing`, with cooling and ejected backends), the token read and header rewrite, the
 //! retry decision, Retry-After parsing, and reading a request (its typed view).
 //!
 //! Run: `cargo bench --bench micro`.
@@ -32,7 +32,7 @@ fn selection(c: &mut Criterion) {
     c.bench_function("select: first try, all healthy", |b| {
         b.iter(|| {
             black_box(
-                p.select(gpt, token.clone(), Instant::now())
+                p.select_costing(gpt, 0, token.clone(), Instant::now())
                     .map(|(_, pick)| pick),
             )
         })
@@ -46,7 +46,7 @@ fn selection(c: &mut Criterion) {
     c.bench_function("select: first try, one cooling, one ejected", |b| {
         b.iter(|| {
             black_box(
-                p.select(gpt, token.clone(), Instant::now())
+                p.select_costing(gpt, 0, token.clone(), Instant::now())
                     .map(|(_, pick)| pick),
             )
         })
@@ -54,7 +54,7 @@ fn selection(c: &mut Criterion) {
     c.bench_function("select: three tries", |b| {
         b.iter(|| {
             let (mut s, first) = p
-                .select(gpt, token.clone(), Instant::now())
+                .select_costing(gpt, 0, token.clone(), Instant::now())
                 .expect("a backend");
             black_box(first);
             for _ in 0..2 {

@@ -57,6 +57,16 @@ impl Outcome {
         }
     }
 
+    /// Whether the backend answered 2xx.
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Status(s) if s.is_success())
+    }
+
+    /// Whether the backend throttled it: a 429.
+    pub fn is_throttled(self) -> bool {
+        self == Outcome::Status(StatusCode::TOO_MANY_REQUESTS)
+    }
+
     /// Whether it is a 401 to the proxy's own Entra ID token, sent as `sent`.
     pub fn refuses_token(self, sent: Sent) -> bool {
         self == Outcome::Status(StatusCode::UNAUTHORIZED) && sent == Sent::EntraToken

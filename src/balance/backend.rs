@@ -11,6 +11,7 @@ use http::HeaderValue;
 use pingora::tls::x509::X509;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::capacity::Capacity;
 use super::standing::BackendStanding;
 use crate::config::{BackendConfig, Scheme};
 use crate::metrics::BackendStats;
@@ -85,6 +86,8 @@ pub struct Backend {
     pub auth: BackendAuth,
     /// Cooldowns, ejection and probe results.
     pub standing: Arc<BackendStanding>,
+    /// The quota its answers say it has left (`balance.strategy: headroom`).
+    pub capacity: Arc<Capacity>,
     /// Its tries, tokens and timings.
     pub stats: Arc<BackendStats>,
     pub(crate) config: BackendConfig,
@@ -97,7 +100,8 @@ impl Backend {
     /// `uses_tokens`: whether the proxy has an Entra ID credential (`auth.kind` is not `none`).
     /// `previous`: the backend of the same name in the configuration this one replaces (on a
     /// reload). When it is at the same URL it is the same instance: its standing (cooldowns,
-    /// ejection, probes), its counters and its resolved address carry over.
+    /// ejection, probes), the quota it said it has left, its counters and its resolved address
+    /// carry over.
     pub(super) fn new(
         config: &BackendConfig,
         uses_tokens: bool,
@@ -125,6 +129,7 @@ impl Backend {
                 || Arc::new(BackendStanding::new(&config.name)),
                 |p| p.standing.clone(),
             ),
+            capacity: same.map_or_else(Arc::default, |p| p.capacity.clone()),
             stats: same.map_or_else(Arc::default, |p| p.stats.clone()),
             config: config.clone(),
             template,

@@ -7,9 +7,10 @@ use http::HeaderMap;
 use pingora::tls::x509::X509;
 
 use super::backend::{Backend, BackendError, PeerTemplate};
+use super::capacity::Report;
 use super::rotation::Rotation;
 use super::standing::StandingChange;
-use crate::config::{Config, CooldownPolicy, CredentialKind, EjectionPolicy};
+use crate::config::{Config, CooldownPolicy, CredentialKind, EjectionPolicy, Strategy};
 use crate::outcome::Outcome;
 
 /// The backends and their rotation.
@@ -21,6 +22,8 @@ pub struct Pool {
     pub(super) group_of: Box<[usize]>,
     cooldown: CooldownPolicy,
     ejection: EjectionPolicy,
+    /// `balance.strategy`.
+    pub(super) strategy: Strategy,
 }
 
 impl Pool {
@@ -75,6 +78,7 @@ impl Pool {
             group_of,
             cooldown: config.cooldown.clone(),
             ejection: config.ejection.clone(),
+            strategy: config.strategy,
         })
     }
 
@@ -109,6 +113,32 @@ impl Pool {
             &self.cooldown,
             &self.ejection,
         )
+    }
+}
+
+impl Pool {
+    /// `balance.strategy`.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// With `balance.strategy: headroom`, takes in what an answer of backend `index` for
+    /// `deployment` said of the quota it has left; the report when it is time to share it with
+    /// the other replicas. The default strategy keeps nothing.
+    pub fn remember(
+        &self,
+        index: usize,
+        headers: &HeaderMap,
+        deployment: Option<&str>,
+    ) -> Option<Report> {
+        if self.strategy != Strategy::Headroom {
+            return None;
+        }
+        let report = Report::read(headers)?;
+        let capacity = &self.backends[index].capacity;
+        capacity
+            .report(deployment, &report, std::time::Instant::now())
+            .then_some(report)
     }
 }
 

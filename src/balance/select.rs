@@ -12,6 +12,7 @@ use http::HeaderValue;
 use smallvec::SmallVec;
 
 use super::backend::Credential;
+use super::capacity::Room;
 use super::standing::{Moment, Standing};
 use super::Pool;
 
@@ -44,6 +45,9 @@ enum Fit {
     Cooling(Duration),
     /// It is ejected by passive health, or failing its probes.
     Unhealthy,
+    /// It said it has too little quota left for the request (`balance.strategy: headroom`):
+    /// taken only when no backend has room.
+    Full,
     /// It may take the request.
     Ready,
 }
@@ -52,6 +56,9 @@ enum Fit {
 pub struct Selection<'a> {
     pool: &'a Pool,
     deployment: Option<&'a str>,
+    /// The tokens the request is estimated to use, with `balance.strategy: headroom`; `None`
+    /// with round robin, which does not look at capacity.
+    headroom: Option<u64>,
     /// The proxy's Entra ID token header, when one is held.
     token: Option<HeaderValue>,
     /// The least fit a backend needs: [`Fit::Ready`], or [`Fit::Unhealthy`] when no backend
@@ -64,17 +71,31 @@ pub struct Selection<'a> {
 }
 
 impl Pool {
-    /// Starts choosing backends for a request that names `deployment`, with `token` the
-    /// proxy's current Entra ID token header: its first backend, or why none can take it.
+    /// [`Pool::select_costing`] a request of no estimated cost.
+    #[cfg(test)]
     pub fn select<'a>(
         &'a self,
         deployment: Option<&'a str>,
         token: Option<HeaderValue>,
         now: Instant,
     ) -> Result<(Selection<'a>, Pick), Unavailable> {
+        self.select_costing(deployment, 0, token, now)
+    }
+
+    /// Starts choosing backends for a request that names `deployment` and is estimated to use
+    /// `estimate` tokens, with `token` the proxy's current Entra ID token header: its first
+    /// backend, or why none can take it.
+    pub fn select_costing<'a>(
+        &'a self,
+        deployment: Option<&'a str>,
+        estimate: u64,
+        token: Option<HeaderValue>,
+        now: Instant,
+    ) -> Result<(Selection<'a>, Pick), Unavailable> {
         let mut selection = Selection {
             pool: self,
             deployment,
+            headroom: (self.strategy == crate::config::Strategy::Headroom).then_some(estimate),
             token,
             least: Fit::Ready,
             turns: SmallVec::new(),
@@ -116,6 +137,29 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// How long until a backend that serves `deployment` is free to take a request, when every
+    /// such backend is cooling: the shortest of their cooldowns. `None` when one is not cooling
+    /// (or none serves it).
+    pub fn free_in(&self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
+        let at = Moment::of(now);
+        let mut shortest = None;
+        for b in self
+            .backends
+            .iter()
+            .filter(|b| b.naming(deployment).is_some())
+        {
+            match b.standing.standing(deployment, at) {
+                Standing::Cooling(left) => {
+                    shortest = Some(shortest.map_or(left, |s: Duration| s.min(left)))
+                }
+                _ => return None,
+            }
+        }
+        shortest
+    }
+}
+
 impl Selection<'_> {
     /// How backend `i` fits this request at `at`.
     fn fit(&self, i: usize, at: Moment) -> Fit {
@@ -128,9 +172,28 @@ impl Selection<'_> {
             match b.standing.standing(self.deployment, at) {
                 Standing::Cooling(left) => Fit::Cooling(left),
                 Standing::Unhealthy => Fit::Unhealthy,
+                Standing::Good if self.room(i, at) == Room::Full => Fit::Full,
                 Standing::Good => Fit::Ready,
             }
         }
+    }
+
+    /// How much of this request backend `i` has room for, with `balance.strategy: headroom`
+    /// (with round robin every backend counts as having room).
+    fn room(&self, i: usize, at: Moment) -> Room {
+        match self.headroom {
+            Some(estimate) => {
+                let capacity = &self.pool.backends[i].capacity;
+                capacity.room(self.deployment, estimate, at.instant())
+            }
+            None => Room::Unknown,
+        }
+    }
+
+    /// How long until a backend that serves this request's deployment is free (see
+    /// [`Pool::free_in`]).
+    pub fn free_in(&self, now: Instant) -> Option<Duration> {
+        self.pool.free_in(self.deployment, now)
     }
 
     /// Whether backend `i` may take a try of this request at `now`.
@@ -192,14 +255,35 @@ impl Selection<'_> {
     }
 
     /// The nearest backend in `group`'s rotation, from this request's turn, that accepts the
-    /// request and has been tried `fewest` times.
+    /// request and has been tried `fewest` times; with `balance.strategy: headroom`, the one
+    /// among those with the most room (weighted), the nearest on a tie.
     fn pick_in(&mut self, group: usize, fewest: usize, at: Moment) -> Option<Pick> {
         let turn = self.turn(group);
         let rotation = self.pool.groups.get(group)?.order();
-        let index = (0..rotation.len())
+        let mut candidates = (0..rotation.len())
             .map(|k| rotation[(turn + k) % rotation.len()])
-            .find(|&i| self.tries_of(i) == fewest && self.accepts_at(i, at))?;
-        self.take(index)
+            .filter(|&i| self.tries_of(i) == fewest && self.accepts_at(i, at));
+        let index = match self.headroom {
+            None => candidates.next()?,
+            Some(_) => {
+                let score = |i: usize| {
+                    let weight = self.pool.backends[i].config.weight;
+                    self.room(i, at).score(weight)
+                };
+                let first = candidates.next()?;
+                candidates
+                    .fold((first, score(first)), |best, i| {
+                        let s = score(i);
+                        if s > best.1 {
+                            (i, s)
+                        } else {
+                            best
+                        }
+                    })
+                    .0
+            }
+        };
+        self.take(index, at)
     }
 
     /// Backend `index` once more, with a fresh `token`: the retry after a 401 to the old one.
@@ -214,8 +298,16 @@ impl Selection<'_> {
         Some(Pick { index, credential })
     }
 
-    fn take(&mut self, index: usize) -> Option<Pick> {
-        let credential = self.pool.backends[index].credential(self.token.as_ref())?;
+    /// Backend `index` for the next try; with `balance.strategy: headroom` the request's
+    /// estimate is taken off what it has left until its answer says.
+    fn take(&mut self, index: usize, at: Moment) -> Option<Pick> {
+        let backend = &self.pool.backends[index];
+        let credential = backend.credential(self.token.as_ref())?;
+        if let Some(estimate) = self.headroom {
+            backend
+                .capacity
+                .charge(self.deployment, estimate, at.instant());
+        }
         self.tried.push(index);
         Some(Pick { index, credential })
     }

@@ -13,11 +13,15 @@ use super::cooldown;
 use crate::config::{CooldownPolicy, EjectionPolicy};
 use crate::outcome::Outcome;
 
+/// The arbitrary start of [`nanos`].
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(|| Instant::now() - Duration::from_secs(1))
+}
+
 /// Nanoseconds since an arbitrary start (never 0): lets an `Instant` live in an atomic.
 fn nanos(at: Instant) -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(|| Instant::now() - Duration::from_secs(1));
-    u64::try_from(at.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(at.saturating_duration_since(start()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A point in time as this module keeps it ([`nanos`]): turned from an `Instant` once a pick,
@@ -28,6 +32,11 @@ pub struct Moment(u64);
 impl Moment {
     pub fn of(at: Instant) -> Moment {
         Moment(nanos(at))
+    }
+
+    /// The `Instant` it was taken from (to the nanosecond).
+    pub fn instant(self) -> Instant {
+        start() + Duration::from_nanos(self.0)
     }
 }
 

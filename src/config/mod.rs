@@ -26,7 +26,9 @@ pub use backends::is_deployment_name;
 pub use clients::NO_CLIENT;
 pub use load::{ConfigError, Problem};
 pub use secret::{KeyDigest, Secret};
-pub use settings::{CooldownPolicy, EjectionPolicy, ServerSettings, Sizes, Timeouts};
+pub use settings::{
+    CooldownPolicy, EjectionPolicy, ServerSettings, Sizes, Strategy, Timeouts, Waiting,
+};
 pub use values::{BackendUrl, Scheme};
 
 /// The validated configuration.
@@ -46,6 +48,10 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Total tries per request, the first included.
     pub max_tries: NonZeroU32,
+    /// Holding a request that would get the throttling 429 until a backend frees up.
+    pub waiting: Waiting,
+    /// How a backend is chosen within a priority group.
+    pub strategy: Strategy,
     /// Client keys; `None` when the proxy is open.
     pub clients: Option<Vec<ClientKey>>,
     /// How clients with Entra ID tokens are checked (`client_auth.entra`).

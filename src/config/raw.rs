@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) auth: RawAuth,
     pub(super) backends: Vec<RawBackend>,
     pub(super) retry: Option<RawRetry>,
+    pub(super) balance: Option<RawBalance>,
     pub(super) clients: Option<Vec<RawClient>>,
     pub(super) client_auth: Option<RawClientAuth>,
     pub(super) timeouts: Option<RawTimeouts>,
@@ -132,6 +133,14 @@ pub(super) struct RawBackend {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRetry {
     pub(super) max_tries: Option<u32>,
+    pub(super) wait_for_capacity: Option<HumanDuration>,
+    pub(super) max_waiting: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBalance {
+    pub(super) strategy: Option<super::Strategy>,
 }
 
 #[derive(Deserialize)]

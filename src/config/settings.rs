@@ -1,5 +1,6 @@
 //! The validated settings of the sections that tune the proxy (`timeouts`, `limits`, `server`,
-//! `cooldown`, `health`), each with its defaults named beside it.
+//! `cooldown`, `health`, `balance`, the waiting part of `retry`), each with its defaults named
+//! beside it.
 
 use std::time::Duration;
 
@@ -116,6 +117,42 @@ impl Default for EjectionPolicy {
             failures: 3,
             base: Duration::from_secs(10),
             max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How a backend is chosen within a priority group (`balance.strategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Each in turn, by weight.
+    #[default]
+    RoundRobin,
+    /// The one with the most tokens left for the deployment, as its answers said.
+    Headroom,
+}
+
+/// Waiting for capacity instead of answering the throttling 429 (`retry.wait_for_capacity`,
+/// `retry.max_waiting`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// The longest a request may be held, from its arrival; zero: never held.
+    pub budget: Duration,
+    /// Requests held at once; more get the 429.
+    pub max: usize,
+}
+
+impl Waiting {
+    /// The longest `retry.wait_for_capacity` taken: a client holds its connection meanwhile.
+    pub const MAX_BUDGET: Duration = Duration::from_secs(300);
+}
+
+impl Default for Waiting {
+    /// Never held (the 429 at once); at most 1,000 held when waiting is on.
+    fn default() -> Self {
+        Waiting {
+            budget: Duration::ZERO,
+            max: 1000,
         }
     }
 }

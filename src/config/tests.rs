@@ -371,3 +371,27 @@ fn workers_run_their_own_runtimes_unless_told_to_share_one() {
     assert_eq!(p[0].path, "server.work_stealing");
     assert_eq!(p[0].line, Some(6));
 }
+
+#[test]
+fn capacity_settings_default_to_round_robin_and_no_waiting_and_are_checked() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.strategy, Strategy::RoundRobin);
+    assert_eq!(c.waiting, Waiting::default());
+    assert!(c.waiting.budget.is_zero());
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}balance: {{strategy: headroom}}\nretry: {{wait_for_capacity: 15s, max_waiting: 50}}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.strategy, Strategy::Headroom);
+    assert_eq!(c.waiting.budget, Duration::from_secs(15));
+    assert_eq!(c.waiting.max, 50);
+    let p = problems(&format!("{MINIMAL}balance:\n  strategy: fastest\n"));
+    assert_eq!(p[0].path, "balance.strategy");
+    assert_eq!(p[0].line, Some(6));
+    let p = problems(&format!(
+        "{MINIMAL}retry: {{wait_for_capacity: 10m, max_waiting: 0}}\n"
+    ));
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["retry.wait_for_capacity", "retry.max_waiting"]);
+    assert!(p[0].message.contains("at most 5m"), "{}", p[0].message);
+}

@@ -18,6 +18,7 @@ use super::Secret;
 use super::{backends, clients};
 use super::{
     Config, CooldownPolicy, EjectionPolicy, Problem, ServerSettings, Sizes, Timeouts, TlsListener,
+    Waiting,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -35,7 +36,9 @@ impl RawConfig {
         clients::client_auth_is_whole(self.clients.as_deref(), self.client_auth.as_ref(), &mut p);
         let config = Config {
             backends: backends::backends(self.backends, &mut p),
-            max_tries: max_tries(self.retry, &mut p),
+            max_tries: max_tries(self.retry.as_ref(), &mut p),
+            waiting: waiting(self.retry.as_ref(), &mut p),
+            strategy: self.balance.and_then(|b| b.strategy).unwrap_or_default(),
             entra_clients: self
                 .client_auth
                 .and_then(|a| a.entra)
@@ -134,7 +137,7 @@ fn paths(raw: Option<Vec<EnvString>>, p: &mut Problems) -> Vec<String> {
         .collect()
 }
 
-fn max_tries(raw: Option<RawRetry>, p: &mut Problems) -> NonZeroU32 {
+fn max_tries(raw: Option<&RawRetry>, p: &mut Problems) -> NonZeroU32 {
     match raw.and_then(|r| r.max_tries) {
         None => Config::DEFAULT_MAX_TRIES,
         Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
@@ -144,6 +147,31 @@ fn max_tries(raw: Option<RawRetry>, p: &mut Problems) -> NonZeroU32 {
             );
             NonZeroU32::MIN
         }),
+    }
+}
+
+/// `retry.wait_for_capacity` (zero: off) and `retry.max_waiting`.
+fn waiting(raw: Option<&RawRetry>, p: &mut Problems) -> Waiting {
+    let d = Waiting::default();
+    let budget = raw.and_then(|r| r.wait_for_capacity);
+    let max = raw
+        .and_then(|r| r.max_waiting)
+        .map_or(d.max, |n| n as usize);
+    if max == 0 {
+        p.add(
+            "retry.max_waiting",
+            "must be at least 1 (to hold none, leave retry.wait_for_capacity at 0s)",
+        );
+    }
+    Waiting {
+        budget: duration(
+            p,
+            "retry.wait_for_capacity",
+            budget,
+            d.budget,
+            Duration::ZERO..=Waiting::MAX_BUDGET,
+        ),
+        max,
     }
 }
 

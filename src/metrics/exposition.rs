@@ -120,6 +120,13 @@ impl Metrics {
             Family::gauge("aoai_proxy_in_flight", "Requests being served now."),
             self.in_flight() as f64,
         ));
+        out.push(one(
+            Family::gauge(
+                "aoai_proxy_waiting",
+                "Requests waiting for capacity now (retry.wait_for_capacity).",
+            ),
+            self.waiting() as f64,
+        ));
         if let Some(up) = self.state_store_up() {
             let help = "1 while the shared state store (state.redis) answers, 0 while this replica uses its own state.";
             out.push(one(
@@ -166,6 +173,12 @@ impl Metrics {
         );
         tries.add_histogram(&[], &self.tries);
         out.push(tries.done());
+        let mut waits = Family::histogram(
+            "aoai_proxy_wait_seconds",
+            "How long requests waited for capacity (retry.wait_for_capacity), however the wait ended.",
+        );
+        waits.add_histogram(&[], &self.waits);
+        out.push(waits.done());
         out
     }
 }

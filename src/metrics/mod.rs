@@ -54,6 +54,10 @@ pub struct Metrics {
     duration: Histogram,
     /// Tries per request that reached a backend.
     tries: Histogram,
+    /// Requests waiting for capacity now (`retry.wait_for_capacity`).
+    waiting: AtomicUsize,
+    /// How long each wait for capacity lasted, however it ended.
+    waits: Histogram,
     /// `[ok, error]`.
     reloads: [AtomicU64; 2],
     /// `aoai_proxy_state_store_up`: unset without `state.redis`.
@@ -79,6 +83,8 @@ impl Default for Metrics {
             in_flight: Arc::default(),
             duration: histogram(&SECONDS_BUCKETS),
             tries: histogram(&TRIES_BUCKETS),
+            waiting: AtomicUsize::new(0),
+            waits: histogram(&SECONDS_BUCKETS),
             reloads: Default::default(),
             state_store_up: std::sync::OnceLock::new(),
         }
@@ -105,6 +111,20 @@ impl Metrics {
         if tries > 0 {
             self.tries.observe(f64::from(tries));
         }
+    }
+
+    /// Counts a request that begins to wait for capacity; it waits until the guard drops.
+    pub fn start_waiting(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting {
+            metrics: self.clone(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Requests waiting for capacity now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Records whether the shared state store answers.
@@ -160,6 +180,20 @@ impl Metrics {
 pub enum Retried {
     Yes,
     No,
+}
+
+/// Counts a request waiting for capacity until dropped, and then how long it waited.
+pub struct Waiting {
+    metrics: Arc<Metrics>,
+    since: std::time::Instant,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+        let waited = self.since.elapsed().as_secs_f64();
+        self.metrics.waits.observe(waited);
+    }
 }
 
 /// Counts a request in flight until dropped.

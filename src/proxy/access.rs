@@ -33,6 +33,8 @@ pub struct AccessLine<'a> {
     pub first_byte: Option<Duration>,
     pub duration: Duration,
     pub usage: Option<Usage>,
+    /// How long it waited for capacity (`retry.wait_for_capacity`), when it did.
+    pub waited: Option<Duration>,
     pub error: Option<String>,
 }
 
@@ -103,6 +105,9 @@ impl AccessLine<'_> {
                 out.push_str(TryLabel::of(*outcome).as_str());
             }
         }
+        if let Some(w) = self.waited {
+            let _ = write!(out, " wait={}ms", w.as_millis());
+        }
         if let Some(e) = &self.error {
             let _ = write!(out, " error={e}");
         }
@@ -142,6 +147,7 @@ impl AccessLine<'_> {
                 cached: u.cached,
                 reasoning: u.reasoning,
             }),
+            wait_ms: self.waited.map(ms),
             error: self.error.as_deref(),
         };
         serde_json::to_string(&line).unwrap_or_default()
@@ -164,6 +170,9 @@ struct JsonLine<'a> {
     ttfb_ms: Option<f64>,
     duration_ms: f64,
     tokens: Option<JsonTokens>,
+    /// Present only for a request that waited for capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<f64>,
     error: Option<&'a str>,
 }
 
@@ -208,6 +217,7 @@ mod tests {
                 completion: 30,
                 ..Usage::default()
             }),
+            waited: None,
             error: None,
         }
     }

@@ -220,12 +220,12 @@ impl ProxyError {
 }
 
 /// Milliseconds for `retry-after-ms`, rounded up so a client never comes back too early.
-fn retry_after_ms(left: std::time::Duration) -> u128 {
+pub(super) fn retry_after_ms(left: std::time::Duration) -> u128 {
     left.as_nanos().div_ceil(1_000_000).max(1)
 }
 
 /// Whole seconds for `retry-after`, rounded up so a client never comes back too early.
-fn retry_after_secs(left: std::time::Duration) -> u64 {
+pub(super) fn retry_after_secs(left: std::time::Duration) -> u64 {
     left.as_secs() + u64::from(left.subsec_nanos() > 0)
 }
 

@@ -28,6 +28,14 @@ pub(super) struct Start {
     pub token: Option<TokenRef>,
 }
 
+/// How the tries of a request ended.
+pub(super) enum Driven {
+    /// The client has its answer.
+    Answered,
+    /// A 429 was put aside: the request waits for capacity, then starts over.
+    Wait,
+}
+
 /// What the driver does after a try, as the policy decided.
 enum Step {
     /// Set aside what the try produced (if the policy did not read it) and try `Pick` next.
@@ -38,6 +46,8 @@ enum Step {
     Give(Product),
     /// No backend is left: the policy's end.
     End,
+    /// Set aside this try (a 429): the request waits for capacity.
+    Wait(Attempt),
 }
 
 impl Gateway {
@@ -51,7 +61,7 @@ impl Gateway {
         start: &mut Start,
         policy: &mut P,
         delivery: &Delivery<'_>,
-    ) -> Result<()> {
+    ) -> Result<Driven> {
         // By reference, not by value: an async fn keeps its arguments, and a copy of them, in
         // its future for as long as it runs.
         loop {
@@ -67,7 +77,7 @@ impl Gateway {
                 )
                 .await?;
             let step = self.step(policy, &t, attempt, &mut start.token).await;
-            let retried = match P::RETRIES && matches!(step, Step::Next(..)) {
+            let retried = match P::RETRIES && matches!(step, Step::Next(..) | Step::Wait(_)) {
                 true => Retried::Yes,
                 false => Retried::No,
             };
@@ -75,26 +85,40 @@ impl Gateway {
             match step {
                 Step::Next(next, attempt) => {
                     if let Some(attempt) = attempt {
-                        self.set_aside(backend, &t, attempt, P::RETRIES);
+                        let then = match P::RETRIES {
+                            true => "retrying",
+                            false => "asking the next backend",
+                        };
+                        self.set_aside(backend, &t, attempt, then);
                     }
                     start.pick = next;
+                    continue;
                 }
-                Step::Deliver(attempt) => {
-                    return self.deliver(session, ctx, backend, attempt, delivery).await
+                Step::Wait(attempt) => {
+                    self.set_aside(backend, &t, attempt, "waiting for capacity");
+                    return Ok(Driven::Wait);
                 }
-                Step::Give(product) => return self.give(session, ctx, product).await,
-                Step::End => {
-                    return match policy.end() {
-                        End::Deliver(product) => self.give(session, ctx, product).await,
-                        End::Unavailable(why) => {
-                            ctx.first_byte = Some(ctx.started.elapsed());
-                            ProxyError::unavailable(why, request.deployment())
-                                .respond_to(session, ctx.admitted.as_ref())
-                                .await
-                        }
+                Step::Deliver(mut attempt) => {
+                    if let (Attempt::Answered(a), Some(wait)) =
+                        (&mut attempt, policy.shortest_wait())
+                    {
+                        shortest_wait(a, wait);
                     }
+                    self.deliver(session, ctx, backend, attempt, delivery)
+                        .await?;
                 }
+                Step::Give(product) => self.give(session, ctx, product).await?,
+                Step::End => match policy.end() {
+                    End::Deliver(product) => self.give(session, ctx, product).await?,
+                    End::Unavailable(why) => {
+                        ctx.first_byte = Some(ctx.started.elapsed());
+                        ProxyError::unavailable(why, request.deployment())
+                            .respond_to(session, ctx.admitted.as_ref())
+                            .await?
+                    }
+                },
             }
+            return Ok(Driven::Answered);
         }
     }
 
@@ -123,6 +147,10 @@ impl Gateway {
         }
         ctx.tried.push((pick.index, outcome));
         self.observe(pick.index, outcome, &attempt, request.deployment());
+        if let Some(ticket) = ctx.ticket.take() {
+            // The first answer after a wait: it says whether the next in line may go.
+            ticket.answered(outcome.is_success(), outcome.is_throttled());
+        }
         if let (true, Some(used)) = (outcome.refuses_token(sent), token) {
             // Whatever this request does next, the requests to come need a new token.
             self.tokens.refused(used);
@@ -136,16 +164,28 @@ impl Gateway {
         Ok((t, attempt))
     }
 
-    /// Lets the balancer take in what a try on backend `index` produced, and tells the other
-    /// replicas of a cooldown or ejection it began.
+    /// Lets the balancer take in what a try on backend `index` produced (and, with
+    /// `balance.strategy: headroom`, the quota it says is left), and tells the other replicas
+    /// of a cooldown or ejection it began, and of that quota now and then.
     fn observe(&self, index: usize, outcome: Outcome, attempt: &Attempt, deployment: Option<&str>) {
-        let change = self
-            .pool
-            .observe(index, outcome, attempt.headers(), deployment);
-        if let (Some(change), Some(state)) = (change, &self.state) {
-            state.send(Write::Standing {
-                backend: self.pool.get(index).name.clone(),
-                change,
+        let headers = attempt.headers();
+        let change = self.pool.observe(index, outcome, headers, deployment);
+        let report = headers.and_then(|h| self.pool.remember(index, h, deployment));
+        let Some(state) = &self.state else {
+            return;
+        };
+        let backend = || self.pool.get(index).name.clone();
+        if let Some(change) = change {
+            let backend = backend();
+            state.send(Write::Standing { backend, change });
+        }
+        if let Some(report) = report {
+            let deployment = deployment.map(str::to_string);
+            let backend = backend();
+            state.send(Write::Capacity {
+                backend,
+                deployment,
+                report,
             });
         }
     }
@@ -161,6 +201,7 @@ impl Gateway {
     ) -> Step {
         match policy.decide(t) {
             Verdict::Deliver => Step::Deliver(attempt),
+            Verdict::Wait => Step::Wait(attempt),
             Verdict::Next(pick) => Step::Next(pick, Some(attempt)),
             Verdict::RefreshToken => {
                 let fresh = self.tokens.replace(token).await;
@@ -180,14 +221,9 @@ impl Gateway {
         }
     }
 
-    /// Puts aside what try `t` produced before the next one (an answer is drained so its
+    /// Puts aside what try `t` produced before the next one (or a wait) (an answer is drained so its
     /// connection goes back to the pool), and logs it.
-    fn set_aside(&self, backend: &Backend, t: &Try, attempt: Attempt, retrying: bool) {
-        let then = if retrying {
-            "retrying"
-        } else {
-            "asking the next backend"
-        };
+    fn set_aside(&self, backend: &Backend, t: &Try, attempt: Attempt, then: &str) {
         let tries = (t.made, self.max_tries);
         match &attempt {
             Attempt::Answered(answer) => log::info!(
@@ -274,4 +310,25 @@ impl Gateway {
             .respond_to(session, ctx.admitted.as_ref())
             .await
     }
+}
+
+/// Makes a throttling 429 passed through to the client say `wait`, the shortest wait among
+/// the backends that could serve the request, when the backend's own says longer.
+fn shortest_wait(answer: &mut super::exchange::Answer, wait: std::time::Duration) {
+    if !Outcome::Status(answer.status()).is_throttled() {
+        return;
+    }
+    let asked = crate::balance::cooldown::requested_cooldown(
+        &answer.head.headers,
+        std::time::SystemTime::now(),
+    );
+    if asked.is_some_and(|asked| asked <= wait) {
+        return;
+    }
+    let (secs, ms) = (
+        super::answers::retry_after_secs(wait),
+        super::answers::retry_after_ms(wait),
+    );
+    let _ = answer.head.insert_header("retry-after", secs.to_string());
+    let _ = answer.head.insert_header("retry-after-ms", ms.to_string());
 }

@@ -5,7 +5,7 @@
 //! [`Gateway::serve`] is the request path's first step; the tries are driven in `drive`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use pingora::proxy::Session;
 use pingora::Result;
@@ -17,7 +17,8 @@ use super::answers::ProxyError;
 use super::relay::Relay;
 use super::upstream::Upstream;
 use super::RequestCtx;
-use crate::balance::Pool;
+use crate::balance::spread::Spread;
+use crate::balance::{Pool, WaitingRoom};
 use crate::clients::entra::EntraVerifier;
 use crate::clients::limits::LimitStore;
 use crate::clients::Clients;
@@ -56,6 +57,11 @@ pub struct Gateway {
     pub(super) metrics: Arc<Metrics>,
     /// `retry.max_tries`.
     pub(super) max_tries: u32,
+    /// Where requests wait for capacity, with `retry.wait_for_capacity` above zero; and that
+    /// budget.
+    pub(super) waiting: Option<(Arc<WaitingRoom>, Duration)>,
+    /// The moments the proxy's own throttling 429s have told clients to come back.
+    pub(super) spread: Spread,
     /// `log.format`.
     log_format: LogFormat,
     /// When this configuration was loaded (for the status page).
@@ -87,6 +93,9 @@ impl Gateway {
             state: lasting.state.clone(),
             metrics: lasting.metrics.clone(),
             max_tries: config.max_tries.get(),
+            waiting: (!config.waiting.budget.is_zero())
+                .then(|| (WaitingRoom::new(config.waiting.max), config.waiting.budget)),
+            spread: Spread::default(),
             log_format: config.log_format,
             loaded_at: SystemTime::now(),
         }
@@ -195,6 +204,7 @@ impl Gateway {
             first_byte: ctx.first_byte,
             duration,
             usage: ctx.usage,
+            waited: (!ctx.waited.is_zero()).then_some(ctx.waited),
             error: error.map(|e| e.to_string()),
         }
         .write(self.log_format);

@@ -5,7 +5,7 @@
 //!    (`admission`), the body read once, the typed view ([`crate::request`]), the client's
 //!    limits (`accounting`), and the route (`route`);
 //! 2. the tries, made and recorded by one driver (`drive`) and decided by a pure policy
-//!    ([`crate::retry`]);
+//!    ([`crate::retry`]), with the waits for capacity between them (`route`);
 //! 3. each try's exchange with a backend (`relay`, `exchange`, `headers`, `upstream`);
 //! 4. the answer relayed (`relay`, or `realtime` for a WebSocket), or the proxy's own
 //!    (`answers`);
@@ -47,6 +47,7 @@ pub use access::JSON_TARGET as ACCESS_JSON_TARGET;
 pub use answers::ProxyError;
 pub use gateway::{Gateway, Lasting};
 
+use crate::balance::Ticket;
 use crate::clients::limits::Admitted;
 use crate::clients::Client;
 use crate::metrics::InFlight;
@@ -80,6 +81,11 @@ pub struct RequestCtx {
     admitted: Option<Admitted>,
     /// The tokens the delivered answer reported.
     usage: Option<Usage>,
+    /// How long it waited for capacity, in all.
+    waited: Duration,
+    /// Its place in the waiting room, when it was let go and its try's answer is not yet in
+    /// (boxed: few requests ever wait).
+    ticket: Option<Box<Ticket>>,
     _in_flight: InFlight,
 }
 
@@ -114,6 +120,8 @@ impl ProxyHttp for Proxy {
             client: None,
             admitted: None,
             usage: None,
+            waited: Duration::ZERO,
+            ticket: None,
             _in_flight: gateway.metrics.start_request(),
             gateway,
         }

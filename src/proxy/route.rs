@@ -1,18 +1,19 @@
 //! The three ways a request uses its backends, each set up here and driven by the one try
-//! driver (`drive`) with its [`retry`] policy: the round robin with retries ([`Gateway::forward`]),
+//! driver (`drive`) with its [`retry`] policy: the round robin with retries and the waits for
+//! capacity (`retry.wait_for_capacity`) between them ([`Gateway::forward`]),
 //! the search for a stateful object's backend ([`Gateway::search`]), and a list merged from
 //! every backend's part ([`Gateway::list`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pingora::proxy::Session;
 use pingora::Result;
 
 use super::answers::ProxyError;
-use super::drive::Start;
+use super::drive::{Driven, Start};
 use super::relay::{Delivery, Learning};
 use super::{Gateway, RequestCtx};
-use crate::balance::{Pick, Unavailable};
+use crate::balance::{spread, Pick, Turn, Unavailable};
 use crate::credentials::TokenRef;
 use crate::objects::Named;
 use crate::request::{query, Request};
@@ -20,7 +21,8 @@ use crate::retry::{self, Page};
 use smallvec::SmallVec;
 
 impl Gateway {
-    /// Forwards `request`: its turn of the round robin, and retries (see [`retry::Forward`]).
+    /// Forwards `request`: its turn of the round robin, and retries (see [`retry::Forward`]);
+    /// with `retry.wait_for_capacity`, the waits for capacity between them ([`Self::wait`]).
     pub(super) async fn forward(
         &self,
         session: &mut Session,
@@ -28,35 +30,166 @@ impl Gateway {
         request: &Request,
     ) -> Result<()> {
         let deployment = request.deployment();
-        let (mut policy, mut start) = match self.forward_plan(deployment).await {
-            Ok(plan) => plan,
-            Err(why) => return self.unavailable(session, ctx, why, deployment).await,
-        };
+        let estimate = request.capacity_estimate();
         let learning = request.may_create().then(|| Learning {
             created: true,
             ..Learning::default()
         });
         let delivery = self.delivery(ctx, request, learning);
-        self.drive(session, ctx, request, &mut start, &mut policy, &delivery)
-            .await
+        let wait_until = self
+            .waiting
+            .as_ref()
+            .map(|(_, budget)| ctx.started + *budget);
+        // Tries answered 429 while the request could still wait: not counted.
+        let mut forgiven = 0;
+        if self
+            .waiting
+            .as_ref()
+            .is_some_and(|(room, _)| room.busy(deployment))
+            && !self.wait(session, ctx, deployment, false).await?
+        {
+            return self.throttled(session, ctx, deployment, estimate).await;
+        }
+        loop {
+            let (policy, mut start) = match self.forward_plan(deployment, estimate).await {
+                Ok(plan) => plan,
+                Err(Unavailable::Cooling { .. }) if self.waiting.is_some() => {
+                    if self.wait(session, ctx, deployment, false).await? {
+                        continue;
+                    }
+                    return self.throttled(session, ctx, deployment, estimate).await;
+                }
+                Err(why @ Unavailable::Cooling { .. }) => {
+                    let why = self.spread(why, deployment, estimate);
+                    return self.unavailable(session, ctx, why, deployment).await;
+                }
+                Err(why) => return self.unavailable(session, ctx, why, deployment).await,
+            };
+            let mut policy = policy.waiting_until(wait_until, forgiven);
+            let driven = self
+                .drive(session, ctx, request, &mut start, &mut policy, &delivery)
+                .await?;
+            match driven {
+                Driven::Answered => return Ok(()),
+                // Its turn was answered 429: back to the front of the line.
+                Driven::Wait if self.wait(session, ctx, deployment, true).await? => {
+                    forgiven = policy.forgiven();
+                }
+                Driven::Wait => return self.throttled(session, ctx, deployment, estimate).await,
+            }
+        }
     }
 
-    /// The first backend of a request for `deployment` (its turn of the round robin), the
-    /// token it is sent with, and the policy of its retries. In a function of its own, so that
-    /// what choosing takes is not kept in the request's future while it is forwarded.
+    /// The first backend of a request for `deployment` estimated at `estimate` tokens (its turn
+    /// of the round robin), the token it is sent with, and the policy of its retries. In a
+    /// function of its own, so that what choosing takes is not kept in the request's future
+    /// while it is forwarded.
     async fn forward_plan<'a>(
         &'a self,
         deployment: Option<&'a str>,
+        estimate: u64,
     ) -> Result<(retry::Forward<'a>, Start), Unavailable> {
         let mut token = self.tokens.current();
         let (selection, pick) = self
             .tokens
             .choose(&mut token, no_token, |t| {
-                self.pool.select(deployment, t, Instant::now())
+                self.pool
+                    .select_costing(deployment, estimate, t, Instant::now())
             })
             .await?;
         let policy = retry::Forward::new(selection, self.max_tries);
         Ok((policy, Start { pick, token }))
+    }
+
+    /// Holds the request in the waiting room until a backend for `deployment` is free and its
+    /// turn comes (`true`), at the `front` of the line for a request whose turn was just
+    /// answered 429. `false`, at once, when the first backend frees up only after the wait
+    /// budget, or `retry.max_waiting` requests wait already; or when the budget runs out.
+    async fn wait(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        deployment: Option<&str>,
+        front: bool,
+    ) -> Result<bool> {
+        let Some((room, budget)) = &self.waiting else {
+            return Ok(false);
+        };
+        let front = match ctx.ticket.take() {
+            // Let go, and no backend was free after all (another replica's cooldown began):
+            // its turn lets nobody else go, and it keeps its place at the front.
+            Some(turn) => {
+                turn.answered(false, true);
+                true
+            }
+            None => front,
+        };
+        let deadline = ctx.started + *budget;
+        let pool = &self.pool;
+        let free_in = || pool.free_in(deployment, Instant::now());
+        let now = Instant::now();
+        if free_in().is_some_and(|left| now + left > deadline) {
+            return Ok(false);
+        }
+        let Some(mut ticket) = room.enter(deployment, front) else {
+            return Ok(false);
+        };
+        let counted = self.metrics.start_waiting();
+        let turn = tokio::select! {
+            turn = ticket.turn(free_in, deadline) => turn,
+            _ = session.downstream_session.read_body_or_idle(true) => {
+                let e = pingora::Error::explain(
+                    pingora::ErrorType::ConnectionClosed,
+                    "client closed the connection while waiting for capacity",
+                );
+                return Err(e.into_down());
+            }
+        };
+        drop(counted);
+        ctx.waited += now.elapsed();
+        match turn {
+            Turn::Go => {
+                ctx.ticket = Some(Box::new(ticket));
+                Ok(true)
+            }
+            Turn::TimedOut => Ok(false),
+        }
+    }
+
+    /// The throttling 429 of a request that could not wait (longer): every backend for
+    /// `deployment` cooling, the shortest wait spread.
+    async fn throttled(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        deployment: Option<&str>,
+        estimate: u64,
+    ) -> Result<()> {
+        let shortest = self
+            .pool
+            .free_in(deployment, Instant::now())
+            .unwrap_or(Duration::from_millis(1));
+        let why = self.spread(Unavailable::Cooling { shortest }, deployment, estimate);
+        self.unavailable(session, ctx, why, deployment).await
+    }
+
+    /// `why`, with the wait of an all-cooling 429 spread (see [`crate::balance::spread`]):
+    /// clients told to come back do not all come back at the same instant.
+    fn spread(&self, why: Unavailable, deployment: Option<&str>, estimate: u64) -> Unavailable {
+        let Unavailable::Cooling { shortest } = why else {
+            return why;
+        };
+        let limit = self
+            .pool
+            .backends()
+            .iter()
+            .map(|b| b.capacity.token_limit(deployment))
+            .fold(0.0, f64::max);
+        let spacing = spread::spacing(estimate, limit);
+        let wait = self
+            .spread
+            .wait(deployment, shortest, spacing, Instant::now());
+        Unavailable::Cooling { shortest: wait }
     }
 
     /// Serves `request`, which names the objects in `named` (see [`retry::Search`]).
@@ -101,6 +234,7 @@ impl Gateway {
         let mut start = Start { pick: first, token };
         self.drive(session, ctx, request, &mut start, &mut policy, &delivery)
             .await
+            .map(drop)
     }
 
     /// Serves a list of `collection` from every backend (see [`retry::List`]); every object
@@ -137,7 +271,7 @@ impl Gateway {
             self.relay.objects.learn(id, &self.pool.get(*backend).name);
         }
         log::debug!("listed {collection} from every backend");
-        served
+        served.map(drop)
     }
 
     /// The backends a search or a list asks in turn, for `deployment` (`holder` first), and the

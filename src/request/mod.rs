@@ -159,6 +159,18 @@ impl Request {
         prompt.saturating_add(completion.unwrap_or(0))
     }
 
+    /// The tokens a backend's quota is charged for it on arrival, as Azure estimates them:
+    /// its prompt and the completion it allows, or [`Self::COMPLETION_WITHOUT_CAP`] when it
+    /// sets no cap (`balance.strategy: headroom` and the waiting room read it).
+    pub fn capacity_estimate(&self) -> u64 {
+        let prompt = (self.original.len() as u64).div_ceil(4);
+        let completion = self.facts().and_then(BodyFacts::completion_cap);
+        prompt.saturating_add(completion.unwrap_or(Self::COMPLETION_WITHOUT_CAP))
+    }
+
+    /// The completion a request that sets no cap is taken to use, for capacity.
+    pub const COMPLETION_WITHOUT_CAP: u64 = 1000;
+
     /// The stateful objects it names: the one in its path first, then those in its body.
     pub fn objects(&self) -> Named {
         let mut named = Named::default();

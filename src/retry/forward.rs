@@ -6,9 +6,11 @@
 //! - a failed try goes to the next backend the balancer offers, at most `retry.max_tries` tries
 //!   in all; with none left, or no backend left, the client gets this try's result;
 //! - a 401 to the proxy's own Entra ID token is retried once, on the same backend, with a
-//!   fresh token.
+//!   fresh token;
+//! - with `retry.wait_for_capacity`, a 429 does not count against `retry.max_tries` while the
+//!   request may still wait, and instead of delivering it the request waits ([`Verdict::Wait`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
@@ -66,6 +68,12 @@ pub struct Forward<'a> {
     max: u32,
     /// The request already had its one fresh token after a 401.
     token_refreshed: bool,
+    /// Until when the request may wait for capacity (its arrival and
+    /// `retry.wait_for_capacity`); `None`: it may not.
+    wait_until: Option<Instant>,
+    /// Tries answered 429 while the request could still wait, this policy's and those before
+    /// its last wait: they do not count against `max`.
+    forgiven: u32,
 }
 
 impl<'a> Forward<'a> {
@@ -74,7 +82,24 @@ impl<'a> Forward<'a> {
             selection,
             max: max_tries,
             token_refreshed: false,
+            wait_until: None,
+            forgiven: 0,
         }
+    }
+
+    /// The same, for a request that may wait for capacity until `until` and has had
+    /// `forgiven` tries answered 429 not counted so far.
+    pub fn waiting_until(self, until: Option<Instant>, forgiven: u32) -> Self {
+        Forward {
+            wait_until: until,
+            forgiven,
+            ..self
+        }
+    }
+
+    /// The tries answered 429 not counted against `retry.max_tries` so far.
+    pub fn forgiven(&self) -> u32 {
+        self.forgiven
     }
 }
 
@@ -82,13 +107,19 @@ impl Policy for Forward<'_> {
     const RETRIES: bool = true;
 
     fn decide(&mut self, t: &Try) -> Verdict {
+        let now = Instant::now();
+        let waits = t.outcome.is_throttled() && self.wait_until.is_some_and(|until| now < until);
+        if waits {
+            self.forgiven += 1;
+        }
         let tries = Tries {
-            made: t.made,
+            made: t.made.saturating_sub(self.forgiven),
             max: self.max,
             sent: t.sent,
             token_refreshed: self.token_refreshed,
         };
-        match decide(tries, t.outcome, || self.selection.next(Instant::now())) {
+        match decide(tries, t.outcome, || self.selection.next(now)) {
+            Step::Deliver if waits => Verdict::Wait,
             Step::Deliver => Verdict::Deliver,
             Step::Retry(pick) => Verdict::Next(pick),
             Step::RetryWithFreshToken => {
@@ -100,6 +131,10 @@ impl Policy for Forward<'_> {
 
     fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick> {
         self.selection.again(backend, token, Instant::now())
+    }
+
+    fn shortest_wait(&self) -> Option<Duration> {
+        self.selection.free_in(Instant::now())
     }
 }
 

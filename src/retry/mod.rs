@@ -63,6 +63,9 @@ pub enum Verdict {
     Read(usize),
     /// Put this try aside and send the request to this backend.
     Next(Pick),
+    /// Put this try (a 429) aside: the request waits for capacity (`retry.wait_for_capacity`),
+    /// then starts over with the backends free then.
+    Wait,
 }
 
 /// What follows a try that [`Policy::settle`] took in.
@@ -104,6 +107,12 @@ pub trait Policy {
     /// What the client gets when no backend is left to ask.
     fn end(&mut self) -> End {
         End::Unavailable(Unavailable::UnknownDeployment)
+    }
+
+    /// When every backend that could take the request is cooling now, the shortest of their
+    /// waits: what a throttling 429 passed through to the client says (see [`Forward`]).
+    fn shortest_wait(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 

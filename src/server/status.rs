@@ -17,6 +17,8 @@ use crate::proxy::Gateway;
 pub struct Status<'a> {
     pub ready: bool,
     pub in_flight: usize,
+    /// Requests waiting for capacity now (`retry.wait_for_capacity`).
+    pub waiting: usize,
     /// The addresses plain HTTP is served on (a port 0 in the file is the one picked).
     pub listen: &'a [String],
     pub backends: Vec<BackendStatus>,
@@ -36,8 +38,19 @@ pub struct BackendStatus {
     ejected_seconds_left: Option<f64>,
     probe: Option<Probe>,
     cooling: Vec<Cooling>,
+    /// The tokens it said it has left, per deployment (`balance.strategy: headroom` only).
+    capacity: Vec<Left>,
     tries: Counts,
     tokens: Counts,
+}
+
+/// The tokens a backend said a deployment has left, refilled to now, and its per-minute limit
+/// as known.
+#[derive(Serialize)]
+struct Left {
+    deployment: String,
+    tokens_left: u64,
+    tokens_per_minute: u64,
 }
 
 /// Whether a backend takes requests (a cooling backend is `up`, with `cooling` entries).
@@ -110,6 +123,7 @@ impl<'a> Status<'a> {
         Status {
             ready,
             in_flight: metrics.in_flight(),
+            waiting: metrics.waiting(),
             listen,
             backends: gateway
                 .pool()
@@ -161,6 +175,19 @@ impl BackendStatus {
                 .map(|(deployment, left)| Cooling {
                     deployment: deployment.as_deref().unwrap_or("*").to_string(),
                     seconds_left: round(left.as_secs_f64()),
+                })
+                .collect(),
+            capacity: b
+                .capacity
+                .deployments()
+                .into_iter()
+                .filter_map(|d| {
+                    let (left, limit) = b.capacity.tokens(d.as_deref(), now)?;
+                    Some(Left {
+                        deployment: d.unwrap_or_else(|| "*".into()),
+                        tokens_left: left,
+                        tokens_per_minute: limit,
+                    })
                 })
                 .collect(),
             tries: Counts(

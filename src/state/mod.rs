@@ -1,6 +1,7 @@
 //! Shared state across replicas (`state.redis`): backend cooldowns and ejections
-//! ([`cooldowns`]), client limit windows ([`limits`]) and where stateful objects live
-//! ([`objects`]), in one Redis that every replica uses.
+//! ([`cooldowns`]), the quota backends say they have left ([`capacity`]), client limit windows
+//! ([`limits`]) and where stateful objects live ([`objects`]), in one Redis that every replica
+//! uses.
 //!
 //! Redis is never on a request's critical path:
 //! - what a request only tells (a cooldown began, an object was made, tokens were spent) goes
@@ -14,6 +15,7 @@
 //! The first transition to down, and the return, are logged once each;
 //! `aoai_proxy_state_store_up` says which it is.
 
+pub mod capacity;
 pub mod cooldowns;
 pub mod limits;
 pub mod objects;
@@ -42,6 +44,12 @@ pub enum Write {
     Standing {
         backend: String,
         change: StandingChange,
+    },
+    /// A backend said how much quota a deployment has left: publish it.
+    Capacity {
+        backend: String,
+        deployment: Option<String>,
+        report: crate::balance::Report,
     },
     /// An object lives on a backend.
     Learn { id: String, backend: String },

@@ -11,6 +11,7 @@ use pingora::services::background::BackgroundService;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, watch, Mutex};
 
+use super::capacity;
 use super::cooldowns::{self, Message};
 use super::{limits, objects};
 use super::{unix_now, SharedState, Write, CHECK_EVERY};
@@ -109,6 +110,11 @@ impl StateTask {
                 Write::Standing { backend, change } => {
                     cooldowns::publish(state, publish, &backend, &change).await
                 }
+                Write::Capacity {
+                    backend,
+                    deployment,
+                    report,
+                } => capacity::publish(state, &backend, deployment, &report).await,
                 Write::Learn { id, backend } => objects::learn(state, learn, id, backend).await,
                 Write::Forget { id } => objects::forget(state, id).await,
                 Write::Settle {
@@ -128,15 +134,15 @@ impl StateTask {
         }
     }
 
-    /// Listens for the cooldowns and ejections other replicas publish, and applies them to the
-    /// pool in force; reconnects when the subscription breaks.
+    /// Listens for the cooldowns, ejections and quota reports other replicas publish, and
+    /// applies them to the pool in force; reconnects when the subscription breaks.
     async fn listen(&self) {
         let state = &self.state;
-        let channel = state.key("health");
+        let (health, capacity) = (state.key("health"), state.key("capacity"));
         loop {
             let subscribed = async {
                 let mut pubsub = state.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
+                pubsub.subscribe(&[&health, &capacity]).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = match tokio::time::timeout(CHECK_EVERY * 4, subscribed).await {
@@ -148,14 +154,19 @@ impl StateTask {
             };
             let mut messages = pubsub.into_on_message();
             while let Some(msg) = messages.next().await {
-                let Ok(m) = serde_json::from_slice::<Message>(msg.get_payload_bytes()) else {
-                    continue;
-                };
-                if m.replica == state.replica {
+                let payload = msg.get_payload_bytes();
+                let pool = self.pools.borrow().clone();
+                if msg.get_channel_name() == capacity {
+                    match serde_json::from_slice::<capacity::Message>(payload) {
+                        Ok(m) if m.replica != state.replica => _ = m.apply(&pool),
+                        _ => {}
+                    }
                     continue;
                 }
-                let pool = self.pools.borrow().clone();
-                m.apply(&pool, unix_now());
+                match serde_json::from_slice::<Message>(payload) {
+                    Ok(m) if m.replica != state.replica => _ = m.apply(&pool, unix_now()),
+                    _ => {}
+                }
             }
             // The subscription broke: Redis went away.
             state.mark_down("the subscription to other replicas' cooldowns broke");

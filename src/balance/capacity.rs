@@ -1,0 +1,385 @@
+//! What each backend's answers say of the quota it has left, per deployment: Azure's
+//! `x-ratelimit-remaining-tokens` and `-requests` (with `x-ratelimit-limit-*` where a backend
+//! sends them) and, on provisioned deployments, `azure-openai-deployment-utilization`.
+//! `balance.strategy: headroom` reads it ([`Capacity::room`]) to send a request where it fits.
+//!
+//! Azure's quota is per minute and refills as time passes, so a remembered level is refilled
+//! when it is read: at its per-minute limit a minute, up to that limit. The limit is the one a
+//! backend sends, or else the largest level it reported (it reports its full quota after a quiet
+//! minute, and nearly that while lightly used). A provisioned deployment's utilization is taken
+//! to fall back to zero over a minute in the same way. Between two answers the proxy takes off
+//! its own estimate of each request it sends ([`Capacity::charge`]), as Azure does on arrival,
+//! so that requests sent together do not all go to the backend that had the most room.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use smallvec::SmallVec;
+
+/// Azure's quota window.
+const MINUTE: f64 = 60.0;
+/// How often one backend and deployment's levels are shared with the other replicas, at most.
+pub const SHARE_EVERY: Duration = Duration::from_millis(250);
+
+/// What one answer said of the quota left (`None`: it did not say, or said `-1`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Report {
+    pub tokens: Option<u64>,
+    pub requests: Option<u64>,
+    pub token_limit: Option<u64>,
+    pub request_limit: Option<u64>,
+    /// A provisioned deployment's utilization, in percent.
+    pub utilization: Option<f64>,
+}
+
+impl Report {
+    /// What `headers` say; `None` when they say nothing of the quota.
+    pub fn read(headers: &HeaderMap) -> Option<Report> {
+        let number = |name: &str| {
+            let v = headers.get(name)?.to_str().ok()?.trim();
+            v.parse::<u64>().ok()
+        };
+        let report = Report {
+            tokens: number("x-ratelimit-remaining-tokens"),
+            requests: number("x-ratelimit-remaining-requests"),
+            token_limit: number("x-ratelimit-limit-tokens"),
+            request_limit: number("x-ratelimit-limit-requests"),
+            utilization: headers
+                .get("azure-openai-deployment-utilization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().trim_end_matches('%').trim().parse::<f64>().ok())
+                .filter(|u| u.is_finite() && *u >= 0.0),
+        };
+        (report != Report::default()).then_some(report)
+    }
+}
+
+/// How much of a request a backend can take, as its answers said.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Room {
+    /// It has said nothing (or only a utilization below 100%): it counts as having room.
+    Unknown,
+    /// It has this many tokens left, the request's estimate fits in them.
+    Tokens(f64),
+    /// It reported fewer tokens left than the request's estimate, no request left, or a
+    /// utilization of 100%.
+    Full,
+}
+
+impl Room {
+    /// How it ranks against other backends' room, weighted: more is better.
+    pub fn score(self, weight: u16) -> f64 {
+        match self {
+            Room::Unknown => f64::INFINITY,
+            Room::Tokens(left) => left * f64::from(weight.max(1)),
+            Room::Full => 0.0,
+        }
+    }
+}
+
+/// One quota, remembered: its level when last reported, and its per-minute limit.
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    left: f64,
+    at: Instant,
+    /// Per minute; 0 while unknown.
+    limit: f64,
+    /// The limit came from the backend (`x-ratelimit-limit-*`), not from the largest level.
+    told: bool,
+}
+
+impl Level {
+    fn new(left: u64, limit: Option<u64>, now: Instant) -> Level {
+        let left = left as f64;
+        Level {
+            left,
+            at: now,
+            limit: limit.map_or(left, |l| l as f64),
+            told: limit.is_some(),
+        }
+    }
+
+    /// The level at `now`, refilled.
+    fn at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.left + self.limit * elapsed / MINUTE).min(self.limit.max(self.left))
+    }
+
+    fn report(&mut self, left: u64, limit: Option<u64>, now: Instant) {
+        let left = left as f64;
+        match limit {
+            Some(l) => (self.limit, self.told) = (l as f64, true),
+            None if !self.told => self.limit = self.limit.max(left),
+            None => {}
+        }
+        (self.left, self.at) = (left, now);
+    }
+
+    fn take(&mut self, amount: f64, now: Instant) {
+        self.left = (self.at(now) - amount).max(0.0);
+        self.at = now;
+    }
+}
+
+/// One deployment's levels on one backend (`deployment` `None`: requests that name none).
+#[derive(Debug)]
+struct Entry {
+    deployment: Option<Box<str>>,
+    tokens: Option<Level>,
+    requests: Option<Level>,
+    /// A provisioned deployment's utilization (percent) and when it was reported.
+    utilization: Option<(f64, Instant)>,
+    /// When its levels were last shared with the other replicas.
+    shared: Option<Instant>,
+}
+
+impl Entry {
+    fn room(&self, estimate: u64, now: Instant) -> Room {
+        if self.requests.is_some_and(|r| r.at(now) < 1.0) {
+            return Room::Full;
+        }
+        if let Some((used, at)) = self.utilization {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            if used - 100.0 * elapsed / MINUTE >= 100.0 {
+                return Room::Full;
+            }
+        }
+        match self.tokens.map(|t| t.at(now)) {
+            Some(left) if left < estimate as f64 => Room::Full,
+            Some(left) => Room::Tokens(left),
+            None => Room::Unknown,
+        }
+    }
+
+    fn report(&mut self, r: &Report, now: Instant) {
+        let level = |l: &mut Option<Level>, left: Option<u64>, limit| {
+            if let Some(left) = left {
+                match l {
+                    Some(level) => level.report(left, limit, now),
+                    None => *l = Some(Level::new(left, limit, now)),
+                }
+            }
+        };
+        level(&mut self.tokens, r.tokens, r.token_limit);
+        level(&mut self.requests, r.requests, r.request_limit);
+        if let Some(u) = r.utilization {
+            self.utilization = Some((u, now));
+        }
+    }
+}
+
+/// One backend's levels, per deployment. Touched only with `balance.strategy: headroom`: the
+/// default strategy neither reads nor writes it.
+#[derive(Debug, Default)]
+pub struct Capacity {
+    entries: Mutex<SmallVec<[Entry; 2]>>,
+}
+
+impl Capacity {
+    fn with_entry<T>(&self, deployment: Option<&str>, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match entries
+            .iter()
+            .position(|e| e.deployment.as_deref() == deployment)
+        {
+            Some(i) => i,
+            None => {
+                entries.push(Entry {
+                    deployment: deployment.map(Box::from),
+                    tokens: None,
+                    requests: None,
+                    utilization: None,
+                    shared: None,
+                });
+                entries.len() - 1
+            }
+        };
+        f(&mut entries[i])
+    }
+
+    /// How much of a request estimated at `estimate` tokens `deployment` can take at `now`.
+    pub fn room(&self, deployment: Option<&str>, estimate: u64, now: Instant) -> Room {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| e.deployment.as_deref() == deployment)
+            .map_or(Room::Unknown, |e| e.room(estimate, now))
+    }
+
+    /// Takes off a request sent to `deployment` (its `estimate` of tokens, and one request)
+    /// until the backend's answer says how much is left.
+    pub fn charge(&self, deployment: Option<&str>, estimate: u64, now: Instant) {
+        self.with_entry(deployment, |e| {
+            if let Some(t) = &mut e.tokens {
+                t.take(estimate as f64, now);
+            }
+            if let Some(r) = &mut e.requests {
+                r.take(1.0, now);
+            }
+        });
+    }
+
+    /// Takes in what an answer for `deployment` said at `now`. `true` when it is time to share
+    /// this backend and deployment's levels with the other replicas (at most every
+    /// [`SHARE_EVERY`]).
+    pub fn report(&self, deployment: Option<&str>, report: &Report, now: Instant) -> bool {
+        self.with_entry(deployment, |e| {
+            e.report(report, now);
+            let due = e
+                .shared
+                .is_none_or(|at| now.duration_since(at) >= SHARE_EVERY);
+            if due {
+                e.shared = Some(now);
+            }
+            due
+        })
+    }
+
+    /// Takes in what another replica's backend said (`state.redis`), as if it said it now.
+    pub fn apply_shared(&self, deployment: Option<&str>, report: &Report, now: Instant) {
+        self.with_entry(deployment, |e| e.report(report, now));
+    }
+
+    /// The tokens left for `deployment` now, and its per-minute limit as known: for the
+    /// status page. `None` before any report of tokens.
+    pub fn tokens(&self, deployment: Option<&str>, now: Instant) -> Option<(u64, u64)> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let t = entries
+            .iter()
+            .find(|e| e.deployment.as_deref() == deployment)?
+            .tokens?;
+        Some((t.at(now) as u64, t.limit as u64))
+    }
+
+    /// The deployments it has levels for.
+    pub fn deployments(&self) -> Vec<Option<String>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .map(|e| e.deployment.as_deref().map(str::to_string))
+            .collect()
+    }
+
+    /// Its per-minute token limit for `deployment` as known (0: unknown).
+    pub fn token_limit(&self, deployment: Option<&str>) -> f64 {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| e.deployment.as_deref() == deployment)
+            .and_then(|e| e.tokens)
+            .map_or(0.0, |t| t.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn report(tokens: u64, requests: u64) -> Report {
+        Report::read(&headers(&[
+            ("x-ratelimit-remaining-tokens", &tokens.to_string()),
+            ("x-ratelimit-remaining-requests", &requests.to_string()),
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn headers_are_read_and_minus_one_says_nothing() {
+        let r = Report::read(&headers(&[
+            ("x-ratelimit-remaining-tokens", "9000"),
+            ("x-ratelimit-remaining-requests", "-1"),
+            ("x-ratelimit-limit-tokens", "30000"),
+            ("azure-openai-deployment-utilization", "37.5%"),
+        ]))
+        .unwrap();
+        assert_eq!(r.tokens, Some(9000));
+        assert_eq!(r.requests, None);
+        assert_eq!(r.token_limit, Some(30000));
+        assert_eq!(r.utilization, Some(37.5));
+        assert_eq!(Report::read(&headers(&[("content-type", "x")])), None);
+        assert_eq!(
+            Report::read(&headers(&[("x-ratelimit-remaining-tokens", "-1")])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_level_refills_at_its_limit_a_minute_up_to_the_limit() {
+        let c = Capacity::default();
+        let t0 = Instant::now();
+        let limit = Report {
+            token_limit: Some(60_000),
+            ..report(0, 10)
+        };
+        c.report(Some("d"), &limit, t0);
+        assert_eq!(c.room(Some("d"), 1, t0), Room::Full);
+        // 1,000 tokens a second.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(c.room(Some("d"), 1500, later), Room::Tokens(2000.0));
+        assert_eq!(c.room(Some("d"), 2500, later), Room::Full);
+        let much_later = t0 + Duration::from_secs(600);
+        assert_eq!(c.room(Some("d"), 1, much_later), Room::Tokens(60_000.0));
+    }
+
+    #[test]
+    fn without_a_limit_header_the_largest_level_seen_is_the_limit() {
+        let c = Capacity::default();
+        let t0 = Instant::now();
+        c.report(None, &report(30_000, 100), t0);
+        c.report(None, &report(0, 99), t0);
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(c.room(None, 10, later), Room::Tokens(15_000.0));
+        assert_eq!(c.tokens(None, later), Some((15_000, 30_000)));
+    }
+
+    #[test]
+    fn no_request_left_or_full_utilization_is_full_and_unknown_has_room() {
+        let c = Capacity::default();
+        let t0 = Instant::now();
+        assert_eq!(c.room(Some("d"), 10, t0), Room::Unknown);
+        c.report(Some("d"), &report(50_000, 0), t0);
+        assert_eq!(c.room(Some("d"), 10, t0), Room::Full);
+        let ptu = Report {
+            utilization: Some(100.0),
+            ..Report::default()
+        };
+        c.report(Some("p"), &ptu, t0);
+        assert_eq!(c.room(Some("p"), 10, t0), Room::Full);
+        // Utilization falls back as the minute passes.
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(c.room(Some("p"), 10, later), Room::Unknown);
+        assert_eq!(c.room(Some("other"), 10, t0), Room::Unknown);
+    }
+
+    #[test]
+    fn a_request_sent_is_taken_off_until_the_answer_says() {
+        let c = Capacity::default();
+        let t0 = Instant::now();
+        c.report(Some("d"), &report(5000, 10), t0);
+        c.charge(Some("d"), 3000, t0);
+        assert_eq!(c.room(Some("d"), 2000, t0), Room::Tokens(2000.0));
+        c.charge(Some("d"), 3000, t0);
+        assert_eq!(c.room(Some("d"), 1, t0), Room::Full);
+        c.report(Some("d"), &report(4000, 8), t0);
+        assert_eq!(c.room(Some("d"), 1, t0), Room::Tokens(4000.0));
+    }
+
+    #[test]
+    fn levels_are_shared_at_most_every_quarter_second() {
+        let c = Capacity::default();
+        let t0 = Instant::now();
+        assert!(c.report(Some("d"), &report(1, 1), t0));
+        assert!(!c.report(Some("d"), &report(1, 1), t0 + SHARE_EVERY / 2));
+        assert!(c.report(Some("d"), &report(1, 1), t0 + SHARE_EVERY));
+        assert!(c.report(Some("e"), &report(1, 1), t0), "per deployment");
+    }
+}
