@@ -11,6 +11,7 @@
 //! A crate of its own so that the proxy links none of it: only `aoai-proxy demo` and
 //! `aoai-proxy simulate` (the `sim` feature), the tests and the benchmarks use it.
 
+mod completions;
 mod entra;
 mod identity;
 mod jwks;

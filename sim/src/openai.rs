@@ -1,5 +1,5 @@
 //! A simulated Azure OpenAI instance: chat completions (whole or streamed), completions and
-//! embeddings; the objects a resource keeps (files, batches, fine-tuning jobs, assistants,
+//! embeddings (answered by the `completions` module); the objects a resource keeps (files, batches, fine-tuning jobs, assistants,
 //! threads, vector stores, stored responses: see the `objects` module) and the Realtime
 //! WebSocket (the `realtime` module); with faults a test can program (429 with retry-after, 5xx,
 //! slow answers, dropped connections, streams that break), which come before every route.
@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::completions;
 use super::objects::{self, Store};
 use super::realtime::{self, Sessions};
 use super::{azure_error, json, lock, serve, Bind, Body, Server, TlsIdentity};
@@ -212,7 +213,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             .insert("connection", http::HeaderValue::from_static("close"));
         return Ok(named(resp, &state.options.name));
     }
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
     let uri = parts
         .uri
@@ -251,46 +252,53 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Some(Fault::BreakStream { after_chunks }) => break_after = Some(after_chunks),
         Some(Fault::EarlyStatus(_)) | None => {}
     }
+    Ok(named(
+        answer(&state, parts, &body, break_after),
+        &state.options.name,
+    ))
+}
+
+/// The answer to a request that no fault took: a 401 without a key, else what its route says.
+fn answer(
+    state: &State,
+    mut parts: http::request::Parts,
+    body: &Bytes,
+    break_after: Option<usize>,
+) -> Response<Body> {
     let has_key = parts.headers.contains_key("api-key")
         || parts
             .headers
             .get("authorization")
             .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
     if state.options.require_auth && !has_key {
-        let resp = azure_error(
+        return azure_error(
             401,
             "401",
             "Access denied due to invalid subscription key or wrong API endpoint.",
         );
-        return Ok(named(resp, &state.options.name));
     }
-    let name = &state.options.name;
     if realtime::is_realtime(parts.uri.path()) {
-        return Ok(named(
-            realtime::accept(&state.realtime, name, &mut parts),
-            name,
-        ));
+        return realtime::accept(&state.realtime, &state.options.name, &mut parts);
     }
-    if let Some(resp) = objects::route(&state.options, &state.objects, &parts, &body, break_after) {
-        return Ok(named(resp, name));
+    if let Some(resp) = objects::route(&state.options, &state.objects, &parts, body, break_after) {
+        return resp;
     }
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let path = parts.uri.path();
     let model = request["model"]
         .as_str()
         .map(str::to_string)
         .or_else(|| deployment(path))
         .unwrap_or_else(|| "gpt-4o".into());
-    let resp = if path.ends_with("/chat/completions") {
-        chat(&state.options, &request, &model, break_after)
+    if path.ends_with("/chat/completions") {
+        completions::chat(&state.options, &request, &model, break_after)
     } else if path.ends_with("/completions") {
-        json(200, &completion(&state.options.answer, &model))
+        json(200, &completions::completion(&state.options.answer, &model))
     } else if path.ends_with("/embeddings") {
-        json(200, &embeddings(&request, &model))
+        json(200, &completions::embeddings(&request, &model))
     } else {
         azure_error(404, "404", "Resource not found")
-    };
-    Ok(named(resp, &state.options.name))
+    }
 }
 
 fn named(mut resp: Response<Body>, name: &str) -> Response<Body> {
@@ -317,112 +325,4 @@ fn fault_message(status: u16, headers: &[(String, String)]) -> String {
 fn deployment(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/openai/deployments/")?;
     rest.split('/').next().map(str::to_string)
-}
-
-/// The simulator's token count: words.
-pub(crate) fn tokens(text: &str) -> u64 {
-    text.split_whitespace().count() as u64
-}
-
-fn usage(prompt: u64, completion: u64) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
-fn chat(
-    options: &BackendOptions,
-    request: &Value,
-    model: &str,
-    break_after: Option<usize>,
-) -> Response<Body> {
-    if request["stream"].as_bool() != Some(true) {
-        return json(200, &chat_completion(options, request, model));
-    }
-    let prompt = tokens(&request["messages"].to_string());
-    let completion = tokens(&options.answer);
-    let id = "chatcmpl-sim";
-    let chunk = |delta: Value, finish: Value| -> Bytes {
-        let c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                       "system_fingerprint": "fp_sim",
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]});
-        Bytes::from(format!("data: {c}\n\n"))
-    };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    let words: Vec<&str> = options.answer.split_inclusive(' ').collect();
-    events.extend(
-        words
-            .iter()
-            .map(|w| chunk(json!({"content": w}), Value::Null)),
-    );
-    events.push(chunk(json!({}), json!("stop")));
-    if request["stream_options"]["include_usage"].as_bool() == Some(true) {
-        let u = json!({"id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                       "choices": [], "usage": usage(prompt, completion)});
-        events.push(Bytes::from(format!("data: {u}\n\n")));
-    }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    event_stream(events, options.chunk_delay, break_after)
-}
-
-/// The `chat.completion` that answers `request` (whole, and in a batch's output).
-pub(crate) fn chat_completion(options: &BackendOptions, request: &Value, model: &str) -> Value {
-    let prompt = tokens(&request["messages"].to_string());
-    let completion = tokens(&options.answer);
-    json!({
-        "id": "chatcmpl-sim", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-        "system_fingerprint": "fp_sim",
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
-                     "message": {"role": "assistant", "content": options.answer, "refusal": null}}],
-        "usage": usage(prompt, completion),
-    })
-}
-
-/// A 200 `text/event-stream` of `events`, `delay` apart, broken after `break_after` of them.
-pub(crate) fn event_stream(
-    events: Vec<Bytes>,
-    delay: Duration,
-    break_after: Option<usize>,
-) -> Response<Body> {
-    let stream = futures_util::stream::unfold(
-        (events.into_iter(), 0usize),
-        move |(mut events, sent)| async move {
-            if break_after == Some(sent) {
-                return Some((
-                    Err(io::Error::other("simulated broken stream")),
-                    (events, sent + 1),
-                ));
-            }
-            let next = events.next()?;
-            if sent > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            Some((Ok(Frame::data(next)), (events, sent + 1)))
-        },
-    );
-    Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(StreamBody::new(stream).boxed())
-        .unwrap_or_default()
-}
-
-fn completion(answer: &str, model: &str) -> Value {
-    json!({"id": "cmpl-sim", "object": "text_completion", "created": 1_700_000_000, "model": model,
-           "choices": [{"index": 0, "text": answer, "finish_reason": "stop", "logprobs": null}],
-           "usage": usage(1, tokens(answer))})
-}
-
-/// The embeddings that answer `request` (also in a batch's output).
-pub(crate) fn embeddings(request: &Value, model: &str) -> Value {
-    let inputs = match &request["input"] {
-        Value::Array(items) => items.len().max(1),
-        _ => 1,
-    };
-    let data: Vec<Value> = (0..inputs)
-        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.0023, -0.0091, 0.0154, 0.0071, -0.0032, 0.0118, -0.0004, 0.0207]}))
-        .collect();
-    json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": inputs, "total_tokens": inputs}})
 }

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{deleted, list, new_kind_id, now, ok, required, Answer, Call, Kind, Refusal, Store};
-use crate::openai::{tokens, BackendOptions};
+use crate::completions::tokens;
+use crate::openai::BackendOptions;
 
 /// Answers a request under `/assistants`, `/threads` or `/vector_stores`.
 pub(super) fn route(options: &BackendOptions, store: &mut Store, call: &Call) -> Answer {

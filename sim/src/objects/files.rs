@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use super::{
     deleted, list, new_id, new_kind_id, now, ok, required, Answer, Call, Kind, Refusal, Store,
 };
-use crate::openai::{chat_completion, embeddings, BackendOptions};
+use crate::completions::{chat_completion, embeddings};
+use crate::openai::BackendOptions;
 
 /// Answers a request under `/files`, `/batches` or `/fine_tuning`.
 pub(super) fn route(options: &BackendOptions, store: &mut Store, call: &Call) -> Answer {

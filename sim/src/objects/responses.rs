@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{deleted, list, new_kind_id, now, ok, Answer, Call, Kind, Refusal, Store};
-use crate::openai::{event_stream, tokens, BackendOptions};
+use crate::completions::{event_stream, tokens};
+use crate::openai::BackendOptions;
 
 /// Answers a request under `/responses` (or `/deployments/{d}/responses`).
 pub(super) fn route(
