@@ -6,7 +6,9 @@
 //! A backend answers chat completions, completions and embeddings; it keeps the objects that
 //! Azure keeps on the one resource that made them (files, batches, fine-tuning jobs,
 //! assistants, threads, vector stores, stored responses of the Responses API), so another
-//! backend answers 404 for them; and it serves the Realtime API's WebSocket.
+//! backend answers 404 for them; and it serves the Realtime API's WebSocket. With a [`Quota`],
+//! it limits each deployment's tokens and requests a minute as Azure does (429s with
+//! `retry-after-ms`, `x-ratelimit-remaining-*` headers).
 //!
 //! A crate of its own so that the proxy links none of it: only `aoai-proxy demo` and
 //! `aoai-proxy simulate` (the `sim` feature), the tests and the benchmarks use it.
@@ -17,6 +19,7 @@ mod identity;
 mod jwks;
 mod objects;
 mod openai;
+mod quota;
 mod realtime;
 
 use std::convert::Infallible;
@@ -38,6 +41,7 @@ pub use entra::{EntraEndpoint, TokenRequest};
 pub use identity::IdentityEndpoint;
 pub use jwks::{JwksEndpoint, SigningKey};
 pub use openai::{Backend, BackendOptions, Fault, Recorded};
+pub use quota::Quota;
 
 /// A response body: whole or streamed.
 pub type Body = BoxBody<Bytes, io::Error>;

@@ -2,14 +2,15 @@
 //! embeddings (answered by the `completions` module); the objects a resource keeps (files, batches, fine-tuning jobs, assistants,
 //! threads, vector stores, stored responses: see the `objects` module) and the Realtime
 //! WebSocket (the `realtime` module); with faults a test can program (429 with retry-after, 5xx,
-//! slow answers, dropped connections, streams that break), which come before every route.
+//! slow answers, dropped connections, streams that break), which come before every route; and,
+//! with a [`Quota`], Azure's rate limits per deployment (the `quota` module), after the faults.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -19,6 +20,7 @@ use serde_json::Value;
 
 use super::completions;
 use super::objects::{self, Store};
+use super::quota::{self, Charge, Limiter, Operation, Quota};
 use super::realtime::{self, Sessions};
 use super::{azure_error, json, lock, serve, Bind, Body, Server, TlsIdentity};
 
@@ -73,6 +75,8 @@ pub struct BackendOptions {
     pub chunk_delay: Duration,
     /// Refuse requests without `Authorization: Bearer` or `api-key` (401), as Azure does.
     pub require_auth: bool,
+    /// Azure's rate limits, for each deployment apart (see [`Quota`]); `None`: no limit.
+    pub quota: Option<Quota>,
 }
 
 impl Default for BackendOptions {
@@ -84,6 +88,7 @@ impl Default for BackendOptions {
             answer: "Hello! This answer comes from the aoai-proxy simulator.".into(),
             chunk_delay: Duration::ZERO,
             require_auth: true,
+            quota: None,
         }
     }
 }
@@ -109,6 +114,8 @@ struct State {
     /// The files, batches, threads, responses... made on this backend.
     objects: Mutex<Store>,
     realtime: Arc<Sessions>,
+    /// The deployments' counters, with a [`Quota`].
+    limiter: Option<Limiter>,
 }
 
 /// A running simulated Azure OpenAI instance on 127.0.0.1; stops when dropped.
@@ -127,6 +134,7 @@ impl Backend {
     pub async fn start_on(bind: impl Into<Bind>, options: BackendOptions) -> io::Result<Backend> {
         let tls = options.tls.clone();
         let state = Arc::new(State {
+            limiter: options.quota.map(Limiter::new),
             options,
             requests: AtomicU64::new(0),
             script: Mutex::default(),
@@ -163,6 +171,20 @@ impl Backend {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered 429 because their deployment was over its [`Quota`] (faults are not
+    /// counted).
+    pub fn throttled(&self) -> u64 {
+        self.state.limiter.as_ref().map_or(0, Limiter::throttled)
+    }
+
+    /// Tokens charged to the deployments' [`Quota`]s, on the requests' arrival (0 without one).
+    pub fn tokens_charged(&self) -> u64 {
+        self.state
+            .limiter
+            .as_ref()
+            .map_or(0, Limiter::tokens_charged)
     }
 
     /// The next request (after those already queued) gets `fault`.
@@ -253,13 +275,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         Some(Fault::EarlyStatus(_)) | None => {}
     }
     Ok(named(
-        answer(&state, parts, &body, break_after),
+        answer(&state, parts, &body, break_after).await,
         &state.options.name,
     ))
 }
 
-/// The answer to a request that no fault took: a 401 without a key, else what its route says.
-fn answer(
+/// The answer to a request that no fault took: a 401 without a key, a 429 over the quota,
+/// else what its route says.
+async fn answer(
     state: &State,
     mut parts: http::request::Parts,
     body: &Bytes,
@@ -280,22 +303,52 @@ fn answer(
     if realtime::is_realtime(parts.uri.path()) {
         return realtime::accept(&state.realtime, &state.options.name, &mut parts);
     }
-    if let Some(resp) = objects::route(&state.options, &state.objects, &parts, body, break_after) {
+    let operation = Operation::of(&parts.method, parts.uri.path());
+    let request = match operation {
+        Some(_) => serde_json::from_slice(body).unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    let limiter = state.limiter.as_ref();
+    let charge = limiter
+        .and(operation)
+        .and_then(|operation| Charge::of(operation, &parts, &request));
+    let standing = match (limiter, &charge) {
+        (Some(limiter), Some(charge)) => match limiter.take(charge, Instant::now()) {
+            Ok(standing) => Some((limiter, standing)),
+            Err(throttled) => return limiter.refusal(charge, &throttled),
+        },
+        _ => None,
+    };
+    let mut resp = route(state, &parts, body, &request, break_after);
+    if let Some((limiter, standing)) = standing {
+        limiter.stamp(resp.headers_mut(), &standing);
+    }
+    resp
+}
+
+/// What the route of a request answers: the objects' routes, then the inference ones (which
+/// read the body as `request`).
+fn route(
+    state: &State,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    request: &Value,
+    break_after: Option<usize>,
+) -> Response<Body> {
+    if let Some(resp) = objects::route(&state.options, &state.objects, parts, body, break_after) {
         return resp;
     }
-    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let path = parts.uri.path();
     let model = request["model"]
         .as_str()
-        .map(str::to_string)
-        .or_else(|| deployment(path))
-        .unwrap_or_else(|| "gpt-4o".into());
+        .or_else(|| quota::deployment(path))
+        .unwrap_or("gpt-4o");
     if path.ends_with("/chat/completions") {
-        completions::chat(&state.options, &request, &model, break_after)
+        completions::chat(&state.options, request, model, break_after)
     } else if path.ends_with("/completions") {
-        json(200, &completions::completion(&state.options.answer, &model))
+        json(200, &completions::completion(&state.options.answer, model))
     } else if path.ends_with("/embeddings") {
-        json(200, &completions::embeddings(&request, &model))
+        json(200, &completions::embeddings(request, model))
     } else {
         azure_error(404, "404", "Resource not found")
     }
@@ -319,10 +372,4 @@ fn fault_message(status: u16, headers: &[(String, String)]) -> String {
         }
         _ => format!("Simulated error {status}."),
     }
-}
-
-/// `gpt-4o` from `/openai/deployments/gpt-4o/chat/completions`.
-fn deployment(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/openai/deployments/")?;
-    rest.split('/').next().map(str::to_string)
 }
