@@ -77,6 +77,10 @@ pub struct BackendOptions {
     pub require_auth: bool,
     /// Azure's rate limits, for each deployment apart (see [`Quota`]); `None`: no limit.
     pub quota: Option<Quota>,
+    /// How long an inference request (chat completions, completions, embeddings, a response
+    /// made with the Responses API) waits before its answer's header, as a model takes before
+    /// its first token: a whole answer comes after it, a stream's first chunk with it.
+    pub latency: Duration,
 }
 
 impl Default for BackendOptions {
@@ -89,6 +93,7 @@ impl Default for BackendOptions {
             chunk_delay: Duration::ZERO,
             require_auth: true,
             quota: None,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -281,7 +286,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 }
 
 /// The answer to a request that no fault took: a 401 without a key, a 429 over the quota,
-/// else what its route says.
+/// else what its route says (after the latency, for an inference request).
 async fn answer(
     state: &State,
     mut parts: http::request::Parts,
@@ -319,6 +324,9 @@ async fn answer(
         },
         _ => None,
     };
+    if operation.is_some() && !state.options.latency.is_zero() {
+        tokio::time::sleep(state.options.latency).await;
+    }
     let mut resp = route(state, &parts, body, &request, break_after);
     if let Some((limiter, standing)) = standing {
         limiter.stamp(resp.headers_mut(), &standing);

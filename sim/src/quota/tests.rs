@@ -360,3 +360,36 @@ async fn faults_come_before_the_quota_and_are_not_counted() {
     assert!(r.headers().get("x-ratelimit-remaining-tokens").is_none());
     assert_eq!((b.throttled(), b.tokens_charged()), (0, 0));
 }
+
+#[tokio::test]
+async fn a_request_is_charged_on_arrival_and_answered_after_the_latency() {
+    let latency = Duration::from_millis(400);
+    let b = Backend::start(BackendOptions {
+        latency,
+        quota: Some(Quota::tokens_per_minute(100_000)),
+        ..Default::default()
+    })
+    .await
+    .expect("the simulator binds 127.0.0.1:0");
+    for stream in [false, true] {
+        let start = Instant::now();
+        let before = b.tokens_charged();
+        let charged = async {
+            for _ in 0..1_000 {
+                if b.tokens_charged() > before {
+                    return start.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("never charged");
+        };
+        let (r, charged_after) = tokio::join!(chat(&b, "gpt", 9, stream), charged);
+        assert!(charged_after < latency, "charged after {charged_after:?}");
+        assert!(start.elapsed() >= latency, "answered before the latency");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            number(&r, "x-ratelimit-remaining-tokens").map(|t| t < 100_000),
+            Some(true)
+        );
+    }
+}
