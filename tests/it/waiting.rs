@@ -23,7 +23,7 @@ fn throttle_ms(ms: u64) -> Fault {
 async fn one_backend(retry: &str) -> (Backend, Proxy) {
     let b = backend("b0").await;
     let yaml = format!(
-        "auth: {{kind: none}}\nretry: {{{retry}}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n",
+        "auth: {{kind: none}}\nretry: {{{retry}}}\nbackends:\n  - {{url: \"{}\", name: b0, api_key: k}}\n",
         b.url()
     );
     let proxy = Proxy::start(&yaml, None);
@@ -75,7 +75,7 @@ async fn waiting_requests_contact_no_backend_and_go_in_arrival_order_at_the_back
     .await
     .unwrap();
     let yaml = format!(
-        "auth: {{kind: none}}\nretry: {{wait_for_capacity: 20s}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n",
+        "auth: {{kind: none}}\nretry: {{wait_for_capacity: 20s}}\nbackends:\n  - {{url: \"{}\", name: b0, api_key: k}}\n",
         b.url()
     );
     let proxy = std::sync::Arc::new(Proxy::start(&yaml, None));
