@@ -153,7 +153,13 @@ fn max_tries(raw: Option<&RawRetry>, p: &mut Problems) -> NonZeroU32 {
 /// `retry.wait_for_capacity` (zero: off) and `retry.max_waiting`.
 fn waiting(raw: Option<&RawRetry>, p: &mut Problems) -> Waiting {
     let d = Waiting::default();
-    let budget = raw.and_then(|r| r.wait_for_capacity);
+    let budget = duration(
+        p,
+        "retry.wait_for_capacity",
+        raw.and_then(|r| r.wait_for_capacity),
+        d.budget,
+        Duration::ZERO..=Waiting::MAX_BUDGET,
+    );
     let max = raw
         .and_then(|r| r.max_waiting)
         .map_or(d.max, |n| n as usize);
@@ -163,16 +169,7 @@ fn waiting(raw: Option<&RawRetry>, p: &mut Problems) -> Waiting {
             "must be at least 1 (to hold none, leave retry.wait_for_capacity at 0s)",
         );
     }
-    Waiting {
-        budget: duration(
-            p,
-            "retry.wait_for_capacity",
-            budget,
-            d.budget,
-            Duration::ZERO..=Waiting::MAX_BUDGET,
-        ),
-        max,
-    }
+    Waiting { budget, max }
 }
 
 fn timeouts(raw: Option<RawTimeouts>, p: &mut Problems) -> Timeouts {

@@ -14,6 +14,7 @@ use super::drive::{Driven, Start};
 use super::relay::{Delivery, Learning};
 use super::{Gateway, RequestCtx};
 use crate::balance::{spread, Pick, Turn, Unavailable};
+use crate::config::Strategy;
 use crate::credentials::TokenRef;
 use crate::objects::Named;
 use crate::request::{query, Request};
@@ -30,7 +31,11 @@ impl Gateway {
         request: &Request,
     ) -> Result<()> {
         let deployment = request.deployment();
-        let estimate = request.capacity_estimate();
+        // Read only where it is used: it parses the body.
+        let estimate = match self.pool.strategy() {
+            Strategy::Headroom => request.capacity_estimate(),
+            Strategy::RoundRobin => 0,
+        };
         let learning = request.may_create().then(|| Learning {
             created: true,
             ..Learning::default()

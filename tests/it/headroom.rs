@@ -25,7 +25,8 @@ async fn with_quota(name: &str, tpm: u64) -> Backend {
 
 /// `strategy` over `backends` given as (backend, priority), with `extra` YAML.
 fn yaml(strategy: &str, backends: &[(&Backend, u8)], extra: &str) -> String {
-    let mut y = format!("auth: {{kind: none}}\nbalance: {{strategy: {strategy}}}\n{extra}backends:\n");
+    let mut y =
+        format!("auth: {{kind: none}}\nbalance: {{strategy: {strategy}}}\n{extra}backends:\n");
     for (i, (b, priority)) in backends.iter().enumerate() {
         y.push_str(&format!(
             "  - {{url: \"{}\", name: b{i}, api_key: k, priority: {priority}}}\n",
@@ -97,8 +98,10 @@ async fn replicas_on_one_redis_share_what_the_backends_said() {
     let config = yaml("headroom", &[(&b, 0)], &extra);
     let (one, two) = (Proxy::start(&config, None), Proxy::start(&config, None));
     for p in [&one, &two] {
-        p.wait_for_metrics("redis up", |m| metric(m, "aoai_proxy_state_store_up") == 1.0)
-            .await;
+        p.wait_for_metrics("redis up", |m| {
+            metric(m, "aoai_proxy_state_store_up") == 1.0
+        })
+        .await;
     }
     chats(&one, 1).await;
     // Replica two has sent nothing, and knows what b0 said.
