@@ -1,10 +1,12 @@
 //! `aoai-proxy simulate`: the simulator as a process of its own, for benchmarks and for
 //! developing against a local stand-in for Azure OpenAI.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
-use aoai_sim::{Backend, BackendOptions, Fault, IdentityEndpoint};
+use aoai_sim::{Backend, BackendOptions, Fault, IdentityEndpoint, Quota};
 
 /// Options of `aoai-proxy simulate`.
 #[derive(clap::Args, Debug)]
@@ -34,9 +36,75 @@ pub struct SimulateArgs {
     /// in turn) answers 429 with `retry-after-ms`; 0: never.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub throttle_every_ms: u64,
+    /// Gives the `--listen` backend at ADDR a quota of TPM tokens a minute for each of its
+    /// deployments, and Azure's 6 requests a minute per 1,000 of them: 429s with `retry-after`
+    /// and `retry-after-ms` past it, `x-ratelimit-remaining-tokens`/`-requests` on every
+    /// answer; repeat for several.
+    #[arg(long = "quota", value_name = "ADDR=TPM")]
+    pub quota: Vec<AddrTpm>,
+    /// The same as `--quota` for a provisioned (PTU) deployment: answers carry
+    /// `azure-openai-deployment-utilization` instead, and 429s carry `retry-after-ms` alone.
+    #[arg(long = "provisioned", value_name = "ADDR=TPM")]
+    pub provisioned: Vec<AddrTpm>,
+    /// Backends with a `--quota` also send `x-ratelimit-limit-tokens` and `-requests`.
+    #[arg(long)]
+    pub limit_headers: bool,
+    /// How long the `--listen` backends take before an inference answer's header (before the
+    /// first chunk of a stream), in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+/// `ADDR=TPM` of `--quota` and `--provisioned`: a backend's address and its tokens a minute.
+#[derive(Clone, Debug)]
+pub struct AddrTpm {
+    pub addr: SocketAddr,
+    pub tpm: u64,
+}
+
+impl FromStr for AddrTpm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, tpm) = s
+            .split_once('=')
+            .ok_or("expected ADDR=TPM, e.g. 127.0.0.1:9001=30000")?;
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("'{addr}' is not an address like 127.0.0.1:9001 ({e})"))?;
+        match tpm.parse::<u64>() {
+            Ok(tpm) if tpm > 0 => Ok(AddrTpm { addr, tpm }),
+            _ => Err(format!(
+                "'{tpm}' is not a number of tokens a minute (a whole number above 0)"
+            )),
+        }
+    }
+}
+
+/// The quota of each `--listen` backend that `--quota` or `--provisioned` names.
+fn quotas(args: &SimulateArgs) -> Result<HashMap<SocketAddr, Quota>, String> {
+    let standard = args.quota.iter().map(|q| ("--quota", q, false));
+    let provisioned = args.provisioned.iter().map(|q| ("--provisioned", q, true));
+    let mut quotas = HashMap::new();
+    for (flag, AddrTpm { addr, tpm }, provisioned) in standard.chain(provisioned) {
+        if !args.listen.contains(addr) {
+            return Err(format!(
+                "{flag} {addr}={tpm}: {addr} is not the address of a --listen backend"
+            ));
+        }
+        let quota = Quota {
+            provisioned,
+            limit_headers: args.limit_headers,
+            ..Quota::tokens_per_minute(*tpm)
+        };
+        if quotas.insert(*addr, quota).is_some() {
+            return Err(format!("{flag} {addr}={tpm}: {addr} has a quota already"));
+        }
+    }
+    Ok(quotas)
 }
 
 /// An answer of about `bytes` bytes.
@@ -72,6 +140,7 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
                 .into(),
         );
     }
+    let quotas = quotas(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -89,7 +158,7 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
                 ),
             ],
         };
-        let backends = start_backends(&args, &throttle).await?;
+        let backends = start_backends(&args, &throttle, &quotas).await?;
         let _identity = match args.identity {
             Some(addr) => Some(start_identity(addr, &args.identity_header).await?),
             None => None,
@@ -119,20 +188,40 @@ pub fn run(args: SimulateArgs) -> Result<(), String> {
     })
 }
 
-/// The `--listen` backends, then the `--throttled` ones (which answer `throttle`).
-async fn start_backends(args: &SimulateArgs, throttle: &Fault) -> Result<Vec<Backend>, String> {
+/// The `--listen` backends (with their `quotas`), then the `--throttled` ones (which answer
+/// `throttle`).
+async fn start_backends(
+    args: &SimulateArgs,
+    throttle: &Fault,
+    quotas: &HashMap<SocketAddr, Quota>,
+) -> Result<Vec<Backend>, String> {
     let mut started = Vec::new();
     for (i, addr) in args.listen.iter().enumerate() {
+        let quota = quotas.get(addr).copied();
         let options = BackendOptions {
             name: format!("sim-{i}"),
             answer: answer(args.answer_bytes),
             chunk_delay: Duration::from_millis(args.chunk_delay_ms),
+            latency: Duration::from_millis(args.latency_ms),
+            quota,
             ..Default::default()
         };
         let b = Backend::start_on(*addr, options)
             .await
             .map_err(|e| format!("{addr}: {e}"))?;
-        println!("simulated Azure OpenAI backend sim-{i} at {}", b.url());
+        let limits = match quota {
+            None => String::new(),
+            Some(q) => format!(
+                ", {} tokens and {} requests a minute per deployment{}",
+                q.tokens_per_minute,
+                q.requests_per_minute,
+                if q.provisioned { " (provisioned)" } else { "" },
+            ),
+        };
+        println!(
+            "simulated Azure OpenAI backend sim-{i} at {}{limits}",
+            b.url()
+        );
         started.push(b);
     }
     for addr in &args.throttled {
@@ -163,4 +252,79 @@ async fn start_identity(addr: SocketAddr, header: &str) -> Result<IdentityEndpoi
         id.endpoint(),
     );
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `aoai-proxy simulate`'s arguments alone.
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    fn parse(line: &str) -> Result<SimulateArgs, String> {
+        let words = std::iter::once("simulate").chain(line.split_whitespace());
+        Cli::try_parse_from(words)
+            .map(|cli| cli.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn quotas_go_to_their_listen_backends() {
+        let args = parse(
+            "--listen 127.0.0.1:9001 --listen 127.0.0.1:9002 --quota 127.0.0.1:9001=30000 \
+             --provisioned 127.0.0.1:9002=1000 --limit-headers --latency-ms 250",
+        )
+        .unwrap();
+        assert_eq!(args.latency_ms, 250);
+        let quotas = quotas(&args).unwrap();
+        let standard = quotas[&"127.0.0.1:9001".parse().unwrap()];
+        assert_eq!(
+            (standard.tokens_per_minute, standard.requests_per_minute),
+            (30_000, 180)
+        );
+        assert!(!standard.provisioned && standard.limit_headers);
+        assert!(quotas[&"127.0.0.1:9002".parse().unwrap()].provisioned);
+    }
+
+    #[test]
+    fn a_bad_quota_is_an_error_that_names_its_flag() {
+        for (line, says) in [
+            ("--quota 127.0.0.1:9001", "ADDR=TPM"),
+            (
+                "--quota localhost:9001=5",
+                "'localhost:9001' is not an address",
+            ),
+            (
+                "--provisioned 127.0.0.1:9001=0",
+                "'0' is not a number of tokens",
+            ),
+            (
+                "--quota 127.0.0.1:9001=many",
+                "'many' is not a number of tokens",
+            ),
+            ("--latency-ms soon", "soon"),
+        ] {
+            let error = parse(line).unwrap_err();
+            let flag = line.split_whitespace().next().unwrap();
+            assert!(error.contains(flag), "{line}: {error}");
+            assert!(error.contains(says), "{line}: {error}");
+        }
+        let not_listening = parse("--listen 127.0.0.1:9001 --quota 127.0.0.1:9002=100").unwrap();
+        let error = quotas(&not_listening).unwrap_err();
+        assert!(error.starts_with("--quota 127.0.0.1:9002=100: "), "{error}");
+        let twice = parse(
+            "--listen 127.0.0.1:9001 --quota 127.0.0.1:9001=100 --provisioned 127.0.0.1:9001=100",
+        )
+        .unwrap();
+        let error = quotas(&twice).unwrap_err();
+        assert!(
+            error.starts_with("--provisioned 127.0.0.1:9001=100: "),
+            "{error}"
+        );
+    }
 }
