@@ -140,15 +140,15 @@ impl Operation {
         };
         // The prompt as the answers' `usage` counts it.
         let prompt = |name: &str| tokens(&body[name].to_string());
+        // A client's `max_tokens` may be any number: the sum saturates.
         match self {
             Operation::ChatCompletions => {
-                prompt("messages") + output(&["max_tokens", "max_completion_tokens"])
+                prompt("messages").saturating_add(output(&["max_tokens", "max_completion_tokens"]))
             }
-            Operation::Completions => prompt("prompt") + output(&["max_tokens"]),
+            Operation::Completions => prompt("prompt").saturating_add(output(&["max_tokens"])),
             Operation::Embeddings => prompt("input"),
-            Operation::Responses => {
-                prompt("input") + prompt("instructions") + output(&["max_output_tokens"])
-            }
+            Operation::Responses => (prompt("input") + prompt("instructions"))
+                .saturating_add(output(&["max_output_tokens"])),
         }
     }
 }

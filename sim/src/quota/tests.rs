@@ -145,6 +145,8 @@ fn azure_estimates_the_prompt_and_the_most_it_may_write() {
     assert_eq!(Operation::Embeddings.estimate(&embedding), 3);
     let response = json!({"input": "four words of input", "instructions": "be brief", "max_output_tokens": 20});
     assert_eq!(Operation::Responses.estimate(&response), 4 + 2 + 20);
+    let huge = json!({"messages": messages, "max_tokens": u64::MAX});
+    assert_eq!(chat.estimate(&huge), u64::MAX);
 }
 
 #[test]
