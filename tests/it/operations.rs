@@ -208,6 +208,7 @@ async fn the_status_json_shows_who_is_cooling_and_who_is_ejected() {
         &[
             "ready",
             "in_flight",
+            "waiting",
             "listen",
             "backends",
             "token",
@@ -225,6 +226,7 @@ async fn the_status_json_shows_who_is_cooling_and_who_is_ejected() {
             "ejected_seconds_left",
             "probe",
             "cooling",
+            "capacity",
             "tries",
             "tokens",
         ],
@@ -300,6 +302,10 @@ async fn the_status_page_renders_in_a_headless_browser() {
     assert!(
         dom.contains("id=\"token\">expires in"),
         "the token's expiry is shown"
+    );
+    assert!(
+        dom.contains("id=\"waiting\">0<"),
+        "the requests waiting for capacity are shown"
     );
     assert!(
         dom.contains("<div id=\"error\"></div>"),
