@@ -4,7 +4,7 @@
 //!
 //! - the first in line goes when the first cooldown of the backends that could serve it ends
 //!   (the caller says when that is: [`Ticket::turn`]'s `free_in`), and only while no request let
-//!   go before it still waits for its answer;
+//!   go before it still waits for its answer (or that one has waited [`PATIENCE`]);
 //! - an answer that shows room (a 2xx) lets the next two go, so the pace doubles while the
 //!   backend keeps up (as TCP's slow start does); any other answer but a 429 lets one go; a 429
 //!   lets none go, and the request it answered goes back to the front of the line;
@@ -13,7 +13,7 @@
 //!
 //! So when a cooldown ends, a backend still out of quota answers one 429, not one per waiting
 //! request. Newcomers queue behind waiting requests ([`WaitingRoom::busy`]) so that nobody
-//! overtakes them.
+//! overtakes them; when nobody waits they go straight on, whatever is still out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +24,10 @@ use tokio::sync::Notify;
 
 /// How many an answer that shows room lets go: itself replaced, and one more.
 const ROOM_SHOWN: usize = 2;
+/// How long the first in line waits for the answers of those let go before it, once a backend
+/// is free: an answer that is not streamed comes only when the whole completion is written,
+/// and the line must not stand still that long.
+pub const PATIENCE: Duration = Duration::from_secs(1);
 
 /// One deployment's line.
 #[derive(Default)]
@@ -31,6 +35,19 @@ struct Line {
     waiting: VecDeque<(u64, Arc<Notify>)>,
     /// Let go and not yet answered.
     out: usize,
+    /// When the last one was let go.
+    released: Option<Instant>,
+}
+
+impl Line {
+    /// When the first in line may look for a free backend itself: now when nobody let go
+    /// awaits an answer, else [`PATIENCE`] after the last was let go.
+    fn may_watch_at(&self, now: Instant) -> Instant {
+        match (self.out, self.released) {
+            (0, _) | (_, None) => now,
+            (_, Some(at)) => at + PATIENCE,
+        }
+    }
 }
 
 /// The lines, one per deployment (`None`: requests that name none).
@@ -111,14 +128,15 @@ impl WaitingRoom {
         value
     }
 
-    /// Whether requests for `deployment` are waiting, or let go and not yet answered: a
-    /// newcomer then queues behind them.
+    /// Whether requests for `deployment` are waiting: a newcomer then queues behind them.
     pub fn busy(&self, deployment: Option<&str>) -> bool {
         if self.busy.load(Ordering::Acquire) == 0 {
             return false;
         }
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().any(|(d, _)| d.as_deref() == deployment)
+        lines
+            .iter()
+            .any(|(d, line)| d.as_deref() == deployment && !line.waiting.is_empty())
     }
 
     /// A place in `deployment`'s line: at its end, or at its front for a request whose turn
@@ -152,6 +170,7 @@ impl WaitingRoom {
             };
             self.held.fetch_sub(1, Ordering::AcqRel);
             line.out += 1;
+            line.released = Some(Instant::now());
             notify.notify_one();
         }
         if let Some((_, first)) = line.waiting.front() {
@@ -163,7 +182,8 @@ impl WaitingRoom {
 impl Ticket {
     /// Waits for this request's turn, at most until `deadline`. `free_in` says how long until
     /// a backend that could serve the request is free (`None`: one is free now); it is asked
-    /// only by the first in line, while nobody let go before it awaits an answer.
+    /// only by the first in line, while nobody let go before it awaits an answer (or once
+    /// that one has waited [`PATIENCE`]).
     pub async fn turn(
         &mut self,
         free_in: impl Fn() -> Option<Duration>,
@@ -173,34 +193,37 @@ impl Ticket {
             // Made before looking, so that a wake-up between the look and the wait counts.
             let notified = self.notify.clone();
             let notified = notified.notified();
-            let (gone, watches) = self.room.with_line(self.deployment.as_deref(), |line| {
+            let now = Instant::now();
+            let (gone, watch_at) = self.room.with_line(self.deployment.as_deref(), |line| {
                 let first = line.waiting.front().map(|(id, _)| *id) == Some(self.id);
                 let gone = !line.waiting.iter().any(|(id, _)| *id == self.id);
-                (gone, first && line.out == 0)
+                (gone, first.then(|| line.may_watch_at(now)))
             });
             if gone {
                 // Let go by an answer that showed room.
                 self.state = State::Out;
                 return Turn::Go;
             }
-            let now = Instant::now();
             if now >= deadline {
                 return Turn::TimedOut;
             }
             let mut until = deadline;
-            if watches {
-                match free_in() {
+            match watch_at {
+                Some(at) if at <= now => match free_in() {
                     None => {
                         self.room.with_line(self.deployment.as_deref(), |line| {
                             line.waiting.retain(|(id, _)| *id != self.id);
                             line.out += 1;
+                            line.released = Some(now);
                         });
                         self.room.held.fetch_sub(1, Ordering::AcqRel);
                         self.state = State::Out;
                         return Turn::Go;
                     }
                     Some(left) => until = until.min(now + left),
-                }
+                },
+                Some(at) => until = until.min(at),
+                None => {}
             }
             tokio::select! {
                 () = notified => {}

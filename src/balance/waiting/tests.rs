@@ -124,3 +124,31 @@ async fn only_the_first_in_line_asks_when_a_backend_is_free() {
         .is_err());
     assert!(!asked.load(Ordering::Relaxed));
 }
+
+#[tokio::test]
+async fn an_answer_that_is_slow_to_come_holds_the_line_one_patience_at_most() {
+    let room = WaitingRoom::new(10);
+    let mut a = room.enter(None, false).unwrap();
+    let mut b = room.enter(None, false).unwrap();
+    assert!(goes(&mut a).await);
+    // `a` is out and unanswered; nobody waits but `b`.
+    let started = Instant::now();
+    assert_eq!(b.turn(|| None, deadline()).await, Turn::Go);
+    let waited = started.elapsed();
+    assert!(
+        waited >= PATIENCE - Duration::from_millis(250) && waited < PATIENCE * 3,
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn newcomers_queue_only_behind_requests_that_wait() {
+    let room = WaitingRoom::new(10);
+    let mut a = room.enter(None, false).unwrap();
+    assert!(room.busy(None));
+    assert!(goes(&mut a).await);
+    // Let go and not answered yet: nobody waits, so a newcomer goes straight on.
+    assert!(!room.busy(None));
+    a.answered(true, false);
+    assert_eq!(room.busy.load(Ordering::Acquire), 0);
+}
