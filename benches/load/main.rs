@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Proc};
+use common::{cpu_seconds, free_port, Proc};
 use report::{Machine, Run, Streams};
 
 /// How long each measurement lasts (after a warm-up of [`WARMUP`]).
@@ -105,19 +105,6 @@ fn spawn(cmd: &mut Command, dir: &Path, name: &str) -> Stopped {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     Stopped(Proc(child))
-}
-
-/// CPU seconds used so far by process `pid` (user + system).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
 }
 
 /// A `/proc/PID/status` size in MB (VmRSS now, VmHWM the peak).

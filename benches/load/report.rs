@@ -108,13 +108,7 @@ pub struct Machine {
 
 impl Machine {
     pub fn read(nginx: Option<&Path>) -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .map_or("unknown".into(), |v| {
-                v.trim_start_matches([' ', '\t', ':']).to_string()
-            });
+        let (cpu, _) = crate::common::cpu_info();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let kb: f64 = meminfo
             .lines()

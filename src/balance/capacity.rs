@@ -63,8 +63,8 @@ pub enum Room {
     /// It has this many tokens left, the request's estimate fits in them.
     Tokens(f64),
     /// It reported fewer tokens left than the request's estimate, no request left, or a
-    /// utilization of 100%.
-    Full,
+    /// utilization of 100%; refilled as Azure refills, it has room again in this long.
+    Full(Duration),
 }
 
 impl Room {
@@ -73,7 +73,7 @@ impl Room {
         match self {
             Room::Unknown => f64::INFINITY,
             Room::Tokens(left) => left * f64::from(weight.max(1)),
-            Room::Full => 0.0,
+            Room::Full(_) => 0.0,
         }
     }
 }
@@ -87,6 +87,14 @@ struct Level {
     limit: f64,
     /// The limit came from the backend (`x-ratelimit-limit-*`), not from the largest level.
     told: bool,
+}
+
+/// How long a level refilled at `per_minute` takes from `left` to `needed`.
+fn refill(left: f64, needed: f64, per_minute: f64) -> Duration {
+    if per_minute <= 0.0 {
+        return Duration::from_secs(1);
+    }
+    Duration::from_secs_f64(((needed - left).max(0.0) * MINUTE / per_minute).min(MINUTE))
 }
 
 impl Level {
@@ -136,18 +144,27 @@ struct Entry {
 
 impl Entry {
     fn room(&self, estimate: u64, now: Instant) -> Room {
-        if self.requests.is_some_and(|r| r.at(now) < 1.0) {
-            return Room::Full;
+        if let Some(r) = self.requests {
+            let left = r.at(now);
+            if left < 1.0 {
+                return Room::Full(refill(left, 1.0, r.limit));
+            }
         }
         if let Some((used, at)) = self.utilization {
             let elapsed = now.saturating_duration_since(at).as_secs_f64();
-            if used - 100.0 * elapsed / MINUTE >= 100.0 {
-                return Room::Full;
+            let used = used - 100.0 * elapsed / MINUTE;
+            if used >= 100.0 {
+                return Room::Full(refill(100.0 - used, 0.0, 100.0));
             }
         }
-        match self.tokens.map(|t| t.at(now)) {
-            Some(left) if left < estimate as f64 => Room::Full,
-            Some(left) => Room::Tokens(left),
+        match self.tokens {
+            Some(t) => {
+                let left = t.at(now);
+                match left < estimate as f64 {
+                    true => Room::Full(refill(left, estimate as f64, t.limit)),
+                    false => Room::Tokens(left),
+                }
+            }
             None => Room::Unknown,
         }
     }
@@ -321,11 +338,17 @@ mod tests {
             ..report(0, 10)
         };
         c.report(Some("d"), &limit, t0);
-        assert_eq!(c.room(Some("d"), 1, t0), Room::Full);
+        assert_eq!(
+            c.room(Some("d"), 1, t0),
+            Room::Full(Duration::from_millis(1))
+        );
         // 1,000 tokens a second.
         let later = t0 + Duration::from_secs(2);
         assert_eq!(c.room(Some("d"), 1500, later), Room::Tokens(2000.0));
-        assert_eq!(c.room(Some("d"), 2500, later), Room::Full);
+        assert_eq!(
+            c.room(Some("d"), 2500, later),
+            Room::Full(Duration::from_millis(500))
+        );
         let much_later = t0 + Duration::from_secs(600);
         assert_eq!(c.room(Some("d"), 1, much_later), Room::Tokens(60_000.0));
     }
@@ -347,13 +370,13 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(c.room(Some("d"), 10, t0), Room::Unknown);
         c.report(Some("d"), &report(50_000, 0), t0);
-        assert_eq!(c.room(Some("d"), 10, t0), Room::Full);
+        assert!(matches!(c.room(Some("d"), 10, t0), Room::Full(_)));
         let ptu = Report {
             utilization: Some(100.0),
             ..Report::default()
         };
         c.report(Some("p"), &ptu, t0);
-        assert_eq!(c.room(Some("p"), 10, t0), Room::Full);
+        assert_eq!(c.room(Some("p"), 10, t0), Room::Full(Duration::ZERO));
         // Utilization falls back as the minute passes.
         let later = t0 + Duration::from_secs(6);
         assert_eq!(c.room(Some("p"), 10, later), Room::Unknown);
@@ -368,7 +391,7 @@ mod tests {
         c.charge(Some("d"), 3000, t0);
         assert_eq!(c.room(Some("d"), 2000, t0), Room::Tokens(2000.0));
         c.charge(Some("d"), 3000, t0);
-        assert_eq!(c.room(Some("d"), 1, t0), Room::Full);
+        assert!(matches!(c.room(Some("d"), 1, t0), Room::Full(_)));
         c.report(Some("d"), &report(4000, 8), t0);
         assert_eq!(c.room(Some("d"), 1, t0), Room::Tokens(4000.0));
     }

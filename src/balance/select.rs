@@ -138,23 +138,33 @@ impl Pool {
 }
 
 impl Pool {
-    /// How long until a backend that serves `deployment` is free to take a request, when every
-    /// such backend is cooling: the shortest of their cooldowns. `None` when one is not cooling
-    /// (or none serves it).
-    pub fn free_in(&self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
+    /// How long until a backend that serves `deployment` is free to take a request estimated at
+    /// `estimate` tokens, when none is now: the shortest of their cooldowns and, with
+    /// `balance.strategy: headroom`, of the times the full ones take to refill for it. `None`
+    /// when one is free (or none serves it).
+    pub fn free_in(
+        &self,
+        deployment: Option<&str>,
+        estimate: u64,
+        now: Instant,
+    ) -> Option<Duration> {
         let at = Moment::of(now);
+        let headroom = self.strategy == crate::config::Strategy::Headroom;
         let mut shortest = None;
         for b in self
             .backends
             .iter()
             .filter(|b| b.naming(deployment).is_some())
         {
-            match b.standing.standing(deployment, at) {
-                Standing::Cooling(left) => {
-                    shortest = Some(shortest.map_or(left, |s: Duration| s.min(left)))
-                }
+            let left = match b.standing.standing(deployment, at) {
+                Standing::Cooling(left) => left,
+                Standing::Good if headroom => match b.capacity.room(deployment, estimate, now) {
+                    Room::Full(left) => left,
+                    _ => return None,
+                },
                 _ => return None,
-            }
+            };
+            shortest = Some(shortest.map_or(left, |s: Duration| s.min(left)));
         }
         shortest
     }
@@ -172,7 +182,7 @@ impl Selection<'_> {
             match b.standing.standing(self.deployment, at) {
                 Standing::Cooling(left) => Fit::Cooling(left),
                 Standing::Unhealthy => Fit::Unhealthy,
-                Standing::Good if self.room(i, at) == Room::Full => Fit::Full,
+                Standing::Good if matches!(self.room(i, at), Room::Full(_)) => Fit::Full,
                 Standing::Good => Fit::Ready,
             }
         }
@@ -193,7 +203,8 @@ impl Selection<'_> {
     /// How long until a backend that serves this request's deployment is free (see
     /// [`Pool::free_in`]).
     pub fn free_in(&self, now: Instant) -> Option<Duration> {
-        self.pool.free_in(self.deployment, now)
+        self.pool
+            .free_in(self.deployment, self.headroom.unwrap_or(0), now)
     }
 
     /// Whether backend `i` may take a try of this request at `now`.

@@ -51,15 +51,28 @@ impl Gateway {
             .waiting
             .as_ref()
             .is_some_and(|(room, _)| room.busy(deployment))
-            && !self.wait(session, ctx, deployment, false).await?
+            && !self.wait(session, ctx, deployment, estimate, false).await?
         {
             return self.throttled(session, ctx, deployment, estimate).await;
         }
         loop {
+            // With waiting, a request that no backend has room for waits before it is sent
+            // (every backend cooling, or, with headroom, all too full for it).
+            if self.waiting.is_some()
+                && self
+                    .pool
+                    .free_in(deployment, estimate, Instant::now())
+                    .is_some()
+            {
+                if self.wait(session, ctx, deployment, estimate, false).await? {
+                    continue;
+                }
+                return self.throttled(session, ctx, deployment, estimate).await;
+            }
             let (policy, mut start) = match self.forward_plan(deployment, estimate).await {
                 Ok(plan) => plan,
                 Err(Unavailable::Cooling { .. }) if self.waiting.is_some() => {
-                    if self.wait(session, ctx, deployment, false).await? {
+                    if self.wait(session, ctx, deployment, estimate, false).await? {
                         continue;
                     }
                     return self.throttled(session, ctx, deployment, estimate).await;
@@ -77,7 +90,7 @@ impl Gateway {
             match driven {
                 Driven::Answered => return Ok(()),
                 // Its turn was answered 429: back to the front of the line.
-                Driven::Wait if self.wait(session, ctx, deployment, true).await? => {
+                Driven::Wait if self.wait(session, ctx, deployment, estimate, true).await? => {
                     forgiven = policy.forgiven();
                 }
                 Driven::Wait => return self.throttled(session, ctx, deployment, estimate).await,
@@ -115,6 +128,7 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         deployment: Option<&str>,
+        estimate: u64,
         front: bool,
     ) -> Result<bool> {
         let Some((room, budget)) = &self.waiting else {
@@ -131,7 +145,7 @@ impl Gateway {
         };
         let deadline = ctx.started + *budget;
         let pool = &self.pool;
-        let free_in = || pool.free_in(deployment, Instant::now());
+        let free_in = || pool.free_in(deployment, estimate, Instant::now());
         let now = Instant::now();
         if free_in().is_some_and(|left| now + left > deadline) {
             return Ok(false);
@@ -172,7 +186,7 @@ impl Gateway {
     ) -> Result<()> {
         let shortest = self
             .pool
-            .free_in(deployment, Instant::now())
+            .free_in(deployment, estimate, Instant::now())
             .unwrap_or(Duration::from_millis(1));
         let why = self.spread(Unavailable::Cooling { shortest }, deployment, estimate);
         self.unavailable(session, ctx, why, deployment).await
