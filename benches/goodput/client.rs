@@ -1,8 +1,9 @@
 //! The clients: closed-loop but paced. Each sends chat completions of mixed sizes, drawn from
 //! a generator seeded with its number (so every configuration gets the same sequence), and
 //! starts each request when its share of the load says, or at once when the last one took
-//! longer. No client retries: a 429 or an error is one failed request, and the client goes on
-//! with its schedule.
+//! longer. Like the `openai` SDK, a client retries a 429 twice, each time after the
+//! `retry-after-ms` (else `retry-after`) it was told; a third 429 or an error is one failed
+//! request, and the client goes on with its schedule.
 
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,8 @@ pub struct Sample {
     pub outcome: Outcome,
     /// Its estimated tokens.
     pub estimate: u64,
+    /// The 429s it was answered, retried ones included.
+    pub throttled: u32,
 }
 
 /// What all the clients together offer.
@@ -130,17 +133,13 @@ pub async fn run(port: u16, id: usize, pace: Pace) -> Vec<Sample> {
     while next < pace.until {
         tokio::time::sleep_until(next.into()).await;
         let started = Instant::now();
-        let answer = tokio::time::timeout_at(pace.until.into(), send(&http, &url, ask.body));
-        let outcome = match answer.await {
-            Ok(Some(status)) => Outcome::Status(status),
-            Ok(None) => Outcome::Failed,
-            Err(_) => Outcome::Unfinished,
-        };
+        let (outcome, throttled) = with_retries(&http, &url, &ask.body, pace.until).await;
         samples.push(Sample {
             started,
             done: Instant::now(),
             outcome,
             estimate: ask.estimate,
+            throttled,
         });
         if outcome == Outcome::Unfinished {
             break;
@@ -149,6 +148,41 @@ pub async fn run(port: u16, id: usize, pace: Pace) -> Vec<Sample> {
         ask = Ask::draw(&mut rng);
     }
     samples
+}
+
+/// The retries of the `openai` SDK's default (`max_retries=2`).
+const RETRIES: u32 = 2;
+
+/// Sends `body` until it is answered other than 429 or [`RETRIES`] retries are spent, each
+/// after the wait the 429 asked for; what it ended with, and the 429s on the way.
+async fn with_retries(
+    http: &reqwest::Client,
+    url: &str,
+    body: &str,
+    until: Instant,
+) -> (Outcome, u32) {
+    let mut throttled = 0;
+    loop {
+        let answer = tokio::time::timeout_at(until.into(), send(http, url, body.to_string()));
+        let (status, wait) = match answer.await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return (Outcome::Failed, throttled),
+            Err(_) => return (Outcome::Unfinished, throttled),
+        };
+        if status != 429 {
+            return (Outcome::Status(status), throttled);
+        }
+        throttled += 1;
+        if throttled > RETRIES {
+            return (Outcome::Status(429), throttled);
+        }
+        // The SDK's backoff when the answer names no wait: 0.5 s, then 1 s.
+        let wait = wait.unwrap_or(Duration::from_millis(500 << (throttled - 1)));
+        if Instant::now() + wait >= until {
+            return (Outcome::Unfinished, throttled);
+        }
+        tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+    }
 }
 
 /// When a client's first request starts: as if it had been sending all along, at a point drawn
@@ -165,8 +199,9 @@ fn phase(rng: &mut Rng, pace: &Pace) -> Duration {
     }
 }
 
-/// Sends one request and reads its whole answer: its status, or `None` without one.
-async fn send(http: &reqwest::Client, url: &str, body: String) -> Option<u16> {
+/// Sends one request and reads its whole answer: its status and the wait a 429 asks for
+/// (`retry-after-ms`, else `retry-after` in seconds), or `None` without an answer.
+async fn send(http: &reqwest::Client, url: &str, body: String) -> Option<(u16, Option<Duration>)> {
     let answer = http
         .post(url)
         .header("content-type", "application/json")
@@ -176,6 +211,16 @@ async fn send(http: &reqwest::Client, url: &str, body: String) -> Option<u16> {
         .await
         .ok()?;
     let status = answer.status().as_u16();
+    let header = |name: &str| {
+        let v = answer.headers().get(name)?.to_str().ok()?;
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    let wait = header("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| header("retry-after").map(Duration::from_secs_f64));
     answer.bytes().await.ok()?;
-    Some(status)
+    Some((status, wait))
 }

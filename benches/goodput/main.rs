@@ -7,7 +7,7 @@
 //! `retry.wait_for_capacity` 0s or 10s; with `GOODPUT_BASELINE=PATH`, also that (older)
 //! binary with its defaults. Paced clients offer 1.5 and 0.8 times the quota in estimated
 //! tokens and never retry. Each run starts fresh processes (quotas full), warms up for
-//! `GOODPUT_WARMUP` seconds (default 10), then measures for `GOODPUT_SECONDS` (default 120).
+//! `GOODPUT_WARMUP` seconds (default 20; halfway through it each deployment's quota is spent down, see `procs::spend_down`), then measures for `GOODPUT_SECONDS` (default 120).
 //!
 //! Run it with `scripts/bench goodput`, or:
 //!
@@ -64,7 +64,7 @@ const LOADS: [f64; 2] = [1.5, 0.8];
 /// request about every 20 s, so a wait of up to 10 s seldom delays its next one.
 const CLIENTS: usize = 64;
 /// Not measured, at the start of each run, unless `GOODPUT_WARMUP` says otherwise.
-const WARMUP: f64 = 10.0;
+const WARMUP: f64 = 20.0;
 
 /// The proxy's `balance.strategy`.
 #[derive(Clone, Copy)]
@@ -162,6 +162,10 @@ fn run(rt: &tokio::runtime::Runtime, setup: &Setup, load: f64, times: Times, dir
         let clients: Vec<_> = (0..CLIENTS)
             .map(|id| tokio::spawn(client::run(proxy.port, id, pace)))
             .collect();
+        // Halfway through the warm-up, the proxy has seen the quotas full: spend them down.
+        tokio::time::sleep_until((start + (from - start) / 2).into()).await;
+        let spent = sim.ports.iter().map(|&port| procs::spend_down(port));
+        futures_util::future::join_all(spent).await;
         tokio::time::sleep_until(from.into()).await;
         let before = proxy.snapshot().await;
         tokio::time::sleep_until(pace.until.into()).await;

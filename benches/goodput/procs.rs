@@ -235,3 +235,37 @@ fn label<'a>(labels: &'a str, name: &str) -> &'a str {
         .and_then(|(_, rest)| rest.split_once('"'))
         .map_or("", |(value, _)| value)
 }
+
+/// Spends the quota of the simulated deployment at `port` down to a few hundred tokens, with
+/// requests straight to it (its other users, in a busy deployment): each asks for as many
+/// tokens as may be left, half as many after a 429, until a few hundred.
+pub async fn spend_down(port: u16) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
+    let url = format!(
+        "http://127.0.0.1:{port}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    );
+    let most = DEPLOYMENTS
+        .iter()
+        .map(|d| d.tokens_per_minute)
+        .max()
+        .unwrap_or(0);
+    let mut ask = most;
+    while ask >= 300 {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": "spend"}], "max_tokens": ask});
+        let status = http
+            .post(&url)
+            .header("api-key", "other-users")
+            .json(&body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        match status {
+            Ok(200) => {}
+            Ok(429) => ask /= 2,
+            _ => return,
+        }
+    }
+}

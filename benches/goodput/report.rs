@@ -30,7 +30,10 @@ pub struct Run {
     pub served: f64,
     /// Requests that ended in the window, however.
     pub requests: u64,
+    /// Requests that ended 429 (their retries spent).
     pub client_429: u64,
+    /// Every 429 the clients were answered, retried ones included.
+    pub seen_429: u64,
     /// Other statuses than 200 and 429, and connection errors.
     pub other_failures: u64,
     pub backend_tries: f64,
@@ -117,6 +120,7 @@ impl Run {
             served: ok.iter().map(|s| s.estimate).sum::<u64>() as f64 / quota,
             requests: ended.len() as u64,
             client_429,
+            seen_429: ended.iter().map(|s| u64::from(s.throttled)).sum(),
             other_failures: (ended.len() - ok.len()) as u64 - client_429,
             backend_tries: tries.iter().map(|t| t.2).sum(),
             backend_429: tries.iter().filter(|t| t.1 == "429").map(|t| t.2).sum(),
@@ -172,7 +176,7 @@ impl Run {
             .map(|(b, o, n)| json!({"backend": b, "outcome": o, "tries": n}))
             .collect();
         json!({"configuration": self.config, "load": self.load, "offered_share": self.offered,
-               "served_share": self.served, "requests": self.requests, "client_429": self.client_429,
+               "served_share": self.served, "requests": self.requests, "client_429": self.client_429, "seen_429": self.seen_429,
                "client_429_per_1k": self.client_429_per_1k(), "other_failures": self.other_failures,
                "backend_tries": self.backend_tries, "backend_429": self.backend_429,
                "backend_429_per_1k_tries": self.backend_429_per_1k(), "p50_ms": self.p50_ms,
@@ -232,7 +236,7 @@ impl Report {
         );
         let _ = write!(
             out,
-            "The proxy (one worker, `max_tries` 3) in front; {} paced clients in the benchmark's process send chat completions (prompt 200–2,000 tokens, `max_tokens` 100–1,000, the same seeded sequence in every run) at 1.5 and 0.8 times the aggregate quota, in estimated tokens, and never retry. ",
+            "The proxy (one worker, `max_tries` 3) in front; {} paced clients in the benchmark's process send chat completions (prompt 200–2,000 tokens, `max_tokens` 100–1,000, the same seeded sequence in every run) at 1.5 and 0.8 times the aggregate quota, in estimated tokens, and, like the `openai` SDK, retry a 429 twice after the `retry-after-ms` it gave. ",
             s.clients
         );
         let _ = writeln!(
@@ -240,23 +244,23 @@ impl Report {
             "Each run: fresh processes, {:.0} s of warm-up, then {:.0} s measured.{baseline}\n",
             s.warmup, s.seconds
         );
-        out.push_str("A quota starts full and holds a minute's tokens, which may go at once: offered L times the aggregate quota, a perfect balancer serves everything offered for the first 60 / (L − 1) seconds of a run (2 minutes at 1.5×), and the strategies differ only once quotas run out, the provisioned deployment's first. `GOODPUT_WARMUP` sets a longer warm-up.\n");
+        out.push_str("A quota starts full and holds a minute's tokens, which may go at once; so that a run measures quotas in use, not that first minute, halfway through the warm-up (after the proxy has seen each deployment's full quota) each deployment's quota is spent down to a few hundred tokens by requests sent straight to the simulator, as other users of a busy deployment would. `GOODPUT_WARMUP` sets the warm-up.\n");
         out
     }
 
     pub fn markdown(&self) -> String {
         let mut s = String::from("# Goodput: three deployments of uneven quota\n\n");
         s.push_str(&self.setup());
-        let _ = writeln!(s, "\nOffered and served: estimated tokens a minute of the requests started (offered) and of those answered 200 (served) in the measured window, as a share of the aggregate quota. Client 429s and failures: what the clients got. Backend 429s: the proxy's `aoai_proxy_backend_tries_total`. Waited: the proxy's `aoai_proxy_wait_seconds` (`-`: the binary has none). Latency: of the requests answered 200.\n");
-        let _ = writeln!(s, "| configuration | load | offered | served | requests | client 429s | 429s / 1k requests | other failures | backend 429s / 1k tries | p50 ms | p95 ms | waited | proxy CPU s |");
+        let _ = writeln!(s, "\nOffered and served: estimated tokens a minute of the requests started (offered) and of those answered 200 (served) in the measured window, as a share of the aggregate quota. Client 429s: requests that still got a 429 after their two retries; 429s seen: every 429 the clients were answered, retried ones included; failures: what else the clients got. Backend 429s: the proxy's `aoai_proxy_backend_tries_total`. Waited: the proxy's `aoai_proxy_wait_seconds` (`-`: the binary has none). Latency: of the requests answered 200.\n");
+        let _ = writeln!(s, "| configuration | load | offered | served | requests | client 429s | 429s / 1k requests | 429s seen / 1k requests | other failures | backend 429s / 1k tries | p50 ms | p95 ms | waited | proxy CPU s |");
         let _ = writeln!(
             s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
         );
         for r in &self.runs {
             let _ = writeln!(
                 s,
-                "| {} | {:.1}× | {:.1} % | {:.1} % | {} | {} | {:.1} | {} | {:.1} | {:.0} | {:.0} | {} | {:.2} |",
+                "| {} | {:.1}× | {:.1} % | {:.1} % | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.0} | {:.0} | {} | {:.2} |",
                 r.config,
                 r.load,
                 r.offered * 100.0,
@@ -264,6 +268,7 @@ impl Report {
                 r.requests,
                 r.client_429,
                 r.client_429_per_1k(),
+                per_1k(r.seen_429 as f64, r.requests as f64),
                 r.other_failures,
                 r.backend_429_per_1k(),
                 r.p50_ms,
