@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use smallvec::SmallVec;
 
-use super::backend::Credential;
+use std::sync::Arc;
+
+use super::backend::{Backend, Credential};
 use super::capacity::Room;
 use super::standing::{Moment, Standing};
 use super::Pool;
@@ -141,21 +143,21 @@ impl Pool {
     /// How long until a backend that serves `deployment` is free to take a request estimated at
     /// `estimate` tokens, when none is now: the shortest of their cooldowns and, with
     /// `balance.strategy: headroom`, of the times the full ones take to refill for it. `None`
-    /// when one is free (or none serves it).
+    /// when one is free (or none serves it). `token`: whether the proxy holds its Entra ID
+    /// token (a backend that needs it is not free without it), as [`Selection`]'s rule says.
     pub fn free_in(
         &self,
         deployment: Option<&str>,
         estimate: u64,
+        token: bool,
         now: Instant,
     ) -> Option<Duration> {
         let at = Moment::of(now);
         let headroom = self.strategy == crate::config::Strategy::Headroom;
         let mut shortest = None;
-        for b in self
-            .backends
-            .iter()
-            .filter(|b| b.naming(deployment).is_some())
-        {
+        let usable =
+            |b: &&Arc<Backend>| b.naming(deployment).is_some() && (token || !b.needs_token());
+        for b in self.backends.iter().filter(usable) {
             let left = match b.standing.standing(deployment, at) {
                 Standing::Cooling(left) => left,
                 Standing::Good if headroom => match b.capacity.room(deployment, estimate, now) {
@@ -203,8 +205,9 @@ impl Selection<'_> {
     /// How long until a backend that serves this request's deployment is free (see
     /// [`Pool::free_in`]).
     pub fn free_in(&self, now: Instant) -> Option<Duration> {
+        let token = self.token.is_some();
         self.pool
-            .free_in(self.deployment, self.headroom.unwrap_or(0), now)
+            .free_in(self.deployment, self.headroom.unwrap_or(0), token, now)
     }
 
     /// Whether backend `i` may take a try of this request at `now`.

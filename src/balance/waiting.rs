@@ -16,7 +16,7 @@
 //! overtakes them; when nobody waits they go straight on, whatever is still out.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,8 +57,9 @@ pub struct WaitingRoom {
     held: AtomicUsize,
     /// Lines with someone waiting or out: while 0, [`WaitingRoom::busy`] takes no lock.
     busy: AtomicUsize,
-    max: usize,
-    ids: std::sync::atomic::AtomicU64,
+    /// `retry.max_waiting` of the configuration in force.
+    max: AtomicUsize,
+    ids: AtomicU64,
 }
 
 /// How a wait ended.
@@ -94,8 +95,8 @@ impl WaitingRoom {
             lines: Mutex::new(Vec::new()),
             held: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
-            max,
-            ids: std::sync::atomic::AtomicU64::new(0),
+            max: AtomicUsize::new(max),
+            ids: AtomicU64::new(0),
         })
     }
 
@@ -128,6 +129,11 @@ impl WaitingRoom {
         value
     }
 
+    /// Sets `retry.max_waiting` (a reload): the room, and who waits in it, stay.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
     /// Whether requests for `deployment` are waiting: a newcomer then queues behind them.
     pub fn busy(&self, deployment: Option<&str>) -> bool {
         if self.busy.load(Ordering::Acquire) == 0 {
@@ -142,7 +148,7 @@ impl WaitingRoom {
     /// A place in `deployment`'s line: at its end, or at its front for a request whose turn
     /// was just answered 429. `None` when `retry.max_waiting` requests wait already.
     pub fn enter(self: &Arc<Self>, deployment: Option<&str>, front: bool) -> Option<Ticket> {
-        if self.held.fetch_add(1, Ordering::AcqRel) >= self.max {
+        if self.held.fetch_add(1, Ordering::AcqRel) >= self.max.load(Ordering::Relaxed) {
             self.held.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -190,7 +196,7 @@ impl Ticket {
         deadline: Instant,
     ) -> Turn {
         loop {
-            // Made before looking, so that a wake-up between the look and the wait counts.
+            // A wake-up between the look and the wait is kept by `Notify` as a permit.
             let notified = self.notify.clone();
             let notified = notified.notified();
             let now = Instant::now();
@@ -211,15 +217,11 @@ impl Ticket {
             match watch_at {
                 Some(at) if at <= now => match free_in() {
                     None => {
-                        self.room.with_line(self.deployment.as_deref(), |line| {
-                            line.waiting.retain(|(id, _)| *id != self.id);
-                            line.out += 1;
-                            line.released = Some(now);
-                        });
-                        self.room.held.fetch_sub(1, Ordering::AcqRel);
-                        self.state = State::Out;
+                        self.go_first(now);
                         return Turn::Go;
                     }
+                    // Free only after the budget: no use waiting for it.
+                    Some(left) if now + left > deadline => return Turn::TimedOut,
                     Some(left) => until = until.min(now + left),
                 },
                 Some(at) => until = until.min(at),
@@ -230,6 +232,24 @@ impl Ticket {
                 () = tokio::time::sleep_until(until.into()) => {}
             }
         }
+    }
+
+    /// Leaves the front of the line to go on, a backend being free; the next in line is woken
+    /// to watch the clock in its turn. (Let go by an answer meanwhile, it is already out.)
+    fn go_first(&mut self, now: Instant) {
+        let room = self.room.clone();
+        let id = self.id;
+        room.with_line(self.deployment.as_deref(), |line| {
+            let before = line.waiting.len();
+            line.waiting.retain(|(i, _)| *i != id);
+            if line.waiting.len() < before {
+                room.held.fetch_sub(1, Ordering::AcqRel);
+                line.out += 1;
+                line.released = Some(now);
+                room.let_go(line, 0);
+            }
+        });
+        self.state = State::Out;
     }
 
     /// The answer to this request's try after its turn: `room` when it showed room (a 2xx),

@@ -99,10 +99,10 @@ impl Gateway {
                     return Ok(Driven::Wait);
                 }
                 Step::Deliver(mut attempt) => {
-                    if let (Attempt::Answered(a), Some(wait)) =
-                        (&mut attempt, policy.shortest_wait())
-                    {
-                        shortest_wait(a, wait);
+                    if let Attempt::Answered(answer) = &mut attempt {
+                        if t.outcome.is_throttled() {
+                            shortest_wait(answer, policy);
+                        }
                     }
                     self.deliver(session, ctx, backend, attempt, delivery)
                         .await?;
@@ -170,7 +170,11 @@ impl Gateway {
     fn observe(&self, index: usize, outcome: Outcome, attempt: &Attempt, deployment: Option<&str>) {
         let headers = attempt.headers();
         let change = self.pool.observe(index, outcome, headers, deployment);
-        let report = headers.and_then(|h| self.pool.remember(index, h, deployment));
+        // Only a deployment that exists answers 2xx or 429: a name made up by a client (404)
+        // leaves nothing behind.
+        let report = headers
+            .filter(|_| outcome.is_success() || outcome.is_throttled())
+            .and_then(|h| self.pool.remember(index, h, deployment));
         let Some(state) = &self.state else {
             return;
         };
@@ -221,8 +225,8 @@ impl Gateway {
         }
     }
 
-    /// Puts aside what try `t` produced before the next one (or a wait) (an answer is drained so its
-    /// connection goes back to the pool), and logs it.
+    /// Puts aside what try `t` produced before the next one, or a wait (an answer is drained
+    /// so its connection goes back to the pool), and logs it.
     fn set_aside(&self, backend: &Backend, t: &Try, attempt: Attempt, then: &str) {
         let tries = (t.made, self.max_tries);
         match &attempt {
@@ -312,12 +316,13 @@ impl Gateway {
     }
 }
 
-/// Makes a throttling 429 passed through to the client say `wait`, the shortest wait among
-/// the backends that could serve the request, when the backend's own says longer.
-fn shortest_wait(answer: &mut super::exchange::Answer, wait: std::time::Duration) {
-    if !Outcome::Status(answer.status()).is_throttled() {
+/// Makes a throttling 429 passed through to the client say the shortest wait among the
+/// backends that could serve the request (`policy` knows it), when the backend's own says
+/// longer.
+fn shortest_wait<P: Policy>(answer: &mut super::exchange::Answer, policy: &P) {
+    let Some(wait) = policy.shortest_wait() else {
         return;
-    }
+    };
     let asked = crate::balance::cooldown::requested_cooldown(
         &answer.head.headers,
         std::time::SystemTime::now(),

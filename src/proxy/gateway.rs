@@ -43,6 +43,12 @@ pub struct Lasting {
     pub objects: Arc<dyn ObjectLocations>,
     /// The state shared with other replicas (`state.redis`).
     pub state: Option<Arc<SharedState>>,
+    /// Where requests wait for capacity: kept across reloads, so that those waiting keep
+    /// their places and `retry.max_waiting` counts them all.
+    pub waiting: Arc<WaitingRoom>,
+    /// The moments the proxy's own throttling 429s told clients to come back, kept across
+    /// reloads likewise.
+    pub spread: Arc<Spread>,
 }
 
 /// The request path as one configuration builds it.
@@ -61,7 +67,7 @@ pub struct Gateway {
     /// budget.
     pub(super) waiting: Option<(Arc<WaitingRoom>, Duration)>,
     /// The moments the proxy's own throttling 429s have told clients to come back.
-    pub(super) spread: Spread,
+    pub(super) spread: Arc<Spread>,
     /// `log.format`.
     log_format: LogFormat,
     /// When this configuration was loaded (for the status page).
@@ -93,9 +99,11 @@ impl Gateway {
             state: lasting.state.clone(),
             metrics: lasting.metrics.clone(),
             max_tries: config.max_tries.get(),
-            waiting: (!config.waiting.budget.is_zero())
-                .then(|| (WaitingRoom::new(config.waiting.max), config.waiting.budget)),
-            spread: Spread::default(),
+            waiting: (!config.waiting.budget.is_zero()).then(|| {
+                lasting.waiting.set_max(config.waiting.max);
+                (lasting.waiting.clone(), config.waiting.budget)
+            }),
+            spread: lasting.spread.clone(),
             log_format: config.log_format,
             loaded_at: SystemTime::now(),
         }

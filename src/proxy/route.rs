@@ -1,6 +1,6 @@
 //! The three ways a request uses its backends, each set up here and driven by the one try
-//! driver (`drive`) with its [`retry`] policy: the round robin with retries and the waits for
-//! capacity (`retry.wait_for_capacity`) between them ([`Gateway::forward`]),
+//! driver (`drive`) with its [`retry`] policy: the pick (round robin, or headroom) with retries
+//! and the waits for capacity (`retry.wait_for_capacity`) between them ([`Gateway::forward`]),
 //! the search for a stateful object's backend ([`Gateway::search`]), and a list merged from
 //! every backend's part ([`Gateway::list`]).
 
@@ -22,8 +22,9 @@ use crate::retry::{self, Page};
 use smallvec::SmallVec;
 
 impl Gateway {
-    /// Forwards `request`: its turn of the round robin, and retries (see [`retry::Forward`]);
-    /// with `retry.wait_for_capacity`, the waits for capacity between them ([`Self::wait`]).
+    /// Forwards `request`: its turn of the round robin (or the most headroom), and retries (see
+    /// [`retry::Forward`]); with `retry.wait_for_capacity`, the waits for capacity between them
+    /// ([`Self::wait`]).
     pub(super) async fn forward(
         &self,
         session: &mut Session,
@@ -58,12 +59,7 @@ impl Gateway {
         loop {
             // With waiting, a request that no backend has room for waits before it is sent
             // (every backend cooling, or, with headroom, all too full for it).
-            if self.waiting.is_some()
-                && self
-                    .pool
-                    .free_in(deployment, estimate, Instant::now())
-                    .is_some()
-            {
+            if self.waiting.is_some() && self.free_in(deployment, estimate).is_some() {
                 if self.wait(session, ctx, deployment, estimate, false).await? {
                     continue;
                 }
@@ -71,7 +67,12 @@ impl Gateway {
             }
             let (policy, mut start) = match self.forward_plan(deployment, estimate).await {
                 Ok(plan) => plan,
-                Err(Unavailable::Cooling { .. }) if self.waiting.is_some() => {
+                Err(Unavailable::Cooling { shortest }) if self.waiting.is_some() => {
+                    if self.free_in(deployment, estimate).is_none() {
+                        // The pick and the waiting room disagree (a cooldown began between
+                        // the two looks): never loop back without a pause.
+                        tokio::time::sleep(shortest.min(Duration::from_millis(20))).await;
+                    }
                     if self.wait(session, ctx, deployment, estimate, false).await? {
                         continue;
                     }
@@ -144,8 +145,7 @@ impl Gateway {
             None => front,
         };
         let deadline = ctx.started + *budget;
-        let pool = &self.pool;
-        let free_in = || pool.free_in(deployment, estimate, Instant::now());
+        let free_in = || self.free_in(deployment, estimate);
         let now = Instant::now();
         if free_in().is_some_and(|left| now + left > deadline) {
             return Ok(false);
@@ -157,6 +157,7 @@ impl Gateway {
         let turn = tokio::select! {
             turn = ticket.turn(free_in, deadline) => turn,
             _ = session.downstream_session.read_body_or_idle(true) => {
+                ctx.waited += now.elapsed();
                 let e = pingora::Error::explain(
                     pingora::ErrorType::ConnectionClosed,
                     "client closed the connection while waiting for capacity",
@@ -175,6 +176,14 @@ impl Gateway {
         }
     }
 
+    /// How long until a backend for `deployment` is free for a request of `estimate` tokens
+    /// (see [`crate::balance::Pool::free_in`]), with the token in force now.
+    fn free_in(&self, deployment: Option<&str>, estimate: u64) -> Option<Duration> {
+        let token = self.tokens.current().is_some();
+        self.pool
+            .free_in(deployment, estimate, token, Instant::now())
+    }
+
     /// The throttling 429 of a request that could not wait (longer): every backend for
     /// `deployment` cooling, the shortest wait spread.
     async fn throttled(
@@ -185,8 +194,7 @@ impl Gateway {
         estimate: u64,
     ) -> Result<()> {
         let shortest = self
-            .pool
-            .free_in(deployment, estimate, Instant::now())
+            .free_in(deployment, estimate)
             .unwrap_or(Duration::from_millis(1));
         let why = self.spread(Unavailable::Cooling { shortest }, deployment, estimate);
         self.unavailable(session, ctx, why, deployment).await
@@ -198,12 +206,16 @@ impl Gateway {
         let Unavailable::Cooling { shortest } = why else {
             return why;
         };
-        let limit = self
-            .pool
-            .backends()
-            .iter()
-            .map(|b| b.capacity.token_limit(deployment))
-            .fold(0.0, f64::max);
+        // Only headroom remembers what backends said of their limits.
+        let limit = match self.pool.strategy() {
+            Strategy::Headroom => self
+                .pool
+                .backends()
+                .iter()
+                .map(|b| b.capacity.token_limit(deployment))
+                .fold(0.0, f64::max),
+            Strategy::RoundRobin => 0.0,
+        };
         let spacing = spread::spacing(estimate, limit);
         let wait = self
             .spread

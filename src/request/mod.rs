@@ -154,18 +154,20 @@ impl Request {
     /// over the whole body) and the completion it allows (see [`BodyFacts::completion_cap`]).
     /// With no cap the completion is unknown until the backend says, and counted as none.
     pub fn estimate_tokens(&self) -> u64 {
-        let prompt = (self.original.len() as u64).div_ceil(4);
-        let completion = self.facts().and_then(BodyFacts::completion_cap);
-        prompt.saturating_add(completion.unwrap_or(0))
+        self.estimate_with(0)
     }
 
     /// The tokens a backend's quota is charged for it on arrival, as Azure estimates them:
-    /// its prompt and the completion it allows, or [`Self::COMPLETION_WITHOUT_CAP`] when it
-    /// sets no cap (`balance.strategy: headroom` and the waiting room read it).
+    /// the same, with [`Self::COMPLETION_WITHOUT_CAP`] for a request that sets no cap
+    /// (`balance.strategy: headroom` and the waiting room read it).
     pub fn capacity_estimate(&self) -> u64 {
+        self.estimate_with(Self::COMPLETION_WITHOUT_CAP)
+    }
+
+    fn estimate_with(&self, no_cap: u64) -> u64 {
         let prompt = (self.original.len() as u64).div_ceil(4);
         let completion = self.facts().and_then(BodyFacts::completion_cap);
-        prompt.saturating_add(completion.unwrap_or(Self::COMPLETION_WITHOUT_CAP))
+        prompt.saturating_add(completion.unwrap_or(no_cap))
     }
 
     /// The completion a request that sets no cap is taken to use, for capacity.

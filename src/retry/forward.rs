@@ -60,6 +60,11 @@ pub fn decide<P>(tries: Tries, outcome: Outcome, next: impl FnOnce() -> Option<P
     next().map_or(Step::Deliver, Step::Retry)
 }
 
+/// The most tries answered 429 a request may have not counted against `retry.max_tries`: a
+/// backend that asks for a wait of a millisecond does not get a try per round trip for the
+/// whole wait budget.
+const FORGIVEN: u32 = 16;
+
 /// Forwarding: the first backend from the request's turn of the round robin, then, after a try
 /// that failed, the next one its [`Selection`] offers.
 pub struct Forward<'a> {
@@ -107,8 +112,10 @@ impl Policy for Forward<'_> {
     const RETRIES: bool = true;
 
     fn decide(&mut self, t: &Try) -> Verdict {
-        let now = Instant::now();
-        let waits = t.outcome.is_throttled() && self.wait_until.is_some_and(|until| now < until);
+        // The clock is read only for a 429 of a request that may wait.
+        let waits = t.outcome.is_throttled()
+            && self.forgiven < FORGIVEN
+            && self.wait_until.is_some_and(|until| Instant::now() < until);
         if waits {
             self.forgiven += 1;
         }
@@ -118,7 +125,7 @@ impl Policy for Forward<'_> {
             sent: t.sent,
             token_refreshed: self.token_refreshed,
         };
-        match decide(tries, t.outcome, || self.selection.next(now)) {
+        match decide(tries, t.outcome, || self.selection.next(Instant::now())) {
             Step::Deliver if waits => Verdict::Wait,
             Step::Deliver => Verdict::Deliver,
             Step::Retry(pick) => Verdict::Next(pick),

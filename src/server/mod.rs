@@ -28,7 +28,7 @@ use pingora::services::listening::Service;
 use pingora::tls::x509::X509;
 use tokio::sync::watch;
 
-use crate::balance::{BackendError, Pool, Prober, Resolver};
+use crate::balance::{BackendError, Pool, Prober, Resolver, WaitingRoom};
 use crate::clients::entra::{EntraVerifier, JwksFetcher};
 use crate::clients::limits::{LimitStore, LocalLimits};
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
@@ -145,6 +145,8 @@ impl Process {
             entra,
             objects,
             state,
+            waiting: WaitingRoom::new(config.waiting.max),
+            spread: Arc::default(),
         };
         let current = Arc::new(ArcSwap::from_pointee(Gateway::new(config, pool, &lasting)));
         Ok(Process {

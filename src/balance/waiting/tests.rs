@@ -95,15 +95,21 @@ async fn a_request_let_go_while_not_looking_passes_its_turn_on() {
 }
 
 #[tokio::test]
-async fn the_wait_ends_at_the_deadline() {
+async fn the_wait_ends_at_the_deadline_or_at_once_when_no_backend_frees_up_before_it() {
     let room = WaitingRoom::new(10);
     let mut a = room.enter(None, false).unwrap();
+    let mut b = room.enter(None, false).unwrap();
+    // The first in line: its backend frees up only after its deadline, so it ends now.
     let started = Instant::now();
     let never = || Some(LONG);
-    let until = Instant::now() + Duration::from_millis(60);
+    let until = Instant::now() + Duration::from_millis(300);
     assert_eq!(a.turn(never, until).await, Turn::TimedOut);
+    assert!(started.elapsed() < Duration::from_millis(200));
+    // The second waits its turn until its deadline.
+    let until = Instant::now() + Duration::from_millis(60);
+    assert_eq!(b.turn(never, until).await, Turn::TimedOut);
     assert!(started.elapsed() >= Duration::from_millis(55));
-    drop(a);
+    drop((a, b));
     assert_eq!(room.held.load(Ordering::Acquire), 0);
     assert!(!room.busy(None));
 }
@@ -130,15 +136,30 @@ async fn an_answer_that_is_slow_to_come_holds_the_line_one_patience_at_most() {
     let room = WaitingRoom::new(10);
     let mut a = room.enter(None, false).unwrap();
     let mut b = room.enter(None, false).unwrap();
+    // `b` waits already when `a` goes: `a` going wakes it to watch the clock.
+    let second = tokio::spawn(async move {
+        let started = Instant::now();
+        let turn = b.turn(|| None, deadline()).await;
+        (turn, started.elapsed(), b)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(goes(&mut a).await);
-    // `a` is out and unanswered; nobody waits but `b`.
-    let started = Instant::now();
-    assert_eq!(b.turn(|| None, deadline()).await, Turn::Go);
-    let waited = started.elapsed();
+    // `a` is out and unanswered.
+    let (turn, waited, _b) = second.await.unwrap();
+    assert_eq!(turn, Turn::Go);
     assert!(
-        waited >= PATIENCE - Duration::from_millis(250) && waited < PATIENCE * 3,
+        waited >= PATIENCE - Duration::from_millis(250) && waited < PATIENCE * 2,
         "{waited:?}"
     );
+}
+
+#[tokio::test]
+async fn the_max_follows_a_reload() {
+    let room = WaitingRoom::new(1);
+    let _a = room.enter(None, false).unwrap();
+    assert!(room.enter(None, false).is_none());
+    room.set_max(2);
+    assert!(room.enter(None, false).is_some());
 }
 
 #[tokio::test]
