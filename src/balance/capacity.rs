@@ -134,14 +134,69 @@ impl Level {
     }
 }
 
+/// A provisioned deployment's utilization: the percent of its throughput in use, taken to fall
+/// back to zero over a minute. It says nothing of a request's size; how many tokens a percent
+/// holds is learned from the requests this proxy sent between two reports and the rise they
+/// made (an average, as other replicas' requests and timing blur each sample), so that a
+/// request that does not fit is seen before the deployment answers 429.
+#[derive(Clone, Copy, Debug)]
+struct Utilization {
+    used: f64,
+    at: Instant,
+    /// The estimates sent since the last report.
+    charged: f64,
+    /// Tokens a percent, once learned.
+    per_percent: Option<f64>,
+}
+
+impl Utilization {
+    fn new(used: f64, at: Instant) -> Utilization {
+        Utilization {
+            used,
+            at,
+            charged: 0.0,
+            per_percent: None,
+        }
+    }
+
+    fn used_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.used - 100.0 * elapsed / MINUTE).max(0.0)
+    }
+
+    fn report(&mut self, used: f64, now: Instant) {
+        let rise = used - self.used_at(now);
+        if self.charged > 0.0 && rise > 0.5 {
+            let sample = self.charged / rise;
+            self.per_percent = Some(self.per_percent.map_or(sample, |k| 0.8 * k + 0.2 * sample));
+        }
+        (self.used, self.at, self.charged) = (used, now, 0.0);
+    }
+
+    /// The room it has for `estimate` tokens, when it says: full at 100%, or, once the size of
+    /// a percent is learned, the tokens left.
+    fn room(&self, estimate: u64, now: Instant) -> Option<Room> {
+        let used = self.used_at(now);
+        let Some(per_percent) = self.per_percent else {
+            return (used >= 100.0).then(|| Room::Full(refill(100.0 - used, 0.0, 100.0)));
+        };
+        let (left, whole) = ((100.0 - used).max(0.0) * per_percent, 100.0 * per_percent);
+        let needed = (estimate as f64).min(whole);
+        Some(match left < needed {
+            true => Room::Full(refill(left, needed, whole)),
+            false => Room::Tokens(left),
+        })
+    }
+}
+
 /// One deployment's levels on one backend (`deployment` `None`: requests that name none).
 #[derive(Debug)]
 struct Entry {
     deployment: Option<Box<str>>,
     tokens: Option<Level>,
     requests: Option<Level>,
-    /// A provisioned deployment's utilization (percent) and when it was reported.
-    utilization: Option<(f64, Instant)>,
+    /// A provisioned deployment's utilization, as reported and learned.
+    utilization: Option<Utilization>,
     /// When its levels were last shared with the other replicas.
     shared: Option<Instant>,
 }
@@ -154,12 +209,12 @@ impl Entry {
                 return Room::Full(refill(left, 1.0, r.limit));
             }
         }
-        if let Some((used, at)) = self.utilization {
-            let elapsed = now.saturating_duration_since(at).as_secs_f64();
-            let used = used - 100.0 * elapsed / MINUTE;
-            if used >= 100.0 {
-                return Room::Full(refill(100.0 - used, 0.0, 100.0));
-            }
+        if let Some(room) = self
+            .utilization
+            .as_ref()
+            .and_then(|u| u.room(estimate, now))
+        {
+            return room;
         }
         match self.tokens {
             // A level with no known limit (the first report said 0 left) cannot be refilled:
@@ -193,7 +248,10 @@ impl Entry {
         level(&mut self.tokens, r.tokens, r.token_limit);
         level(&mut self.requests, r.requests, r.request_limit);
         if let Some(u) = r.utilization {
-            self.utilization = Some((u, now));
+            match &mut self.utilization {
+                Some(known) => known.report(u, now),
+                None => self.utilization = Some(Utilization::new(u, now)),
+            }
         }
     }
 }
@@ -255,6 +313,9 @@ impl Capacity {
         }
         if let Some(r) = &mut e.requests {
             r.take(1.0, now);
+        }
+        if let Some(u) = &mut e.utilization {
+            u.charged += estimate as f64;
         }
     }
 

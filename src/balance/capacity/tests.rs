@@ -147,3 +147,26 @@ fn at_most_64_deployments_are_remembered() {
     c.charge(Some("never"), 5, Instant::now());
     assert_eq!(c.deployments().len(), DEPLOYMENTS);
 }
+
+#[test]
+fn a_provisioned_deployment_s_percent_is_learned_from_the_requests_sent() {
+    let c = Capacity::default();
+    let t0 = Instant::now();
+    let at = |u: f64| Report {
+        utilization: Some(u),
+        ..Report::default()
+    };
+    c.report(Some("p"), &at(50.0), t0);
+    // Unknown size: room below 100%.
+    assert_eq!(c.room(Some("p"), 5000, t0), Room::Unknown);
+    // 2,000 tokens sent made it rise 2%: a percent holds 1,000 tokens.
+    c.charge(Some("p"), 2000, t0);
+    c.report(Some("p"), &at(52.0), t0);
+    assert_eq!(c.room(Some("p"), 5000, t0), Room::Tokens(48_000.0));
+    c.report(Some("p"), &at(99.0), t0);
+    let full = c.room(Some("p"), 5000, t0);
+    assert!(
+        matches!(full, Room::Full(d) if d > Duration::from_millis(2000) && d < Duration::from_millis(2500)),
+        "{full:?}"
+    );
+}
