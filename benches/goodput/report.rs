@@ -244,7 +244,7 @@ impl Report {
             "Each run: fresh processes, {:.0} s of warm-up, then {:.0} s measured.{baseline}\n",
             s.warmup, s.seconds
         );
-        out.push_str("A quota starts full and holds a minute's tokens, which may go at once; so that a run measures quotas in use, not that first minute, halfway through the warm-up (after the proxy has seen each deployment's full quota) each deployment's quota is spent down to a few hundred tokens by requests sent straight to the simulator, as other users of a busy deployment would. `GOODPUT_WARMUP` sets the warm-up.\n");
+        out.push_str("A quota starts full and holds a minute's tokens, which may go at once; so that a run measures quotas in use, not that first minute, halfway through the warm-up (after the proxy has seen each deployment's full quota) the quotas the load would have spent in its steady state (at 1.5×, every deployment's; at 0.8×, the provisioned one's, which takes the traffic first and is offered more than it has) are spent down to a few hundred tokens by requests sent straight to the simulator. `GOODPUT_WARMUP` sets the warm-up.\n");
         out
     }
 

@@ -9,8 +9,11 @@
 //! minute, and nearly that while lightly used). A provisioned deployment's utilization is taken
 //! to fall back to zero over a minute in the same way. Between two answers the proxy takes off
 //! its own estimate of each request it sends ([`Capacity::charge`]), as Azure does on arrival,
-//! so that requests sent together do not all go to the backend that had the most room.
+//! so that requests sent together do not all go to the backend that had the most room; and an
+//! answer, which says what was left when its request arrived (it may come seconds later), has
+//! the requests sent after that one taken off again.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,8 @@ use smallvec::SmallVec;
 
 /// Azure's quota window.
 const MINUTE: f64 = 60.0;
+/// The most requests remembered as sent, per deployment.
+const SENT: usize = 512;
 /// How long a level whose limit is unknown is believed.
 const UNREFILLED: Duration = Duration::from_secs(1);
 /// The most deployments remembered per backend: the oldest is forgotten for a new one.
@@ -118,14 +123,15 @@ impl Level {
         (self.left + self.limit * elapsed / MINUTE).min(self.limit.max(self.left))
     }
 
-    fn report(&mut self, left: u64, limit: Option<u64>, now: Instant) {
-        let left = left as f64;
+    /// The backend said `reported` was left at `at`; `later` has been sent since.
+    fn report(&mut self, reported: u64, later: f64, limit: Option<u64>, at: Instant) {
+        let reported = reported as f64;
         match limit {
             Some(l) => (self.limit, self.told) = (l as f64, true),
-            None if !self.told => self.limit = self.limit.max(left),
+            None if !self.told => self.limit = self.limit.max(reported),
             None => {}
         }
-        (self.left, self.at) = (left, now);
+        (self.left, self.at) = ((reported - later).max(0.0), at);
     }
 
     fn take(&mut self, amount: f64, now: Instant) {
@@ -199,6 +205,9 @@ struct Entry {
     utilization: Option<Utilization>,
     /// When its levels were last shared with the other replicas.
     shared: Option<Instant>,
+    /// What was sent to it in the last minute, and when: an answer says what was left when
+    /// its request arrived, before those sent after it.
+    sent: VecDeque<(Instant, f64)>,
 }
 
 impl Entry {
@@ -236,17 +245,20 @@ impl Entry {
         }
     }
 
-    fn report(&mut self, r: &Report, now: Instant) {
-        let level = |l: &mut Option<Level>, left: Option<u64>, limit| {
+    /// Takes in `r`, said of a request sent at `sent_at` (now, for another replica's).
+    fn report(&mut self, r: &Report, sent_at: Instant, now: Instant) {
+        let after = self.sent.iter().filter(|(at, _)| *at > sent_at);
+        let (tokens, requests) = after.fold((0.0, 0.0), |(t, n), (_, e)| (t + e, n + 1.0));
+        let level = |l: &mut Option<Level>, left: Option<u64>, later: f64, limit| {
             if let Some(left) = left {
                 match l {
-                    Some(level) => level.report(left, limit, now),
+                    Some(level) => level.report(left, later, limit, sent_at),
                     None => *l = Some(Level::new(left, limit, now)),
                 }
             }
         };
-        level(&mut self.tokens, r.tokens, r.token_limit);
-        level(&mut self.requests, r.requests, r.request_limit);
+        level(&mut self.tokens, r.tokens, tokens, r.token_limit);
+        level(&mut self.requests, r.requests, requests, r.request_limit);
         if let Some(u) = r.utilization {
             match &mut self.utilization {
                 Some(known) => known.report(u, now),
@@ -281,6 +293,7 @@ impl Capacity {
                     requests: None,
                     utilization: None,
                     shared: None,
+                    sent: VecDeque::new(),
                 });
                 entries.len() - 1
             }
@@ -298,8 +311,9 @@ impl Capacity {
     }
 
     /// Takes off a request sent to `deployment` (its `estimate` of tokens, and one request)
-    /// until the backend's answer says how much is left. A deployment it has said nothing of is left alone: only answers make entries, so a
-    /// client naming deployments at random grows nothing here.
+    /// until the backend's answer says how much is left. A deployment it has said nothing of is
+    /// left alone: only answers make entries, so a client naming deployments at random grows
+    /// nothing here.
     pub fn charge(&self, deployment: Option<&str>, estimate: u64, now: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let Some(e) = entries
@@ -317,14 +331,25 @@ impl Capacity {
         if let Some(u) = &mut e.utilization {
             u.charged += estimate as f64;
         }
+        let minute_ago = now.checked_sub(Duration::from_secs(60));
+        while e.sent.front().is_some_and(|(at, _)| Some(*at) < minute_ago) || e.sent.len() >= SENT {
+            e.sent.pop_front();
+        }
+        e.sent.push_back((now, estimate as f64));
     }
 
-    /// Takes in what an answer for `deployment` said at `now`. `true` when it is time to share
-    /// this backend and deployment's levels with the other replicas (at most every
-    /// [`SHARE_EVERY`]).
-    pub fn report(&self, deployment: Option<&str>, report: &Report, now: Instant) -> bool {
+    /// Takes in what an answer for `deployment` said of the request sent at `sent_at`, now.
+    /// `true` when it is time to share this backend and deployment's levels with the other
+    /// replicas (at most every [`SHARE_EVERY`]).
+    pub fn report(
+        &self,
+        deployment: Option<&str>,
+        report: &Report,
+        sent_at: Instant,
+        now: Instant,
+    ) -> bool {
         self.with_entry(deployment, |e| {
-            e.report(report, now);
+            e.report(report, sent_at, now);
             let due = e
                 .shared
                 .is_none_or(|at| now.duration_since(at) >= SHARE_EVERY);
@@ -337,7 +362,7 @@ impl Capacity {
 
     /// Takes in what another replica's backend said (`state.redis`), as if it said it now.
     pub fn apply_shared(&self, deployment: Option<&str>, report: &Report, now: Instant) {
-        self.with_entry(deployment, |e| e.report(report, now));
+        self.with_entry(deployment, |e| e.report(report, now, now));
     }
 
     /// The tokens left for `deployment` now, and its per-minute limit as known: for the

@@ -123,13 +123,14 @@ impl Pool {
     }
 
     /// With `balance.strategy: headroom`, takes in what an answer of backend `index` for
-    /// `deployment` said of the quota it has left; the report when it is time to share it with
-    /// the other replicas. The default strategy keeps nothing.
+    /// `deployment`, to a request sent at `sent_at`, said of the quota it has left; the report
+    /// when it is time to share it with the other replicas. The default strategy keeps nothing.
     pub fn remember(
         &self,
         index: usize,
         headers: &HeaderMap,
         deployment: Option<&str>,
+        sent_at: std::time::Instant,
     ) -> Option<Report> {
         if self.strategy != Strategy::Headroom {
             return None;
@@ -137,7 +138,7 @@ impl Pool {
         let report = Report::read(headers)?;
         let capacity = &self.backends[index].capacity;
         capacity
-            .report(deployment, &report, std::time::Instant::now())
+            .report(deployment, &report, sent_at, std::time::Instant::now())
             .then_some(report)
     }
 }

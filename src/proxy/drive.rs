@@ -146,7 +146,12 @@ impl Gateway {
             backend.stats.record_first_byte(sent_at.elapsed());
         }
         ctx.tried.push((pick.index, outcome));
-        self.observe(pick.index, outcome, &attempt, request.deployment());
+        self.observe(
+            pick.index,
+            (outcome, sent_at),
+            &attempt,
+            request.deployment(),
+        );
         if let Some(ticket) = ctx.ticket.take() {
             // The first answer after a wait: it says whether the next in line may go.
             ticket.answered(outcome.is_success(), outcome.is_throttled());
@@ -164,17 +169,23 @@ impl Gateway {
         Ok((t, attempt))
     }
 
-    /// Lets the balancer take in what a try on backend `index` produced (and, with
+    /// Lets the balancer take in what a try on backend `index`, sent at `sent_at`, produced (and, with
     /// `balance.strategy: headroom`, the quota it says is left), and tells the other replicas
     /// of a cooldown or ejection it began, and of that quota now and then.
-    fn observe(&self, index: usize, outcome: Outcome, attempt: &Attempt, deployment: Option<&str>) {
+    fn observe(
+        &self,
+        index: usize,
+        (outcome, sent_at): (Outcome, Instant),
+        attempt: &Attempt,
+        deployment: Option<&str>,
+    ) {
         let headers = attempt.headers();
         let change = self.pool.observe(index, outcome, headers, deployment);
         // Only a deployment that exists answers 2xx or 429: a name made up by a client (404)
         // leaves nothing behind.
         let report = headers
             .filter(|_| outcome.is_success() || outcome.is_throttled())
-            .and_then(|h| self.pool.remember(index, h, deployment));
+            .and_then(|h| self.pool.remember(index, h, deployment, sent_at));
         let Some(state) = &self.state else {
             return;
         };
