@@ -6,7 +6,8 @@
 //! front, the proxy with `balance.strategy` round_robin or headroom, and
 //! `retry.wait_for_capacity` 0s or 10s; with `GOODPUT_BASELINE=PATH`, also that (older)
 //! binary with its defaults. Paced clients offer 1.5 and 0.8 times the quota in estimated
-//! tokens and retry a 429 twice, as the `openai` SDK does. Each run starts fresh processes (quotas full), warms up for
+//! tokens and retry a 429 twice, as the `openai` SDK does. Each run starts fresh processes
+//! (quotas full), warms up for
 //! `GOODPUT_WARMUP` seconds (default 20; halfway through it the quotas the load would have
 //! spent are spent down, see `procs::spend_down`), then measures for `GOODPUT_SECONDS`
 //! (default 120).
@@ -121,6 +122,10 @@ fn setups(baseline: Option<PathBuf>) -> Vec<Setup> {
             });
         }
     }
+    // `GOODPUT_ONLY=TEXT`: only the configurations whose label has it (a part of a run again).
+    if let Ok(only) = std::env::var("GOODPUT_ONLY") {
+        setups.retain(|s| s.label().contains(&only));
+    }
     if let Some(binary) = baseline {
         assert!(binary.is_file(), "GOODPUT_BASELINE: no file at {binary:?}");
         setups.push(Setup {
@@ -171,7 +176,7 @@ fn run(rt: &tokio::runtime::Runtime, setup: &Setup, load: f64, times: Times, dir
         // takes the traffic first and is offered more than it has; above 1× every one.
         let spent = (sim.ports.iter().zip(&DEPLOYMENTS))
             .filter(|(_, d)| d.provisioned || load > 1.0)
-            .map(|(&port, _)| procs::spend_down(port));
+            .map(|(&port, d)| procs::spend_down(port, d.tokens_per_minute));
         futures_util::future::join_all(spent).await;
         tokio::time::sleep_until(from.into()).await;
         let before = proxy.snapshot().await;

@@ -236,10 +236,11 @@ fn label<'a>(labels: &'a str, name: &str) -> &'a str {
         .map_or("", |(value, _)| value)
 }
 
-/// Spends the quota of the simulated deployment at `port` down to a few hundred tokens, with
-/// requests straight to it (its other users, in a busy deployment): each asks for as many
-/// tokens as may be left, half as many after a 429, until a few hundred.
-pub async fn spend_down(port: u16) {
+/// Spends the quota of the simulated deployment at `port` (`tokens_per_minute`) down to a few
+/// hundred tokens, with requests straight to it (its other users, in a busy deployment): each
+/// asks for as many tokens as may be left, half as many after a 429, until a few hundred; at
+/// most [`SPEND_WITHIN`] (a request larger than the quota would wait for a full one).
+pub async fn spend_down(port: u16, tokens_per_minute: u64) {
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -247,25 +248,26 @@ pub async fn spend_down(port: u16) {
     let url = format!(
         "http://127.0.0.1:{port}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
     );
-    let most = DEPLOYMENTS
-        .iter()
-        .map(|d| d.tokens_per_minute)
-        .max()
-        .unwrap_or(0);
-    let mut ask = most;
-    while ask >= 300 {
-        let body = serde_json::json!({"messages": [{"role": "user", "content": "spend"}], "max_tokens": ask});
-        let status = http
-            .post(&url)
-            .header("api-key", "other-users")
-            .json(&body)
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
-        match status {
-            Ok(200) => {}
-            Ok(429) => ask /= 2,
-            _ => return,
+    let spend = async {
+        let mut ask = tokens_per_minute * 9 / 10;
+        while ask >= 300 {
+            let body = serde_json::json!({"messages": [{"role": "user", "content": "spend"}], "max_tokens": ask});
+            let status = http
+                .post(&url)
+                .header("api-key", "other-users")
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            match status {
+                Ok(200) => {}
+                Ok(429) => ask /= 2,
+                _ => return,
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(SPEND_WITHIN, spend).await;
 }
+
+/// The longest a deployment's quota is spent down for.
+const SPEND_WITHIN: Duration = Duration::from_secs(8);
