@@ -167,6 +167,17 @@ impl WaitingRoom {
         })
     }
 
+    /// Takes request `id` out of `line`: `false` when it was not in it (let go already).
+    fn step_out(&self, line: &mut Line, id: u64) -> bool {
+        let before = line.waiting.len();
+        line.waiting.retain(|(i, _)| *i != id);
+        let was_in = line.waiting.len() < before;
+        if was_in {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+        }
+        was_in
+    }
+
     /// Lets up to `n` go from the front of `line`; wakes the new first in line in any case
     /// (it may now be the one to watch the clock).
     fn let_go(&self, line: &mut Line, n: usize) {
@@ -240,10 +251,7 @@ impl Ticket {
         let room = self.room.clone();
         let id = self.id;
         room.with_line(self.deployment.as_deref(), |line| {
-            let before = line.waiting.len();
-            line.waiting.retain(|(i, _)| *i != id);
-            if line.waiting.len() < before {
-                room.held.fetch_sub(1, Ordering::AcqRel);
+            if room.step_out(line, id) {
                 line.out += 1;
                 line.released = Some(now);
                 room.let_go(line, 0);
@@ -270,10 +278,7 @@ impl Ticket {
             State::Waiting => {
                 let id = self.id;
                 room.with_line(self.deployment.as_deref(), |line| {
-                    let before = line.waiting.len();
-                    line.waiting.retain(|(i, _)| *i != id);
-                    if line.waiting.len() < before {
-                        room.held.fetch_sub(1, Ordering::AcqRel);
+                    if room.step_out(line, id) {
                         room.let_go(line, 0);
                     } else {
                         // Let go while it was not looking: its turn passes to the next.
