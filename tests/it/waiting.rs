@@ -194,9 +194,10 @@ async fn without_waiting_nothing_waits_and_the_proxys_429s_are_spread() {
     // Each client is told to come back a little later than the one before it (100 ms apart
     // when no backend has said its quota), never sooner than the cooldown.
     assert!((3000..=4000).contains(&waits[0]), "{waits:?}");
+    // (Each step is 100 ms less the time between the two answers.)
     for pair in waits.windows(2) {
         let step = pair[1] as i64 - pair[0] as i64;
-        assert!((60..=110).contains(&step), "{waits:?}");
+        assert!((20..=110).contains(&step), "{waits:?}");
     }
     let (_, m) = proxy.admin_get("/metrics");
     assert_eq!(metric(&m, "aoai_proxy_wait_seconds_count"), 0.0);
