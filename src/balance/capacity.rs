@@ -245,6 +245,29 @@ impl Entry {
         }
     }
 
+    /// Takes off a request of `estimate` tokens sent at `now`, and remembers it as sent.
+    fn charge(&mut self, estimate: f64, now: Instant) {
+        if let Some(t) = &mut self.tokens {
+            t.take(estimate, now);
+        }
+        if let Some(r) = &mut self.requests {
+            r.take(1.0, now);
+        }
+        if let Some(u) = &mut self.utilization {
+            u.charged += estimate;
+        }
+        let minute_ago = now.checked_sub(Duration::from_secs(60));
+        while self
+            .sent
+            .front()
+            .is_some_and(|(at, _)| Some(*at) < minute_ago)
+            || self.sent.len() >= SENT
+        {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((now, estimate));
+    }
+
     /// Takes in `r`, said of a request sent at `sent_at` (now, for another replica's).
     fn report(&mut self, r: &Report, sent_at: Instant, now: Instant) {
         let after = self.sent.iter().filter(|(at, _)| *at > sent_at);
@@ -301,41 +324,26 @@ impl Capacity {
         f(&mut entries[i])
     }
 
+    /// `f` on the entry of `deployment`, when there is one: only answers make entries.
+    fn known<T>(&self, deployment: Option<&str>, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries
+            .iter_mut()
+            .find(|e| e.deployment.as_deref() == deployment)?;
+        Some(f(entry))
+    }
+
     /// How much of a request estimated at `estimate` tokens `deployment` can take at `now`.
     pub fn room(&self, deployment: Option<&str>, estimate: u64, now: Instant) -> Room {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .find(|e| e.deployment.as_deref() == deployment)
-            .map_or(Room::Unknown, |e| e.room(estimate, now))
+        self.known(deployment, |e| e.room(estimate, now))
+            .unwrap_or(Room::Unknown)
     }
 
     /// Takes off a request sent to `deployment` (its `estimate` of tokens, and one request)
     /// until the backend's answer says how much is left. A deployment it has said nothing of is
-    /// left alone: only answers make entries, so a client naming deployments at random grows
-    /// nothing here.
+    /// left alone, so a client naming deployments at random grows nothing here.
     pub fn charge(&self, deployment: Option<&str>, estimate: u64, now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(e) = entries
-            .iter_mut()
-            .find(|e| e.deployment.as_deref() == deployment)
-        else {
-            return;
-        };
-        if let Some(t) = &mut e.tokens {
-            t.take(estimate as f64, now);
-        }
-        if let Some(r) = &mut e.requests {
-            r.take(1.0, now);
-        }
-        if let Some(u) = &mut e.utilization {
-            u.charged += estimate as f64;
-        }
-        let minute_ago = now.checked_sub(Duration::from_secs(60));
-        while e.sent.front().is_some_and(|(at, _)| Some(*at) < minute_ago) || e.sent.len() >= SENT {
-            e.sent.pop_front();
-        }
-        e.sent.push_back((now, estimate as f64));
+        self.known(deployment, |e| e.charge(estimate as f64, now));
     }
 
     /// Takes in what an answer for `deployment` said of the request sent at `sent_at`, now.
@@ -365,34 +373,24 @@ impl Capacity {
         self.with_entry(deployment, |e| e.report(report, now, now));
     }
 
-    /// The tokens left for `deployment` now, and its per-minute limit as known: for the
-    /// status page. `None` before any report of tokens.
+    /// The tokens left for `deployment` now, and its per-minute limit as known. `None` before
+    /// any report of tokens.
     pub fn tokens(&self, deployment: Option<&str>, now: Instant) -> Option<(u64, u64)> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let t = entries
-            .iter()
-            .find(|e| e.deployment.as_deref() == deployment)?
-            .tokens?;
+        let t = self.known(deployment, |e| e.tokens)??;
         Some((t.at(now) as u64, t.limit as u64))
     }
 
-    /// The deployments it has levels for.
-    pub fn deployments(&self) -> Vec<Option<String>> {
+    /// Every deployment's tokens left now and per-minute limit as known, for the status page.
+    pub fn token_levels(&self, now: Instant) -> Vec<(Option<String>, u64, u64)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .map(|e| e.deployment.as_deref().map(str::to_string))
+            .filter_map(|e| {
+                let t = e.tokens?;
+                let deployment = e.deployment.as_deref().map(str::to_string);
+                Some((deployment, t.at(now) as u64, t.limit as u64))
+            })
             .collect()
-    }
-
-    /// Its per-minute token limit for `deployment` as known (0: unknown).
-    pub fn token_limit(&self, deployment: Option<&str>) -> f64 {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .find(|e| e.deployment.as_deref() == deployment)
-            .and_then(|e| e.tokens)
-            .map_or(0.0, |t| t.limit)
     }
 }
 

@@ -146,12 +146,7 @@ impl Gateway {
             backend.stats.record_first_byte(sent_at.elapsed());
         }
         ctx.tried.push((pick.index, outcome));
-        self.observe(
-            pick.index,
-            (outcome, sent_at),
-            &attempt,
-            request.deployment(),
-        );
+        self.observe(pick.index, outcome, sent_at, &attempt, request.deployment());
         if let Some(ticket) = ctx.ticket.take() {
             // The first answer after a wait: it says whether the next in line may go.
             ticket.answered(outcome.is_success(), outcome.is_throttled());
@@ -169,13 +164,14 @@ impl Gateway {
         Ok((t, attempt))
     }
 
-    /// Lets the balancer take in what a try on backend `index`, sent at `sent_at`, produced (and, with
-    /// `balance.strategy: headroom`, the quota it says is left), and tells the other replicas
-    /// of a cooldown or ejection it began, and of that quota now and then.
+    /// Lets the balancer take in what a try on backend `index`, sent at `sent_at`, produced
+    /// (and, with `balance.strategy: headroom`, the quota it says is left), and tells the other
+    /// replicas of a cooldown or ejection it began, and of that quota now and then.
     fn observe(
         &self,
         index: usize,
-        (outcome, sent_at): (Outcome, Instant),
+        outcome: Outcome,
+        sent_at: Instant,
         attempt: &Attempt,
         deployment: Option<&str>,
     ) {

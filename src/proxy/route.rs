@@ -48,18 +48,16 @@ impl Gateway {
             .map(|(_, budget)| ctx.started + *budget);
         // Tries answered 429 while the request could still wait: not counted.
         let mut forgiven = 0;
-        if self
-            .waiting
-            .as_ref()
-            .is_some_and(|(room, _)| room.busy(deployment))
-            && !self.wait(session, ctx, deployment, estimate, false).await?
-        {
-            return self.throttled(session, ctx, deployment, estimate).await;
-        }
+        let mut newcomer = true;
         loop {
-            // With waiting, a request that no backend has room for waits before it is sent
-            // (every backend cooling, or, with headroom, all too full for it).
-            if self.waiting.is_some() && self.free_in(deployment, estimate).is_some() {
+            // With waiting, a newcomer queues behind the requests waiting for its deployment,
+            // and a request that no backend has room for waits before it is sent (every
+            // backend cooling, or, with headroom, all too full for it).
+            let must_wait = self.waiting.as_ref().is_some_and(|(room, _)| {
+                (newcomer && room.busy(deployment)) || self.free_in(deployment, estimate).is_some()
+            });
+            newcomer = false;
+            if must_wait {
                 if self.wait(session, ctx, deployment, estimate, false).await? {
                     continue;
                 }
@@ -78,8 +76,8 @@ impl Gateway {
                     }
                     return self.throttled(session, ctx, deployment, estimate).await;
                 }
-                Err(why @ Unavailable::Cooling { .. }) => {
-                    let why = self.spread(why, deployment, estimate);
+                Err(Unavailable::Cooling { shortest }) => {
+                    let why = self.spread(shortest, deployment, estimate);
                     return self.unavailable(session, ctx, why, deployment).await;
                 }
                 Err(why) => return self.unavailable(session, ctx, why, deployment).await,
@@ -196,31 +194,29 @@ impl Gateway {
         let shortest = self
             .free_in(deployment, estimate)
             .unwrap_or(Duration::from_millis(1));
-        let why = self.spread(Unavailable::Cooling { shortest }, deployment, estimate);
+        let why = self.spread(shortest, deployment, estimate);
         self.unavailable(session, ctx, why, deployment).await
     }
 
-    /// `why`, with the wait of an all-cooling 429 spread (see [`crate::balance::spread`]):
-    /// clients told to come back do not all come back at the same instant.
-    fn spread(&self, why: Unavailable, deployment: Option<&str>, estimate: u64) -> Unavailable {
-        let Unavailable::Cooling { shortest } = why else {
-            return why;
-        };
+    /// Why a request for `deployment` is throttled when the first backend is free in
+    /// `shortest`: the wait it is told spread (see [`crate::balance::spread`]), so that clients
+    /// told to come back do not all come back at the same instant.
+    fn spread(&self, shortest: Duration, deployment: Option<&str>, estimate: u64) -> Unavailable {
+        let now = Instant::now();
         // Only headroom remembers what backends said of their limits.
         let limit = match self.pool.strategy() {
             Strategy::Headroom => self
                 .pool
                 .backends()
                 .iter()
-                .map(|b| b.capacity.token_limit(deployment))
+                .filter_map(|b| b.capacity.tokens(deployment, now))
+                .map(|(_, per_minute)| per_minute as f64)
                 .fold(0.0, f64::max),
             Strategy::RoundRobin => 0.0,
         };
         let spacing = spread::spacing(estimate, limit);
-        let wait = self
-            .spread
-            .wait(deployment, shortest, spacing, Instant::now());
-        Unavailable::Cooling { shortest: wait }
+        let shortest = self.spread.wait(deployment, shortest, spacing, now);
+        Unavailable::Cooling { shortest }
     }
 
     /// Serves `request`, which names the objects in `named` (see [`retry::Search`]).

@@ -177,17 +177,11 @@ impl BackendStatus {
                     seconds_left: round(left.as_secs_f64()),
                 })
                 .collect(),
-            capacity: b
-                .capacity
-                .deployments()
-                .into_iter()
-                .filter_map(|d| {
-                    let (left, limit) = b.capacity.tokens(d.as_deref(), now)?;
-                    Some(Left {
-                        deployment: d.unwrap_or_else(|| "*".into()),
-                        tokens_left: left,
-                        tokens_per_minute: limit,
-                    })
+            capacity: (b.capacity.token_levels(now).into_iter())
+                .map(|(deployment, left, limit)| Left {
+                    deployment: deployment.unwrap_or_else(|| "*".into()),
+                    tokens_left: left,
+                    tokens_per_minute: limit,
                 })
                 .collect(),
             tries: Counts(

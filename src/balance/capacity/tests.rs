@@ -147,10 +147,10 @@ fn at_most_64_deployments_are_remembered() {
     for i in 0..100 {
         c.report(Some(&format!("d{i}")), &r, Instant::now(), Instant::now());
     }
-    assert_eq!(c.deployments().len(), DEPLOYMENTS);
+    assert_eq!(c.token_levels(Instant::now()).len(), DEPLOYMENTS);
     // Asked of, a deployment never reported adds nothing.
     c.charge(Some("never"), 5, Instant::now());
-    assert_eq!(c.deployments().len(), DEPLOYMENTS);
+    assert_eq!(c.token_levels(Instant::now()).len(), DEPLOYMENTS);
 }
 
 #[test]

@@ -260,3 +260,45 @@ mod properties {
         }
     }
 }
+
+/// A pool with `balance.strategy: headroom` whose backends said they have `left` tokens.
+fn headroom_pool(backends: &[(u8, u16)], left: &[u64]) -> Pool {
+    let p = pool_with(
+        backends,
+        "auth: {kind: none}\nbalance: {strategy: headroom}\n",
+    );
+    let now = Instant::now();
+    for (i, &tokens) in left.iter().enumerate() {
+        let said = crate::balance::Report {
+            tokens: Some(tokens),
+            token_limit: Some(100_000),
+            ..Default::default()
+        };
+        p.get(i).capacity.report(GPT, &said, now, now);
+    }
+    p
+}
+
+#[test]
+fn headroom_weighs_the_tokens_left_and_passes_over_a_backend_too_full() {
+    let now = Instant::now();
+    // Weight 2 with 12k left ranks above weight 1 with 20k (24k against 20k), whatever the turn.
+    for _ in 0..3 {
+        let p = headroom_pool(&[(0, 1), (0, 2)], &[20_000, 12_000]);
+        let (_, first) = p.select_costing(GPT, 1_000, None, now).unwrap();
+        assert_eq!(first.index, 1);
+    }
+    // The estimate no longer fits the one with most left: the other is picked.
+    let p = headroom_pool(&[(0, 1), (0, 1)], &[20_000, 12_000]);
+    let (_, first) = p.select_costing(GPT, 15_000, None, now).unwrap();
+    assert_eq!(first.index, 0);
+    let (_, first) = p.select_costing(GPT, 15_000, None, now).unwrap();
+    assert_eq!(
+        first.index, 1,
+        "0 has 5k left after the first: both too full, the rotation"
+    );
+    // A full first group sends the request to the next, not to a 429.
+    let p = headroom_pool(&[(0, 1), (1, 1)], &[500, 90_000]);
+    let (_, first) = p.select_costing(GPT, 1_000, None, now).unwrap();
+    assert_eq!(first.index, 1);
+}
