@@ -8,19 +8,22 @@
 //! assistants, threads, vector stores, stored responses of the Responses API), so another
 //! backend answers 404 for them; and it serves the Realtime API's WebSocket. With a [`Quota`],
 //! it limits each deployment's tokens and requests a minute as Azure does (429s with
-//! `retry-after-ms`, `x-ratelimit-remaining-*` headers).
+//! `retry-after-ms`, `x-ratelimit-remaining-*` headers). Its model may refuse prompts as Azure
+//! does, with a 400: those longer than its context window, and those its content filter blocks.
 //!
 //! A crate of its own so that the proxy links none of it: only `aoai-proxy demo` and
 //! `aoai-proxy simulate` (the `sim` feature), the tests and the benchmarks use it.
 
 mod completions;
 mod entra;
+mod fault;
 mod identity;
 mod jwks;
 mod objects;
 mod openai;
 mod quota;
 mod realtime;
+mod refusals;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,9 +41,10 @@ use openssl::ssl::{SslAcceptor, SslMethod};
 use tokio::net::TcpListener;
 
 pub use entra::{EntraEndpoint, TokenRequest};
+pub use fault::Fault;
 pub use identity::IdentityEndpoint;
 pub use jwks::{JwksEndpoint, SigningKey};
-pub use openai::{Backend, BackendOptions, Fault, Recorded};
+pub use openai::{Backend, BackendOptions, Recorded};
 pub use quota::Quota;
 
 /// A response body: whole or streamed.

@@ -3,7 +3,8 @@
 //! threads, vector stores, stored responses: see the `objects` module) and the Realtime
 //! WebSocket (the `realtime` module); with faults a test can program (429 with retry-after, 5xx,
 //! slow answers, dropped connections, streams that break), which come before every route; and,
-//! with a [`Quota`], Azure's rate limits per deployment (the `quota` module), after the faults.
+//! with a [`Quota`], Azure's rate limits per deployment (the `quota` module), after the faults
+//! and after the prompts the deployment refuses with a 400 (the `refusals` module).
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,46 +20,12 @@ use hyper::{Request, Response};
 use serde_json::Value;
 
 use super::completions;
+use super::fault::{fault_message, Fault};
 use super::objects::{self, Store};
 use super::quota::{self, Charge, Limiter, Operation, Quota};
 use super::realtime::{self, Sessions};
+use super::refusals::Refusals;
 use super::{azure_error, json, lock, serve, Bind, Body, Server, TlsIdentity};
-
-/// What a simulated backend does instead of answering normally.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// Answer with this status, these headers and Azure's error body.
-    Status {
-        status: u16,
-        headers: Vec<(String, String)>,
-    },
-    /// Wait this long, then answer normally.
-    Delay(Duration),
-    /// Close the connection without answering.
-    Drop,
-    /// Stream this many chunks, then break the connection mid-response.
-    BreakStream { after_chunks: usize },
-    /// Answer with this status before reading the request body, then close (as Azure does
-    /// with a 413 for a body that is too large).
-    EarlyStatus(u16),
-}
-
-impl Fault {
-    /// A 429 with Azure's throttling headers.
-    pub fn throttle(retry_after_secs: u64) -> Fault {
-        Fault::Status {
-            status: 429,
-            headers: vec![
-                ("retry-after".into(), retry_after_secs.to_string()),
-                (
-                    "retry-after-ms".into(),
-                    (retry_after_secs * 1000).to_string(),
-                ),
-                ("x-ratelimit-remaining-requests".into(), "0".into()),
-            ],
-        }
-    }
-}
 
 /// How a simulated backend answers.
 #[derive(Clone)]
@@ -81,6 +48,16 @@ pub struct BackendOptions {
     /// made with the Responses API) waits before its answer's header, as a model takes before
     /// its first token: a whole answer comes after it, a stream's first chunk with it.
     pub latency: Duration,
+    /// The model's context window in tokens: a chat completion, completion or response whose
+    /// prompt is estimated at more (its body's bytes over 4, rounded up, plus its `max_tokens`,
+    /// `max_completion_tokens` or `max_output_tokens`) answers Azure's 400
+    /// `context_length_exceeded`, so that a proxy can fall back to a larger model. `None`: no
+    /// limit.
+    pub context_window: Option<u64>,
+    /// A chat completion, completion or response whose body holds this phrase (whatever its
+    /// case) answers the 400 `content_filter` of Azure's content filter on a prompt, as a
+    /// deployment with a stricter filter than its fallback's would. `None`: nothing is blocked.
+    pub blocked_phrase: Option<String>,
 }
 
 impl Default for BackendOptions {
@@ -94,6 +71,8 @@ impl Default for BackendOptions {
             require_auth: true,
             quota: None,
             latency: Duration::ZERO,
+            context_window: None,
+            blocked_phrase: None,
         }
     }
 }
@@ -121,6 +100,8 @@ struct State {
     realtime: Arc<Sessions>,
     /// The deployments' counters, with a [`Quota`].
     limiter: Option<Limiter>,
+    /// The prompts its model refuses.
+    refusals: Refusals,
 }
 
 /// A running simulated Azure OpenAI instance on 127.0.0.1; stops when dropped.
@@ -140,6 +121,7 @@ impl Backend {
         let tls = options.tls.clone();
         let state = Arc::new(State {
             limiter: options.quota.map(Limiter::new),
+            refusals: Refusals::new(&options),
             options,
             requests: AtomicU64::new(0),
             script: Mutex::default(),
@@ -182,6 +164,12 @@ impl Backend {
     /// counted).
     pub fn throttled(&self) -> u64 {
         self.state.limiter.as_ref().map_or(0, Limiter::throttled)
+    }
+
+    /// Inference requests answered 400 because the model refused their prompt: longer than
+    /// [`BackendOptions::context_window`], or holding [`BackendOptions::blocked_phrase`].
+    pub fn refused_prompts(&self) -> u64 {
+        self.state.refusals.refused()
     }
 
     /// Tokens charged to the deployments' [`Quota`]s, on the requests' arrival (0 without one).
@@ -285,8 +273,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     ))
 }
 
-/// The answer to a request that no fault took: a 401 without a key, a 429 over the quota,
-/// else what its route says (after the latency, for an inference request).
+/// The answer to a request that no fault took: a 401 without a key, a 400 for a prompt the
+/// model refuses, a 429 over the quota, else what its route says (after the latency, for an
+/// inference request).
 async fn answer(
     state: &State,
     mut parts: http::request::Parts,
@@ -313,6 +302,9 @@ async fn answer(
         Some(_) => serde_json::from_slice(body).unwrap_or(Value::Null),
         None => Value::Null,
     };
+    if let Some(refusal) = state.refusals.check(operation, body, &request) {
+        return refusal;
+    }
     let limiter = state.limiter.as_ref();
     let charge = limiter
         .and(operation)
@@ -367,17 +359,4 @@ fn named(mut resp: Response<Body>, name: &str) -> Response<Body> {
         resp.headers_mut().insert("x-sim-backend", v);
     }
     resp
-}
-
-fn fault_message(status: u16, headers: &[(String, String)]) -> String {
-    match status {
-        429 => {
-            let secs = headers
-                .iter()
-                .find(|(k, _)| k == "retry-after")
-                .map_or("1", |(_, v)| v.as_str());
-            format!("Requests to the ChatCompletions_Create Operation have exceeded the call rate limit. Please retry after {secs} seconds.")
-        }
-        _ => format!("Simulated error {status}."),
-    }
 }

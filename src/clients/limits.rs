@@ -269,7 +269,7 @@ mod tests {
         ClientLimits {
             requests_per_minute: rpm.and_then(NonZeroU32::new),
             tokens_per_minute: tpm.and_then(NonZeroU64::new),
-            deployments: None,
+            ..ClientLimits::default()
         }
     }
 

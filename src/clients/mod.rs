@@ -7,6 +7,8 @@
 
 pub mod entra;
 pub mod limits;
+mod period;
+pub mod quota;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub struct Clients {
     by_digest: HashMap<KeyDigest, Arc<Client>>,
     /// Lowercase object and application ids.
     by_entra_id: HashMap<String, Arc<Client>>,
+    /// Each client once, in the file's order.
+    list: Vec<Arc<Client>>,
 }
 
 impl Clients {
@@ -45,8 +49,14 @@ impl Clients {
                     .by_entra_id
                     .insert(id.to_ascii_lowercase(), client.clone());
             }
+            table.list.push(client);
         }
         table
+    }
+
+    /// Each client once, in the file's order.
+    pub fn all(&self) -> &[Arc<Client>] {
+        &self.list
     }
 
     /// The client whose key is `key`.

@@ -6,6 +6,7 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::time::Duration;
 
 use super::raw::{Problems, RawClient, RawClientAuth, RawEntraClients};
+use super::spend;
 use super::validate::{duplicates, duration, DAY};
 use super::KeyDigest;
 use super::{ClientKey, ClientLimits, EntraClients};
@@ -134,6 +135,8 @@ fn client(key: &str, c: RawClient, p: &mut Problems) -> ClientKey {
             requests_per_minute,
             tokens_per_minute,
             deployments,
+            token_quota: c.token_quota.map(|q| spend::token_quota(key, q, p)),
+            budget: c.budget.map(|b| spend::budget(key, b, p)),
         },
     }
 }

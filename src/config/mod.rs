@@ -14,6 +14,7 @@ mod load;
 mod raw;
 mod secret;
 mod settings;
+mod spend;
 mod validate;
 pub mod values;
 
@@ -29,6 +30,7 @@ pub use secret::{KeyDigest, Secret};
 pub use settings::{
     CooldownPolicy, EjectionPolicy, ServerSettings, Sizes, Strategy, Timeouts, Waiting,
 };
+pub use spend::{Allowance, Fallback, FallbackCause, Period, Price, NANOS_PER_USD};
 pub use values::{BackendUrl, Scheme};
 
 /// The validated configuration.
@@ -77,6 +79,10 @@ pub struct Config {
     pub objects_remembered: std::num::NonZeroUsize,
     /// Shared state across replicas (`state.redis`); `None`: each process keeps its own.
     pub redis: Option<RedisSettings>,
+    /// What each deployment's tokens cost (`prices`), by deployment name.
+    pub prices: BTreeMap<String, Price>,
+    /// Where a deployment's requests go when it cannot take them (`fallbacks`), by deployment.
+    pub fallbacks: BTreeMap<String, Fallback>,
 }
 
 /// `state.redis`: where replicas share backend cooldowns, client limits and object locations.
@@ -258,6 +264,10 @@ pub struct ClientLimits {
     pub tokens_per_minute: Option<NonZeroU64>,
     /// The only deployments it may use; `None`: any.
     pub deployments: Option<BTreeSet<String>>,
+    /// Tokens per period (`token_quota`).
+    pub token_quota: Option<Allowance>,
+    /// Billionths of a dollar per period (`budget`).
+    pub budget: Option<Allowance>,
 }
 
 /// Clients that present their own Entra ID token (`client_auth.entra`).

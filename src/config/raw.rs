@@ -32,6 +32,38 @@ pub(super) struct RawConfig {
     pub(super) usage: Option<RawUsage>,
     pub(super) objects: Option<RawObjects>,
     pub(super) state: Option<RawState>,
+    pub(super) prices: Option<BTreeMap<String, RawPrice>>,
+    pub(super) fallbacks: Option<Vec<RawFallback>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrice {
+    pub(super) input: f64,
+    pub(super) output: f64,
+    pub(super) cached_input: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFallback {
+    pub(super) deployment: EnvString,
+    pub(super) to: Vec<EnvString>,
+    pub(super) on: Option<Vec<super::FallbackCause>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokenQuota {
+    pub(super) tokens: u64,
+    pub(super) per: super::Period,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    pub(super) usd: f64,
+    pub(super) per: super::Period,
 }
 
 #[derive(Deserialize, Default)]
@@ -153,6 +185,8 @@ pub(super) struct RawClient {
     pub(super) requests_per_minute: Option<u32>,
     pub(super) tokens_per_minute: Option<u64>,
     pub(super) deployments: Option<Vec<EnvString>>,
+    pub(super) token_quota: Option<RawTokenQuota>,
+    pub(super) budget: Option<RawBudget>,
 }
 
 #[derive(Deserialize)]

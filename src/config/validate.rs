@@ -15,7 +15,7 @@ use super::raw::{
 use super::values::{EnvString, HumanDuration, ListenAddr};
 use super::RedisSettings;
 use super::Secret;
-use super::{backends, clients};
+use super::{backends, clients, spend};
 use super::{
     Config, CooldownPolicy, EjectionPolicy, Problem, ServerSettings, Sizes, Timeouts, TlsListener,
     Waiting,
@@ -34,6 +34,8 @@ impl RawConfig {
             p.add("listen", "give at least one \"host:port\" to listen on");
         }
         clients::client_auth_is_whole(self.clients.as_deref(), self.client_auth.as_ref(), &mut p);
+        let prices = spend::prices(self.prices.unwrap_or_default(), &mut p);
+        let fallbacks = spend::fallbacks(self.fallbacks.unwrap_or_default(), &mut p);
         let config = Config {
             backends: backends::backends(self.backends, &mut p),
             max_tries: max_tries(self.retry.as_ref(), &mut p),
@@ -68,7 +70,12 @@ impl RawConfig {
                 .upstream_tls
                 .and_then(|u| u.ca_file)
                 .map(|f| PathBuf::from(f.0)),
+            prices,
+            fallbacks,
         };
+        if let Some(clients) = &config.clients {
+            spend::budgets_are_priced(clients, &config.backends, &config.prices, &mut p);
+        }
         if p.0.is_empty() {
             Ok(config)
         } else {

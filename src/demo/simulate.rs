@@ -53,9 +53,44 @@ pub struct SimulateArgs {
     /// first chunk of a stream), in milliseconds.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
+    // Boxed: `aoai-proxy`'s command enum holds these arguments, and clippy wants its variants
+    // of a like size.
+    #[command(flatten)]
+    pub refusals: Box<RefusalArgs>,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+}
+
+/// `--context-window` and `--blocked-phrase`: the prompts that the model of every simulated
+/// backend refuses with a 400, as Azure does.
+#[derive(clap::Args, Debug)]
+pub struct RefusalArgs {
+    /// Gives every simulated backend's model a context window of N tokens: a chat completion,
+    /// completion or response estimated at more (its body's bytes over 4, rounded up, plus its
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`) answers Azure's 400
+    /// `context_length_exceeded`, uncharged and at once, as a proxy's fallbacks expect.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub context_window: Option<u64>,
+    /// Every simulated backend answers a chat completion, completion or response whose body
+    /// holds TEXT (whatever its case) with the 400 `content_filter` of Azure's content filter,
+    /// uncharged and at once.
+    #[arg(long, value_name = "TEXT")]
+    pub blocked_phrase: Option<String>,
+}
+
+impl RefusalArgs {
+    /// What they refuse, for the line that announces a `--listen` backend.
+    fn said(&self) -> String {
+        let mut said = String::new();
+        if let Some(n) = self.context_window {
+            said.push_str(&format!(", a context window of {n} tokens"));
+        }
+        if let Some(phrase) = &self.blocked_phrase {
+            said.push_str(&format!(", prompts with {phrase:?} filtered"));
+        }
+        said
+    }
 }
 
 /// `ADDR=TPM` of `--quota` and `--provisioned`: a backend's address and its tokens a minute.
@@ -204,6 +239,8 @@ async fn start_backends(
             chunk_delay: Duration::from_millis(args.chunk_delay_ms),
             latency: Duration::from_millis(args.latency_ms),
             quota,
+            context_window: args.refusals.context_window,
+            blocked_phrase: args.refusals.blocked_phrase.clone(),
             ..Default::default()
         };
         let b = Backend::start_on(*addr, options)
@@ -219,14 +256,17 @@ async fn start_backends(
             ),
         };
         println!(
-            "simulated Azure OpenAI backend sim-{i} at {}{limits}",
-            b.url()
+            "simulated Azure OpenAI backend sim-{i} at {}{limits}{}",
+            b.url(),
+            args.refusals.said(),
         );
         started.push(b);
     }
     for addr in &args.throttled {
         let options = BackendOptions {
             name: format!("throttled-{}", addr.port()),
+            context_window: args.refusals.context_window,
+            blocked_phrase: args.refusals.blocked_phrase.clone(),
             ..Default::default()
         };
         let b = Backend::start_on(*addr, options)
@@ -289,6 +329,28 @@ mod tests {
         );
         assert!(!standard.provisioned && standard.limit_headers);
         assert!(quotas[&"127.0.0.1:9002".parse().unwrap()].provisioned);
+    }
+
+    #[test]
+    fn the_refusal_flags_are_read_and_a_window_is_at_least_a_token() {
+        let args = parse("--listen 127.0.0.1:9001").unwrap();
+        assert_eq!(
+            (
+                args.refusals.context_window,
+                args.refusals.blocked_phrase.as_deref()
+            ),
+            (None, None)
+        );
+        assert_eq!(args.refusals.said(), "");
+        let args = parse("--context-window 8192 --blocked-phrase forbidden").unwrap();
+        assert_eq!(args.refusals.context_window, Some(8_192));
+        assert_eq!(args.refusals.blocked_phrase.as_deref(), Some("forbidden"));
+        assert_eq!(
+            args.refusals.said(),
+            ", a context window of 8192 tokens, prompts with \"forbidden\" filtered"
+        );
+        let error = parse("--context-window 0").unwrap_err();
+        assert!(error.contains("--context-window"), "{error}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::outcome::Outcome;
 mod backend;
 mod exposition;
 mod labels;
+mod spend;
 
 pub use backend::{BackendStats, TokenCounts};
 pub use exposition::{encode, Family};
@@ -62,6 +63,8 @@ pub struct Metrics {
     reloads: [AtomicU64; 2],
     /// `aoai_proxy_state_store_up`: unset without `state.redis`.
     state_store_up: std::sync::OnceLock<AtomicBool>,
+    /// Spend and fallbacks, by label.
+    spending: spend::Spending,
 }
 
 /// Requests being served, and the wake-up a draining shutdown waits for.
@@ -87,6 +90,7 @@ impl Default for Metrics {
             waits: histogram(&SECONDS_BUCKETS),
             reloads: Default::default(),
             state_store_up: std::sync::OnceLock::new(),
+            spending: spend::Spending::default(),
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct AccessLine<'a> {
     pub usage: Option<Usage>,
     /// How long it waited for capacity (`retry.wait_for_capacity`), when it did.
     pub waited: Option<Duration>,
+    /// The fallback deployment that answered (`fallbacks`), when not the one asked for.
+    pub fallback: Option<&'a str>,
+    /// What the answer cost in US dollars (`prices`), when its deployment has a price and its
+    /// backend reported usage.
+    pub cost_usd: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -108,6 +113,13 @@ impl AccessLine<'_> {
         if let Some(w) = self.waited {
             let _ = write!(out, " wait={}ms", w.as_millis());
         }
+        if let Some(f) = self.fallback {
+            out.push_str(" fallback=");
+            dash(&mut out, Some(f));
+        }
+        if let Some(usd) = self.cost_usd {
+            let _ = write!(out, " cost=${usd:.6}");
+        }
         if let Some(e) = &self.error {
             let _ = write!(out, " error={e}");
         }
@@ -148,6 +160,8 @@ impl AccessLine<'_> {
                 reasoning: u.reasoning,
             }),
             wait_ms: self.waited.map(ms),
+            fallback: self.fallback,
+            cost_usd: self.cost_usd,
             error: self.error.as_deref(),
         };
         serde_json::to_string(&line).unwrap_or_default()
@@ -173,6 +187,12 @@ struct JsonLine<'a> {
     /// Present only for a request that waited for capacity.
     #[serde(skip_serializing_if = "Option::is_none")]
     wait_ms: Option<f64>,
+    /// Present only for a request a fallback deployment answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'a str>,
+    /// Present only where the deployment has a price and usage was reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
     error: Option<&'a str>,
 }
 
@@ -218,6 +238,8 @@ mod tests {
                 ..Usage::default()
             }),
             waited: None,
+            fallback: None,
+            cost_usd: None,
             error: None,
         }
     }

@@ -5,8 +5,11 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::headers::Told;
 use crate::balance::Unavailable;
-use crate::clients::limits::{Admitted, Limit, Refused};
+use crate::clients::limits::{Limit, Refused};
+use crate::clients::quota::{Kind, OverQuota};
+use crate::config::NANOS_PER_USD;
 use crate::outcome::Failure;
 
 /// An answer made by the proxy rather than a backend.
@@ -48,6 +51,8 @@ pub enum ProxyError {
     ModelUnreadable { client: String },
     /// The client spent its `requests_per_minute` or `tokens_per_minute`.
     ClientLimit(Refused),
+    /// The client spent its `token_quota` or `budget` for the period.
+    OverQuota { client: String, over: OverQuota },
 }
 
 impl ProxyError {
@@ -97,7 +102,9 @@ impl ProxyError {
             ProxyError::Upstream { status, .. } => *status,
             ProxyError::AllCooling { .. } => 429,
             ProxyError::DeploymentNotFound { .. } => 404,
-            ProxyError::DeploymentNotAllowed { .. } | ProxyError::ModelUnreadable { .. } => 403,
+            ProxyError::DeploymentNotAllowed { .. }
+            | ProxyError::ModelUnreadable { .. }
+            | ProxyError::OverQuota { .. } => 403,
             ProxyError::ClientLimit(_) => 429,
         }
     }
@@ -121,6 +128,10 @@ impl ProxyError {
             ProxyError::DeploymentNotAllowed { .. } | ProxyError::ModelUnreadable { .. } => {
                 "PermissionDenied"
             }
+            ProxyError::OverQuota { over, .. } => match over.kind {
+                Kind::Tokens => "TokenQuotaExceeded",
+                Kind::Usd => "BudgetExceeded",
+            },
         }
     }
 
@@ -154,6 +165,7 @@ impl ProxyError {
                 },
                 retry_after_secs(r.retry_after)
             ),
+            ProxyError::OverQuota { client, over } => over_quota(client, over),
         }
     }
 
@@ -178,16 +190,11 @@ impl ProxyError {
 
     /// Writes this error to the client as a complete response.
     pub async fn respond(&self, session: &mut Session) -> pingora::Result<()> {
-        self.respond_to(session, None).await
+        self.respond_to(session, Told::default()).await
     }
 
-    /// Writes this error to a client that has `left` under its limits (for its
-    /// `x-ratelimit-remaining-*`).
-    pub async fn respond_to(
-        &self,
-        session: &mut Session,
-        left: Option<&Admitted>,
-    ) -> pingora::Result<()> {
+    /// Writes this error to a client, with what it is `told` on every answer.
+    pub async fn respond_to(&self, session: &mut Session, told: Told<'_>) -> pingora::Result<()> {
         let body = Bytes::from(self.body());
         let mut resp = ResponseHeader::build(self.status(), Some(6))?;
         resp.insert_header("content-type", "application/json")?;
@@ -201,22 +208,42 @@ impl ProxyError {
                 resp.insert_header("retry-after", "1")?
             }
             ProxyError::AllCooling { left, .. } => retry_after(&mut resp, *left)?,
+            ProxyError::OverQuota { over, .. } => retry_after(&mut resp, over.resets_in)?,
             ProxyError::ClientLimit(r) => {
                 retry_after(&mut resp, r.retry_after)?;
                 super::headers::set_remaining(&mut resp, r.remaining_requests, r.remaining_tokens)?;
             }
             _ => {}
         }
-        if let Some(left) = left {
-            super::headers::set_remaining(
-                &mut resp,
-                left.remaining_requests,
-                left.remaining_tokens,
-            )?;
-        }
+        told.put_on(&mut resp)?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }
+}
+
+/// What a client over its token quota or budget is told: which, how much is used, and when
+/// the period starts again.
+fn over_quota(client: &str, over: &OverQuota) -> String {
+    let (limit, per) = (over.allowance.limit, over.allowance.per);
+    let what = match over.kind {
+        Kind::Tokens => format!(
+            "has used its token quota of {limit} tokens per {per} ({} used)",
+            over.used
+        ),
+        Kind::Usd => format!(
+            "has spent its budget of ${:.2} per {per} (${:.2} spent)",
+            limit as f64 / NANOS_PER_USD,
+            over.used as f64 / NANOS_PER_USD
+        ),
+    };
+    let at = i64::try_from(over.resets_at)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(String::new, |t| format!(" at {t}"));
+    format!(
+        "The client {client:?} {what}. It resets{at}, in {} seconds.",
+        retry_after_secs(over.resets_in)
+    )
 }
 
 /// Milliseconds for `retry-after-ms`, rounded up so a client never comes back too early.

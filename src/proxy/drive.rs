@@ -15,6 +15,7 @@ use super::exchange::Attempt;
 use super::relay::Delivery;
 use super::{Gateway, RequestCtx};
 use crate::balance::{Backend, Pick};
+use crate::config::FallbackCause;
 use crate::credentials::TokenRef;
 use crate::metrics::Retried;
 use crate::outcome::{Failure, Outcome};
@@ -34,6 +35,8 @@ pub(super) enum Driven {
     Answered,
     /// A 429 was put aside: the request waits for capacity, then starts over.
     Wait,
+    /// The deployment could not take it: the request goes to its next fallback.
+    Fallback(FallbackCause),
 }
 
 /// What the driver does after a try, as the policy decided.
@@ -48,6 +51,9 @@ enum Step {
     End,
     /// Set aside this try (a 429): the request waits for capacity.
     Wait(Attempt),
+    /// Set aside what the try produced (if the policy did not read it): the request goes to
+    /// its next fallback.
+    Fallback(Option<Attempt>, FallbackCause),
 }
 
 impl Gateway {
@@ -98,6 +104,12 @@ impl Gateway {
                     self.set_aside(backend, &t, attempt, "waiting for capacity");
                     return Ok(Driven::Wait);
                 }
+                Step::Fallback(attempt, cause) => {
+                    if let Some(attempt) = attempt {
+                        self.set_aside(backend, &t, attempt, "falling back");
+                    }
+                    return Ok(Driven::Fallback(cause));
+                }
                 Step::Deliver(mut attempt) => {
                     if let Attempt::Answered(answer) = &mut attempt {
                         if t.outcome.is_throttled() {
@@ -113,7 +125,7 @@ impl Gateway {
                     End::Unavailable(why) => {
                         ctx.first_byte = Some(ctx.started.elapsed());
                         ProxyError::unavailable(why, request.deployment())
-                            .respond_to(session, ctx.admitted.as_ref())
+                            .respond_to(session, ctx.told())
                             .await?
                     }
                 },
@@ -213,6 +225,7 @@ impl Gateway {
         match policy.decide(t) {
             Verdict::Deliver => Step::Deliver(attempt),
             Verdict::Wait => Step::Wait(attempt),
+            Verdict::Fallback(cause) => Step::Fallback(Some(attempt), cause),
             Verdict::Next(pick) => Step::Next(pick, Some(attempt)),
             Verdict::RefreshToken => {
                 let fresh = self.tokens.replace(token).await;
@@ -227,6 +240,7 @@ impl Gateway {
                     Settled::Deliver(product) => Step::Give(product),
                     Settled::Next(pick) => Step::Next(pick, None),
                     Settled::End => Step::End,
+                    Settled::Fallback(cause) => Step::Fallback(None, cause),
                 }
             }
         }
@@ -287,10 +301,7 @@ impl Gateway {
     ) -> Result<()> {
         ctx.first_byte = Some(ctx.started.elapsed());
         match product {
-            Product::Whole(whole) => {
-                let left = ctx.admitted.as_ref();
-                self.relay.relay_whole(session, whole, left).await
-            }
+            Product::Whole(whole) => self.relay.relay_whole(session, whole, ctx.told()).await,
             Product::Failed {
                 backend,
                 failure,
@@ -318,7 +329,7 @@ impl Gateway {
             failure.as_str()
         );
         ProxyError::gave_up(failure, &backend.name, tries)
-            .respond_to(session, ctx.admitted.as_ref())
+            .respond_to(session, ctx.told())
             .await
     }
 }

@@ -4,6 +4,7 @@
 //! ([`Tokens`]), usage and limits ([`Accounting`]), and the upstream side ([`Relay`]). Its
 //! [`Gateway::serve`] is the request path's first step; the tries are driven in `drive`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +12,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::access::AccessLine;
-use super::accounting::Accounting;
+use super::accounting::{Accounting, Ended, LetIn};
 use super::admission::Admission;
 use super::answers::ProxyError;
 use super::relay::Relay;
@@ -21,13 +22,15 @@ use crate::balance::spread::Spread;
 use crate::balance::{Pool, WaitingRoom};
 use crate::clients::entra::EntraVerifier;
 use crate::clients::limits::LimitStore;
-use crate::clients::Clients;
-use crate::config::{Config, LogFormat};
+use crate::clients::quota::QuotaStore;
+use crate::clients::quota::Standing;
+use crate::clients::{Client, Clients};
+use crate::config::{Config, Fallback, LogFormat};
 use crate::credentials::{TokenCache, Tokens};
 use crate::metrics::Metrics;
 use crate::objects::ObjectLocations;
 use crate::request::{AmbiguousDeployment, Request};
-use crate::state::SharedState;
+use crate::state::{unix_now, SharedState};
 
 /// The parts that live as long as the process, whatever the configuration in force.
 pub struct Lasting {
@@ -37,6 +40,8 @@ pub struct Lasting {
     pub metrics: Arc<Metrics>,
     /// Client limit windows: kept across reloads, by client name.
     pub limits: Arc<dyn LimitStore>,
+    /// Client quota and budget counts: kept across reloads, by client name.
+    pub quotas: Arc<dyn QuotaStore>,
     /// Checks clients' Entra ID tokens, with the signing keys fetched at start.
     pub entra: Option<Arc<EntraVerifier>>,
     /// Where stateful objects live: kept across reloads, by backend name.
@@ -68,6 +73,8 @@ pub struct Gateway {
     pub(super) waiting: Option<(Arc<WaitingRoom>, Duration)>,
     /// The moments the proxy's own throttling 429s have told clients to come back.
     pub(super) spread: Arc<Spread>,
+    /// Where a deployment's requests go when it cannot take them (`fallbacks`).
+    pub(super) fallbacks: BTreeMap<String, Fallback>,
     /// `log.format`.
     log_format: LogFormat,
     /// When this configuration was loaded (for the status page).
@@ -89,7 +96,13 @@ impl Gateway {
             tokens: Tokens::new(lasting.tokens.clone(), config.auth.startup_wait),
             accounting: Accounting {
                 limits: lasting.limits.clone(),
+                quotas: lasting.quotas.clone(),
+                prices: config.prices.clone(),
                 ask_streams_for_usage: config.include_stream_usage,
+            },
+            fallbacks: {
+                lasting.metrics.declare_fallbacks(&config.fallbacks);
+                config.fallbacks.clone()
             },
             relay: Relay {
                 upstream: lasting.upstream.clone(),
@@ -117,6 +130,25 @@ impl Gateway {
     /// When this configuration was loaded.
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
+    }
+
+    /// Each configured client, with how much of its token quota and budget it has used in
+    /// the current period (by [`crate::clients::quota::Kind`]).
+    pub async fn standings(&self) -> Vec<(Arc<Client>, [Option<Standing>; 2])> {
+        let clients = self.admission.clients.iter().flat_map(Clients::all);
+        let mut out = Vec::new();
+        for client in clients {
+            let limits = &client.limits;
+            let standing = match limits.token_quota.is_some() || limits.budget.is_some() {
+                true => {
+                    let quotas = &self.accounting.quotas;
+                    quotas.standing(&client.name, limits, unix_now()).await
+                }
+                false => [None, None],
+            };
+            out.push((client.clone(), standing));
+        }
+        out
     }
 
     /// Serves the whole request: admission, its body, its typed view, the client's limits,
@@ -147,8 +179,8 @@ impl Gateway {
             }
         };
         let served = match self.accounting.admit(ctx.client.as_deref(), &request).await {
-            Ok(admitted) => {
-                ctx.admitted = admitted;
+            Ok(let_in) => {
+                (ctx.admitted, ctx.charged) = (let_in.limits, let_in.charged);
                 self.route(session, ctx, &request).await
             }
             Err(refused) => refused.respond(session).await,
@@ -190,9 +222,19 @@ impl Gateway {
         let duration = ctx.started.elapsed();
         let status = session.response_written().map(|r| r.status.as_u16());
         self.metrics.record_end(status, duration, ctx.tries);
-        if let (Some(client), Some(admitted)) = (&ctx.client, &ctx.admitted) {
-            self.accounting.settle(client, admitted, ctx.usage, status);
-        }
+        let let_in = LetIn {
+            limits: ctx.admitted,
+            charged: ctx.charged,
+        };
+        let ended = Ended {
+            deployment: ctx.fallback.as_deref().or(ctx.deployment.as_deref()),
+            status,
+            usage: ctx.usage,
+        };
+        let client = ctx.client.as_deref();
+        let cost_usd = self
+            .accounting
+            .settle(client, &let_in, ended, &self.metrics);
         if !log::log_enabled!(target: super::access::TARGET, log::Level::Info) {
             return;
         }
@@ -213,6 +255,8 @@ impl Gateway {
             duration,
             usage: ctx.usage,
             waited: (!ctx.waited.is_zero()).then_some(ctx.waited),
+            fallback: ctx.fallback.as_deref(),
+            cost_usd,
             error: error.map(|e| e.to_string()),
         }
         .write(self.log_format);

@@ -8,6 +8,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
 use crate::balance::Credential;
+use crate::clients::limits::Admitted;
 
 /// Request headers that never reach a backend: the client's own credentials, hop-by-hop
 /// headers, and framing the proxy sets itself (the body is re-sent whole with a length).
@@ -161,6 +162,27 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + req.raw_path().len()
+}
+
+/// What the proxy puts on every answer a client gets, the backend's or its own: what the client
+/// has left under its limits (`x-ratelimit-remaining-*`), and the fallback deployment that
+/// answered (`x-aoai-proxy-fallback`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Told<'a> {
+    pub left: Option<&'a Admitted>,
+    pub fallback: Option<&'a str>,
+}
+
+impl Told<'_> {
+    pub fn put_on(&self, head: &mut ResponseHeader) -> Result<()> {
+        if let Some(l) = self.left {
+            set_remaining(head, l.remaining_requests, l.remaining_tokens)?;
+        }
+        if let Some(deployment) = self.fallback {
+            head.insert_header("x-aoai-proxy-fallback", deployment)?;
+        }
+        Ok(())
+    }
 }
 
 /// Sets `x-ratelimit-remaining-requests` and `-tokens` to what the client has left under its

@@ -24,6 +24,7 @@ mod admission;
 mod answers;
 mod drive;
 mod exchange;
+mod fallback;
 mod gateway;
 pub mod header_deadline;
 pub mod headers;
@@ -49,6 +50,7 @@ pub use gateway::{Gateway, Lasting};
 
 use crate::balance::Ticket;
 use crate::clients::limits::Admitted;
+use crate::clients::quota::Charged;
 use crate::clients::Client;
 use crate::metrics::InFlight;
 use crate::outcome::Outcome;
@@ -79,6 +81,10 @@ pub struct RequestCtx {
     client: Option<Arc<Client>>,
     /// How it was admitted to its limits, when it has some.
     admitted: Option<Admitted>,
+    /// What its quota and budget were charged, when it has some.
+    charged: Option<Charged>,
+    /// The fallback deployment that answered it (`fallbacks`), when not the one asked for.
+    fallback: Option<Box<str>>,
     /// The tokens the delivered answer reported.
     usage: Option<Usage>,
     /// How long it waited for capacity, in all.
@@ -87,6 +93,16 @@ pub struct RequestCtx {
     /// (boxed: few requests ever wait).
     ticket: Option<Box<Ticket>>,
     _in_flight: InFlight,
+}
+
+impl RequestCtx {
+    /// What the client is told on every answer: what it has left, the fallback that answered.
+    fn told(&self) -> headers::Told<'_> {
+        headers::Told {
+            left: self.admitted.as_ref(),
+            fallback: self.fallback.as_deref(),
+        }
+    }
 }
 
 /// Errors that mean the client is gone or stalled: nobody to answer, nothing to log as ours.
@@ -119,6 +135,8 @@ impl ProxyHttp for Proxy {
             first_byte: None,
             client: None,
             admitted: None,
+            charged: None,
+            fallback: None,
             usage: None,
             waited: Duration::ZERO,
             ticket: None,

@@ -13,8 +13,9 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::exchange::{self, Answer, Attempt};
+use super::headers::{self, Told};
+use super::realtime;
 use super::upstream::Upstream;
-use super::{headers, realtime};
 use crate::balance::{Backend, Credential, Naming};
 use crate::clients::limits::Admitted;
 use crate::clients::Client;
@@ -42,6 +43,8 @@ pub struct Delivery<'a> {
     pub hide_usage_event: bool,
     /// What the client has left under its limits, for `x-ratelimit-remaining-*`.
     pub limits: Option<Admitted>,
+    /// The fallback deployment that answers, when not the one asked for.
+    pub fallback: Option<&'a str>,
     /// What a success teaches about where objects live; `None` on paths without objects.
     pub learning: Option<Learning<'a>>,
 }
@@ -151,7 +154,11 @@ impl Relay {
             session: mut up,
             peer,
         } = answer;
-        for_client(&mut head, delivery.limits.as_ref())?;
+        let told = Told {
+            left: delivery.limits.as_ref(),
+            fallback: delivery.fallback,
+        };
+        for_client(&mut head, told)?;
         let mut readers = Readers::for_answer(&head, delivery);
         session
             .write_response_header(head, false)
@@ -223,10 +230,10 @@ impl Relay {
         &self,
         session: &mut Session,
         whole: WholeAnswer,
-        limits: Option<&Admitted>,
+        told: Told<'_>,
     ) -> Result<()> {
         let WholeAnswer { mut head, body } = whole;
-        for_client(&mut head, limits)?;
+        for_client(&mut head, told)?;
         let write = async {
             session.write_response_header(head, false).await?;
             session.write_response_body(Some(body), true).await
@@ -236,13 +243,10 @@ impl Relay {
 }
 
 /// A backend's response header made the client's: its hop-by-hop headers taken off, and what
-/// the client has `left` under its limits put on.
-fn for_client(head: &mut ResponseHeader, left: Option<&Admitted>) -> Result<()> {
+/// the client is `told` on every answer put on.
+fn for_client(head: &mut ResponseHeader, told: Told<'_>) -> Result<()> {
     headers::strip_response(head);
-    match left {
-        Some(l) => headers::set_remaining(head, l.remaining_requests, l.remaining_tokens),
-        None => Ok(()),
-    }
+    told.put_on(head)
 }
 
 /// What reads an answer's body as it passes: its usage, the objects it made, and the usage

@@ -4,6 +4,7 @@
 //! the search for a stateful object's backend ([`Gateway::search`]), and a list merged from
 //! every backend's part ([`Gateway::list`]).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use pingora::proxy::Session;
@@ -14,6 +15,7 @@ use super::drive::{Driven, Start};
 use super::relay::{Delivery, Learning};
 use super::{Gateway, RequestCtx};
 use crate::balance::{spread, Pick, Turn, Unavailable};
+use crate::config::FallbackCause;
 use crate::config::Strategy;
 use crate::credentials::TokenRef;
 use crate::objects::Named;
@@ -21,16 +23,28 @@ use crate::request::{query, Request};
 use crate::retry::{self, Page};
 use smallvec::SmallVec;
 
+/// What became of a request's tries on one deployment.
+pub(super) enum Forwarded {
+    /// The client has its answer.
+    Answered,
+    /// The deployment could not take it: it goes to the next fallback.
+    Fallback(FallbackCause),
+}
+
 impl Gateway {
-    /// Forwards `request`: its turn of the round robin (or the most headroom), and retries (see
-    /// [`retry::Forward`]); with `retry.wait_for_capacity`, the waits for capacity between them
-    /// ([`Self::wait`]).
-    pub(super) async fn forward(
+    /// Forwards `request` to its deployment: its turn of the round robin (or the most
+    /// headroom), and retries (see [`retry::Forward`]); with `retry.wait_for_capacity`, the
+    /// waits for capacity between them ([`Self::wait`]). Where the deployment cannot take it
+    /// for one of the causes `on`, it is not answered: it goes to the next fallback. A
+    /// fallback deployment forwards it as the one `answering`.
+    pub(super) async fn forward_to(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         request: &Request,
-    ) -> Result<()> {
+        on: &BTreeSet<FallbackCause>,
+        answering: Option<&str>,
+    ) -> Result<Forwarded> {
         let deployment = request.deployment();
         // Read only where it is used: it parses the body.
         let estimate = match self.pool.strategy() {
@@ -41,15 +55,18 @@ impl Gateway {
             created: true,
             ..Learning::default()
         });
-        let delivery = self.delivery(ctx, request, learning);
+        let mut delivery = self.delivery(ctx, request, learning);
+        delivery.fallback = answering;
         let wait_until = self
             .waiting
             .as_ref()
             .map(|(_, budget)| ctx.started + *budget);
         // Tries answered 429 while the request could still wait: not counted.
         let mut forgiven = 0;
+        let earlier = ctx.tries;
         let mut newcomer = true;
-        loop {
+        // Each way out of the loop but an answer or a fallback: no backend can take it now.
+        let why = loop {
             // With waiting, a newcomer queues behind the requests waiting for its deployment,
             // and a request that no backend has room for waits before it is sent (every
             // backend cooling, or, with headroom, all too full for it).
@@ -61,7 +78,7 @@ impl Gateway {
                 if self.wait(session, ctx, deployment, estimate, false).await? {
                     continue;
                 }
-                return self.throttled(session, ctx, deployment, estimate).await;
+                break None;
             }
             let (policy, mut start) = match self.forward_plan(deployment, estimate).await {
                 Ok(plan) => plan,
@@ -74,27 +91,55 @@ impl Gateway {
                     if self.wait(session, ctx, deployment, estimate, false).await? {
                         continue;
                     }
-                    return self.throttled(session, ctx, deployment, estimate).await;
+                    break None;
                 }
-                Err(Unavailable::Cooling { shortest }) => {
-                    let why = self.spread(shortest, deployment, estimate);
-                    return self.unavailable(session, ctx, why, deployment).await;
-                }
-                Err(why) => return self.unavailable(session, ctx, why, deployment).await,
+                Err(why) => break Some(why),
             };
-            let mut policy = policy.waiting_until(wait_until, forgiven);
+            let mut policy = policy
+                .waiting_until(wait_until, forgiven)
+                .falling_back_on(on, earlier);
             let driven = self
                 .drive(session, ctx, request, &mut start, &mut policy, &delivery)
                 .await?;
             match driven {
-                Driven::Answered => return Ok(()),
+                Driven::Answered => return Ok(Forwarded::Answered),
+                Driven::Fallback(cause) => return Ok(Forwarded::Fallback(cause)),
                 // Its turn was answered 429: back to the front of the line.
                 Driven::Wait if self.wait(session, ctx, deployment, estimate, true).await? => {
                     forgiven = policy.forgiven();
                 }
-                Driven::Wait => return self.throttled(session, ctx, deployment, estimate).await,
+                Driven::Wait => break None,
             }
+        };
+        self.cannot_serve(session, ctx, why, (deployment, estimate), on)
+            .await
+    }
+
+    /// The end of a request no backend of its deployment can take now (`why`; `None`: it
+    /// could not wait longer): its fallback, with `unavailable` among the causes `on`; else
+    /// the client's answer, the throttling 429 with the shortest wait spread.
+    async fn cannot_serve(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        why: Option<Unavailable>,
+        (deployment, estimate): (Option<&str>, u64),
+        on: &BTreeSet<FallbackCause>,
+    ) -> Result<Forwarded> {
+        if on.contains(&FallbackCause::Unavailable) {
+            return Ok(Forwarded::Fallback(FallbackCause::Unavailable));
         }
+        let why = match why {
+            None => {
+                let shortest = self.free_in(deployment, estimate);
+                let shortest = shortest.unwrap_or(Duration::from_millis(1));
+                self.spread(shortest, deployment, estimate)
+            }
+            Some(Unavailable::Cooling { shortest }) => self.spread(shortest, deployment, estimate),
+            Some(why) => why,
+        };
+        self.unavailable(session, ctx, why, deployment).await?;
+        Ok(Forwarded::Answered)
     }
 
     /// The first backend of a request for `deployment` estimated at `estimate` tokens (its turn
@@ -180,22 +225,6 @@ impl Gateway {
         let token = self.tokens.current().is_some();
         self.pool
             .free_in(deployment, estimate, token, Instant::now())
-    }
-
-    /// The throttling 429 of a request that could not wait (longer): every backend for
-    /// `deployment` cooling, the shortest wait spread.
-    async fn throttled(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        deployment: Option<&str>,
-        estimate: u64,
-    ) -> Result<()> {
-        let shortest = self
-            .free_in(deployment, estimate)
-            .unwrap_or(Duration::from_millis(1));
-        let why = self.spread(shortest, deployment, estimate);
-        self.unavailable(session, ctx, why, deployment).await
     }
 
     /// Why a request for `deployment` is throttled when the first backend is free in
@@ -331,6 +360,7 @@ impl Gateway {
             client: ctx.client.clone(),
             hide_usage_event: request.hides_usage_event(),
             limits: ctx.admitted,
+            fallback: None,
             learning,
         }
     }
@@ -344,7 +374,7 @@ impl Gateway {
         deployment: Option<&str>,
     ) -> Result<()> {
         ProxyError::unavailable(why, deployment)
-            .respond_to(session, ctx.admitted.as_ref())
+            .respond_to(session, ctx.told())
             .await
     }
 }

@@ -165,9 +165,20 @@ impl Request {
     }
 
     fn estimate_with(&self, no_cap: u64) -> u64 {
+        let (prompt, completion) = self.estimate_parts_with(no_cap);
+        prompt.saturating_add(completion)
+    }
+
+    /// [`Self::estimate_tokens`] in its two parts: the prompt, and the completion it allows
+    /// (what a budget prices apart).
+    pub fn estimate_parts(&self) -> (u64, u64) {
+        self.estimate_parts_with(0)
+    }
+
+    fn estimate_parts_with(&self, no_cap: u64) -> (u64, u64) {
         let prompt = (self.original.len() as u64).div_ceil(4);
         let completion = self.facts().and_then(BodyFacts::completion_cap);
-        prompt.saturating_add(completion.unwrap_or(no_cap))
+        (prompt, completion.unwrap_or(no_cap))
     }
 
     /// The completion a request that sets no cap is taken to use, for capacity.
@@ -250,6 +261,25 @@ impl Request {
             }
             Where::Nowhere => Renamed::default(),
         }
+    }
+}
+
+impl Request {
+    /// The same request for deployment `to` (a fallback): the target (`raw`, as forwarded)
+    /// renamed where it names the deployment (`None`: it does not), and the body as the client
+    /// sent it with its `model` renamed where it has one. Read again with [`Request::read`].
+    pub fn renamed_to(&self, to: &str, raw: &[u8]) -> (Option<Vec<u8>>, Bytes) {
+        let path = match self.named {
+            Where::Path => rewrite::rename_in_path(raw, to),
+            Where::Query(parameter) => rewrite::rename_in_query(raw, parameter, to),
+            Where::Body | Where::Nowhere => None,
+        };
+        let rename = self.facts().and_then(|f| rewrite::rename_model(f, to));
+        let body = match rename {
+            Some(splice) => rewrite::apply(&self.original, &mut [splice]),
+            None => self.original.clone(),
+        };
+        (path, body)
     }
 }
 

@@ -165,6 +165,14 @@ fn a_backend_gets_its_own_name_where_the_request_names_the_deployment() {
         r.for_backend("rt-east", h.raw_path()).path.as_deref(),
         Some(&b"/openai/realtime?api-version=1&deployment=rt-east"[..])
     );
+    // Found by the fuzzer: a Realtime query that names no deployment keeps its query as sent.
+    let h = head("GET", "/openai/realtime?m2");
+    let r = Request::read(&h, Bytes::new(), false).unwrap();
+    assert_eq!(r.deployment(), None);
+    assert_eq!(
+        r.for_backend("rt-east", h.raw_path()).path.as_deref(),
+        Some(&b"/openai/realtime?m2"[..])
+    );
 }
 
 #[test]

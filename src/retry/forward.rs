@@ -8,14 +8,20 @@
 //! - a 401 to the proxy's own Entra ID token is retried once, on the same backend, with a
 //!   fresh token;
 //! - with `retry.wait_for_capacity`, a 429 does not count against `retry.max_tries` while the
-//!   request may still wait, and instead of delivering it the request waits ([`Verdict::Wait`]).
+//!   request may still wait, and instead of delivering it the request waits ([`Verdict::Wait`]);
+//! - with a fallback for the deployment (`fallbacks`), instead of delivering a try that failed
+//!   the request goes to the fallback ([`Verdict::Fallback`]), and a 400 is read whole first to
+//!   see whether its code is a fallback's cause ([`super::fallback`]).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
-use super::{Policy, Try, Verdict};
+use super::fallback::{self, ERROR_BODY_MAX};
+use super::{Policy, Product, Settled, Try, Verdict};
 use crate::balance::{Pick, Selection};
+use crate::config::FallbackCause;
 use crate::outcome::{Outcome, Sent};
 
 /// The request's state, as far as retrying goes.
@@ -60,6 +66,9 @@ pub fn decide<P>(tries: Tries, outcome: Outcome, next: impl FnOnce() -> Option<P
     next().map_or(Step::Deliver, Step::Retry)
 }
 
+/// The causes of a request with no fallback left.
+static NO_FALLBACK: BTreeSet<FallbackCause> = BTreeSet::new();
+
 /// The most tries answered 429 a request may have not counted against `retry.max_tries`: a
 /// backend that asks for a wait of a millisecond does not get a try per round trip for the
 /// whole wait budget.
@@ -79,6 +88,12 @@ pub struct Forward<'a> {
     /// Tries answered 429 while the request could still wait, this policy's and those before
     /// its last wait: they do not count against `max`.
     forgiven: u32,
+    /// What sends the request to a fallback deployment instead (`fallbacks[].on`); empty when
+    /// it has none left.
+    fallback_on: &'a BTreeSet<FallbackCause>,
+    /// The tries the request made on the deployments before this one (each deployment has its
+    /// own `retry.max_tries`).
+    earlier: u32,
 }
 
 impl<'a> Forward<'a> {
@@ -89,6 +104,18 @@ impl<'a> Forward<'a> {
             token_refreshed: false,
             wait_until: None,
             forgiven: 0,
+            fallback_on: &NO_FALLBACK,
+            earlier: 0,
+        }
+    }
+
+    /// The same, for a request that goes to a fallback deployment `on` these causes, and made
+    /// `earlier` tries on the deployments before this one.
+    pub fn falling_back_on(self, on: &'a BTreeSet<FallbackCause>, earlier: u32) -> Self {
+        Forward {
+            fallback_on: on,
+            earlier,
+            ..self
         }
     }
 
@@ -120,13 +147,24 @@ impl Policy for Forward<'_> {
             self.forgiven += 1;
         }
         let tries = Tries {
-            made: t.made.saturating_sub(self.forgiven),
+            made: t.made.saturating_sub(self.forgiven + self.earlier),
             max: self.max,
             sent: t.sent,
             token_refreshed: self.token_refreshed,
         };
+        let falls_back = |cause| self.fallback_on.contains(&cause);
         match decide(tries, t.outcome, || self.selection.next(Instant::now())) {
             Step::Deliver if waits => Verdict::Wait,
+            Step::Deliver if t.outcome.is_failure() && falls_back(FallbackCause::Unavailable) => {
+                Verdict::Fallback(FallbackCause::Unavailable)
+            }
+            Step::Deliver
+                if t.outcome == Outcome::Status(http::StatusCode::BAD_REQUEST)
+                    && (falls_back(FallbackCause::ContextLengthExceeded)
+                        || falls_back(FallbackCause::ContentFilter)) =>
+            {
+                Verdict::Read(ERROR_BODY_MAX)
+            }
             Step::Deliver => Verdict::Deliver,
             Step::Retry(pick) => Verdict::Next(pick),
             Step::RetryWithFreshToken => {
@@ -134,6 +172,17 @@ impl Policy for Forward<'_> {
                 Verdict::RefreshToken
             }
         }
+    }
+
+    /// A 400 read whole: the fallback, when its code is one of the causes.
+    fn settle(&mut self, _t: &Try, product: Product) -> Settled {
+        if let Product::Whole(whole) = &product {
+            let cause = fallback::cause_of(&whole.body);
+            if let Some(cause) = cause.filter(|c| self.fallback_on.contains(c)) {
+                return Settled::Fallback(cause);
+            }
+        }
+        Settled::Deliver(product)
     }
 
     fn again(&mut self, backend: usize, token: HeaderValue) -> Option<Pick> {

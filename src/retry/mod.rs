@@ -4,12 +4,14 @@
 //! metrics) and carries out the policy's [`Verdict`]; the three ways a request uses its backends
 //! differ only here:
 //!
-//! - [`Forward`]: round robin and retries, the README's "How retry works";
+//! - [`Forward`]: round robin and retries, the README's "How retry works", and when the
+//!   request goes to a fallback deployment instead ([`fallback`]);
 //! - [`Search`]: the backends asked in turn for a stateful object until one holds it;
 //! - [`List`]: every backend asked for its part of a list, merged into one.
 //!
 //! Each is unit-tested without a session or a network.
 
+mod fallback;
 mod forward;
 mod list;
 mod search;
@@ -22,6 +24,7 @@ use http::HeaderValue;
 use smallvec::SmallVec;
 
 use crate::balance::{Pick, Pool, Unavailable};
+use crate::config::FallbackCause;
 use crate::outcome::{Failure, Outcome, Sent, WholeAnswer};
 
 /// One try, as a policy sees it.
@@ -66,6 +69,8 @@ pub enum Verdict {
     /// Put this try (a 429) aside: the request waits for capacity (`retry.wait_for_capacity`),
     /// then starts over with the backends free then.
     Wait,
+    /// Put this try aside: the request goes to its deployment's next fallback (`fallbacks`).
+    Fallback(FallbackCause),
 }
 
 /// What follows a try that [`Policy::settle`] took in.
@@ -77,6 +82,8 @@ pub enum Settled {
     Next(Pick),
     /// No backend is left: [`Policy::end`] says what the client gets.
     End,
+    /// The request goes to its deployment's next fallback (`fallbacks`).
+    Fallback(FallbackCause),
 }
 
 /// What the client gets when every backend has been asked.

@@ -11,7 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use prometheus::proto::MetricFamily;
 
-use super::status::Status;
+use super::status::{ClientStatus, Status};
 use crate::credentials::TokenCache;
 use crate::metrics::{self, Family, Metrics};
 use crate::proxy::Gateway;
@@ -44,10 +44,16 @@ impl Admin {
         metrics::encode(families)
     }
 
-    fn status(&self) -> String {
-        let gateway = self.current.load();
+    async fn status(&self) -> String {
+        let gateway = self.current.load_full();
         let tokens = (self.ready(), self.tokens.as_deref());
-        let status = Status::of(&gateway, tokens, &self.metrics, &self.listen);
+        let mut status = Status::of(&gateway, tokens, &self.metrics, &self.listen);
+        status.clients = gateway
+            .standings()
+            .await
+            .iter()
+            .map(|(client, standing)| ClientStatus::of(&client.name, *standing))
+            .collect();
         serde_json::to_string(&status).unwrap_or_default()
     }
 }
@@ -92,7 +98,7 @@ impl ServeHttp for Admin {
                 "not ready: no valid Entra ID token yet\n".to_string(),
             ),
             "/metrics" => (200, prometheus::TEXT_FORMAT, self.metrics_page()),
-            "/status" => (200, "application/json", self.status()),
+            "/status" => (200, "application/json", self.status().await),
             "/" => (200, "text/html; charset=utf-8", STATUS_PAGE.to_string()),
             _ => (
                 404,

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use crate::balance::{BackendError, Pool, Prober, Resolver, WaitingRoom};
 use crate::clients::entra::{EntraVerifier, JwksFetcher};
 use crate::clients::limits::{LimitStore, LocalLimits};
+use crate::clients::quota::{LocalQuotas, QuotaStore};
 use crate::config::{Config, ConfigError, CredentialKind, Problem};
 use crate::credentials::{http_client, CredentialError, CredentialSource, HttpClientError};
 use crate::credentials::{Refresher, TokenCache};
@@ -41,6 +42,7 @@ use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, Lasting, Proxy};
 use crate::state::limits::SharedLimits;
 use crate::state::objects::SharedLocations;
+use crate::state::quotas::SharedQuotas;
 use crate::state::{SharedState, StateTask};
 use admin::Admin;
 use reload::Reloader;
@@ -136,15 +138,15 @@ impl Process {
             "drain",
             drained.watcher(metrics.clone()),
         ));
-        let (limits, objects, state) = shared;
         let lasting = Lasting {
             tokens,
             upstream: Arc::new(Upstream::new(POOLED_CONNECTIONS)),
             metrics,
-            limits,
+            limits: shared.limits,
+            quotas: shared.quotas,
             entra,
-            objects,
-            state,
+            objects: shared.objects,
+            state: shared.state,
             waiting: WaitingRoom::new(config.waiting.max),
             spread: Arc::default(),
         };
@@ -295,13 +297,14 @@ fn entra_keys(
     Ok(verifier)
 }
 
-/// Where limit windows and object places are kept: in this process, or (`state.redis`) in
-/// Redis with the task that keeps it connected.
-type Stores = (
-    Arc<dyn LimitStore>,
-    Arc<dyn ObjectLocations>,
-    Option<Arc<SharedState>>,
-);
+/// Where limit windows, quota counts and object places are kept: in this process, or
+/// (`state.redis`) in Redis with the task that keeps it connected.
+struct Stores {
+    limits: Arc<dyn LimitStore>,
+    quotas: Arc<dyn QuotaStore>,
+    objects: Arc<dyn ObjectLocations>,
+    state: Option<Arc<SharedState>>,
+}
 
 fn shared_state(
     server: &mut Server,
@@ -312,11 +315,12 @@ fn shared_state(
 ) -> Result<Stores, StartError> {
     let local_objects = LocalLocations::new(config.objects_remembered);
     let Some(settings) = &config.redis else {
-        return Ok((
-            Arc::new(LocalLimits::default()),
-            Arc::new(local_objects),
-            None,
-        ));
+        return Ok(Stores {
+            limits: Arc::new(LocalLimits::default()),
+            quotas: Arc::new(LocalQuotas::default()),
+            objects: Arc::new(local_objects),
+            state: None,
+        });
     };
     let remember = config.objects_remembered.get();
     let (state, writes) = SharedState::new(settings, redis_ca, remember, metrics.clone())?;
@@ -326,9 +330,10 @@ fn shared_state(
         writes: tokio::sync::Mutex::new(Some(writes)),
     };
     server.add_service(background_service("shared-state", task));
-    Ok((
-        Arc::new(SharedLimits::new(state.clone())),
-        Arc::new(SharedLocations::new(state.clone(), local_objects)),
-        Some(state),
-    ))
+    Ok(Stores {
+        limits: Arc::new(SharedLimits::new(state.clone())),
+        quotas: Arc::new(SharedQuotas::new(state.clone())),
+        objects: Arc::new(SharedLocations::new(state.clone(), local_objects)),
+        state: Some(state),
+    })
 }

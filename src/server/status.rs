@@ -8,6 +8,8 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::balance::Backend;
+use crate::clients::quota::Standing;
+use crate::config::NANOS_PER_USD;
 use crate::credentials::TokenCache;
 use crate::metrics::{Metrics, TokenKind, TryLabel};
 use crate::proxy::Gateway;
@@ -25,6 +27,50 @@ pub struct Status<'a> {
     /// `None` when no backend takes the proxy's token.
     pub token: Option<TokenStatus>,
     pub config: ConfigStatus,
+    /// Each configured client's token quota and budget (`clients`).
+    pub clients: Vec<ClientStatus>,
+}
+
+/// One client: how much of its token quota and budget it has used in the current period.
+#[derive(Serialize)]
+pub struct ClientStatus {
+    name: String,
+    quota: Option<QuotaStatus>,
+    budget: Option<BudgetStatus>,
+}
+
+#[derive(Serialize)]
+struct QuotaStatus {
+    used: u64,
+    limit: u64,
+    resets_in_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct BudgetStatus {
+    used_usd: f64,
+    limit_usd: f64,
+    resets_in_seconds: u64,
+}
+
+impl ClientStatus {
+    /// `name`'s status, from its standing in each allowance (by [`Kind`]).
+    pub fn of(name: &str, [tokens, usd]: [Option<Standing>; 2]) -> ClientStatus {
+        let secs = |s: &Standing| s.resets_in.as_secs() + u64::from(s.resets_in.subsec_nanos() > 0);
+        ClientStatus {
+            name: name.to_string(),
+            quota: tokens.map(|s| QuotaStatus {
+                used: s.used,
+                limit: s.limit,
+                resets_in_seconds: secs(&s),
+            }),
+            budget: usd.map(|s| BudgetStatus {
+                used_usd: s.used as f64 / NANOS_PER_USD,
+                limit_usd: s.limit as f64 / NANOS_PER_USD,
+                resets_in_seconds: secs(&s),
+            }),
+        }
+    }
 }
 
 /// One backend.
@@ -147,6 +193,7 @@ impl<'a> Status<'a> {
                     .map_or(0, |d| d.as_secs()),
                 reloads: Reloads { ok, error },
             },
+            clients: Vec::new(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Shared state across replicas (`state.redis`): backend cooldowns and ejections
 //! ([`cooldowns`]), the quota backends say they have left ([`capacity`]), client limit windows
-//! ([`limits`]) and where stateful objects live ([`objects`]), in one Redis that every replica
+//! ([`limits`]), quota and budget counts ([`quotas`]) and where stateful objects live ([`objects`]), in one Redis that every replica
 //! uses.
 //!
 //! Redis is never on a request's critical path:
@@ -19,6 +19,7 @@ pub mod capacity;
 pub mod cooldowns;
 pub mod limits;
 pub mod objects;
+pub mod quotas;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -62,6 +63,12 @@ pub enum Write {
         estimate: u64,
         now_second: u64,
         spent: u64,
+    },
+    /// A client's quota or budget count changes by `by` (a request settled).
+    Spend {
+        key: String,
+        by: i64,
+        expire_at: u64,
     },
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use super::capacity;
 use super::cooldowns::{self, Message};
-use super::{limits, objects};
+use super::{limits, objects, quotas};
 use super::{unix_now, SharedState, Write, CHECK_EVERY};
 use crate::balance::Pool;
 
@@ -126,6 +126,9 @@ impl StateTask {
                 } => {
                     let admitted = (admitted_second, estimate);
                     limits::settle(state, settle, &client, admitted, (now_second, spent)).await
+                }
+                Write::Spend { key, by, expire_at } => {
+                    quotas::spend(state, key, by, expire_at).await.map(|()| 1)
                 }
             };
             if done.is_none() {

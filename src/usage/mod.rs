@@ -11,6 +11,7 @@
 //! Both shapes are read: `prompt_tokens`/`completion_tokens` (chat, completions, embeddings)
 //! and `input_tokens`/`output_tokens` (Responses), with their cached and reasoning details.
 
+pub mod cost;
 mod stream;
 
 pub use stream::UsageEventFilter;

@@ -1,0 +1,376 @@
+//! Per-client quotas by period (`token_quota`, in tokens) and budgets (`budget`, in
+//! billionths of a dollar): a count per client, kind and period, that starts again at zero when
+//! the period does.
+//!
+//! A request is charged its estimate when it is let in, so requests side by side see each
+//! other, and the estimate is replaced by what it spent when its answer ends
+//! ([`QuotaStore::settle`]), as the minute limits do: a client overshoots by at most the
+//! requests in flight when it reaches its limit.
+//!
+//! Counts sit behind [`QuotaStore`]: [`LocalQuotas`] in this process, or the store the replicas
+//! share (`state::quotas`), which keeps a [`LocalQuotas`] for when Redis cannot answer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::config::{Allowance, ClientLimits};
+
+/// Which count: tokens (`token_quota`) or money (`budget`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tokens,
+    Usd,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Tokens, Kind::Usd];
+
+    /// The client's allowance of this kind.
+    pub fn of(self, limits: &ClientLimits) -> Option<&Allowance> {
+        match self {
+            Kind::Tokens => limits.token_quota.as_ref(),
+            Kind::Usd => limits.budget.as_ref(),
+        }
+    }
+
+    /// Its name in Redis keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tokens => "tokens",
+            Kind::Usd => "usd",
+        }
+    }
+}
+
+/// What a request is expected to spend, or spent: tokens, and billionths of a dollar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub tokens: u64,
+    pub nanos: u64,
+}
+
+impl Spend {
+    pub fn of(self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Tokens => self.tokens,
+            Kind::Usd => self.nanos,
+        }
+    }
+}
+
+/// A request charged its estimate: what to settle when its answer ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charged {
+    pub estimate: Spend,
+    /// The start of the period it was charged in, by [`Kind`] (`None`: no such allowance).
+    pub(crate) starts: [Option<u64>; 2],
+    /// Charged in the store the replicas share, not this process's own.
+    pub(crate) shared: bool,
+}
+
+/// A request kept out: which allowance, how much of it is used, and when it starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverQuota {
+    pub kind: Kind,
+    pub used: u64,
+    pub allowance: Allowance,
+    /// The period's end, in seconds since the Unix epoch.
+    pub resets_at: u64,
+    pub resets_in: Duration,
+}
+
+/// How much of one allowance a client has used in the current period (for `/status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub used: u64,
+    pub limit: u64,
+    pub resets_in: Duration,
+}
+
+/// Where quota counts live.
+#[async_trait::async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Charges one request of `client` its `estimate`, or says which allowance is spent. `now`:
+    /// the time since the Unix epoch.
+    async fn charge(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        estimate: Spend,
+        now: Duration,
+    ) -> Result<Charged, OverQuota>;
+
+    /// Replaces what `charge` counted for a request with what it `spent`: the difference in
+    /// the period charged, or, when that period has ended, what was spent in the current one.
+    fn settle(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        charged: &Charged,
+        spent: Spend,
+        now: Duration,
+    );
+
+    /// The client's standing in each allowance it has, by [`Kind`].
+    async fn standing(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        now: Duration,
+    ) -> [Option<Standing>; 2];
+}
+
+/// One client's count of one kind in the period that starts at `start`: what the shared store
+/// last said (`known`; always 0 in a process of its own), what this process counted since that
+/// it has not told the store (`pending`, less than zero when a settled request spent less than
+/// its estimate), and what it told the store in a call that got no answer (`unsure`: the store
+/// may yet apply it, so it is not told again, but it counts here until the store answers).
+#[derive(Debug, Default)]
+struct Tally {
+    start: u64,
+    known: u64,
+    pending: i64,
+    unsure: i64,
+}
+
+impl Tally {
+    fn used(&self) -> u64 {
+        self.known
+            .saturating_add_signed(self.pending)
+            .saturating_add_signed(self.unsure)
+    }
+
+    /// Moves the tally to the period that starts at `start`, from zero when it is a new one.
+    fn at(&mut self, start: u64) -> &mut Self {
+        if self.start != start {
+            *self = Tally {
+                start,
+                ..Tally::default()
+            };
+        }
+        self
+    }
+}
+
+/// A signed change of a count, saturating.
+pub(crate) fn delta(spent: u64, estimate: u64) -> i64 {
+    let diff = i128::from(spent) - i128::from(estimate);
+    diff.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// Quota counts in this process.
+#[derive(Default)]
+pub struct LocalQuotas {
+    tallies: Mutex<HashMap<(String, Kind), Tally>>,
+}
+
+impl LocalQuotas {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Kind), Tally>> {
+        self.tallies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`QuotaStore::charge`] in this process's counts.
+    pub fn charge_here(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        estimate: Spend,
+        now: Duration,
+    ) -> Result<Charged, OverQuota> {
+        self.charge_in(client, limits, estimate, now, false)
+    }
+
+    /// The same, for a request whose charge was told to the shared store in a call that got no
+    /// answer: its estimate counts as told (see [`Tally`]).
+    pub(crate) fn charge_told(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        estimate: Spend,
+        now: Duration,
+    ) -> Result<Charged, OverQuota> {
+        self.charge_in(client, limits, estimate, now, true)
+    }
+
+    fn charge_in(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        estimate: Spend,
+        now: Duration,
+        told: bool,
+    ) -> Result<Charged, OverQuota> {
+        let unix = now.as_secs();
+        let mut tallies = self.lock();
+        let mut starts = [None; 2];
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let Some(allowance) = kind.of(limits) else {
+                continue;
+            };
+            let (start, end) = allowance.per.bounds(unix);
+            let key = (client.to_string(), kind);
+            let used = tallies.entry(key).or_default().at(start).used();
+            if used >= allowance.limit {
+                return Err(over(kind, used, *allowance, end, now));
+            }
+            starts[i] = Some(start);
+        }
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            if starts[i].is_some() {
+                let tally = tallies.entry((client.to_string(), kind)).or_default();
+                let count = match told {
+                    true => &mut tally.unsure,
+                    false => &mut tally.pending,
+                };
+                *count = count.saturating_add(delta(estimate.of(kind), 0));
+            }
+        }
+        Ok(Charged {
+            estimate,
+            starts,
+            shared: told,
+        })
+    }
+
+    /// [`QuotaStore::settle`] in this process's counts.
+    pub fn settle_here(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        charged: &Charged,
+        spent: Spend,
+        now: Duration,
+    ) {
+        let mut tallies = self.lock();
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let (Some(charged_in), Some(allowance)) = (charged.starts[i], kind.of(limits)) else {
+                continue;
+            };
+            let (start, _) = allowance.per.bounds(now.as_secs());
+            let change = match start == charged_in {
+                true => delta(spent.of(kind), charged.estimate.of(kind)),
+                false => delta(spent.of(kind), 0),
+            };
+            let tally = tallies.entry((client.to_string(), kind)).or_default();
+            let tally = tally.at(start);
+            tally.pending = tally.pending.saturating_add(change);
+        }
+    }
+
+    /// [`QuotaStore::standing`] in this process's counts.
+    pub fn standing_here(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        now: Duration,
+    ) -> [Option<Standing>; 2] {
+        let tallies = self.lock();
+        Kind::ALL.map(|kind| {
+            let allowance = kind.of(limits)?;
+            let (start, end) = allowance.per.bounds(now.as_secs());
+            let used = tallies
+                .get(&(client.to_string(), kind))
+                .filter(|t| t.start == start)
+                .map_or(0, Tally::used);
+            Some(Standing {
+                used,
+                limit: allowance.limit,
+                resets_in: until(end, now),
+            })
+        })
+    }
+
+    /// Takes what this process counted for `client`'s `kind` in the period that starts at
+    /// `start` and has not told the shared store (to tell it now).
+    pub(crate) fn take_pending(&self, client: &str, kind: Kind, start: u64) -> i64 {
+        let mut tallies = self.lock();
+        let tally = tallies.entry((client.to_string(), kind)).or_default();
+        std::mem::take(&mut tally.at(start).pending)
+    }
+
+    /// What this process counted for `client`'s `kind` in the period that starts at `start`
+    /// and has not told the shared store.
+    pub(crate) fn pending(&self, client: &str, kind: Kind, start: u64) -> i64 {
+        let tallies = self.lock();
+        tallies
+            .get(&(client.to_string(), kind))
+            .filter(|t| t.start == start)
+            .map_or(0, |t| t.pending)
+    }
+
+    /// Counts what [`Self::take_pending`] took as told in a call that got no answer.
+    pub(crate) fn told_unsure(&self, client: &str, kind: Kind, start: u64, told: i64) {
+        let mut tallies = self.lock();
+        let tally = tallies.entry((client.to_string(), kind)).or_default();
+        let tally = tally.at(start);
+        tally.unsure = tally.unsure.saturating_add(told);
+    }
+
+    /// Records what the shared store says `client` has used of `kind` in the period that
+    /// starts at `start` (with whatever it applied late of what it was told).
+    pub(crate) fn set_known(&self, client: &str, kind: Kind, start: u64, used: u64) {
+        let mut tallies = self.lock();
+        let tally = tallies.entry((client.to_string(), kind)).or_default();
+        let tally = tally.at(start);
+        (tally.known, tally.unsure) = (used, 0);
+    }
+}
+
+/// The refusal of `kind`, `used` of `allowance`, whose period ends at `end`.
+pub(crate) fn over(
+    kind: Kind,
+    used: u64,
+    allowance: Allowance,
+    end: u64,
+    now: Duration,
+) -> OverQuota {
+    OverQuota {
+        kind,
+        used,
+        allowance,
+        resets_at: end,
+        resets_in: until(end, now),
+    }
+}
+
+/// From `now` to `end` (seconds since the Unix epoch).
+pub(crate) fn until(end: u64, now: Duration) -> Duration {
+    Duration::from_secs(end).saturating_sub(now)
+}
+
+#[async_trait::async_trait]
+impl QuotaStore for LocalQuotas {
+    async fn charge(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        estimate: Spend,
+        now: Duration,
+    ) -> Result<Charged, OverQuota> {
+        self.charge_here(client, limits, estimate, now)
+    }
+
+    fn settle(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        charged: &Charged,
+        spent: Spend,
+        now: Duration,
+    ) {
+        self.settle_here(client, limits, charged, spent, now)
+    }
+
+    async fn standing(
+        &self,
+        client: &str,
+        limits: &ClientLimits,
+        now: Duration,
+    ) -> [Option<Standing>; 2] {
+        self.standing_here(client, limits, now)
+    }
+}
+
+#[cfg(test)]
+mod tests;

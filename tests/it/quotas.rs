@@ -1,0 +1,257 @@
+//! Token quotas and budgets by period (`clients[].token_quota`, `budget`), the cost of each
+//! answer (`prices`, `aoai_proxy_cost_usd_total`, the access log), and `/status`'s `clients`.
+//! Periods here are a few seconds long (`per: 3s`), so a test sees one end without waiting an
+//! hour; the calendar periods are the unit tests'.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aoai_sim::Backend;
+
+use crate::common::redis::RedisServer;
+use crate::common::*;
+
+/// The proxy's YAML: backend `b` (keyed) for gpt-4o at `prices`, client team-a (key-a) with
+/// `limits`, and team-b (key-b) with none.
+fn yaml(b: &Backend, limits: &str, extra: &str) -> String {
+    format!(
+        "auth: {{kind: none}}\n{extra}backends:\n  - {{url: \"{}\", name: b0, api_key: k, deployments: {{gpt-4o: gpt-4o}}}}\nclients:\n  - {{name: team-a, key: key-a, {limits}}}\n  - {{name: team-b, key: key-b}}\nprices:\n  gpt-4o: {{input: 1000, output: 2000, cached_input: 500}}\n",
+        b.url()
+    )
+}
+
+/// A chat request with `key`: status, headers, body.
+async fn send(proxy: &Proxy, key: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client()
+        .post(proxy.url(CHAT))
+        .header("api-key", key)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, headers, body)
+}
+
+/// The tokens an answer reported: (prompt, completion).
+fn usage(body: &serde_json::Value) -> (u64, u64) {
+    let u = &body["usage"];
+    (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until just after a `period`-second period (counted from the Unix epoch) begins, so
+/// that what follows happens within one period.
+async fn start_of_period(period: u64) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let next = Duration::from_secs((now.as_secs() / period + 1) * period);
+    tokio::time::sleep(next - now + Duration::from_millis(20)).await;
+}
+
+/// `/status`'s entry for `client`.
+fn status_of(proxy: &Proxy, client: &str) -> serde_json::Value {
+    let (_, status) = proxy.admin_get("/status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let clients = status["clients"].as_array().expect("clients").clone();
+    clients
+        .into_iter()
+        .find(|c| c["name"] == client)
+        .unwrap_or_else(|| panic!("no {client} in {status}"))
+}
+
+/// Waits (at most 5 s: a settled count reaches Redis from a queue) until `/status` says
+/// `client` has used `want` tokens of its quota.
+async fn wait_quota_used(proxy: &Proxy, client: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let used = status_of(proxy, client)["quota"]["used"].as_u64();
+        if used == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{client} used {used:?}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_quota_refuses_with_403_at_its_count_and_starts_again_with_its_period() {
+    let b = backend("b0").await;
+    let (_, _, first) = {
+        let proxy = Proxy::start(&yaml(&b, "", ""), None);
+        send(&proxy, "key-a").await
+    };
+    let (prompt, completion) = usage(&first);
+    let per_request = prompt + completion;
+    // Room for three and a half requests: the fourth is admitted (the count is under the
+    // quota when it arrives), the fifth is not.
+    let quota = per_request * 7 / 2;
+    let limits = format!("token_quota: {{tokens: {quota}, per: 3s}}");
+    let proxy = Proxy::start(&yaml(&b, &limits, ""), None);
+    start_of_period(3).await;
+    let before = b.requests();
+    for _ in 0..4 {
+        assert_eq!(send(&proxy, "key-a").await.0, 200);
+    }
+    let (status, headers, body) = send(&proxy, "key-a").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "TokenQuotaExceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("token quota of {quota} tokens per 3 s"))
+            && message.contains(&format!("({} used)", 4 * per_request)),
+        "{message}"
+    );
+    let ms: u64 = headers["retry-after-ms"].to_str().unwrap().parse().unwrap();
+    let secs: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=3000).contains(&ms) && secs == ms.div_ceil(1000),
+        "{ms} ms, {secs} s"
+    );
+    assert_eq!(
+        b.requests() - before,
+        4,
+        "the refused request reached no backend"
+    );
+    // Another client has no quota.
+    assert_eq!(send(&proxy, "key-b").await.0, 200);
+
+    let status = status_of(&proxy, "team-a");
+    assert_eq!(status["quota"]["used"], 4 * per_request);
+    assert_eq!(status["quota"]["limit"], quota);
+    assert!(status["quota"]["resets_in_seconds"].as_u64().unwrap() <= 3);
+    assert!(status["budget"].is_null());
+    assert!(status_of(&proxy, "team-b")["quota"].is_null());
+
+    // When the period ends, the count starts again.
+    tokio::time::sleep(Duration::from_millis(ms + 20)).await;
+    let (status, _, body) = send(&proxy, "key-a").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(status_of(&proxy, "team-a")["quota"]["used"], per_request);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_is_counted_at_the_deployments_prices_and_a_budget_refuses_once_spent() {
+    let b = backend("b0").await;
+    // USD per 1M tokens: 1000 in, 2000 out (cached_input 500; the simulator reports none).
+    let price = |(prompt, completion): (u64, u64)| {
+        (prompt as f64 * 1000.0 + completion as f64 * 2000.0) / 1e6
+    };
+    let probe = Proxy::start(&yaml(&b, "", ""), None);
+    let one = price(usage(&send(&probe, "key-a").await.2));
+    drop(probe);
+    // Room for two and a half answers.
+    let budget = one * 2.5;
+    let limits = format!("budget: {{usd: {budget}, per: 3s}}");
+    let proxy = Proxy::start(&yaml(&b, &limits, ""), None);
+    start_of_period(3).await;
+    let mut spent = 0.0;
+    for _ in 0..3 {
+        let (status, _, body) = send(&proxy, "key-a").await;
+        assert_eq!(status, 200, "{body}");
+        spent += price(usage(&body));
+    }
+    let (status, headers, body) = send(&proxy, "key-a").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "BudgetExceeded");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has spent its budget of $"), "{message}");
+    assert!(headers.contains_key("retry-after"));
+    // team-b has no budget, and its spend is counted too.
+    let (status, _, body) = send(&proxy, "key-b").await;
+    assert_eq!(status, 200);
+    let spent_b = price(usage(&body));
+
+    let metrics = proxy
+        .wait_for_metrics("aoai_proxy_cost_usd_total", |m| {
+            m.contains("client=\"team-b\"")
+        })
+        .await;
+    let cost = |client: &str| {
+        metric(
+            &metrics,
+            &format!("aoai_proxy_cost_usd_total{{client=\"{client}\",deployment=\"gpt-4o\"}}"),
+        )
+    };
+    assert!((cost("team-a") - spent).abs() < 1e-9, "{metrics}");
+    assert!((cost("team-b") - spent_b).abs() < 1e-9, "{metrics}");
+    let status = status_of(&proxy, "team-a");
+    let used = status["budget"]["used_usd"].as_f64().unwrap();
+    assert!((used - spent).abs() < 1e-6, "{status}");
+    assert!((status["budget"]["limit_usd"].as_f64().unwrap() - budget).abs() < 1e-6);
+    let log = proxy.wait_for_log("client=team-b").await;
+    assert!(log.contains(&format!("cost=${spent_b:.6}")), "{log}");
+}
+
+/// Two replicas on one Redis share a quota, a replica started again keeps it, and what one
+/// counts while Redis is frozen reaches the other once Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_quota_through_redis_and_a_restart_keeps_it() {
+    let redis = RedisServer::start();
+    let b = backend("b0").await;
+    let probe = Proxy::start(&yaml(&b, "", ""), None);
+    let (prompt, completion) = usage(&send(&probe, "key-a").await.2);
+    drop(probe);
+    let per_request = prompt + completion;
+    let quota = per_request * 6 - 1;
+    let state = format!(
+        "state: {{redis: {{url: \"{}\", timeout: 200ms}}}}\n",
+        redis.url()
+    );
+    let yaml = yaml(
+        &b,
+        &format!("token_quota: {{tokens: {quota}, per: day}}"),
+        &state,
+    );
+    let one = Proxy::start(&yaml, None);
+    let mut two = Proxy::start(&yaml, None);
+    for p in [&one, &two] {
+        p.wait_for_metrics("aoai_proxy_state_store_up", |m| {
+            metric(m, "aoai_proxy_state_store_up") == 1.0
+        })
+        .await;
+    }
+    // Two through each replica, the counts in Redis.
+    for p in [&one, &one, &two, &two] {
+        assert_eq!(send(p, "key-a").await.0, 200);
+    }
+    wait_quota_used(&one, "team-a", 4 * per_request).await;
+
+    // Redis frozen: replica two counts one more on its own...
+    redis.signal("STOP");
+    assert_eq!(
+        send(&two, "key-a").await.0,
+        200,
+        "Redis frozen costs no request"
+    );
+    redis.signal("CONT");
+    two.wait_for_metrics("aoai_proxy_state_store_up", |m| {
+        metric(m, "aoai_proxy_state_store_up") == 1.0
+    })
+    .await;
+    // ...and tells Redis with its next request: the sixth, which fills the quota.
+    assert_eq!(send(&two, "key-a").await.0, 200);
+    wait_quota_used(&one, "team-a", 6 * per_request).await;
+    let (status, _, body) = send(&one, "key-a").await;
+    assert_eq!(status, 403, "the other replica sees all six: {body}");
+
+    // A replica started again keeps the count.
+    two.signal("TERM");
+    assert!(two.wait_exit(Duration::from_secs(10)).is_some());
+    let again = Proxy::start(&yaml, None);
+    again
+        .wait_for_metrics("aoai_proxy_state_store_up", |m| {
+            metric(m, "aoai_proxy_state_store_up") == 1.0
+        })
+        .await;
+    assert_eq!(send(&again, "key-a").await.0, 403);
+    assert_eq!(
+        status_of(&again, "team-a")["quota"]["used"],
+        6 * per_request
+    );
+}
