@@ -257,28 +257,7 @@ async fn the_status_page_renders_in_a_headless_browser() {
         !page.contains("src=\"http") && !page.contains("href=\"http"),
         "the page loads nothing from elsewhere"
     );
-    let profile = scratch_dir();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("http://127.0.0.1:{}/", proxy.admin))
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .expect("chromium is not installed (scripts/deps installs it)");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dom = rendered_status_page(&proxy);
     let row = |name: &str| {
         let start = dom
             .find(&format!("data-backend=\"{name}\""))

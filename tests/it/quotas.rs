@@ -254,4 +254,34 @@ async fn replicas_share_a_quota_through_redis_and_a_restart_keeps_it() {
         status_of(&again, "team-a")["quota"]["used"],
         6 * per_request
     );
+
+    // Its status page marks the client at its limit.
+    let dom = rendered_status_page(&again);
+    let row = |client: &str| {
+        let start = dom
+            .find(&format!("data-client=\"{client}\""))
+            .unwrap_or_else(|| panic!("no row for {client}:\n{dom}"));
+        let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+        dom[start..end].to_string()
+    };
+    let a = row("team-a");
+    let shown = format!("{} of {}", thousands(6 * per_request), thousands(quota));
+    assert!(
+        a.contains("data-state=\"over\"") && a.contains(&shown),
+        "{a}"
+    );
+    assert!(row("team-b").contains("data-state=\"ok\""));
+}
+
+/// `n` as the page writes it: `5,000,000`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

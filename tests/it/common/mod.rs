@@ -417,3 +417,29 @@ pub fn azure_error_code(body: &str) -> String {
         .unwrap_or_else(|| panic!("no error.code in {body}"))
         .to_string()
 }
+
+/// The status page of `proxy` as headless Chromium renders it (after its first refresh).
+pub fn rendered_status_page(proxy: &Proxy) -> String {
+    let profile = scratch_dir();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://127.0.0.1:{}/", proxy.admin))
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .expect("chromium is not installed (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
