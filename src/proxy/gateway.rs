@@ -180,7 +180,8 @@ impl Gateway {
         };
         let served = match self.accounting.admit(ctx.client.as_deref(), &request).await {
             Ok(let_in) => {
-                (ctx.admitted, ctx.charged) = (let_in.limits, let_in.charged);
+                ctx.admitted = let_in.limits;
+                ctx.charged = let_in.charged.map(Box::new);
                 self.route(session, ctx, &request).await
             }
             Err(refused) => refused.respond(session).await,
@@ -224,7 +225,7 @@ impl Gateway {
         self.metrics.record_end(status, duration, ctx.tries);
         let let_in = LetIn {
             limits: ctx.admitted,
-            charged: ctx.charged,
+            charged: ctx.charged.as_deref().copied(),
         };
         let ended = Ended {
             deployment: ctx.fallback.as_deref().or(ctx.deployment.as_deref()),

@@ -81,8 +81,9 @@ pub struct RequestCtx {
     client: Option<Arc<Client>>,
     /// How it was admitted to its limits, when it has some.
     admitted: Option<Admitted>,
-    /// What its quota and budget were charged, when it has some.
-    charged: Option<Charged>,
+    /// What its quota and budget were charged, when it has some (boxed: few clients have
+    /// them, and this state lives as long as the request).
+    charged: Option<Box<Charged>>,
     /// The fallback deployment that answered it (`fallbacks`), when not the one asked for.
     fallback: Option<Box<str>>,
     /// The tokens the delivered answer reported.
