@@ -69,6 +69,20 @@ pub struct Charged {
     pub(crate) shared: bool,
 }
 
+impl Charged {
+    /// What settling it with `spent` changes of `kind`'s count in the period that starts at
+    /// `start` (the current one): the difference from its estimate, in the period it was
+    /// charged in; all it spent, in a period begun since. `None`: it was not charged `kind`.
+    pub(crate) fn change(&self, kind: Kind, start: u64, spent: Spend) -> Option<i64> {
+        let charged_in = self.starts[kind as usize]?;
+        let counted = match start == charged_in {
+            true => self.estimate.of(kind),
+            false => 0,
+        };
+        Some(delta(spent.of(kind), counted))
+    }
+}
+
 /// A request kept out: which allowance, how much of it is used, and when it starts again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OverQuota {
@@ -154,7 +168,7 @@ impl Tally {
 }
 
 /// A signed change of a count, saturating.
-pub(crate) fn delta(spent: u64, estimate: u64) -> i64 {
+fn delta(spent: u64, estimate: u64) -> i64 {
     let diff = i128::from(spent) - i128::from(estimate);
     diff.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
@@ -243,14 +257,13 @@ impl LocalQuotas {
         now: Duration,
     ) {
         let mut tallies = self.lock();
-        for (i, kind) in Kind::ALL.into_iter().enumerate() {
-            let (Some(charged_in), Some(allowance)) = (charged.starts[i], kind.of(limits)) else {
+        for kind in Kind::ALL {
+            let Some(allowance) = kind.of(limits) else {
                 continue;
             };
             let (start, _) = allowance.per.bounds(now.as_secs());
-            let change = match start == charged_in {
-                true => delta(spent.of(kind), charged.estimate.of(kind)),
-                false => delta(spent.of(kind), 0),
+            let Some(change) = charged.change(kind, start, spent) else {
+                continue;
             };
             let tally = tallies.entry((client.to_string(), kind)).or_default();
             let tally = tally.at(start);

@@ -30,7 +30,9 @@ pub use secret::{KeyDigest, Secret};
 pub use settings::{
     CooldownPolicy, EjectionPolicy, ServerSettings, Sizes, Strategy, Timeouts, Waiting,
 };
-pub use spend::{Allowance, Fallback, FallbackCause, Period, Price, NANOS_PER_USD};
+pub use spend::{
+    Allowance, Fallback, FallbackCause, Period, Price, MAX_BUDGET_NANOS, NANOS_PER_USD,
+};
 pub use values::{BackendUrl, Scheme};
 
 /// The validated configuration.
@@ -268,6 +270,13 @@ pub struct ClientLimits {
     pub token_quota: Option<Allowance>,
     /// Billionths of a dollar per period (`budget`).
     pub budget: Option<Allowance>,
+}
+
+impl ClientLimits {
+    /// Whether its spend is counted by period: it has a `token_quota` or a `budget`.
+    pub fn counts_spend(&self) -> bool {
+        self.token_quota.is_some() || self.budget.is_some()
+    }
 }
 
 /// Clients that present their own Entra ID token (`client_auth.entra`).

@@ -74,6 +74,10 @@ pub struct Allowance {
 /// Billionths of a dollar in one.
 pub const NANOS_PER_USD: f64 = 1e9;
 
+/// The largest budget, in billionths of a dollar (about $4.5M): Redis's Lua counts exactly to
+/// 2^53, and a count may go past its budget by a request's cost.
+pub const MAX_BUDGET_NANOS: u64 = 1 << 52;
+
 /// A deployment's prices, in USD per 1M tokens (so: millionths of a dollar per token).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Price {
@@ -135,11 +139,10 @@ pub(super) fn token_quota(key: &str, raw: RawTokenQuota, p: &mut Problems) -> Al
 
 pub(super) fn budget(key: &str, raw: RawBudget, p: &mut Problems) -> Allowance {
     let nanos = raw.usd * NANOS_PER_USD;
-    // Redis counts in integers exact to 2^53: a budget of up to nine million dollars.
-    if !(raw.usd > 0.0 && nanos < (1u64 << 53) as f64) {
+    if !(raw.usd > 0.0 && nanos <= MAX_BUDGET_NANOS as f64) {
         p.add(
             format!("{key}.budget.usd"),
-            "must be more than 0 and less than 9,000,000 (leave budget out for no budget)",
+            "must be more than 0 and at most 4,500,000 (leave budget out for no budget)",
         );
     }
     Allowance {

@@ -57,7 +57,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let yaml = format!(
         "listen: [\"{listen}\"]\nadmin: {{listen: \"{admin}\"}}\nauth: {{kind: managed_identity}}\n\
          backends:\n  - {{url: \"{}\", name: eastus-sim}}\n  - {{url: \"{}\", name: westus-sim}}\n\
-         clients:\n  - {{name: demo, key: {DEMO_KEY}}}\n",
+         clients:\n  - {{name: demo, key: {DEMO_KEY}, token_quota: {{tokens: 1000000, per: day}}}}\n\
+         prices:\n  gpt-4o: {{input: 2.50, output: 10.00, cached_input: 1.25}}\n",
         urls[0], urls[1]
     );
     let config = Config::from_yaml(&yaml).map_err(|p| format!("demo configuration: {p:?}"))?;

@@ -64,7 +64,7 @@ impl Accounting {
                 client: client.name.clone(),
             });
         }
-        let charged = match limits.token_quota.is_some() || limits.budget.is_some() {
+        let charged = match limits.counts_spend() {
             true => {
                 let estimate = self.estimate(request);
                 let charged = self

@@ -15,9 +15,7 @@ use super::route::Forwarded;
 use super::{Gateway, RequestCtx};
 use crate::config::FallbackCause;
 use crate::request::Request;
-
-/// The causes of a request with no fallback.
-static NONE: BTreeSet<FallbackCause> = BTreeSet::new();
+use crate::retry::NO_FALLBACK;
 
 impl Gateway {
     /// Forwards `request` to its deployment, then, while one cannot take it, to the next of
@@ -31,7 +29,7 @@ impl Gateway {
         let (on, chain) = self.fallbacks_of(ctx, request);
         if chain.is_empty() {
             return self
-                .forward_to(session, ctx, request, &NONE, None)
+                .forward_to(session, ctx, request, &NO_FALLBACK, None)
                 .await
                 .map(drop);
         }
@@ -44,7 +42,7 @@ impl Gateway {
                 Some((r, to)) => (r, Some(*to)),
                 None => (request, None),
             };
-            let causes = if next.len() > 0 { on } else { &NONE };
+            let causes = if next.len() > 0 { on } else { &NO_FALLBACK };
             let cause = match self
                 .forward_to(session, ctx, current, causes, answering)
                 .await
@@ -52,12 +50,21 @@ impl Gateway {
                 Ok(Forwarded::Fallback(cause)) => cause,
                 done => break done.map(drop),
             };
-            let (Some(to), Some(from)) = (next.next(), current.deployment()) else {
-                unreachable!("a fallback's cause only while a fallback is left, for a deployment");
+            let Some(to) = next.next() else {
+                // Not reached: a cause is given only while a fallback is left.
+                let detail = "no fallback deployment is left".into();
+                let gave_up = ProxyError::Upstream {
+                    status: 502,
+                    detail,
+                };
+                break gave_up.respond_to(session, ctx.told()).await;
             };
-            self.metrics.record_fallback(from, to, cause);
+            // By the deployment asked for: the series declared at load.
+            let asked = request.deployment().unwrap_or_default();
+            self.metrics.record_fallback(asked, to, cause);
             log::info!(
-                "deployment {from} cannot take the request ({}): falling back to {to}",
+                "deployment {} cannot take the request ({}): falling back to {to}",
+                current.deployment().unwrap_or_default(),
                 cause.as_str()
             );
             match self.renamed(session, current, to) {
@@ -80,7 +87,7 @@ impl Gateway {
         request: &Request,
     ) -> (&'g BTreeSet<FallbackCause>, Vec<&'g str>) {
         let Some(fallback) = request.deployment().and_then(|d| self.fallbacks.get(d)) else {
-            return (&NONE, Vec::new());
+            return (&NO_FALLBACK, Vec::new());
         };
         let client = ctx.client.as_deref();
         let allowed = |d: &&String| {

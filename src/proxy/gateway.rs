@@ -139,7 +139,7 @@ impl Gateway {
         let mut out = Vec::new();
         for client in clients {
             let limits = &client.limits;
-            let standing = match limits.token_quota.is_some() || limits.budget.is_some() {
+            let standing = match limits.counts_spend() {
                 true => {
                     let quotas = &self.accounting.quotas;
                     quotas.standing(&client.name, limits, unix_now()).await

@@ -8,8 +8,9 @@ use serde::Deserialize;
 use crate::config::FallbackCause;
 
 /// The most of a 400's body read to find its error code: Azure's error bodies are a few hundred
-/// bytes (a filtered prompt's, with its categories, about one kilobyte).
-pub const ERROR_BODY_MAX: usize = 64 << 10;
+/// bytes (a filtered prompt's, with its categories, about one kilobyte); a larger one cannot be
+/// held, and the client gets a 502.
+pub const ERROR_BODY_MAX: usize = 1 << 20;
 
 /// The fallback cause a backend's 400 `body` names in its `error.code`, if any.
 pub fn cause_of(body: &[u8]) -> Option<FallbackCause> {

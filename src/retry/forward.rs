@@ -67,7 +67,7 @@ pub fn decide<P>(tries: Tries, outcome: Outcome, next: impl FnOnce() -> Option<P
 }
 
 /// The causes of a request with no fallback left.
-static NO_FALLBACK: BTreeSet<FallbackCause> = BTreeSet::new();
+pub static NO_FALLBACK: BTreeSet<FallbackCause> = BTreeSet::new();
 
 /// The most tries answered 429 a request may have not counted against `retry.max_tries`: a
 /// backend that asks for a wait of a millisecond does not get a try per round trip for the

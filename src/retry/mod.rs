@@ -16,7 +16,7 @@ mod forward;
 mod list;
 mod search;
 
-pub use forward::{decide, Forward, Step, Tries};
+pub use forward::{decide, Forward, Step, Tries, NO_FALLBACK};
 pub use list::{List, Page};
 pub use search::Search;
 

@@ -1,7 +1,7 @@
 //! Shared state across replicas (`state.redis`): backend cooldowns and ejections
 //! ([`cooldowns`]), the quota backends say they have left ([`capacity`]), client limit windows
-//! ([`limits`]), quota and budget counts ([`quotas`]) and where stateful objects live ([`objects`]), in one Redis that every replica
-//! uses.
+//! ([`limits`]), quota and budget counts ([`quotas`]) and where stateful objects live
+//! ([`objects`]), in one Redis that every replica uses.
 //!
 //! Redis is never on a request's critical path:
 //! - what a request only tells (a cooldown began, an object was made, tokens were spent) goes
@@ -64,12 +64,8 @@ pub enum Write {
         now_second: u64,
         spent: u64,
     },
-    /// A client's quota or budget count changes by `by` (a request settled).
-    Spend {
-        key: String,
-        by: i64,
-        expire_at: u64,
-    },
+    /// What a replica counted of a client's quota or budget (a request settled), to tell.
+    Spend(quotas::Told),
 }
 
 /// The connection to the shared store, and whether it is usable now.

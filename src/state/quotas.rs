@@ -17,39 +17,36 @@ use std::time::Duration;
 
 use super::{SharedState, Write};
 use crate::clients::quota::{
-    delta, over, until, Charged, Kind, LocalQuotas, OverQuota, QuotaStore, Spend, Standing,
+    over, until, Charged, Kind, LocalQuotas, OverQuota, QuotaStore, Spend, Standing,
 };
-use crate::config::ClientLimits;
+use crate::config::{Allowance, ClientLimits};
 
 /// Counts or refuses one request. KEYS: the client's counters (one or two); ARGV, four per key:
 /// its limit, the estimate, what this replica counted while Redis was down (added first), and
 /// when the key expires (Unix seconds). Returns {the 1-based index of the counter that refused,
 /// or 0, then each counter's value afterwards}.
 const CHARGE: &str = r"
-local used = {}
+local used, refused = {}, 0
 for i = 1, #KEYS do
-  local b = (i - 1) * 4
-  local flush = tonumber(ARGV[b + 3])
+  local flush = tonumber(ARGV[(i - 1) * 4 + 3])
   if flush ~= 0 then redis.call('INCRBY', KEYS[i], flush) end
   used[i] = math.max(0, tonumber(redis.call('GET', KEYS[i]) or '0'))
-  redis.call('EXPIREAT', KEYS[i], ARGV[b + 4])
+  if refused == 0 and used[i] >= tonumber(ARGV[(i - 1) * 4 + 1]) then refused = i end
 end
 for i = 1, #KEYS do
-  if used[i] >= tonumber(ARGV[(i - 1) * 4 + 1]) then
-    table.insert(used, 1, i)
-    return used
-  end
+  local b = (i - 1) * 4
+  local est = tonumber(ARGV[b + 2])
+  if refused == 0 and est > 0 then used[i] = redis.call('INCRBY', KEYS[i], est) end
+  -- After the increments: EXPIREAT on a key that does not exist yet sets nothing.
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIREAT', KEYS[i], ARGV[b + 4]) end
 end
-for i = 1, #KEYS do
-  local est = tonumber(ARGV[(i - 1) * 4 + 2])
-  if est > 0 then used[i] = redis.call('INCRBY', KEYS[i], est) end
-end
-table.insert(used, 1, 0)
+table.insert(used, 1, refused)
 return used
 ";
 
-/// Counts above this are sent as this: Lua's numbers are doubles, exact to 2^53.
-const MAX_EXACT: u64 = 1 << 52;
+/// Counts above this are sent as this: Lua's numbers are doubles, exact to 2^53 (no budget is
+/// larger).
+const MAX_EXACT: u64 = crate::config::MAX_BUDGET_NANOS;
 
 /// How long a period's counter outlives the period: the replicas' clocks may differ a little.
 const KEPT_AFTER: u64 = 3600;
@@ -57,19 +54,20 @@ const KEPT_AFTER: u64 = 3600;
 /// Quota counts kept in Redis, with this process's own when Redis cannot answer.
 pub struct SharedQuotas {
     state: Arc<SharedState>,
-    local: LocalQuotas,
+    /// What this replica counted and has not told Redis yet, and what Redis last said.
+    local: Arc<LocalQuotas>,
     charge: redis::Script,
 }
 
 /// One counter a charge touches.
 struct Counter {
     kind: Kind,
+    allowance: Allowance,
     key: String,
     start: u64,
     end: u64,
-    limit: u64,
     estimate: u64,
-    /// Counted here while Redis was down, told now.
+    /// Counted here and not yet told, told now.
     flush: i64,
 }
 
@@ -77,7 +75,7 @@ impl SharedQuotas {
     pub fn new(state: Arc<SharedState>) -> Self {
         SharedQuotas {
             state,
-            local: LocalQuotas::default(),
+            local: Arc::default(),
             charge: redis::Script::new(CHARGE),
         }
     }
@@ -102,10 +100,10 @@ impl SharedQuotas {
             let (start, end) = allowance.per.bounds(now.as_secs());
             counters.push(Counter {
                 kind,
+                allowance: *allowance,
                 key: Self::key(&self.state, client, kind, start),
                 start,
                 end,
-                limit: allowance.limit.min(MAX_EXACT),
                 estimate: estimate.of(kind).min(MAX_EXACT),
                 flush: self.local.take_pending(client, kind, start),
             });
@@ -118,7 +116,7 @@ impl SharedQuotas {
         let mut call = self.charge.prepare_invoke();
         for c in counters {
             call.key(&c.key)
-                .arg(c.limit)
+                .arg(c.allowance.limit.min(MAX_EXACT))
                 .arg(c.estimate)
                 .arg(c.flush)
                 .arg(c.end + KEPT_AFTER);
@@ -161,14 +159,8 @@ impl QuotaStore for SharedQuotas {
             .checked_sub(1)
             .and_then(|i| counters.get(i as usize))
         {
-            let allowance = *c.kind.of(limits).expect("a counter of an allowance");
-            return Err(over(
-                c.kind,
-                values[values[0] as usize],
-                allowance,
-                c.end,
-                now,
-            ));
+            let used = values[values[0] as usize];
+            return Err(over(c.kind, used, c.allowance, c.end, now));
         }
         let mut starts = [None; 2];
         for c in &counters {
@@ -189,28 +181,25 @@ impl QuotaStore for SharedQuotas {
         spent: Spend,
         now: Duration,
     ) {
-        if !(charged.shared && self.state.is_up()) {
-            // Counted here; told with this client's next request that Redis answers.
-            return self.local.settle_here(client, limits, charged, spent, now);
+        // Counted here first, then told off the request path. A write that cannot be made
+        // (Redis down, the queue full) leaves it here, told with the client's next request.
+        self.local.settle_here(client, limits, charged, spent, now);
+        if !self.state.is_up() {
+            return;
         }
         for kind in Kind::ALL {
-            let (Some(charged_in), Some(allowance)) =
-                (charged.starts[kind as usize], kind.of(limits))
-            else {
+            let Some(allowance) = kind.of(limits) else {
                 continue;
             };
             let (start, end) = allowance.per.bounds(now.as_secs());
-            let by = match start == charged_in {
-                true => delta(spent.of(kind), charged.estimate.of(kind)),
-                false => delta(spent.of(kind), 0),
-            };
-            if by != 0 {
-                self.state.send(Write::Spend {
-                    key: Self::key(&self.state, client, kind, start),
-                    by: by.clamp(-(MAX_EXACT as i64), MAX_EXACT as i64),
-                    expire_at: end + KEPT_AFTER,
-                });
-            }
+            self.state.send(Write::Spend(Told {
+                counts: self.local.clone(),
+                client: client.to_string(),
+                kind,
+                start,
+                key: Self::key(&self.state, client, kind, start),
+                expire_at: end + KEPT_AFTER,
+            }));
         }
     }
 
@@ -256,8 +245,41 @@ impl QuotaStore for SharedQuotas {
     }
 }
 
-/// Adds `by` to a counter and sets when it expires: the background task's write.
-pub(crate) async fn spend(state: &SharedState, key: String, by: i64, expire_at: u64) -> Option<()> {
+/// What a replica has to tell Redis of one client's count: the background task's write.
+pub struct Told {
+    counts: Arc<LocalQuotas>,
+    client: String,
+    kind: Kind,
+    start: u64,
+    key: String,
+    expire_at: u64,
+}
+
+/// Tells Redis what `told`'s replica counted and has not told yet. A call that gets no answer
+/// counts as made, as a charge's does.
+pub(crate) async fn tell(state: &SharedState, told: Told) -> Option<()> {
+    let Told {
+        counts,
+        client,
+        kind,
+        start,
+        key,
+        expire_at,
+    } = told;
+    let by = counts.take_pending(&client, kind, start);
+    if by == 0 {
+        return Some(());
+    }
+    let by = by.clamp(-(MAX_EXACT as i64), MAX_EXACT as i64);
+    let made = add(state, key, by, expire_at).await;
+    if made.is_none() {
+        counts.told_unsure(&client, kind, start, by);
+    }
+    made
+}
+
+/// Adds `by` to a counter and sets when it expires.
+async fn add(state: &SharedState, key: String, by: i64, expire_at: u64) -> Option<()> {
     state
         .call(|mut conn| async move {
             redis::pipe()

@@ -127,9 +127,7 @@ impl StateTask {
                     let admitted = (admitted_second, estimate);
                     limits::settle(state, settle, &client, admitted, (now_second, spent)).await
                 }
-                Write::Spend { key, by, expire_at } => {
-                    quotas::spend(state, key, by, expire_at).await.map(|()| 1)
-                }
+                Write::Spend(told) => quotas::tell(state, told).await.map(|()| 1),
             };
             if done.is_none() {
                 log::debug!("state store: a write was not made");

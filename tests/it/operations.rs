@@ -258,13 +258,7 @@ async fn the_status_page_renders_in_a_headless_browser() {
         "the page loads nothing from elsewhere"
     );
     let dom = rendered_status_page(&proxy);
-    let row = |name: &str| {
-        let start = dom
-            .find(&format!("data-backend=\"{name}\""))
-            .unwrap_or_else(|| panic!("no row for {name} in the rendered page:\n{dom}"));
-        let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
-        dom[start..end].to_string()
-    };
+    let row = |name: &str| page_row(&dom, "data-backend", name);
     let b0 = row("b0");
     assert!(b0.contains("data-state=\"cooling\""), "{b0}");
     assert!(

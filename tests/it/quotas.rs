@@ -257,13 +257,7 @@ async fn replicas_share_a_quota_through_redis_and_a_restart_keeps_it() {
 
     // Its status page marks the client at its limit.
     let dom = rendered_status_page(&again);
-    let row = |client: &str| {
-        let start = dom
-            .find(&format!("data-client=\"{client}\""))
-            .unwrap_or_else(|| panic!("no row for {client}:\n{dom}"));
-        let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
-        dom[start..end].to_string()
-    };
+    let row = |client: &str| page_row(&dom, "data-client", client);
     let a = row("team-a");
     let shown = format!("{} of {}", thousands(6 * per_request), thousands(quota));
     assert!(

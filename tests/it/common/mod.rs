@@ -418,6 +418,17 @@ pub fn azure_error_code(body: &str) -> String {
         .to_string()
 }
 
+/// The table row of a rendered page whose `attribute` is `value` (`data-backend="b0"`).
+pub fn page_row(dom: &str, attribute: &str, value: &str) -> String {
+    let start = dom
+        .find(&format!("{attribute}=\"{value}\""))
+        .unwrap_or_else(|| {
+            panic!("no row with {attribute}={value:?} in the rendered page:\n{dom}")
+        });
+    let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+    dom[start..end].to_string()
+}
+
 /// The status page of `proxy` as headless Chromium renders it (after its first refresh).
 pub fn rendered_status_page(proxy: &Proxy) -> String {
     let profile = scratch_dir();
