@@ -33,6 +33,20 @@ impl Gateway {
                 .await
                 .map(drop);
         }
+        // Boxed: inline, the chain's state would size every request's future.
+        Box::pin(self.forward_along(session, ctx, request, on, chain)).await
+    }
+
+    /// Forwards `request` to its deployment, then down `chain`, its fallbacks, while one
+    /// cannot take it for one of the causes `on`.
+    async fn forward_along(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: &Request,
+        on: &BTreeSet<FallbackCause>,
+        chain: Vec<&str>,
+    ) -> Result<()> {
         let target = session.req_header().raw_path().to_vec();
         let mut next = chain.into_iter();
         // The request as the fallback in force gets it, and that fallback's name.
