@@ -98,13 +98,12 @@ fn token_and_headers(c: &mut Criterion) {
     c.bench_function("headers: build the upstream request (framed)", |b| {
         b.iter(|| {
             let credential = Credential::EntraToken(token.header.clone());
-            black_box(headers::framed(
-                &client,
-                &path,
-                &host,
-                &credential,
-                body.len(),
-            ))
+            let added = headers::Added {
+                host: &host,
+                credential: &credential,
+                traceparent: None,
+            };
+            black_box(headers::framed(&client, &path, added, body.len()))
         })
     });
     c.bench_function(
@@ -112,8 +111,12 @@ fn token_and_headers(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let credential = Credential::EntraToken(token.header.clone());
-                let mut wire =
-                    headers::wire(&client, &path, &host, &credential, body.len(), body.len());
+                let added = headers::Added {
+                    host: &host,
+                    credential: &credential,
+                    traceparent: None,
+                };
+                let mut wire = headers::wire(&client, &path, added, body.len(), body.len());
                 if let Some(w) = wire.as_mut() {
                     w.extend_from_slice(&body);
                 }

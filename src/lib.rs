@@ -31,4 +31,5 @@ pub mod request;
 pub mod retry;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod usage;

@@ -15,6 +15,7 @@ mod raw;
 mod secret;
 mod settings;
 mod spend;
+mod telemetry;
 mod validate;
 pub mod values;
 
@@ -33,6 +34,7 @@ pub use settings::{
 pub use spend::{
     Allowance, Fallback, FallbackCause, Period, Price, MAX_BUDGET_NANOS, NANOS_PER_USD,
 };
+pub use telemetry::Telemetry;
 pub use values::{BackendUrl, Scheme};
 
 /// The validated configuration.
@@ -85,6 +87,8 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     /// Where a deployment's requests go when it cannot take them (`fallbacks`), by deployment.
     pub fallbacks: BTreeMap<String, Fallback>,
+    /// Traces (`telemetry`); `None`: no span is made or exported. Fixed at start.
+    pub telemetry: Option<Telemetry>,
 }
 
 /// `state.redis`: where replicas share backend cooldowns, client limits and object locations.

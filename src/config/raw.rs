@@ -34,6 +34,23 @@ pub(super) struct RawConfig {
     pub(super) state: Option<RawState>,
     pub(super) prices: Option<BTreeMap<String, RawPrice>>,
     pub(super) fallbacks: Option<Vec<RawFallback>>,
+    pub(super) telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub(super) otlp: RawOtlp,
+    pub(super) service_name: Option<EnvString>,
+    pub(super) resource: Option<BTreeMap<String, EnvString>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOtlp {
+    pub(super) endpoint: EnvString,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) headers: Option<BTreeMap<String, SecretValue>>,
 }
 
 #[derive(Deserialize)]

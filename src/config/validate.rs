@@ -72,6 +72,9 @@ impl RawConfig {
                 .map(|f| PathBuf::from(f.0)),
             prices,
             fallbacks,
+            telemetry: self
+                .telemetry
+                .map(|t| super::telemetry::telemetry(t, &mut p)),
         };
         if let Some(clients) = &config.clients {
             spend::budgets_are_priced(clients, &config.backends, &config.prices, &mut p);

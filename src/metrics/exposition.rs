@@ -127,13 +127,7 @@ impl Metrics {
             ),
             self.waiting() as f64,
         ));
-        if let Some(up) = self.state_store_up() {
-            let help = "1 while the shared state store (state.redis) answers, 0 while this replica uses its own state.";
-            out.push(one(
-                Family::gauge("aoai_proxy_state_store_up", help),
-                f64::from(u8::from(up)),
-            ));
-        }
+        out.extend(self.optional_families());
         let mut causes = Family::counter(
             "aoai_proxy_retries_by_cause_total",
             "Retries by what the try that was retried produced.",
@@ -180,6 +174,28 @@ impl Metrics {
         waits.add_histogram(&[], &self.waits);
         out.push(waits.done());
         out.extend(self.spend_families());
+        out
+    }
+
+    /// The families of what is configured only sometimes: the shared state (`state.redis`)
+    /// and the trace exporter (`telemetry`).
+    fn optional_families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        if let Some(up) = self.state_store_up() {
+            let help = "1 while the shared state store (state.redis) answers, 0 while this replica uses its own state.";
+            out.push(one(
+                Family::gauge("aoai_proxy_state_store_up", help),
+                f64::from(u8::from(up)),
+            ));
+        }
+        if let Some(dropped) = self.spans_dropped.get() {
+            let help =
+                "Spans the trace exporter dropped: its queue full, or an export that failed.";
+            out.push(one(
+                Family::counter("aoai_proxy_spans_dropped_total", help),
+                dropped.load(Ordering::Relaxed) as f64,
+            ));
+        }
         out
     }
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     state_store_up: std::sync::OnceLock<AtomicBool>,
     /// Spend and fallbacks, by label.
     spending: spend::Spending,
+    /// Spans the exporter dropped (`telemetry`); unset without it.
+    spans_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 /// Requests being served, and the wake-up a draining shutdown waits for.
@@ -91,6 +93,7 @@ impl Default for Metrics {
             reloads: Default::default(),
             state_store_up: std::sync::OnceLock::new(),
             spending: spend::Spending::default(),
+            spans_dropped: std::sync::OnceLock::new(),
         }
     }
 }
@@ -141,6 +144,11 @@ impl Metrics {
     /// Whether the shared state store answers; `None` when there is none.
     pub fn state_store_up(&self) -> Option<bool> {
         Some(self.state_store_up.get()?.load(Ordering::Relaxed))
+    }
+
+    /// The counter of the spans the exporter drops (`telemetry`), from now on exported.
+    pub fn spans_dropped(&self) -> Arc<AtomicU64> {
+        self.spans_dropped.get_or_init(Arc::default).clone()
     }
 
     /// Counts a configuration reload.

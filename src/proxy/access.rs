@@ -40,6 +40,8 @@ pub struct AccessLine<'a> {
     /// What the answer cost in US dollars (`prices`), when its deployment has a price and its
     /// backend reported usage.
     pub cost_usd: Option<f64>,
+    /// The request's trace (`telemetry`), to find its spans.
+    pub trace_id: Option<opentelemetry::trace::TraceId>,
     pub error: Option<String>,
 }
 
@@ -120,6 +122,9 @@ impl AccessLine<'_> {
         if let Some(usd) = self.cost_usd {
             let _ = write!(out, " cost=${usd:.6}");
         }
+        if let Some(id) = self.trace_id {
+            let _ = write!(out, " trace={id}");
+        }
         if let Some(e) = &self.error {
             let _ = write!(out, " error={e}");
         }
@@ -162,6 +167,7 @@ impl AccessLine<'_> {
             wait_ms: self.waited.map(ms),
             fallback: self.fallback,
             cost_usd: self.cost_usd,
+            trace_id: self.trace_id.map(|id| id.to_string()),
             error: self.error.as_deref(),
         };
         serde_json::to_string(&line).unwrap_or_default()
@@ -193,6 +199,9 @@ struct JsonLine<'a> {
     /// Present only where the deployment has a price and usage was reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     cost_usd: Option<f64>,
+    /// Present only with traces on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
     error: Option<&'a str>,
 }
 
@@ -240,6 +249,7 @@ mod tests {
             waited: None,
             fallback: None,
             cost_usd: None,
+            trace_id: None,
             error: None,
         }
     }

@@ -88,6 +88,11 @@ impl Gateway {
                 false => Retried::No,
             };
             self.metrics.record_try(&backend.stats, t.outcome, retried);
+            if let (Some(trace), false) = (&mut ctx.trace, matches!(step, Step::Deliver(_))) {
+                // Put aside (or read whole): its span ends here, a delivered one's with the
+                // request.
+                trace.end_try();
+            }
             match step {
                 Step::Next(next, attempt) => {
                     if let Some(attempt) = attempt {
@@ -148,10 +153,20 @@ impl Gateway {
     ) -> Result<(Try, Attempt)> {
         ctx.tries += 1;
         let sent = pick.credential.sent();
+        let traceparent = match (&mut ctx.trace, &self.tracing) {
+            (Some(trace), Some(tracing)) => Some(trace.begin_try(tracing)),
+            _ => None,
+        };
         let sent_at = Instant::now();
         let attempt = self
             .relay
-            .try_once(session, backend, request, &pick.credential)
+            .try_once(
+                session,
+                backend,
+                request,
+                &pick.credential,
+                traceparent.as_deref(),
+            )
             .await?;
         let outcome = attempt.outcome();
         if let Attempt::Answered(_) = attempt {

@@ -73,22 +73,19 @@ pub enum Request {
 }
 
 impl Request {
-    /// The client's request `client` as backend `host` gets it, with `credential`, the target
-    /// `path` and `body`.
+    /// The client's request `client` as a backend gets it, with what the proxy `added`, the
+    /// target `path` and `body`.
     pub fn for_backend(
         client: &RequestHeader,
         path: &[u8],
-        host: &http::HeaderValue,
-        credential: &crate::balance::Credential,
+        added: super::headers::Added<'_>,
         body: &Bytes,
     ) -> pingora::Result<Request> {
         // `wire` leaves an upgrade to `framed`.
         if client.method != http::Method::HEAD {
             let joined = body.len() <= JOINED_BODY;
             let extra = if joined { body.len() } else { 0 };
-            if let Some(mut head) =
-                super::headers::wire(client, path, host, credential, body.len(), extra)
-            {
+            if let Some(mut head) = super::headers::wire(client, path, added, body.len(), extra) {
                 let rest = match joined {
                     true => {
                         head.extend_from_slice(body);
@@ -103,7 +100,7 @@ impl Request {
             }
         }
         // Pingora's writer refuses a target that cannot stand in a request line, with its error.
-        let req = super::headers::framed(client, path, host, credential, body.len())?;
+        let req = super::headers::framed(client, path, added, body.len())?;
         Ok(Request::Framed(Box::new(req), body.clone()))
     }
 }

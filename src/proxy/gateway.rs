@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::objects::ObjectLocations;
 use crate::request::{AmbiguousDeployment, Request};
 use crate::state::{unix_now, SharedState};
+use crate::telemetry::{spans, Trace, Tracing};
 
 /// The parts that live as long as the process, whatever the configuration in force.
 pub struct Lasting {
@@ -54,6 +55,8 @@ pub struct Lasting {
     /// The moments the proxy's own throttling 429s told clients to come back, kept across
     /// reloads likewise.
     pub spread: Arc<Spread>,
+    /// Traces (`telemetry`, fixed at start).
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// The request path as one configuration builds it.
@@ -75,6 +78,8 @@ pub struct Gateway {
     pub(super) spread: Arc<Spread>,
     /// Where a deployment's requests go when it cannot take them (`fallbacks`).
     pub(super) fallbacks: BTreeMap<String, Fallback>,
+    /// Traces (`telemetry`).
+    pub(super) tracing: Option<Arc<Tracing>>,
     /// `log.format`.
     log_format: LogFormat,
     /// When this configuration was loaded (for the status page).
@@ -117,6 +122,7 @@ impl Gateway {
                 (lasting.waiting.clone(), config.waiting.budget)
             }),
             spread: lasting.spread.clone(),
+            tracing: lasting.tracing.clone(),
             log_format: config.log_format,
             loaded_at: SystemTime::now(),
         }
@@ -156,6 +162,9 @@ impl Gateway {
     pub(super) async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         // A client that stops reading must not hold a backend stream forever.
         session.set_write_timeout(Some(self.relay.timeouts.body_idle));
+        if let Some(tracing) = &self.tracing {
+            ctx.trace = Some(Box::new(tracing.begin(session.req_header())));
+        }
         let read = match self.admission.admit(session) {
             Ok(client) => {
                 ctx.client = client;
@@ -178,6 +187,13 @@ impl Gateway {
                 return ProxyError::AmbiguousDeployment.respond(session).await
             }
         };
+        if let Some(trace) = &mut ctx.trace {
+            trace.asked = spans::Asked {
+                operation: spans::operation(session.req_header().uri.path()),
+                max_tokens: request.facts().and_then(|f| f.completion_cap()),
+                stream: request.facts().is_some_and(|f| f.stream),
+            };
+        }
         let served = match self.accounting.admit(ctx.client.as_deref(), &request).await {
             Ok(let_in) => {
                 ctx.admitted = let_in.limits;
@@ -236,6 +252,12 @@ impl Gateway {
         let cost_usd = self
             .accounting
             .settle(client, &let_in, ended, &self.metrics);
+        if let (Some(trace), Some(tracing)) = (&ctx.trace, &self.tracing) {
+            if trace.sampled {
+                let error = error.map(|e| e.etype().as_str());
+                tracing.finish(self.spans(session, ctx, trace, (status, error)));
+            }
+        }
         if !log::log_enabled!(target: super::access::TARGET, log::Level::Info) {
             return;
         }
@@ -258,8 +280,47 @@ impl Gateway {
             waited: (!ctx.waited.is_zero()).then_some(ctx.waited),
             fallback: ctx.fallback.as_deref(),
             cost_usd,
+            trace_id: ctx.trace.as_ref().map(|t| t.trace_id),
             error: error.map(|e| e.to_string()),
         }
         .write(self.log_format);
+    }
+
+    /// The spans of `ctx`'s request, which ended with `status` (and `error`), in `trace`.
+    fn spans(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        trace: &Trace,
+        (status, error): (Option<u16>, Option<&str>),
+    ) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        let req = session.req_header();
+        let last = ctx.tried.len().saturating_sub(1);
+        let tries = ctx.tried.iter().enumerate().map(|(n, &(i, outcome))| {
+            let backend = self.pool.get(i);
+            let url = &backend.config.url;
+            spans::TryEnd {
+                backend: &backend.name,
+                host: &url.host,
+                port: url.port,
+                outcome,
+                retried: n < last,
+            }
+        });
+        let end = spans::RequestEnd {
+            asked: trace.asked,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            deployment: ctx.deployment.as_deref(),
+            status,
+            client: ctx.client.as_deref().map(|c| c.name.as_str()),
+            usage: ctx.usage,
+            first_byte: ctx.first_byte,
+            waited: (!ctx.waited.is_zero()).then_some(ctx.waited),
+            fallback: ctx.fallback.as_deref(),
+            tries: tries.collect(),
+            error,
+        };
+        spans::build(trace, &end, SystemTime::now())
     }
 }

@@ -36,23 +36,34 @@ const DROPPED_RESPONSE_HEADERS: [HeaderName; 4] = [
 /// The headers that carry a backend's credential: their values are marked sensitive.
 const CREDENTIAL_HEADERS: [&str; 2] = ["authorization", "api-key"];
 
+/// What the proxy puts on a request for one backend besides the client's headers: the
+/// backend's `Host`, its credential, and, with traces on, the try's `traceparent` (in place of
+/// the client's).
+#[derive(Clone, Copy)]
+pub struct Added<'a> {
+    pub host: &'a HeaderValue,
+    pub credential: &'a Credential,
+    pub traceparent: Option<&'a str>,
+}
+
 /// Calls `put` with each header (name in lower case, and value) a backend gets for the
 /// client's request `client`, in order: the client's own but for those never forwarded, then
-/// the `upgrade` the client asked for (the Realtime API's WebSocket, see [`upgrade_to`]), the
-/// backend's `Host`, its `credential` (in one of [`CREDENTIAL_HEADERS`]), and the length of the
-/// body (`body_len`) the proxy sends.
+/// the `upgrade` the client asked for (the Realtime API's WebSocket, see [`upgrade_to`]), what
+/// the proxy adds (`Host`, the credential in one of [`CREDENTIAL_HEADERS`], a `traceparent`),
+/// and the length of the body (`body_len`) the proxy sends.
 pub fn for_backend(
     client: &RequestHeader,
     upgrade: Option<&HeaderValue>,
-    host: &HeaderValue,
-    credential: &Credential,
+    added: Added<'_>,
     body_len: usize,
     mut put: impl FnMut(&str, &[u8]),
 ) {
     let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
         || client.headers.contains_key(header::TRANSFER_ENCODING);
     for (name, value) in &client.headers {
-        let ours = name == header::HOST || name == header::CONTENT_LENGTH;
+        let ours = name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || (added.traceparent.is_some() && name == "traceparent");
         if !ours && !DROPPED_REQUEST_HEADERS.contains(name) {
             put(name.as_str(), value.as_bytes());
         }
@@ -61,8 +72,11 @@ pub fn for_backend(
         put("connection", b"Upgrade");
         put("upgrade", protocol.as_bytes());
     }
-    put("host", host.as_bytes());
-    match credential {
+    put("host", added.host.as_bytes());
+    if let Some(traceparent) = added.traceparent {
+        put("traceparent", traceparent.as_bytes());
+    }
+    match added.credential {
         Credential::EntraToken(v) => put(CREDENTIAL_HEADERS[0], v.as_bytes()),
         Credential::ApiKey(v) => put(CREDENTIAL_HEADERS[1], v.as_bytes()),
         Credential::Nothing => {}
@@ -79,8 +93,7 @@ pub fn for_backend(
 pub fn wire(
     client: &RequestHeader,
     path: &[u8],
-    host: &HeaderValue,
-    credential: &Credential,
+    added: Added<'_>,
     body_len: usize,
     extra: usize,
 ) -> Option<BytesMut> {
@@ -95,7 +108,7 @@ pub fn wire(
     wire.extend_from_slice(b" ");
     wire.extend_from_slice(path);
     wire.extend_from_slice(b" HTTP/1.1\r\n");
-    for_backend(client, None, host, credential, body_len, |name, value| {
+    for_backend(client, None, added, body_len, |name, value| {
         wire.extend_from_slice(name.as_bytes());
         wire.extend_from_slice(b": ");
         wire.extend_from_slice(value);
@@ -111,29 +124,21 @@ pub fn wire(
 pub fn framed(
     client: &RequestHeader,
     path: &[u8],
-    host: &HeaderValue,
-    credential: &Credential,
+    added: Added<'_>,
     body_len: usize,
 ) -> Result<RequestHeader> {
     let mut req = RequestHeader::build(client.method.clone(), path, Some(client.headers.len()))?;
     let mut result = Ok(());
     let upgrade = upgrade_to(client);
-    for_backend(
-        client,
-        upgrade,
-        host,
-        credential,
-        body_len,
-        |name, value| {
-            let value = HeaderValue::from_bytes(value).map(|mut v| {
-                v.set_sensitive(CREDENTIAL_HEADERS.contains(&name));
-                v
-            });
-            if let (Ok(()), Ok(value)) = (&result, value) {
-                result = req.append_header(name.to_string(), value).map(|_| ());
-            }
-        },
-    );
+    for_backend(client, upgrade, added, body_len, |name, value| {
+        let value = HeaderValue::from_bytes(value).map(|mut v| {
+            v.set_sensitive(CREDENTIAL_HEADERS.contains(&name));
+            v
+        });
+        if let (Ok(()), Ok(value)) = (&result, value) {
+            result = req.append_header(name.to_string(), value).map(|_| ());
+        }
+    });
     result.map(|()| req)
 }
 
@@ -217,6 +222,40 @@ pub fn client_key(req: &RequestHeader) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
+    fn added<'a>(host: &'a HeaderValue, credential: &'a Credential) -> Added<'a> {
+        Added {
+            host,
+            credential,
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn a_traceparent_of_the_try_replaces_the_clients() {
+        let host = HeaderValue::from_static("aoai.example.com");
+        let mut traced = client();
+        let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        traced.insert_header("traceparent", theirs).unwrap();
+        let ours = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+        let with = Added {
+            traceparent: Some(ours),
+            ..added(&host, &Credential::Nothing)
+        };
+        let head = wire(&traced, b"/openai/x", with, 0, 0).unwrap();
+        let text = String::from_utf8_lossy(&head);
+        assert!(text.contains(&format!("traceparent: {ours}\r\n")), "{text}");
+        assert!(!text.contains(theirs), "{text}");
+        // Without traces, the client's goes on as sent.
+        let plain = wire(
+            &traced,
+            b"/openai/x",
+            added(&host, &Credential::Nothing),
+            0,
+            0,
+        );
+        assert!(String::from_utf8_lossy(&plain.unwrap()).contains(theirs));
+    }
+
     fn client() -> RequestHeader {
         let mut r = RequestHeader::build(
             "POST",
@@ -255,7 +294,7 @@ mod tests {
             Credential::EntraToken(HeaderValue::from_static("Bearer entra")),
             Credential::ApiKey(HeaderValue::from_static("backend-key")),
         ] {
-            let wire = wire(&client(), &path, &host, &credential, 2, 0).unwrap();
+            let wire = wire(&client(), &path, added(&host, &credential), 2, 0).unwrap();
             let (first, headers) = lines(&wire);
             assert_eq!(
                 first,
@@ -284,10 +323,10 @@ mod tests {
         let token = HeaderValue::from_static("Bearer entra");
         let credential = Credential::EntraToken(token);
         let path = b"/openai/deployments/own/chat/completions";
-        let framed = framed(&client(), path, &host, &credential, 7).unwrap();
+        let framed = framed(&client(), path, added(&host, &credential), 7).unwrap();
         assert!(framed.headers["authorization"].is_sensitive());
         let from_pingora = http_req_header_to_wire(&framed).unwrap();
-        let ours = wire(&client(), path, &host, &credential, 7, 0).unwrap();
+        let ours = wire(&client(), path, added(&host, &credential), 7, 0).unwrap();
         assert_eq!(lines(&from_pingora), lines(&ours));
     }
 
@@ -300,14 +339,13 @@ mod tests {
         let req = framed(
             &upgrade,
             b"/openai/realtime",
-            &host,
-            &Credential::Nothing,
+            added(&host, &Credential::Nothing),
             0,
         )
         .unwrap();
         assert_eq!(req.headers["connection"], "Upgrade");
         assert_eq!(req.headers["upgrade"], "websocket");
-        assert!(wire(&client(), b"/a b", &host, &Credential::Nothing, 0, 0).is_none());
+        assert!(wire(&client(), b"/a b", added(&host, &Credential::Nothing), 0, 0).is_none());
     }
 
     #[test]

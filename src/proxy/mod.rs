@@ -54,6 +54,7 @@ use crate::clients::quota::Charged;
 use crate::clients::Client;
 use crate::metrics::InFlight;
 use crate::outcome::Outcome;
+use crate::telemetry::Trace;
 use crate::usage::Usage;
 
 /// The Pingora service: the [`Gateway`] in force, replaced whole on a reload. Each request
@@ -86,6 +87,8 @@ pub struct RequestCtx {
     charged: Option<Box<Charged>>,
     /// The fallback deployment that answered it (`fallbacks`), when not the one asked for.
     fallback: Option<Box<str>>,
+    /// Its place in a trace (`telemetry`).
+    trace: Option<Box<Trace>>,
     /// The tokens the delivered answer reported.
     usage: Option<Usage>,
     /// How long it waited for capacity, in all.
@@ -138,6 +141,7 @@ impl ProxyHttp for Proxy {
             admitted: None,
             charged: None,
             fallback: None,
+            trace: None,
             usage: None,
             waited: Duration::ZERO,
             ticket: None,

@@ -84,6 +84,7 @@ impl Relay {
         backend: &Backend,
         request: &Request,
         credential: &Credential,
+        traceparent: Option<&str>,
     ) -> Result<Attempt> {
         let Some(peer) = backend.peer() else {
             let e = Error::explain(
@@ -99,8 +100,12 @@ impl Relay {
         };
         let path = renamed.path.as_deref().unwrap_or(head.raw_path());
         let body = renamed.body.as_ref().unwrap_or(request.body());
-        let wire =
-            exchange::Request::for_backend(head, path, &backend.host_header, credential, body)?;
+        let added = headers::Added {
+            host: &backend.host_header,
+            credential,
+            traceparent,
+        };
+        let wire = exchange::Request::for_backend(head, path, added, body)?;
         let t = &self.timeouts;
         let send = exchange::send(&self.upstream, &peer, &wire, t.response_header, t.body_idle);
         tokio::select! {

@@ -44,6 +44,7 @@ use crate::state::limits::SharedLimits;
 use crate::state::objects::SharedLocations;
 use crate::state::quotas::SharedQuotas;
 use crate::state::{SharedState, StateTask};
+use crate::telemetry::Tracing;
 use admin::Admin;
 use reload::Reloader;
 
@@ -62,6 +63,8 @@ pub enum StartError {
     /// The crate's message does not repeat the URL (which may hold a password).
     #[error("state.redis: {0}")]
     State(#[from] redis::RedisError),
+    #[error("telemetry: the span exporter could not start: {0}")]
+    Telemetry(std::io::Error),
 }
 
 impl StartError {
@@ -138,6 +141,14 @@ impl Process {
             "drain",
             drained.watcher(metrics.clone()),
         ));
+        let tracing = match &config.telemetry {
+            Some(settings) => {
+                let dropped = metrics.spans_dropped();
+                let tracing = Tracing::start(settings, dropped).map_err(StartError::Telemetry)?;
+                Some(Arc::new(tracing))
+            }
+            None => None,
+        };
         let lasting = Lasting {
             tokens,
             upstream: Arc::new(Upstream::new(POOLED_CONNECTIONS)),
@@ -149,6 +160,7 @@ impl Process {
             state: shared.state,
             waiting: WaitingRoom::new(config.waiting.max),
             spread: Arc::default(),
+            tracing,
         };
         let current = Arc::new(ArcSwap::from_pointee(Gateway::new(config, pool, &lasting)));
         Ok(Process {

@@ -36,5 +36,6 @@ mod streaming;
 mod tls;
 mod token;
 mod token_usage;
+mod traces;
 mod waiting;
 mod workers;

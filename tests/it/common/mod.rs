@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod otlp;
 pub mod redis;
 
 use std::net::TcpListener;

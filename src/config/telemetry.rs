@@ -1,0 +1,82 @@
+//! `telemetry` as validated: where spans go (OTLP over HTTP), how many requests are traced, and
+//! what the spans say of the process that made them.
+
+use std::collections::BTreeMap;
+
+use super::raw::{Problems, RawTelemetry};
+use super::Secret;
+
+/// Traces of proxied requests (`telemetry`).
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    /// Where spans are POSTed: the endpoint's `/v1/traces`.
+    pub traces_url: String,
+    /// The share of requests without a sampled parent that are traced, 0 to 1; a request whose
+    /// client's `traceparent` says sampled (or not) follows it.
+    pub sample_ratio: f64,
+    /// Sent with every export (an API key for the collector, say): secrets, never printed.
+    pub headers: BTreeMap<String, Secret>,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// More resource attributes (`deployment.environment`, `service.namespace`, ...).
+    pub resource: BTreeMap<String, String>,
+}
+
+impl Telemetry {
+    pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+    pub const DEFAULT_SERVICE_NAME: &'static str = "aoai-proxy";
+}
+
+pub(super) fn telemetry(raw: RawTelemetry, p: &mut Problems) -> Telemetry {
+    let endpoint = raw.otlp.endpoint.0.trim().trim_end_matches('/').to_string();
+    let parsed = url::Url::parse(&endpoint);
+    if parsed.map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        p.add(
+            "telemetry.otlp.endpoint",
+            "must be the collector's OTLP/HTTP base URL, such as http://127.0.0.1:4318 (spans go to its /v1/traces)",
+        );
+    }
+    let sample_ratio = raw
+        .otlp
+        .sample_ratio
+        .unwrap_or(Telemetry::DEFAULT_SAMPLE_RATIO);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        p.add(
+            "telemetry.otlp.sample_ratio",
+            "must be from 0 (none) to 1 (every request)",
+        );
+    }
+    let headers: BTreeMap<String, Secret> = raw
+        .otlp
+        .headers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.add(
+                    format!("telemetry.otlp.headers.{name}"),
+                    "is not a header name",
+                );
+            }
+            (name, value.0)
+        })
+        .collect();
+    let service_name = raw
+        .service_name
+        .map_or(Telemetry::DEFAULT_SERVICE_NAME.to_string(), |s| s.0);
+    if service_name.trim().is_empty() {
+        p.add("telemetry.service_name", "must not be empty");
+    }
+    Telemetry {
+        traces_url: format!("{endpoint}/v1/traces"),
+        sample_ratio,
+        headers,
+        service_name,
+        resource: raw
+            .resource
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    }
+}

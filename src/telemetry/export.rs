@@ -1,0 +1,142 @@
+//! The exporter: a bounded queue of finished spans, emptied by a thread of its own that sends
+//! them in batches with the OTLP/HTTP exporter (protobuf), over a small tokio runtime of its
+//! own so no request's runtime ever runs an export.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+
+use crate::config;
+
+/// Spans held while the exporter is busy; more are dropped.
+const QUEUE: usize = 4096;
+/// The most spans in one export.
+const BATCH: usize = 512;
+/// How long a span waits for its batch at most.
+const DELAY: Duration = Duration::from_millis(500);
+/// How long one export may take before its spans are given up.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where finished spans go.
+pub struct Exporter {
+    queue: SyncSender<SpanData>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Exporter {
+    /// Starts the exporter thread for `settings`.
+    pub fn start(settings: &config::Telemetry, dropped: Arc<AtomicU64>) -> std::io::Result<Self> {
+        let (queue, spans) = sync_channel(QUEUE);
+        let settings = settings.clone();
+        let counter = dropped.clone();
+        std::thread::Builder::new()
+            .name("span-exporter".into())
+            .spawn(move || run(&settings, spans, &counter))?;
+        Ok(Exporter { queue, dropped })
+    }
+
+    /// Queues `spans`; what the queue cannot hold is dropped and counted.
+    pub fn send(&self, spans: Vec<SpanData>) {
+        for span in spans {
+            match self.queue.try_send(span) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// The thread: batches of at most [`BATCH`] spans, each sent at most [`DELAY`] after its first
+/// span arrived.
+fn run(settings: &config::Telemetry, spans: Receiver<SpanData>, dropped: &AtomicU64) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return log::error!("traces: no runtime for the exporter ({e}): spans are dropped")
+        }
+    };
+    let exporter = match runtime.block_on(async { exporter(settings) }) {
+        Ok(exporter) => exporter,
+        Err(e) => return log::error!("traces: the OTLP exporter could not be built ({e})"),
+    };
+    let mut warned = false;
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let first = match spans.recv() {
+            Ok(span) => span,
+            Err(_) => return,
+        };
+        let deadline = Instant::now() + DELAY;
+        batch.push(first);
+        while batch.len() < BATCH {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match spans.recv_timeout(left) {
+                Ok(span) => batch.push(span),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let sent = runtime.block_on(async {
+            tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(std::mem::take(&mut batch))).await
+        });
+        match sent {
+            Ok(Ok(())) => warned = false,
+            failed => {
+                dropped.fetch_add(n, Ordering::Relaxed);
+                if !std::mem::replace(&mut warned, true) {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {EXPORT_TIMEOUT:?}"),
+                    };
+                    log::warn!("traces: spans could not be exported ({why}); they are dropped and counted until an export succeeds");
+                }
+            }
+        }
+        batch.reserve(BATCH);
+    }
+}
+
+/// The OTLP/HTTP exporter of `settings`, its resource set.
+fn exporter(settings: &config::Telemetry) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let headers: HashMap<String, String> = settings
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(settings.traces_url.clone())
+        .with_headers(headers)
+        .with_timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let attributes = settings
+        .resource
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    let resource = Resource::builder_empty()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes(attributes)
+        .build();
+    exporter.set_resource(&resource);
+    Ok(exporter)
+}

@@ -1,0 +1,169 @@
+//! Traces (`telemetry`): a server span per proxied request and a client span per try, with the
+//! OpenTelemetry GenAI conventions, exported as OTLP over HTTP (protobuf).
+//!
+//! A request carries only ids and times while it is served ([`Trace`]): its spans are built
+//! whole when it ends ([`spans`]), from what the request recorded anyway, and handed to a
+//! bounded queue that a thread of its own empties in batches ([`export`]). Nothing on the
+//! request path waits for the exporter; a full queue or a failed export drops spans, counted
+//! in `aoai_proxy_spans_dropped_total`. Without `telemetry`, none of this exists and a request
+//! costs one `None` more.
+//!
+//! Why not the SDK's tracer and batch processor: a tracer makes each span as a live object with
+//! its own allocations and locks while the request runs, and the SDK's batch processor drops
+//! spans without counting them where a metric can read it. The ids, the W3C trace context, the
+//! span data and the OTLP exporter are the opentelemetry crates'.
+
+mod export;
+pub mod spans;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use pingora::http::RequestHeader;
+use smallvec::SmallVec;
+
+use crate::config;
+
+pub use export::Exporter;
+
+/// The tracing of this process: how many requests are sampled, and where their spans go.
+pub struct Tracing {
+    /// Requests without a parent are sampled when the low 64 bits of their trace id are below
+    /// this (`sample_ratio` of 2^64), as OpenTelemetry's `TraceIdRatioBased` sampler does.
+    threshold: u64,
+    ids: RandomIdGenerator,
+    exporter: Exporter,
+}
+
+/// A request's place in a trace: its ids, whether it is sampled, and its tries' spans.
+#[derive(Debug)]
+pub struct Trace {
+    pub trace_id: TraceId,
+    /// The request's own (server) span.
+    pub span_id: SpanId,
+    /// The client's span, when the client sent a `traceparent`.
+    pub parent: Option<SpanId>,
+    pub state: TraceState,
+    pub sampled: bool,
+    pub started: SystemTime,
+    /// What the request asked for (read from its typed view).
+    pub asked: spans::Asked,
+    /// Each try's span id, and when it began and ended (`None`: it ended with the request).
+    pub tries: SmallVec<[TrySpan; 3]>,
+}
+
+/// One try's client span.
+#[derive(Clone, Copy, Debug)]
+pub struct TrySpan {
+    pub span_id: SpanId,
+    pub start: SystemTime,
+    pub end: Option<SystemTime>,
+}
+
+impl Tracing {
+    /// The tracing `settings` ask for, its exporter started; drops counted in `dropped`.
+    pub fn start(
+        settings: &config::Telemetry,
+        dropped: Arc<AtomicU64>,
+    ) -> std::io::Result<Tracing> {
+        let ratio = settings.sample_ratio.clamp(0.0, 1.0);
+        let threshold = match ratio >= 1.0 {
+            true => u64::MAX,
+            false => (ratio * u64::MAX as f64) as u64,
+        };
+        Ok(Tracing {
+            threshold,
+            ids: RandomIdGenerator::default(),
+            exporter: Exporter::start(settings, dropped)?,
+        })
+    }
+
+    /// The trace of a request whose header is `head`: the client's, continued, when it sent a
+    /// valid `traceparent`; else a new one, sampled by the ratio.
+    pub fn begin(&self, head: &RequestHeader) -> Trace {
+        let remote = head
+            .headers
+            .contains_key("traceparent")
+            .then(|| {
+                let cx = TraceContextPropagator::new().extract(&Headers(head));
+                cx.span().span_context().clone()
+            })
+            .filter(|c| c.is_valid());
+        let (trace_id, parent, state, sampled) = match remote {
+            Some(c) => (
+                c.trace_id(),
+                Some(c.span_id()),
+                c.trace_state().clone(),
+                c.is_sampled(),
+            ),
+            None => {
+                let id = self.ids.new_trace_id();
+                let low = u64::from_be_bytes(id.to_bytes()[8..].try_into().unwrap_or_default());
+                let sampled = self.threshold == u64::MAX || low < self.threshold;
+                (id, None, TraceState::NONE, sampled)
+            }
+        };
+        Trace {
+            trace_id,
+            span_id: self.ids.new_span_id(),
+            parent,
+            state,
+            sampled,
+            started: SystemTime::now(),
+            asked: spans::Asked::default(),
+            tries: SmallVec::new(),
+        }
+    }
+
+    /// Hands a request's spans to the exporter (a sampled request's only).
+    pub fn finish(&self, spans: Vec<opentelemetry_sdk::trace::SpanData>) {
+        self.exporter.send(spans);
+    }
+}
+
+impl Trace {
+    /// Begins a try's span: the `traceparent` value its backend gets.
+    pub fn begin_try(&mut self, ids: &Tracing) -> String {
+        let span_id = ids.ids.new_span_id();
+        self.tries.push(TrySpan {
+            span_id,
+            start: SystemTime::now(),
+            end: None,
+        });
+        let flags = match self.sampled {
+            true => TraceFlags::SAMPLED,
+            false => TraceFlags::NOT_SAMPLED,
+        };
+        format!("00-{}-{}-{:02x}", self.trace_id, span_id, flags.to_u8())
+    }
+
+    /// Ends the span of the try begun last (its answer was put aside).
+    pub fn end_try(&mut self) {
+        if let Some(t) = self.tries.last_mut() {
+            t.end.get_or_insert_with(SystemTime::now);
+        }
+    }
+}
+
+/// The counter of spans dropped (a full queue, a failed export).
+pub fn dropped(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// A request header as the W3C propagator reads it.
+struct Headers<'a>(&'a RequestHeader);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.headers.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.headers.keys().map(|k| k.as_str()).collect()
+    }
+}
