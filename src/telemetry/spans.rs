@@ -103,16 +103,11 @@ pub fn build(trace: &Trace, end: &RequestEnd, now: SystemTime) -> Vec<SpanData> 
         }
         let name = format!("{} {}", end.method, ended.backend);
         let span = t.span_id;
-        spans.push(span_data(
-            trace,
-            (span, trace.span_id, false),
-            SpanKind::Client,
-            name,
-            (t.start, t.end.unwrap_or(now)),
-            attributes,
-            Vec::new(),
-            status,
-        ));
+        let times = (t.start, t.end.unwrap_or(now));
+        let ids = (span, trace.span_id, false);
+        let mut span = span_data(trace, ids, SpanKind::Client, name, times, attributes);
+        span.status = status;
+        spans.push(span);
     }
     spans
 }
@@ -178,20 +173,15 @@ fn request_span(trace: &Trace, end: &RequestEnd, now: SystemTime) -> SpanData {
     };
     let parent = trace.parent.unwrap_or(SpanId::INVALID);
     let ids = (trace.span_id, parent, trace.parent.is_some());
-    span_data(
-        trace,
-        ids,
-        SpanKind::Server,
-        name,
-        (trace.started, now),
-        attributes,
-        events,
-        status,
-    )
+    let times = (trace.started, now);
+    let mut span = span_data(trace, ids, SpanKind::Server, name, times, attributes);
+    span.status = status;
+    span.events.events = events;
+    span
 }
 
-/// A span of `trace`: `(its id, its parent's, whether the parent is the client's)`.
-#[allow(clippy::too_many_arguments)]
+/// A span of `trace`: `(its id, its parent's, whether the parent is the client's)`, from `start`
+/// to `end`, with no event and its status unset.
 fn span_data(
     trace: &Trace,
     (span_id, parent, remote): (SpanId, SpanId, bool),
@@ -199,8 +189,6 @@ fn span_data(
     name: String,
     (start, end): (SystemTime, SystemTime),
     attributes: Vec<KeyValue>,
-    events: Vec<opentelemetry::trace::Event>,
-    status: Status,
 ) -> SpanData {
     let flags = TraceFlags::SAMPLED;
     let context = SpanContext::new(trace.trace_id, span_id, flags, false, trace.state.clone());
@@ -214,14 +202,10 @@ fn span_data(
         end_time: end.max(start),
         attributes,
         dropped_attributes_count: 0,
-        events: {
-            // Non-exhaustive, with public fields.
-            let mut all = SpanEvents::default();
-            all.events = events;
-            all
-        },
+        // Both non-exhaustive, with public fields.
+        events: SpanEvents::default(),
         links: SpanLinks::default(),
-        status,
+        status: Status::Unset,
         instrumentation_scope: scope(),
     }
 }
