@@ -80,3 +80,46 @@ pub(super) fn telemetry(raw: RawTelemetry, p: &mut Problems) -> Telemetry {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::*;
+
+    const BASE: &str =
+        "listen: [\"127.0.0.1:8080\"]\nauth: {kind: none}\nbackends:\n  - url: https://a.openai.azure.com\n";
+
+    #[test]
+    fn telemetry_is_read_with_its_defaults_and_bad_values_name_their_key() {
+        let c = Config::from_yaml(&format!(
+            "{BASE}telemetry:\n  otlp: {{endpoint: \"http://collector:4318/\", headers: {{x-api-key: s3cret}}}}\n  resource: {{deployment.environment: test}}\n"
+        ))
+        .unwrap();
+        let t = c.telemetry.unwrap();
+        assert_eq!(t.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 1.0);
+        assert_eq!(t.service_name, "aoai-proxy");
+        assert_eq!(t.resource["deployment.environment"], "test");
+        assert!(
+            !format!("{t:?}").contains("s3cret"),
+            "a header value is a secret"
+        );
+        assert!(Config::from_yaml(BASE).unwrap().telemetry.is_none());
+
+        let p = Config::from_yaml(&format!(
+            "{BASE}telemetry:\n  otlp: {{endpoint: \"collector:4318\", sample_ratio: 1.5, headers: {{\"bad header\": x}}}}\n  service_name: \" \"\n"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+        for key in [
+            "telemetry.otlp.endpoint",
+            "telemetry.otlp.sample_ratio",
+            "telemetry.otlp.headers.bad header",
+            "telemetry.service_name",
+        ] {
+            assert!(paths.contains(&key), "{key}: {paths:?}");
+        }
+        let p = Config::from_yaml(&format!("{BASE}telemetry:\n  otlp: {{}}\n")).unwrap_err();
+        assert_eq!(p[0].path, "telemetry.otlp");
+        assert_eq!(p[0].line, Some(6));
+    }
+}

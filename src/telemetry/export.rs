@@ -31,14 +31,16 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the exporter thread for `settings`.
+    /// Starts the exporter thread for `settings`. The OTLP exporter is built here, before any
+    /// request, so what it loads (the TLS roots) is loaded once, at start, and a setting it
+    /// refuses stops the start.
     pub fn start(settings: &config::Telemetry, dropped: Arc<AtomicU64>) -> std::io::Result<Self> {
+        let exporter = exporter(settings).map_err(std::io::Error::other)?;
         let (queue, spans) = sync_channel(QUEUE);
-        let settings = settings.clone();
         let counter = dropped.clone();
         std::thread::Builder::new()
             .name("span-exporter".into())
-            .spawn(move || run(&settings, spans, &counter))?;
+            .spawn(move || run(exporter, spans, &counter))?;
         Ok(Exporter { queue, dropped })
     }
 
@@ -57,7 +59,7 @@ impl Exporter {
 
 /// The thread: batches of at most [`BATCH`] spans, each sent at most [`DELAY`] after its first
 /// span arrived.
-fn run(settings: &config::Telemetry, spans: Receiver<SpanData>, dropped: &AtomicU64) {
+fn run(exporter: opentelemetry_otlp::SpanExporter, spans: Receiver<SpanData>, dropped: &AtomicU64) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,10 +68,6 @@ fn run(settings: &config::Telemetry, spans: Receiver<SpanData>, dropped: &Atomic
         Err(e) => {
             return log::error!("traces: no runtime for the exporter ({e}): spans are dropped")
         }
-    };
-    let exporter = match runtime.block_on(async { exporter(settings) }) {
-        Ok(exporter) => exporter,
-        Err(e) => return log::error!("traces: the OTLP exporter could not be built ({e})"),
     };
     let mut warned = false;
     let mut batch = Vec::with_capacity(BATCH);

@@ -175,3 +175,56 @@ fn compose_file_parses_and_references_existing_files() {
         "Prometheus does not scrape proxy:{admin}: {targets:?}"
     );
 }
+
+/// The proxy's spans reach Jaeger: its `telemetry.otlp.endpoint` is the collector service on
+/// the port of the collector's OTLP/HTTP receiver, and the collector's trace pipeline exports
+/// to the Jaeger service, whose UI is published.
+#[test]
+fn traces_go_through_the_collector_into_jaeger() {
+    let compose = compose();
+    let proxy = &compose["services"]["proxy"];
+    let config = yaml(&mounted_at(
+        proxy,
+        "proxy",
+        "/etc/aoai-proxy/aoai-proxy.yaml",
+    ));
+    let endpoint = config["telemetry"]["otlp"]["endpoint"]
+        .as_str()
+        .expect("the compose proxy has no telemetry.otlp.endpoint");
+    let (host, port) = endpoint
+        .strip_prefix("http://")
+        .and_then(|a| a.split_once(':'))
+        .expect("an http://host:port endpoint");
+    let collector = &compose["services"][host];
+    assert!(
+        collector.is_mapping(),
+        "{endpoint}: no compose service {host}"
+    );
+    let otel = yaml(&mounted_at(collector, host, "/etc/otelcol/config.yaml"));
+    let receiver = otel["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+        .as_str()
+        .expect("the collector has no OTLP/HTTP receiver");
+    assert!(
+        receiver.ends_with(&format!(":{port}")),
+        "{receiver} is not :{port}"
+    );
+    let pipeline = &otel["service"]["pipelines"]["traces"];
+    assert!(strings(&pipeline["receivers"]).contains(&"otlp".to_string()));
+    let exporters = strings(&pipeline["exporters"]);
+    let to = exporters
+        .iter()
+        .filter_map(|e| otel["exporters"][e.as_str()]["endpoint"].as_str())
+        .find_map(|e| e.split(':').next())
+        .expect("the trace pipeline exports nowhere");
+    let jaeger = &compose["services"][to];
+    assert!(
+        jaeger.is_mapping(),
+        "the collector exports to {to}: no such service"
+    );
+    assert!(
+        strings(&jaeger["ports"])
+            .iter()
+            .any(|p| p.ends_with(":16686")),
+        "Jaeger's UI is not published"
+    );
+}
