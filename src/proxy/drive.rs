@@ -165,7 +165,7 @@ impl Gateway {
                 backend,
                 request,
                 &pick.credential,
-                traceparent.as_deref(),
+                traceparent.as_ref().map(|t| t.as_str()),
             )
             .await?;
         let outcome = attempt.outcome();
@@ -297,7 +297,11 @@ impl Gateway {
         ctx.first_byte = Some(ctx.started.elapsed());
         match attempt {
             Attempt::Answered(answer) => {
-                ctx.usage = self.relay.relay(session, answer, backend, delivery).await?;
+                let reported = self.relay.relay(session, answer, backend, delivery).await?;
+                ctx.usage = reported.usage;
+                if let (Some(trace), Some(model)) = (&mut ctx.trace, reported.model) {
+                    trace.response_model = Some(model);
+                }
                 Ok(())
             }
             Attempt::Failed(failure, e) => {

@@ -187,7 +187,8 @@ impl Gateway {
                 return ProxyError::AmbiguousDeployment.respond(session).await
             }
         };
-        if let Some(trace) = &mut ctx.trace {
+        // Only a sampled request's span says it: most bodies are never parsed otherwise.
+        if let Some(trace) = ctx.trace.as_mut().filter(|t| t.sampled) {
             trace.asked = spans::Asked {
                 operation: spans::operation(session.req_header().uri.path()),
                 max_tokens: request.facts().and_then(|f| f.completion_cap()),

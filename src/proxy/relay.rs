@@ -43,10 +43,19 @@ pub struct Delivery<'a> {
     pub hide_usage_event: bool,
     /// What the client has left under its limits, for `x-ratelimit-remaining-*`.
     pub limits: Option<Admitted>,
+    /// Read the model the answer names (a traced request's `gen_ai.response.model`).
+    pub read_model: bool,
     /// The fallback deployment that answers, when not the one asked for.
     pub fallback: Option<&'a str>,
     /// What a success teaches about where objects live; `None` on paths without objects.
     pub learning: Option<Learning<'a>>,
+}
+
+/// What an answer relayed reported: its usage, and the model it named (where it was read).
+#[derive(Debug, Default)]
+pub struct Reported {
+    pub usage: Option<Usage>,
+    pub model: Option<Box<str>>,
 }
 
 /// What a successful answer says about where objects live.
@@ -148,11 +157,11 @@ impl Relay {
         answer: Answer,
         backend: &Backend,
         delivery: &Delivery<'_>,
-    ) -> Result<Option<Usage>> {
+    ) -> Result<Reported> {
         if answer.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // Boxed, as once per session it can be: it would size every answer's future.
             let tunnel = realtime::tunnel(session, answer, self.timeouts.body_idle);
-            return Box::pin(tunnel).await.map(|()| None);
+            return Box::pin(tunnel).await.map(|()| Reported::default());
         }
         let Answer {
             mut head,
@@ -186,7 +195,10 @@ impl Relay {
         self.upstream
             .release(*up, &peer, self.timeouts.pool_idle)
             .await;
-        Ok(readers.counted)
+        Ok(Reported {
+            usage: readers.counted,
+            model: readers.model,
+        })
     }
 
     /// Copies the body of `up` to the client through `readers`, until it ends. What the answer
@@ -264,6 +276,8 @@ struct Readers<'a> {
     learning: Option<Learning<'a>>,
     /// The usage reported, once the answer has ended.
     counted: Option<Usage>,
+    /// The model it named, where it was read for.
+    model: Option<Box<str>>,
 }
 
 impl<'a> Readers<'a> {
@@ -278,7 +292,11 @@ impl<'a> Readers<'a> {
         Readers {
             usage: success
                 .then(|| UsageReader::for_answer(&head.headers))
-                .flatten(),
+                .flatten()
+                .map(|r| match delivery.read_model {
+                    true => r.reading_model(),
+                    false => r,
+                }),
             created: learning
                 .filter(|l| l.created)
                 .map(|_| CreatedReader::for_answer(&head.headers)),
@@ -286,6 +304,7 @@ impl<'a> Readers<'a> {
                 .then(UsageEventFilter::default),
             learning,
             counted: None,
+            model: None,
         }
     }
 
@@ -318,7 +337,7 @@ impl<'a> Readers<'a> {
         complete: bool,
     ) {
         if let Some(reader) = self.usage.take() {
-            self.counted = reader.finish();
+            (self.counted, self.model) = reader.finish_with_model();
             if let Some(u) = &self.counted {
                 let client = delivery.client.as_deref().map(|c| c.name.as_str());
                 backend.stats.record_usage(delivery.deployment, client, u);

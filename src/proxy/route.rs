@@ -360,6 +360,7 @@ impl Gateway {
             client: ctx.client.clone(),
             hide_usage_event: request.hides_usage_event(),
             limits: ctx.admitted,
+            read_model: ctx.trace.as_ref().is_some_and(|t| t.sampled),
             fallback: None,
             learning,
         }

@@ -53,6 +53,8 @@ pub struct Trace {
     pub started: SystemTime,
     /// What the request asked for (read from its typed view).
     pub asked: spans::Asked,
+    /// The model the answer named (`gen_ai.response.model`), where it did.
+    pub response_model: Option<Box<str>>,
     /// Each try's span id, and when it began and ended (`None`: it ended with the request).
     pub tries: SmallVec<[TrySpan; 3]>,
 }
@@ -116,6 +118,7 @@ impl Tracing {
             sampled,
             started: SystemTime::now(),
             asked: spans::Asked::default(),
+            response_model: None,
             tries: SmallVec::new(),
         }
     }
@@ -128,7 +131,7 @@ impl Tracing {
 
 impl Trace {
     /// Begins a try's span: the `traceparent` value its backend gets.
-    pub fn begin_try(&mut self, ids: &Tracing) -> String {
+    pub fn begin_try(&mut self, ids: &Tracing) -> Traceparent {
         let span_id = ids.ids.new_span_id();
         self.tries.push(TrySpan {
             span_id,
@@ -139,7 +142,7 @@ impl Trace {
             true => TraceFlags::SAMPLED,
             false => TraceFlags::NOT_SAMPLED,
         };
-        format!("00-{}-{}-{:02x}", self.trace_id, span_id, flags.to_u8())
+        Traceparent::new(self.trace_id, span_id, flags)
     }
 
     /// Ends the span of the try begun last (its answer was put aside).
@@ -147,6 +150,26 @@ impl Trace {
         if let Some(t) = self.tries.last_mut() {
             t.end.get_or_insert_with(SystemTime::now);
         }
+    }
+}
+
+/// A W3C `traceparent` value, `00-{trace id}-{span id}-{flags}`, written on the stack: every try
+/// of every traced request sends one.
+pub struct Traceparent([u8; 55]);
+
+impl Traceparent {
+    fn new(trace: TraceId, span: SpanId, flags: TraceFlags) -> Self {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        // The slices are the lengths of the hex of what goes in them: these cannot fail.
+        let _ = hex::encode_to_slice(trace.to_bytes(), &mut out[3..35]);
+        let _ = hex::encode_to_slice(span.to_bytes(), &mut out[36..52]);
+        let _ = hex::encode_to_slice([flags.to_u8()], &mut out[53..55]);
+        Traceparent(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits and dashes only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -165,5 +188,23 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.headers.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_is_the_w3c_form() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        assert_eq!(
+            Traceparent::new(trace, span, TraceFlags::SAMPLED).as_str(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert!(Traceparent::new(trace, span, TraceFlags::NOT_SAMPLED)
+            .as_str()
+            .ends_with("-00"));
     }
 }

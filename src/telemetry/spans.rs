@@ -134,6 +134,10 @@ fn request_span(trace: &Trace, end: &RequestEnd, now: SystemTime) -> SpanData {
     let int = |n: u64| opentelemetry::Value::I64(i64::try_from(n).unwrap_or(i64::MAX));
     let text = |s: &str| opentelemetry::Value::String(s.to_string().into());
     put("gen_ai.request.model", end.deployment.map(text));
+    put(
+        "gen_ai.response.model",
+        trace.response_model.as_deref().map(text),
+    );
     put("gen_ai.request.max_tokens", asked.max_tokens.map(int));
     put(
         "gen_ai.request.stream",

@@ -61,6 +61,8 @@ enum Body {
 pub struct UsageReader {
     body: Body,
     found: Option<Usage>,
+    /// The answer's `model`, when it is looked for (`Some`, with traces on), once found.
+    model: Option<Option<Box<str>>>,
 }
 
 impl UsageReader {
@@ -97,7 +99,19 @@ impl UsageReader {
         } else {
             return None;
         };
-        Some(UsageReader { body, found: None })
+        Some(UsageReader {
+            body,
+            found: None,
+            model: None,
+        })
+    }
+
+    /// The same reader, also reading the model the answer names (for a trace's
+    /// `gen_ai.response.model`): a stream's first event that names one, a JSON answer's last
+    /// `"model"` in its end (Azure writes its keys in order: `model` after `choices`).
+    pub fn reading_model(mut self) -> Self {
+        self.model = Some(None);
+        self
     }
 
     /// Takes in the next bytes of the body.
@@ -125,6 +139,9 @@ impl UsageReader {
                     if let Some(u) = line_usage(line, *cut) {
                         self.found = Some(u);
                     }
+                    if let Some(wanted @ None) = &mut self.model {
+                        *wanted = model_in(line);
+                    }
                     line.clear();
                     *cut = false;
                     rest = &rest[end + 1..];
@@ -141,20 +158,73 @@ impl UsageReader {
 
     /// The usage of the complete body, if it reported one.
     pub fn finish(self) -> Option<Usage> {
+        self.finish_with_model().0
+    }
+
+    /// The usage of the complete body, and the model it named, where it was looked for.
+    pub fn finish_with_model(self) -> (Option<Usage>, Option<Box<str>>) {
+        let wanted = self.model.is_some();
         match self.body {
-            Body::Json { tail, len } => match &tail[..] {
-                [one] => json_usage(one),
-                pieces => {
-                    let mut joined = BytesMut::with_capacity(len);
-                    for p in pieces {
-                        joined.extend_from_slice(p);
+            Body::Json { tail, len } => {
+                let joined;
+                let end: &[u8] = match &tail[..] {
+                    [one] => one,
+                    pieces => {
+                        let mut all = BytesMut::with_capacity(len);
+                        for p in pieces {
+                            all.extend_from_slice(p);
+                        }
+                        joined = all;
+                        &joined
                     }
-                    json_usage(&joined)
-                }
-            },
-            Body::Events { line, cut } => line_usage(&line, cut).or(self.found),
+                };
+                let model = wanted.then(|| last_model_in(end)).flatten();
+                (json_usage(end), model)
+            }
+            Body::Events { line, cut } => {
+                let usage = line_usage(&line, cut).or(self.found);
+                let model = self
+                    .model
+                    .flatten()
+                    .or_else(|| wanted.then(|| model_in(&line)).flatten());
+                (usage, model)
+            }
         }
     }
+}
+
+/// `"model"`, the key of the model an answer names.
+const MODEL: &[u8] = b"\"model\"";
+
+/// The model the first `"model": "..."` in `bytes` names.
+fn model_in(bytes: &[u8]) -> Option<Box<str>> {
+    let at = memmem::find(bytes, MODEL)?;
+    model_after(&bytes[at + MODEL.len()..])
+}
+
+/// The model the last `"model": "..."` in `bytes` names.
+fn last_model_in(bytes: &[u8]) -> Option<Box<str>> {
+    let at = memmem::rfind(bytes, MODEL)?;
+    model_after(&bytes[at + MODEL.len()..])
+}
+
+/// The string after a `"model"` key: `: "gpt-4o-2024-08-06"`. Model names have no escapes; a
+/// value that is not a short plain string is none.
+fn model_after(rest: &[u8]) -> Option<Box<str>> {
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let name = &rest[..end];
+    let plain = name.len() <= 128
+        && name
+            .iter()
+            .all(|b| (b' '..=b'~').contains(b) && *b != b'\\');
+    plain
+        .then(|| std::str::from_utf8(name).ok().map(Box::from))
+        .flatten()
 }
 
 /// The usage in one stream line, read whole, or from its end when its start was `cut`.

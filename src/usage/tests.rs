@@ -125,3 +125,27 @@ fn other_answers_are_not_read() {
     assert!(UsageReader::for_content_type(Some(b"audio/mpeg")).is_none());
     assert!(UsageReader::for_content_type(None).is_none());
 }
+
+#[test]
+fn the_model_an_answer_names_is_read_only_when_asked() {
+    let json = r#"{"choices":[{"message":{"content":"a \"model\" answer"}}],"model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+    let reader = || UsageReader::for_content_type(Some(b"application/json")).unwrap();
+    let mut r = reader().reading_model();
+    r.feed(&Bytes::from(json));
+    let (usage, model) = r.finish_with_model();
+    assert_eq!(usage.map(|u| u.completion), Some(2));
+    assert_eq!(model.as_deref(), Some("gpt-4o-2024-08-06"));
+    let mut plain = reader();
+    plain.feed(&Bytes::from(json));
+    assert_eq!(plain.finish_with_model().1, None, "not asked");
+
+    let stream = "data: {\"choices\":[],\"model\":\"gpt-4o-mini\"}\n\ndata: [DONE]\n\n";
+    let mut r = UsageReader::for_content_type(Some(b"text/event-stream"))
+        .unwrap()
+        .reading_model();
+    r.feed(&Bytes::from(stream));
+    assert_eq!(r.finish_with_model().1.as_deref(), Some("gpt-4o-mini"));
+    // A value that is not a plain string is no model.
+    assert_eq!(model_in(br#""model": {"name": "x"}"#), None);
+    assert_eq!(model_in(br#""model" : "a\"b""#), None);
+}

@@ -69,6 +69,10 @@ async fn a_request_is_a_server_span_with_a_client_span_a_try_and_its_backend_get
         ("gen_ai.provider.name", "azure.ai.openai".into()),
         ("gen_ai.request.model", "gpt-4o".into()),
         (
+            "gen_ai.response.model",
+            answer["model"].as_str().unwrap().to_string(),
+        ),
+        (
             "gen_ai.usage.input_tokens",
             answer["usage"]["prompt_tokens"].to_string(),
         ),
