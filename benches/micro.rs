@@ -102,6 +102,7 @@ fn token_and_headers(c: &mut Criterion) {
                 host: &host,
                 credential: &credential,
                 traceparent: None,
+                continues: false,
             };
             black_box(headers::framed(&client, &path, added, body.len()))
         })
@@ -115,6 +116,7 @@ fn token_and_headers(c: &mut Criterion) {
                     host: &host,
                     credential: &credential,
                     traceparent: None,
+                    continues: false,
                 };
                 let mut wire = headers::wire(&client, &path, added, body.len(), body.len());
                 if let Some(w) = wire.as_mut() {

@@ -7,12 +7,12 @@ use super::raw::{Problems, RawTelemetry};
 use super::Secret;
 
 /// Traces of proxied requests (`telemetry`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Telemetry {
     /// Where spans are POSTed: the endpoint's `/v1/traces`.
     pub traces_url: String,
-    /// The share of requests without a sampled parent that are traced, 0 to 1; a request whose
-    /// client's `traceparent` says sampled (or not) follows it.
+    /// The share of requests without a parent that are traced, 0 to 1; a request whose client's
+    /// `traceparent` says sampled (or not) follows it.
     pub sample_ratio: f64,
     /// Sent with every export (an API key for the collector, say): secrets, never printed.
     pub headers: BTreeMap<String, Secret>,
@@ -28,7 +28,12 @@ impl Telemetry {
 }
 
 pub(super) fn telemetry(raw: RawTelemetry, p: &mut Problems) -> Telemetry {
-    let endpoint = raw.otlp.endpoint.0.trim().trim_end_matches('/').to_string();
+    // The base URL; one given with the signal's path already is taken as meant.
+    let endpoint = raw.otlp.endpoint.0.trim().trim_end_matches('/');
+    let endpoint = endpoint
+        .strip_suffix("/v1/traces")
+        .unwrap_or(endpoint)
+        .to_string();
     let parsed = url::Url::parse(&endpoint);
     if parsed.map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
         p.add(
@@ -52,10 +57,12 @@ pub(super) fn telemetry(raw: RawTelemetry, p: &mut Problems) -> Telemetry {
         .unwrap_or_default()
         .into_iter()
         .map(|(name, value)| {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value.0.expose()).is_err()
+            {
                 p.add(
                     format!("telemetry.otlp.headers.{name}"),
-                    "is not a header name",
+                    "is not a header name and value",
                 );
             }
             (name, value.0)
@@ -96,6 +103,14 @@ mod tests {
         .unwrap();
         let t = c.telemetry.unwrap();
         assert_eq!(t.traces_url, "http://collector:4318/v1/traces");
+        let given = Config::from_yaml(&format!(
+            "{BASE}telemetry: {{otlp: {{endpoint: \"http://c:4318/v1/traces\"}}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            given.telemetry.unwrap().traces_url,
+            "http://c:4318/v1/traces"
+        );
         assert_eq!(t.sample_ratio, 1.0);
         assert_eq!(t.service_name, "aoai-proxy");
         assert_eq!(t.resource["deployment.environment"], "test");

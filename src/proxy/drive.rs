@@ -91,7 +91,7 @@ impl Gateway {
             if let (Some(trace), false) = (&mut ctx.trace, matches!(step, Step::Deliver(_))) {
                 // Put aside (or read whole): its span ends here, a delivered one's with the
                 // request.
-                trace.end_try();
+                trace.end_try(retried == Retried::Yes);
             }
             match step {
                 Step::Next(next, attempt) => {
@@ -154,7 +154,9 @@ impl Gateway {
         ctx.tries += 1;
         let sent = pick.credential.sent();
         let traceparent = match (&mut ctx.trace, &self.tracing) {
-            (Some(trace), Some(tracing)) => Some(trace.begin_try(tracing)),
+            (Some(trace), Some(tracing)) => {
+                Some((trace.begin_try(tracing, pick.index), trace.parent.is_some()))
+            }
             _ => None,
         };
         let sent_at = Instant::now();
@@ -165,7 +167,9 @@ impl Gateway {
                 backend,
                 request,
                 &pick.credential,
-                traceparent.as_ref().map(|t| t.as_str()),
+                traceparent
+                    .as_ref()
+                    .map(|(t, continues)| (t.as_str(), *continues)),
             )
             .await?;
         let outcome = attempt.outcome();

@@ -187,14 +187,6 @@ impl Gateway {
                 return ProxyError::AmbiguousDeployment.respond(session).await
             }
         };
-        // Only a sampled request's span says it: most bodies are never parsed otherwise.
-        if let Some(trace) = ctx.trace.as_mut().filter(|t| t.sampled) {
-            trace.asked = spans::Asked {
-                operation: spans::operation(session.req_header().uri.path()),
-                max_tokens: request.facts().and_then(|f| f.completion_cap()),
-                stream: request.facts().is_some_and(|f| f.stream),
-            };
-        }
         let served = match self.accounting.admit(ctx.client.as_deref(), &request).await {
             Ok(let_in) => {
                 ctx.admitted = let_in.limits;
@@ -203,6 +195,13 @@ impl Gateway {
             }
             Err(refused) => refused.respond(session).await,
         };
+        // Read once it is answered, and only for a sampled request's span: the body is not
+        // parsed on the way for it (most bodies are never parsed otherwise).
+        if let Some(trace) = ctx.trace.as_mut().filter(|t| t.sampled) {
+            let facts = request.facts();
+            trace.asked.max_tokens = facts.and_then(|f| f.completion_cap());
+            trace.asked.stream = facts.is_some_and(|f| f.stream);
+        }
         ctx.deployment = request.take_deployment();
         served
     }
@@ -296,16 +295,14 @@ impl Gateway {
         (status, error): (Option<u16>, Option<&str>),
     ) -> Vec<opentelemetry_sdk::trace::SpanData> {
         let req = session.req_header();
-        let last = ctx.tried.len().saturating_sub(1);
-        let tries = ctx.tried.iter().enumerate().map(|(n, &(i, outcome))| {
-            let backend = self.pool.get(i);
+        let tries = trace.tries.iter().enumerate().map(|(n, t)| {
+            let backend = self.pool.get(t.backend);
             let url = &backend.config.url;
             spans::TryEnd {
                 backend: &backend.name,
                 host: &url.host,
                 port: url.port,
-                outcome,
-                retried: n < last,
+                outcome: ctx.tried.get(n).map(|&(_, outcome)| outcome),
             }
         });
         let end = spans::RequestEnd {

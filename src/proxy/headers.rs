@@ -44,6 +44,9 @@ pub struct Added<'a> {
     pub host: &'a HeaderValue,
     pub credential: &'a Credential,
     pub traceparent: Option<&'a str>,
+    /// The `traceparent` continues the client's trace, so the client's `tracestate` goes on
+    /// with it; in a trace the proxy began, W3C has it dropped.
+    pub continues: bool,
 }
 
 /// Calls `put` with each header (name in lower case, and value) a backend gets for the
@@ -61,9 +64,11 @@ pub fn for_backend(
     let had_body = client.headers.contains_key(header::CONTENT_LENGTH)
         || client.headers.contains_key(header::TRANSFER_ENCODING);
     for (name, value) in &client.headers {
+        let traced = added.traceparent.is_some();
         let ours = name == header::HOST
             || name == header::CONTENT_LENGTH
-            || (added.traceparent.is_some() && name == "traceparent");
+            || (traced && name == "traceparent")
+            || (traced && !added.continues && name == "tracestate");
         if !ours && !DROPPED_REQUEST_HEADERS.contains(name) {
             put(name.as_str(), value.as_bytes());
         }
@@ -227,6 +232,7 @@ mod tests {
             host,
             credential,
             traceparent: None,
+            continues: false,
         }
     }
 
@@ -237,6 +243,7 @@ mod tests {
         let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         traced.insert_header("traceparent", theirs).unwrap();
         let ours = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+        traced.insert_header("tracestate", "vendor=1").unwrap();
         let with = Added {
             traceparent: Some(ours),
             ..added(&host, &Credential::Nothing)
@@ -245,6 +252,16 @@ mod tests {
         let text = String::from_utf8_lossy(&head);
         assert!(text.contains(&format!("traceparent: {ours}\r\n")), "{text}");
         assert!(!text.contains(theirs), "{text}");
+        assert!(
+            !text.contains("vendor=1"),
+            "a new trace drops the client's state: {text}"
+        );
+        let continued = Added {
+            continues: true,
+            ..with
+        };
+        let head = wire(&traced, b"/openai/x", continued, 0, 0).unwrap();
+        assert!(String::from_utf8_lossy(&head).contains("tracestate: vendor=1"));
         // Without traces, the client's goes on as sent.
         let plain = wire(
             &traced,

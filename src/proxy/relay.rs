@@ -93,7 +93,7 @@ impl Relay {
         backend: &Backend,
         request: &Request,
         credential: &Credential,
-        traceparent: Option<&str>,
+        traceparent: Option<(&str, bool)>,
     ) -> Result<Attempt> {
         let Some(peer) = backend.peer() else {
             let e = Error::explain(
@@ -112,7 +112,8 @@ impl Relay {
         let added = headers::Added {
             host: &backend.host_header,
             credential,
-            traceparent,
+            traceparent: traceparent.map(|(value, _)| value),
+            continues: traceparent.is_some_and(|(_, continues)| continues),
         };
         let wire = exchange::Request::for_backend(head, path, added, body)?;
         let t = &self.timeouts;

@@ -15,8 +15,9 @@ use opentelemetry_sdk::Resource;
 
 use crate::config;
 
-/// Spans held while the exporter is busy; more are dropped.
-const QUEUE: usize = 4096;
+/// Requests whose spans are held while the exporter is busy; more are dropped, a request's
+/// spans together (a trace is never sent in part).
+const QUEUE: usize = 2048;
 /// The most spans in one export.
 const BATCH: usize = 512;
 /// How long a span waits for its batch at most.
@@ -26,7 +27,7 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where finished spans go.
 pub struct Exporter {
-    queue: SyncSender<SpanData>,
+    queue: SyncSender<Vec<SpanData>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -44,44 +45,47 @@ impl Exporter {
         Ok(Exporter { queue, dropped })
     }
 
-    /// Queues `spans`; what the queue cannot hold is dropped and counted.
+    /// Queues one request's `spans`; when the queue cannot hold them, they are dropped and
+    /// counted.
     pub fn send(&self, spans: Vec<SpanData>) {
-        for span in spans {
-            match self.queue.try_send(span) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        if let Err(TrySendError::Full(spans) | TrySendError::Disconnected(spans)) =
+            self.queue.try_send(spans)
+        {
+            self.dropped
+                .fetch_add(spans.len() as u64, Ordering::Relaxed);
         }
     }
 }
 
-/// The thread: batches of at most [`BATCH`] spans, each sent at most [`DELAY`] after its first
-/// span arrived.
-fn run(exporter: opentelemetry_otlp::SpanExporter, spans: Receiver<SpanData>, dropped: &AtomicU64) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The thread: batches of about [`BATCH`] spans (a request's are never split), each sent at
+/// most [`DELAY`] after its first span arrived.
+fn run(
+    exporter: opentelemetry_otlp::SpanExporter,
+    spans: Receiver<Vec<SpanData>>,
+    dropped: &AtomicU64,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
+        .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            return log::error!("traces: no runtime for the exporter ({e}): spans are dropped")
+            log::error!("traces: no runtime for the exporter ({e}): spans are dropped");
+            return;
         }
     };
     let mut warned = false;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let first = match spans.recv() {
-            Ok(span) => span,
-            Err(_) => return,
+        let Ok(first) = spans.recv() else {
+            return;
         };
         let deadline = Instant::now() + DELAY;
-        batch.push(first);
+        batch.extend(first);
         while batch.len() < BATCH {
             let left = deadline.saturating_duration_since(Instant::now());
             match spans.recv_timeout(left) {
-                Ok(span) => batch.push(span),
+                Ok(more) => batch.extend(more),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }

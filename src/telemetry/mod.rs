@@ -16,7 +16,7 @@
 mod export;
 pub mod spans;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -63,8 +63,12 @@ pub struct Trace {
 #[derive(Clone, Copy, Debug)]
 pub struct TrySpan {
     pub span_id: SpanId,
+    /// The backend it went to (its index in the pool).
+    pub backend: usize,
     pub start: SystemTime,
     pub end: Option<SystemTime>,
+    /// A retry followed it (as `aoai_proxy_retries_total` counts them).
+    pub retried: bool,
 }
 
 impl Tracing {
@@ -88,9 +92,12 @@ impl Tracing {
     /// The trace of a request whose header is `head`: the client's, continued, when it sent a
     /// valid `traceparent`; else a new one, sampled by the ratio.
     pub fn begin(&self, head: &RequestHeader) -> Trace {
-        let remote = head
-            .headers
-            .contains_key("traceparent")
+        // The propagator takes ids of any length; W3C's are exactly these.
+        let well_formed = head.headers.get("traceparent").is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() == 55 && v[2] == b'-' && v[35] == b'-' && v[52] == b'-'
+        });
+        let remote = well_formed
             .then(|| {
                 let cx = TraceContextPropagator::new().extract(&Headers(head));
                 cx.span().span_context().clone()
@@ -117,7 +124,10 @@ impl Tracing {
             state,
             sampled,
             started: SystemTime::now(),
-            asked: spans::Asked::default(),
+            asked: spans::Asked {
+                operation: spans::operation(head.uri.path()),
+                ..spans::Asked::default()
+            },
             response_model: None,
             tries: SmallVec::new(),
         }
@@ -130,13 +140,15 @@ impl Tracing {
 }
 
 impl Trace {
-    /// Begins a try's span: the `traceparent` value its backend gets.
-    pub fn begin_try(&mut self, ids: &Tracing) -> Traceparent {
+    /// Begins the span of a try on `backend`: the `traceparent` value the backend gets.
+    pub fn begin_try(&mut self, ids: &Tracing, backend: usize) -> Traceparent {
         let span_id = ids.ids.new_span_id();
         self.tries.push(TrySpan {
             span_id,
+            backend,
             start: SystemTime::now(),
             end: None,
+            retried: false,
         });
         let flags = match self.sampled {
             true => TraceFlags::SAMPLED,
@@ -145,10 +157,12 @@ impl Trace {
         Traceparent::new(self.trace_id, span_id, flags)
     }
 
-    /// Ends the span of the try begun last (its answer was put aside).
-    pub fn end_try(&mut self) {
+    /// Ends the span of the try begun last (its answer was put aside), `retried` when a retry
+    /// follows it.
+    pub fn end_try(&mut self, retried: bool) {
         if let Some(t) = self.tries.last_mut() {
             t.end.get_or_insert_with(SystemTime::now);
+            t.retried = retried;
         }
     }
 }
@@ -171,11 +185,6 @@ impl Traceparent {
         // Hex digits and dashes only.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
-}
-
-/// The counter of spans dropped (a full queue, a failed export).
-pub fn dropped(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
 }
 
 /// A request header as the W3C propagator reads it.

@@ -28,9 +28,8 @@ pub struct TryEnd<'a> {
     pub backend: &'a str,
     pub host: &'a str,
     pub port: u16,
-    pub outcome: Outcome,
-    /// Another try followed it.
-    pub retried: bool,
+    /// `None`: the client left while it was under way.
+    pub outcome: Option<Outcome>,
 }
 
 /// How the request ended, as its span says.
@@ -74,6 +73,7 @@ pub fn operation(path: &str) -> &'static str {
 pub fn build(trace: &Trace, end: &RequestEnd, now: SystemTime) -> Vec<SpanData> {
     let mut spans = Vec::with_capacity(1 + trace.tries.len());
     spans.push(request_span(trace, end, now));
+    // Every try begun has its span, also one the client left during: its backend has its id.
     for (t, ended) in trace.tries.iter().zip(&end.tries) {
         let mut attributes = vec![
             KeyValue::new("server.address", ended.host.to_string()),
@@ -81,24 +81,29 @@ pub fn build(trace: &Trace, end: &RequestEnd, now: SystemTime) -> Vec<SpanData> 
             KeyValue::new("aoai_proxy.backend", ended.backend.to_string()),
             KeyValue::new("http.request.method", end.method.to_string()),
         ];
+        // A client span's 4xx is an error too (the GenAI and HTTP conventions).
         let status = match ended.outcome {
-            Outcome::Status(s) => {
+            Some(Outcome::Status(s)) => {
                 attributes.push(KeyValue::new(
                     "http.response.status_code",
                     i64::from(s.as_u16()),
                 ));
                 match s.as_u16() {
-                    500.. => Status::error(s.as_str().to_string()),
+                    400.. => Status::error(s.as_str().to_string()),
                     _ => Status::Unset,
                 }
             }
-            Outcome::Failed(f) => {
+            Some(Outcome::Failed(f)) => {
                 attributes.push(KeyValue::new("error.type", f.as_str()));
                 Status::error(f.as_str())
             }
+            None => {
+                attributes.push(KeyValue::new("error.type", "client_closed"));
+                Status::error("client_closed")
+            }
         };
-        if ended.retried {
-            let cause = RetryCause::of(ended.outcome).as_str();
+        if let (true, Some(outcome)) = (t.retried, ended.outcome) {
+            let cause = RetryCause::of(outcome).as_str();
             attributes.push(KeyValue::new("aoai_proxy.retry_cause", cause));
         }
         let name = format!("{} {}", end.method, ended.backend);
@@ -141,7 +146,7 @@ fn request_span(trace: &Trace, end: &RequestEnd, now: SystemTime) -> SpanData {
     put("gen_ai.request.max_tokens", asked.max_tokens.map(int));
     put(
         "gen_ai.request.stream",
-        asked.stream.then_some(opentelemetry::Value::Bool(true)),
+        Some(opentelemetry::Value::Bool(asked.stream)),
     );
     put(
         "gen_ai.usage.input_tokens",

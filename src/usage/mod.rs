@@ -218,7 +218,9 @@ fn model_after(rest: &[u8]) -> Option<Box<str>> {
     let rest = rest.strip_prefix(b"\"")?;
     let end = memchr::memchr(b'"', rest)?;
     let name = &rest[..end];
-    let plain = name.len() <= 128
+    // Azure's first chunk of a stream (its prompt filter results) says `"model": ""`.
+    let plain = !name.is_empty()
+        && name.len() <= 128
         && name
             .iter()
             .all(|b| (b' '..=b'~').contains(b) && *b != b'\\');

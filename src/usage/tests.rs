@@ -139,7 +139,8 @@ fn the_model_an_answer_names_is_read_only_when_asked() {
     plain.feed(&Bytes::from(json));
     assert_eq!(plain.finish_with_model().1, None, "not asked");
 
-    let stream = "data: {\"choices\":[],\"model\":\"gpt-4o-mini\"}\n\ndata: [DONE]\n\n";
+    // Azure's first chunk (its prompt filter results) names no model.
+    let stream = "data: {\"choices\":[],\"model\":\"\",\"prompt_filter_results\":[]}\n\ndata: {\"choices\":[],\"model\":\"gpt-4o-mini\"}\n\ndata: [DONE]\n\n";
     let mut r = UsageReader::for_content_type(Some(b"text/event-stream"))
         .unwrap()
         .reading_model();

@@ -231,3 +231,29 @@ async fn a_collector_that_is_down_costs_no_request_and_its_spans_are_counted_dro
         .await;
     assert_eq!(metric(&m, name), 10.0, "two spans a request, none sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_the_client_left_during_keeps_its_span() {
+    let collector = Receiver::start().await;
+    let id = identity().await;
+    let b = backend("b0").await;
+    b.push_fault(Fault::Delay(std::time::Duration::from_secs(3)));
+    let proxy = Proxy::start(&traced_yaml(&[&b], &collector.url(), ""), Some(&id));
+    let left = client()
+        .post(proxy.url(CHAT))
+        .json(&chat_body())
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client gave up first");
+    let spans = collector.wait_for(2).await;
+    let (server, tries) = tree(&spans, &spans[0].trace_id());
+    assert_eq!(tries.len(), 1);
+    assert_eq!(
+        tries[0].attr("error.type").as_deref(),
+        Some("client_closed")
+    );
+    // The span its backend was told of is there.
+    let want = format!("00-{}-{}-01", server.trace_id(), tries[0].span_id());
+    assert_eq!(traceparents(&b), [want]);
+}
