@@ -196,15 +196,20 @@ impl UsageReader {
 /// `"model"`, the key of the model an answer names.
 const MODEL: &[u8] = b"\"model\"";
 
+/// Searchers for [`MODEL`], built once (as [`FIND_KEY`]'s).
+static FIND_MODEL: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(MODEL));
+static RFIND_MODEL: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(MODEL));
+
 /// The model the first `"model": "..."` in `bytes` names.
 fn model_in(bytes: &[u8]) -> Option<Box<str>> {
-    let at = memmem::find(bytes, MODEL)?;
+    let at = FIND_MODEL.find(bytes)?;
     model_after(&bytes[at + MODEL.len()..])
 }
 
 /// The model the last `"model": "..."` in `bytes` names.
 fn last_model_in(bytes: &[u8]) -> Option<Box<str>> {
-    let at = memmem::rfind(bytes, MODEL)?;
+    let at = RFIND_MODEL.rfind(bytes)?;
     model_after(&bytes[at + MODEL.len()..])
 }
 
