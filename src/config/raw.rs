@@ -51,6 +51,7 @@ pub(super) struct RawOtlp {
     pub(super) endpoint: EnvString,
     pub(super) sample_ratio: Option<f64>,
     pub(super) headers: Option<BTreeMap<String, SecretValue>>,
+    pub(super) batch_delay: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]

@@ -20,11 +20,15 @@ pub struct Telemetry {
     pub service_name: String,
     /// More resource attributes (`deployment.environment`, `service.namespace`, ...).
     pub resource: BTreeMap<String, String>,
+    /// How long a finished span waits for others to leave with it, at most
+    /// (`telemetry.otlp.batch_delay`).
+    pub batch_delay: std::time::Duration,
 }
 
 impl Telemetry {
     pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
     pub const DEFAULT_SERVICE_NAME: &'static str = "aoai-proxy";
+    pub const DEFAULT_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 }
 
 pub(super) fn telemetry(raw: RawTelemetry, p: &mut Problems) -> Telemetry {
@@ -75,6 +79,13 @@ pub(super) fn telemetry(raw: RawTelemetry, p: &mut Problems) -> Telemetry {
         p.add("telemetry.service_name", "must not be empty");
     }
     Telemetry {
+        batch_delay: super::validate::duration(
+            p,
+            "telemetry.otlp.batch_delay",
+            raw.otlp.batch_delay,
+            Telemetry::DEFAULT_BATCH_DELAY,
+            std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(60),
+        ),
         traces_url: format!("{endpoint}/v1/traces"),
         sample_ratio,
         headers,

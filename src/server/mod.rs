@@ -239,6 +239,7 @@ impl Process {
     pub fn run(self) -> ExitCode {
         self.current.load().pool().resolve_all();
         let metrics = self.lasting.metrics.clone();
+        let tracing = self.lasting.tracing.clone();
         let _held = self.addresses;
         let reloader = self.reload_from.map(|path| Reloader {
             path,
@@ -248,7 +249,12 @@ impl Process {
             lasting: self.lasting,
             ca: self.ca,
         });
-        shutdown::run(self.server, metrics, self.drained, reloader)
+        let code = shutdown::run(self.server, metrics, self.drained, reloader);
+        // The last requests' spans leave before the process does.
+        if let Some(tracing) = tracing {
+            tracing.flush(std::time::Duration::from_secs(2));
+        }
+        code
     }
 }
 

@@ -20,14 +20,20 @@ use crate::config;
 const QUEUE: usize = 2048;
 /// The most spans in one export.
 const BATCH: usize = 512;
-/// How long a span waits for its batch at most.
-const DELAY: Duration = Duration::from_millis(500);
 /// How long one export may take before its spans are given up.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the exporter's thread is handed.
+enum Message {
+    /// One request's spans.
+    Spans(Vec<SpanData>),
+    /// Send what is held now, and say so (the process is about to exit).
+    Flush(SyncSender<()>),
+}
+
 /// Where finished spans go.
 pub struct Exporter {
-    queue: SyncSender<Vec<SpanData>>,
+    queue: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -39,21 +45,45 @@ impl Exporter {
         let exporter = exporter(settings).map_err(std::io::Error::other)?;
         let (queue, spans) = sync_channel(QUEUE);
         let counter = dropped.clone();
+        let delay = settings.batch_delay;
         std::thread::Builder::new()
             .name("span-exporter".into())
-            .spawn(move || run(exporter, spans, &counter))?;
+            .spawn(move || run(exporter, spans, delay, &counter))?;
         Ok(Exporter { queue, dropped })
     }
 
     /// Queues one request's `spans`; when the queue cannot hold them, they are dropped and
     /// counted.
     pub fn send(&self, spans: Vec<SpanData>) {
-        if let Err(TrySendError::Full(spans) | TrySendError::Disconnected(spans)) =
-            self.queue.try_send(spans)
+        if let Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) =
+            self.queue.try_send(Message::Spans(spans))
         {
-            self.dropped
-                .fetch_add(spans.len() as u64, Ordering::Relaxed);
+            if let Message::Spans(spans) = m {
+                self.dropped
+                    .fetch_add(spans.len() as u64, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Sends what is queued now, waiting at most `within` (the process is about to exit);
+    /// whether it was sent.
+    pub fn flush(&self, within: Duration) -> bool {
+        let (done, sent) = sync_channel(1);
+        let deadline = Instant::now() + within;
+        let mut message = Message::Flush(done);
+        // The queue may be full for a moment: the thread is emptying it.
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        sent.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 
@@ -61,7 +91,8 @@ impl Exporter {
 /// most [`DELAY`] after its first span arrived.
 fn run(
     exporter: opentelemetry_otlp::SpanExporter,
-    spans: Receiver<Vec<SpanData>>,
+    spans: Receiver<Message>,
+    delay: Duration,
     dropped: &AtomicU64,
 ) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -80,34 +111,63 @@ fn run(
         let Ok(first) = spans.recv() else {
             return;
         };
-        let deadline = Instant::now() + DELAY;
-        batch.extend(first);
-        while batch.len() < BATCH {
+        let deadline = Instant::now() + delay;
+        let mut flushed = take(first, &mut batch);
+        while flushed.is_none() && batch.len() < BATCH {
             let left = deadline.saturating_duration_since(Instant::now());
             match spans.recv_timeout(left) {
-                Ok(more) => batch.extend(more),
+                Ok(m) => flushed = take(m, &mut batch),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        let n = batch.len() as u64;
-        let sent = runtime.block_on(async {
-            tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(std::mem::take(&mut batch))).await
-        });
-        match sent {
-            Ok(Ok(())) => warned = false,
-            failed => {
-                dropped.fetch_add(n, Ordering::Relaxed);
-                if !std::mem::replace(&mut warned, true) {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {EXPORT_TIMEOUT:?}"),
-                    };
-                    log::warn!("traces: spans could not be exported ({why}); they are dropped and counted until an export succeeds");
-                }
-            }
+        if !batch.is_empty() {
+            warned = export(&runtime, &exporter, &mut batch, dropped, warned);
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
         }
         batch.reserve(BATCH);
     }
+}
+
+/// Adds a message's spans to `batch`; a flush's reply, for a flush.
+fn take(message: Message, batch: &mut Vec<SpanData>) -> Option<SyncSender<()>> {
+    match message {
+        Message::Spans(spans) => {
+            batch.extend(spans);
+            None
+        }
+        Message::Flush(done) => Some(done),
+    }
+}
+
+/// Exports `batch` (emptied), counting its spans dropped when that fails; whether a failure has
+/// been logged since the last success (`warned` before).
+fn export(
+    runtime: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: &mut Vec<SpanData>,
+    dropped: &AtomicU64,
+    mut warned: bool,
+) -> bool {
+    let n = batch.len() as u64;
+    let sent = runtime.block_on(async {
+        tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(std::mem::take(batch))).await
+    });
+    match sent {
+        Ok(Ok(())) => warned = false,
+        failed => {
+            dropped.fetch_add(n, Ordering::Relaxed);
+            if !std::mem::replace(&mut warned, true) {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {EXPORT_TIMEOUT:?}"),
+                };
+                log::warn!("traces: spans could not be exported ({why}); they are dropped and counted until an export succeeds");
+            }
+        }
+    }
+    warned
 }
 
 /// The OTLP/HTTP exporter of `settings`, its resource set.

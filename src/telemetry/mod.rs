@@ -137,6 +137,13 @@ impl Tracing {
     pub fn finish(&self, spans: Vec<opentelemetry_sdk::trace::SpanData>) {
         self.exporter.send(spans);
     }
+
+    /// Sends the spans still queued, waiting at most `within`: the process is about to exit.
+    pub fn flush(&self, within: std::time::Duration) {
+        if !self.exporter.flush(within) {
+            log::warn!("traces: the spans still queued at exit were not all sent");
+        }
+    }
 }
 
 impl Trace {

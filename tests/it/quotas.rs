@@ -67,6 +67,17 @@ fn status_of(proxy: &Proxy, client: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no {client} in {status}"))
 }
 
+/// Whether `/status` comes to say `client` has used `want` tokens of its quota before `end`.
+async fn quota_used_reaches(proxy: &Proxy, client: &str, want: u64, end: SystemTime) -> bool {
+    while SystemTime::now() < end {
+        if status_of(proxy, client)["quota"]["used"].as_u64() == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// Waits (at most 5 s: a settled count reaches Redis from a queue) until `/status` says
 /// `client` has used `want` tokens of its quota.
 async fn wait_quota_used(proxy: &Proxy, client: &str, want: u64) {
@@ -103,12 +114,16 @@ async fn a_token_quota_refuses_with_403_at_its_count_and_starts_again_with_its_p
         let end = start_of_period().await;
         let before = b.requests();
         let mut admitted = Vec::new();
-        for _ in 0..4 {
+        let mut settled = true;
+        for k in 1..=4 {
             admitted.push(send(&proxy, "key-a").await.0);
+            // A request is settled as its answer ends, a moment after the client has it: the
+            // next one is sent once the count says what was reported.
+            settled &= quota_used_reaches(&proxy, "team-a", k * per_request, end).await;
         }
         let refused = send(&proxy, "key-a").await;
         let standing = status_of(&proxy, "team-a");
-        if SystemTime::now() < end {
+        if settled && SystemTime::now() < end {
             break (admitted, refused, b.requests() - before, standing);
         }
         periods += 1;
@@ -168,6 +183,18 @@ async fn spend_is_counted_at_the_deployments_prices_and_a_budget_refuses_once_sp
         let (status, _, body) = send(&proxy, "key-a").await;
         assert_eq!(status, 200, "{body}");
         spent += price(usage(&body));
+        // Settled as its answer ends, a moment after the client has it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (status_of(&proxy, "team-a")["budget"]["used_usd"]
+            .as_f64()
+            .unwrap()
+            - spent)
+            .abs()
+            > 1e-6
+        {
+            assert!(Instant::now() < deadline, "not settled within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let (status, headers, body) = send(&proxy, "key-a").await;
     assert_eq!(status, 403, "{body}");

@@ -257,3 +257,24 @@ async fn a_try_the_client_left_during_keeps_its_span() {
     let want = format!("00-{}-{}-01", server.trace_id(), tries[0].span_id());
     assert_eq!(traceparents(&b), [want]);
 }
+
+/// Spans held for their batch (here for 10 s) still leave when the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_spans_leave_before_the_process_exits() {
+    let collector = Receiver::start().await;
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = traced_yaml(&[&b], &collector.url(), ", batch_delay: 10s");
+    let mut proxy = Proxy::start(&yaml, Some(&id));
+    assert_eq!(chat(&proxy).await.0, 200);
+    assert!(collector.spans().is_empty(), "held for their batch");
+    proxy.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = proxy.wait_exit(std::time::Duration::from_secs(20));
+        (code, proxy)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0));
+    assert_eq!(collector.spans().len(), 2, "sent at exit");
+}
