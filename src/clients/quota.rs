@@ -143,6 +143,8 @@ pub trait QuotaStore: Send + Sync {
 #[derive(Debug, Default)]
 struct Tally {
     start: u64,
+    /// When the period ends (set wherever something is counted here).
+    end: u64,
     known: u64,
     pending: i64,
     unsure: i64,
@@ -224,7 +226,9 @@ impl LocalQuotas {
             };
             let (start, end) = allowance.per.bounds(unix);
             let key = (client.to_string(), kind);
-            let used = tallies.entry(key).or_default().at(start).used();
+            let tally = tallies.entry(key).or_default().at(start);
+            tally.end = end;
+            let used = tally.used();
             if used >= allowance.limit {
                 return Err(over(kind, used, *allowance, end, now));
             }
@@ -261,12 +265,13 @@ impl LocalQuotas {
             let Some(allowance) = kind.of(limits) else {
                 continue;
             };
-            let (start, _) = allowance.per.bounds(now.as_secs());
+            let (start, end) = allowance.per.bounds(now.as_secs());
             let Some(change) = charged.change(kind, start, spent) else {
                 continue;
             };
             let tally = tallies.entry((client.to_string(), kind)).or_default();
             let tally = tally.at(start);
+            tally.end = end;
             tally.pending = tally.pending.saturating_add(change);
         }
     }
@@ -312,6 +317,17 @@ impl LocalQuotas {
             .map_or(0, |t| t.pending)
     }
 
+    /// Every count this process has not told the shared store: `(client, kind, its period's
+    /// start and end)`.
+    pub(crate) fn untold(&self) -> Vec<(String, Kind, u64, u64)> {
+        let tallies = self.lock();
+        tallies
+            .iter()
+            .filter(|(_, t)| t.pending != 0)
+            .map(|((client, kind), t)| (client.clone(), *kind, t.start, t.end))
+            .collect()
+    }
+
     /// Counts what [`Self::take_pending`] took as told in a call that got no answer.
     pub(crate) fn told_unsure(&self, client: &str, kind: Kind, start: u64, told: i64) {
         let mut tallies = self.lock();
@@ -352,38 +368,7 @@ pub(crate) fn until(end: u64, now: Duration) -> Duration {
     Duration::from_secs(end).saturating_sub(now)
 }
 
-#[async_trait::async_trait]
-impl QuotaStore for LocalQuotas {
-    async fn charge(
-        &self,
-        client: &str,
-        limits: &ClientLimits,
-        estimate: Spend,
-        now: Duration,
-    ) -> Result<Charged, OverQuota> {
-        self.charge_here(client, limits, estimate, now)
-    }
-
-    fn settle(
-        &self,
-        client: &str,
-        limits: &ClientLimits,
-        charged: &Charged,
-        spent: Spend,
-        now: Duration,
-    ) {
-        self.settle_here(client, limits, charged, spent, now)
-    }
-
-    async fn standing(
-        &self,
-        client: &str,
-        limits: &ClientLimits,
-        now: Duration,
-    ) -> [Option<Standing>; 2] {
-        self.standing_here(client, limits, now)
-    }
-}
+mod local;
 
 #[cfg(test)]
 mod tests;

@@ -342,15 +342,17 @@ fn shared_state(
     };
     let remember = config.objects_remembered.get();
     let (state, writes) = SharedState::new(settings, redis_ca, remember, metrics.clone())?;
+    let quotas = Arc::new(SharedQuotas::new(state.clone()));
     let task = StateTask {
         state: state.clone(),
+        quotas: quotas.clone(),
         pools: pools.subscribe(),
         writes: tokio::sync::Mutex::new(Some(writes)),
     };
     server.add_service(background_service("shared-state", task));
     Ok(Stores {
         limits: Arc::new(SharedLimits::new(state.clone())),
-        quotas: Arc::new(SharedQuotas::new(state.clone())),
+        quotas,
         objects: Arc::new(SharedLocations::new(state.clone(), local_objects)),
         state: Some(state),
     })

@@ -5,8 +5,9 @@
 //! quota.
 //!
 //! When Redis is down or slow, a replica charges against the count it last read from Redis plus
-//! what it counted itself since ([`LocalQuotas`]); the first call that Redis answers again adds
-//! what it counted meanwhile (so nothing is lost). A call that was sent but got no answer in
+//! what it counted itself since ([`LocalQuotas`]); when Redis answers again, what it counted
+//! meanwhile is added (by the background task's resync, or the client's next charge, whichever
+//! comes first), so nothing is lost. A call that was sent but got no answer in
 //! time counts as made (a slow Redis applies it late; a Redis that lost it lost its counts
 //! too), so nothing is counted twice. While it is down, each replica may let a client spend
 //! what was left when it went down: with N replicas, a client can overshoot by up to N − 1
@@ -140,7 +141,7 @@ impl QuotaStore for SharedQuotas {
         now: Duration,
     ) -> Result<Charged, OverQuota> {
         if !self.state.is_up() {
-            // Counted here, and told with this client's first request that Redis answers.
+            // Counted here; told when Redis is back (resync) or with this client's next charge.
             return self.local.charge_here(client, limits, estimate, now);
         }
         let counters = self.counters(client, limits, estimate, now);
@@ -182,7 +183,8 @@ impl QuotaStore for SharedQuotas {
         now: Duration,
     ) {
         // Counted here first, then told off the request path. A write that cannot be made
-        // (Redis down, the queue full) leaves it here, told with the client's next request.
+        // (Redis down, the queue full) leaves it here, told on Redis's return or with the
+        // client's next request.
         self.local.settle_here(client, limits, charged, spent, now);
         if !self.state.is_up() {
             return;
@@ -242,6 +244,26 @@ impl QuotaStore for SharedQuotas {
             }
         }
         standing
+    }
+}
+
+impl SharedQuotas {
+    /// Tells Redis, off the request path, every count this replica made alone while Redis was
+    /// down: on its return (see `StateTask::resync`), so a client that sends nothing more
+    /// through this replica is reconciled too.
+    pub fn tell_untold(&self) -> usize {
+        let untold = self.local.untold();
+        for (client, kind, start, end) in &untold {
+            self.state.send(Write::Spend(Told {
+                counts: self.local.clone(),
+                key: Self::key(&self.state, client, *kind, *start),
+                client: client.clone(),
+                kind: *kind,
+                start: *start,
+                expire_at: end + KEPT_AFTER,
+            }));
+        }
+        untold.len()
     }
 }
 

@@ -20,6 +20,8 @@ use crate::balance::Pool;
 /// Keeps [`SharedState`] connected and in step.
 pub struct StateTask {
     pub state: Arc<SharedState>,
+    /// The quota counts this replica may have made alone while Redis was down.
+    pub quotas: Arc<super::quotas::SharedQuotas>,
     pub pools: watch::Receiver<Arc<Pool>>,
     pub writes: Mutex<Option<mpsc::Receiver<Write>>>,
 }
@@ -78,12 +80,16 @@ impl StateTask {
         }
     }
 
-    /// Publishes the cooldowns and ejections in force here (seen while Redis was down), and
-    /// applies those the other replicas keep.
+    /// Publishes the cooldowns and ejections in force here (seen while Redis was down), tells
+    /// the quota counts made here meanwhile, and applies the cooldowns the other replicas keep.
     async fn resync(&self) {
         let pool = self.pools.borrow().clone();
         for (backend, change) in cooldowns::in_force(&pool) {
             self.state.send(Write::Standing { backend, change });
+        }
+        let told = self.quotas.tell_untold();
+        if told > 0 {
+            log::info!("state store: {told} quota count(s) made while it was down told");
         }
         let applied = cooldowns::take_in_kept(&self.state, &pool).await;
         if applied > 0 {

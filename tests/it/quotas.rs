@@ -274,10 +274,12 @@ async fn replicas_share_a_quota_through_redis_and_a_restart_keeps_it() {
         metric(m, "aoai_proxy_state_store_up") == 1.0
     })
     .await;
-    // ...and tells Redis with its next request: the sixth, which fills the quota.
-    assert_eq!(send(&two, "key-a").await.0, 200);
-    wait_quota_used(&one, "team-a", 6 * per_request).await;
-    let (status, _, body) = send(&one, "key-a").await;
+    // ...and tells Redis when it is back, though the client sends nothing more through it.
+    wait_quota_used(&one, "team-a", 5 * per_request).await;
+    // The sixth, through the other replica, fills the quota.
+    assert_eq!(send(&one, "key-a").await.0, 200);
+    wait_quota_used(&two, "team-a", 6 * per_request).await;
+    let (status, _, body) = send(&two, "key-a").await;
     assert_eq!(status, 403, "the other replica sees all six: {body}");
 
     // A replica started again keeps the count.
