@@ -11,7 +11,7 @@
 //! share (`state::quotas`), which keeps a [`LocalQuotas`] for when Redis cannot answer.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{Allowance, ClientLimits};
@@ -175,15 +175,28 @@ fn delta(spent: u64, estimate: u64) -> i64 {
     diff.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
+/// One client's tallies, by [`Kind`].
+type ClientTallies = Arc<Mutex<[Tally; 2]>>;
+
 /// Quota counts in this process.
 #[derive(Default)]
 pub struct LocalQuotas {
-    tallies: Mutex<HashMap<(String, Kind), Tally>>,
+    clients: Mutex<HashMap<String, ClientTallies>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LocalQuotas {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Kind), Tally>> {
-        self.tallies.lock().unwrap_or_else(|e| e.into_inner())
+    /// `client`'s tallies, made on first use; found by `&str`, as the minute limits' windows are
+    /// (`LocalLimits`), so a request allocates nothing.
+    fn tallies(&self, client: &str) -> ClientTallies {
+        let mut clients = lock(&self.clients);
+        match clients.get(client) {
+            Some(t) => t.clone(),
+            None => clients.entry(client.to_string()).or_default().clone(),
+        }
     }
 
     /// [`QuotaStore::charge`] in this process's counts.
@@ -217,32 +230,32 @@ impl LocalQuotas {
         now: Duration,
         told: bool,
     ) -> Result<Charged, OverQuota> {
-        let unix = now.as_secs();
-        let mut tallies = self.lock();
+        let tallies = self.tallies(client);
+        let mut tallies = lock(&tallies);
         let mut starts = [None; 2];
-        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+        for kind in Kind::ALL {
             let Some(allowance) = kind.of(limits) else {
                 continue;
             };
-            let (start, end) = allowance.per.bounds(unix);
-            let key = (client.to_string(), kind);
-            let tally = tallies.entry(key).or_default().at(start);
+            let (start, end) = allowance.per.bounds(now.as_secs());
+            let tally = tallies[kind as usize].at(start);
             tally.end = end;
             let used = tally.used();
             if used >= allowance.limit {
                 return Err(over(kind, used, *allowance, end, now));
             }
-            starts[i] = Some(start);
+            starts[kind as usize] = Some(start);
         }
-        for (i, kind) in Kind::ALL.into_iter().enumerate() {
-            if starts[i].is_some() {
-                let tally = tallies.entry((client.to_string(), kind)).or_default();
-                let count = match told {
-                    true => &mut tally.unsure,
-                    false => &mut tally.pending,
-                };
-                *count = count.saturating_add(delta(estimate.of(kind), 0));
-            }
+        for kind in Kind::ALL
+            .into_iter()
+            .filter(|k| starts[*k as usize].is_some())
+        {
+            let tally = &mut tallies[kind as usize];
+            let count = match told {
+                true => &mut tally.unsure,
+                false => &mut tally.pending,
+            };
+            *count = count.saturating_add(delta(estimate.of(kind), 0));
         }
         Ok(Charged {
             estimate,
@@ -260,7 +273,8 @@ impl LocalQuotas {
         spent: Spend,
         now: Duration,
     ) {
-        let mut tallies = self.lock();
+        let tallies = self.tallies(client);
+        let mut tallies = lock(&tallies);
         for kind in Kind::ALL {
             let Some(allowance) = kind.of(limits) else {
                 continue;
@@ -269,8 +283,7 @@ impl LocalQuotas {
             let Some(change) = charged.change(kind, start, spent) else {
                 continue;
             };
-            let tally = tallies.entry((client.to_string(), kind)).or_default();
-            let tally = tally.at(start);
+            let tally = tallies[kind as usize].at(start);
             tally.end = end;
             tally.pending = tally.pending.saturating_add(change);
         }
@@ -283,16 +296,18 @@ impl LocalQuotas {
         limits: &ClientLimits,
         now: Duration,
     ) -> [Option<Standing>; 2] {
-        let tallies = self.lock();
+        let tallies = self.tallies(client);
+        let tallies = lock(&tallies);
         Kind::ALL.map(|kind| {
             let allowance = kind.of(limits)?;
             let (start, end) = allowance.per.bounds(now.as_secs());
-            let used = tallies
-                .get(&(client.to_string(), kind))
-                .filter(|t| t.start == start)
-                .map_or(0, Tally::used);
+            let tally = &tallies[kind as usize];
             Some(Standing {
-                used,
+                used: if tally.start == start {
+                    tally.used()
+                } else {
+                    0
+                },
                 limit: allowance.limit,
                 resets_in: until(end, now),
             })
@@ -302,36 +317,44 @@ impl LocalQuotas {
     /// Takes what this process counted for `client`'s `kind` in the period that starts at
     /// `start` and has not told the shared store (to tell it now).
     pub(crate) fn take_pending(&self, client: &str, kind: Kind, start: u64) -> i64 {
-        let mut tallies = self.lock();
-        let tally = tallies.entry((client.to_string(), kind)).or_default();
-        std::mem::take(&mut tally.at(start).pending)
+        let tallies = self.tallies(client);
+        let mut tallies = lock(&tallies);
+        std::mem::take(&mut tallies[kind as usize].at(start).pending)
     }
 
     /// What this process counted for `client`'s `kind` in the period that starts at `start`
     /// and has not told the shared store.
     pub(crate) fn pending(&self, client: &str, kind: Kind, start: u64) -> i64 {
-        let tallies = self.lock();
-        tallies
-            .get(&(client.to_string(), kind))
-            .filter(|t| t.start == start)
-            .map_or(0, |t| t.pending)
+        let tallies = self.tallies(client);
+        let tally = &lock(&tallies)[kind as usize];
+        if tally.start == start {
+            tally.pending
+        } else {
+            0
+        }
     }
 
     /// Every count this process has not told the shared store: `(client, kind, its period's
     /// start and end)`.
     pub(crate) fn untold(&self) -> Vec<(String, Kind, u64, u64)> {
-        let tallies = self.lock();
-        tallies
-            .iter()
-            .filter(|(_, t)| t.pending != 0)
-            .map(|((client, kind), t)| (client.clone(), *kind, t.start, t.end))
-            .collect()
+        let clients = lock(&self.clients);
+        let mut untold = Vec::new();
+        for (client, tallies) in clients.iter() {
+            let tallies = lock(tallies);
+            for kind in Kind::ALL {
+                let t = &tallies[kind as usize];
+                if t.pending != 0 {
+                    untold.push((client.clone(), kind, t.start, t.end));
+                }
+            }
+        }
+        untold
     }
 
     /// Counts what [`Self::take_pending`] took as told in a call that got no answer.
     pub(crate) fn told_unsure(&self, client: &str, kind: Kind, start: u64, told: i64) {
-        let mut tallies = self.lock();
-        let tally = tallies.entry((client.to_string(), kind)).or_default();
+        let tallies = self.tallies(client);
+        let tally = &mut lock(&tallies)[kind as usize];
         let tally = tally.at(start);
         tally.unsure = tally.unsure.saturating_add(told);
     }
@@ -339,8 +362,8 @@ impl LocalQuotas {
     /// Records what the shared store says `client` has used of `kind` in the period that
     /// starts at `start` (with whatever it applied late of what it was told).
     pub(crate) fn set_known(&self, client: &str, kind: Kind, start: u64, used: u64) {
-        let mut tallies = self.lock();
-        let tally = tallies.entry((client.to_string(), kind)).or_default();
+        let tallies = self.tallies(client);
+        let tally = &mut lock(&tallies)[kind as usize];
         let tally = tally.at(start);
         (tally.known, tally.unsure) = (used, 0);
     }

@@ -13,8 +13,9 @@ use crate::config::{Fallback, FallbackCause};
 /// Spend and fallbacks, by label.
 #[derive(Default)]
 pub(super) struct Spending {
-    /// USD, by (client, deployment).
-    cost: Mutex<BTreeMap<(String, String), f64>>,
+    /// USD, by client, then deployment: looked up by `&str`, so a request whose series
+    /// exists allocates nothing.
+    cost: Mutex<BTreeMap<String, BTreeMap<String, f64>>>,
     /// By (from, to, cause).
     fallbacks: Mutex<BTreeMap<(String, String, FallbackCause), u64>>,
 }
@@ -23,9 +24,13 @@ impl Metrics {
     /// Counts `usd` spent by `client` on `deployment`.
     pub fn record_cost(&self, client: &str, deployment: &str, usd: f64) {
         let mut cost = self.spending.cost.lock().unwrap_or_else(|e| e.into_inner());
-        match cost.get_mut(&(client.to_string(), deployment.to_string())) {
+        let by_deployment = match cost.get_mut(client) {
+            Some(by_deployment) => by_deployment,
+            None => cost.entry(client.to_string()).or_default(),
+        };
+        match by_deployment.get_mut(deployment) {
             Some(total) => *total += usd,
-            None => _ = cost.insert((client.into(), deployment.into()), usd),
+            None => _ = by_deployment.insert(deployment.to_string(), usd),
         }
     }
 
@@ -60,15 +65,13 @@ impl Metrics {
             "aoai_proxy_cost_usd_total",
             "US dollars spent, by client and deployment: the tokens backends reported, at the deployment's prices.",
         );
-        for ((client, deployment), usd) in self
-            .spending
-            .cost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            cost.add(&[("client", client), ("deployment", deployment)], *usd);
+        let spent = self.spending.cost.lock().unwrap_or_else(|e| e.into_inner());
+        for (client, by_deployment) in spent.iter() {
+            for (deployment, usd) in by_deployment {
+                cost.add(&[("client", client), ("deployment", deployment)], *usd);
+            }
         }
+        drop(spent);
         let mut fallbacks = Family::counter(
             "aoai_proxy_fallbacks_total",
             "Requests sent on to a fallback deployment, by the deployment asked for, the one tried next, and why.",

@@ -213,3 +213,36 @@ fn a_body_that_is_not_json_goes_on_untouched_even_where_the_proxy_rewrites() {
         assert!(renamed.body.is_none() && renamed.path.is_none());
     }
 }
+
+#[test]
+fn a_request_renamed_for_a_fallback_names_the_other_deployment_wherever_it_named_its_own() {
+    // In the path, and in the body's `model` too, the rest as sent.
+    let h = head(
+        "POST",
+        "/openai/deployments/gpt-4o/chat/completions?api-version=1",
+    );
+    let body = r#"{"model": "gpt-4o", "messages": []}"#;
+    let r = Request::read(&h, Bytes::from(body), false).unwrap();
+    let (path, body) = r.renamed_to("gpt-4o-mini", h.raw_path());
+    assert_eq!(
+        path.as_deref(),
+        Some(&b"/openai/deployments/gpt-4o-mini/chat/completions?api-version=1"[..])
+    );
+    assert_eq!(&body[..], br#"{"model": "gpt-4o-mini", "messages": []}"#);
+    // In the Realtime query.
+    let h = head("GET", "/openai/realtime?api-version=1&deployment=rt");
+    let r = Request::read(&h, Bytes::new(), false).unwrap();
+    let (path, _) = r.renamed_to("rt-mini", h.raw_path());
+    assert_eq!(
+        path.as_deref(),
+        Some(&b"/openai/realtime?api-version=1&deployment=rt-mini"[..])
+    );
+    // Only in the body on /openai/v1/; a body that is not JSON goes on as sent.
+    let h = head("POST", "/openai/v1/chat/completions");
+    let r = Request::read(&h, Bytes::from(r#"{"model":"a"}"#), false).unwrap();
+    let (path, body) = r.renamed_to("b", h.raw_path());
+    assert_eq!((path, &body[..]), (None, &br#"{"model":"b"}"#[..]));
+    let h = head("POST", "/openai/deployments/a/audio/transcriptions");
+    let r = Request::read(&h, Bytes::from_static(b"--form data--"), false).unwrap();
+    assert_eq!(&r.renamed_to("b", h.raw_path()).1[..], b"--form data--");
+}

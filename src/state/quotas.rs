@@ -190,18 +190,9 @@ impl QuotaStore for SharedQuotas {
             return;
         }
         for kind in Kind::ALL {
-            let Some(allowance) = kind.of(limits) else {
-                continue;
-            };
-            let (start, end) = allowance.per.bounds(now.as_secs());
-            self.state.send(Write::Spend(Told {
-                counts: self.local.clone(),
-                client: client.to_string(),
-                kind,
-                start,
-                key: Self::key(&self.state, client, kind, start),
-                expire_at: end + KEPT_AFTER,
-            }));
+            if let Some(allowance) = kind.of(limits) {
+                self.tell(client, kind, allowance.per.bounds(now.as_secs()));
+            }
         }
     }
 
@@ -254,16 +245,21 @@ impl SharedQuotas {
     pub fn tell_untold(&self) -> usize {
         let untold = self.local.untold();
         for (client, kind, start, end) in &untold {
-            self.state.send(Write::Spend(Told {
-                counts: self.local.clone(),
-                key: Self::key(&self.state, client, *kind, *start),
-                client: client.clone(),
-                kind: *kind,
-                start: *start,
-                expire_at: end + KEPT_AFTER,
-            }));
+            self.tell(client, *kind, (*start, *end));
         }
         untold.len()
+    }
+
+    /// Queues, for the background task, telling Redis what this replica counted of `client`'s
+    /// `kind` in the period from `start` to `end` and has not told yet.
+    fn tell(&self, client: &str, kind: Kind, (start, end): (u64, u64)) {
+        self.state.send(Write::Spend(Told {
+            counts: self.local.clone(),
+            client: client.to_string(),
+            kind,
+            start,
+            expire_at: end + KEPT_AFTER,
+        }));
     }
 }
 
@@ -273,7 +269,6 @@ pub struct Told {
     client: String,
     kind: Kind,
     start: u64,
-    key: String,
     expire_at: u64,
 }
 
@@ -285,7 +280,6 @@ pub(crate) async fn tell(state: &SharedState, told: Told) -> Option<()> {
         client,
         kind,
         start,
-        key,
         expire_at,
     } = told;
     let by = counts.take_pending(&client, kind, start);
@@ -293,6 +287,7 @@ pub(crate) async fn tell(state: &SharedState, told: Told) -> Option<()> {
         return Some(());
     }
     let by = by.clamp(-(MAX_EXACT as i64), MAX_EXACT as i64);
+    let key = SharedQuotas::key(state, &client, kind, start);
     let made = add(state, key, by, expire_at).await;
     if made.is_none() {
         counts.told_unsure(&client, kind, start, by);

@@ -37,6 +37,8 @@ pub struct Tracing {
     /// this (`sample_ratio` of 2^64), as OpenTelemetry's `TraceIdRatioBased` sampler does.
     threshold: u64,
     ids: RandomIdGenerator,
+    /// Reads a client's W3C trace context; made once.
+    propagator: TraceContextPropagator,
     exporter: Exporter,
 }
 
@@ -85,6 +87,7 @@ impl Tracing {
         Ok(Tracing {
             threshold,
             ids: RandomIdGenerator::default(),
+            propagator: TraceContextPropagator::new(),
             exporter: Exporter::start(settings, dropped)?,
         })
     }
@@ -99,7 +102,7 @@ impl Tracing {
         });
         let remote = well_formed
             .then(|| {
-                let cx = TraceContextPropagator::new().extract(&Headers(head));
+                let cx = self.propagator.extract(&Headers(head));
                 cx.span().span_context().clone()
             })
             .filter(|c| c.is_valid());

@@ -278,3 +278,40 @@ async fn the_last_spans_leave_before_the_process_exits() {
     assert_eq!(code.0, Some(0));
     assert_eq!(collector.spans().len(), 2, "sent at exit");
 }
+
+/// The process's resource (`service_name`, `resource`) is on its spans, the configured headers
+/// reach the collector (and no log), and the request span names the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resource_headers_and_client_are_the_configured_ones() {
+    let collector = Receiver::start().await;
+    let id = identity().await;
+    let b = backend("b0").await;
+    let yaml = format!(
+        "telemetry:\n  otlp: {{endpoint: \"{}\", headers: {{x-collector-key: s3cret-collector}}}}\n  service_name: gateway-eu\n  resource: {{deployment.environment: test}}\nclients:\n  - {{name: team-a, key: key-a}}\n{}",
+        collector.url(),
+        mi_yaml(&[&b])
+    );
+    let proxy = Proxy::start(&yaml, Some(&id));
+    let r = client()
+        .post(proxy.url(CHAT))
+        .header("api-key", "key-a")
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spans = collector.wait_for(2).await;
+    let (server, _) = tree(&spans, &spans[0].trace_id());
+    assert_eq!(server.service, "gateway-eu");
+    assert!(server
+        .resource
+        .contains(&("deployment.environment".into(), "test".into())));
+    assert_eq!(server.attr("aoai_proxy.client").as_deref(), Some("team-a"));
+    assert!(collector
+        .header_lines()
+        .contains(&"x-collector-key: s3cret-collector".to_string()));
+    assert!(
+        !proxy.log().contains("s3cret-collector"),
+        "a header value is a secret"
+    );
+}

@@ -11,11 +11,12 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A span as received, with its resource's `service.name`.
+/// A span as received, with its resource's `service.name` and string attributes.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub span: Span,
     pub service: String,
+    pub resource: Vec<(String, String)>,
 }
 
 impl Received {
@@ -52,6 +53,8 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct Receiver {
     pub port: u16,
     spans: Arc<Mutex<Vec<Received>>>,
+    /// The header lines of every export, lower-cased.
+    heads: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,13 +69,19 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().unwrap().port();
         let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let kept = spans.clone();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let kept = (spans.clone(), heads.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, kept.clone()));
+                tokio::spawn(serve(stream, kept.0.clone(), kept.1.clone()));
             }
         });
-        Receiver { port, spans, task }
+        Receiver {
+            port,
+            spans,
+            heads,
+            task,
+        }
     }
 
     /// The base URL, as `telemetry.otlp.endpoint` takes it.
@@ -82,6 +91,11 @@ impl Receiver {
 
     pub fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap().clone()
+    }
+
+    /// Every header line of the exports received, lower-cased.
+    pub fn header_lines(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     /// Waits (at most 10 s) until `n` spans have arrived; all that have.
@@ -103,7 +117,11 @@ impl Receiver {
 }
 
 /// One connection: requests read by their `Content-Length`, each answered 200.
-async fn serve(mut stream: TcpStream, spans: Arc<Mutex<Vec<Received>>>) {
+async fn serve(
+    mut stream: TcpStream,
+    spans: Arc<Mutex<Vec<Received>>>,
+    heads: Arc<Mutex<Vec<String>>>,
+) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -130,25 +148,34 @@ async fn serve(mut stream: TcpStream, spans: Arc<Mutex<Vec<Received>>>) {
             }
         }
         let body: Vec<u8> = buf.drain(..head_end + length).skip(head_end).collect();
+        heads
+            .lock()
+            .unwrap()
+            .extend(head.lines().map(str::to_string));
         if head.starts_with("post /v1/traces") {
             let request = ExportTraceServiceRequest::decode(&body[..]).expect("OTLP protobuf");
             let mut kept = spans.lock().unwrap();
             for rs in request.resource_spans {
-                let service = rs
+                let resource: Vec<(String, String)> = rs
                     .resource
                     .iter()
                     .flat_map(|r| &r.attributes)
-                    .find(|kv| kv.key == "service.name")
-                    .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                        Value::StringValue(s) => Some(s.clone()),
+                    .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
                         _ => None,
                     })
+                    .collect();
+                let service = resource
+                    .iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
                     .unwrap_or_default();
                 for ss in rs.scope_spans {
                     for span in ss.spans {
                         kept.push(Received {
                             span,
                             service: service.clone(),
+                            resource: resource.clone(),
                         });
                     }
                 }
