@@ -9,13 +9,14 @@
 //! reports), [`metrics`], [`credentials`] (Entra ID tokens), [`clients`] (who may use the proxy,
 //! and their limits), [`objects`] (where stateful objects live), [`balance`] (the backends and
 //! choosing one), [`request`] (the typed view of a request), [`retry`] (what follows a try),
-//! [`state`] (state shared across replicas), [`proxy`] (the Pingora request path), [`server`]
+//! [`cache`] (the response cache), [`state`] (state shared across replicas), [`proxy`] (the Pingora request path), [`server`]
 //! (start-up, listeners, admin, reload, shutdown), [`logging`] and [`health_command`] (the
 //! `health` command). [`demo`] holds the commands that run the simulator.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod balance;
+pub mod cache;
 pub mod clients;
 pub mod config;
 pub mod credentials;

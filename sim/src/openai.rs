@@ -354,9 +354,18 @@ fn route(
     }
 }
 
+/// `resp` marked with the backend's `name` (`x-sim-backend`) and, as Azure does, an id of its
+/// own (`x-request-id` and `apim-request-id`, unique in the process).
 fn named(mut resp: Response<Body>, name: &str) -> Response<Body> {
+    static ANSWERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let headers = resp.headers_mut();
     if let Ok(v) = http::HeaderValue::from_str(name) {
-        resp.headers_mut().insert("x-sim-backend", v);
+        headers.insert("x-sim-backend", v);
+    }
+    if let Ok(id) = http::HeaderValue::from_str(&format!("{name}-{n}")) {
+        headers.insert("x-request-id", id.clone());
+        headers.insert("apim-request-id", id);
     }
     resp
 }

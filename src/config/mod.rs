@@ -8,6 +8,7 @@
 
 mod auth;
 mod backends;
+mod cache;
 mod clients;
 mod env;
 mod load;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use backends::is_deployment_name;
+pub use cache::{Cache, CacheScope, Semantic};
 pub use clients::NO_CLIENT;
 pub use load::{ConfigError, Problem};
 pub use secret::{KeyDigest, Secret};
@@ -89,6 +91,8 @@ pub struct Config {
     pub fallbacks: BTreeMap<String, Fallback>,
     /// Traces (`telemetry`); `None`: no span is made or exported. Fixed at start.
     pub telemetry: Option<Telemetry>,
+    /// The response cache (`cache`); `None`: every request goes to a backend. Fixed at start.
+    pub cache: Option<Cache>,
 }
 
 /// `state.redis`: where replicas share backend cooldowns, client limits and object locations.

@@ -35,6 +35,7 @@ pub(super) struct RawConfig {
     pub(super) prices: Option<BTreeMap<String, RawPrice>>,
     pub(super) fallbacks: Option<Vec<RawFallback>>,
     pub(super) telemetry: Option<RawTelemetry>,
+    pub(super) cache: Option<RawCache>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +53,26 @@ pub(super) struct RawOtlp {
     pub(super) sample_ratio: Option<f64>,
     pub(super) headers: Option<BTreeMap<String, SecretValue>>,
     pub(super) batch_delay: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) ttl: Option<HumanDuration>,
+    pub(super) max_bytes: Option<ByteSize>,
+    pub(super) max_entry_bytes: Option<ByteSize>,
+    pub(super) scope: Option<super::CacheScope>,
+    pub(super) deployments: Option<Vec<EnvString>>,
+    pub(super) semantic: Option<RawSemantic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSemantic {
+    pub(super) embeddings_deployment: EnvString,
+    pub(super) threshold: Option<f64>,
+    pub(super) deadline: Option<HumanDuration>,
+    pub(super) max_entries: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -36,8 +36,12 @@ impl RawConfig {
         clients::client_auth_is_whole(self.clients.as_deref(), self.client_auth.as_ref(), &mut p);
         let prices = spend::prices(self.prices.unwrap_or_default(), &mut p);
         let fallbacks = spend::fallbacks(self.fallbacks.unwrap_or_default(), &mut p);
+        let backends = backends::backends(self.backends, &mut p);
         let config = Config {
-            backends: backends::backends(self.backends, &mut p),
+            cache: self
+                .cache
+                .map(|c| super::cache::cache(c, &backends, &mut p)),
+            backends,
             max_tries: max_tries(self.retry.as_ref(), &mut p),
             waiting: waiting(self.retry.as_ref(), &mut p),
             strategy: self.balance.and_then(|b| b.strategy).unwrap_or_default(),

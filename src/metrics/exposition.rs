@@ -174,6 +174,7 @@ impl Metrics {
         waits.add_histogram(&[], &self.waits);
         out.push(waits.done());
         out.extend(self.spend_families());
+        out.extend(self.cache_families());
         out
     }
 

@@ -11,11 +11,13 @@ use tokio::sync::Notify;
 
 use crate::outcome::Outcome;
 mod backend;
+mod cache;
 mod exposition;
 mod labels;
 mod spend;
 
 pub use backend::{BackendStats, TokenCounts};
+pub use cache::CacheEvent;
 pub use exposition::{encode, Family};
 use labels::{response_class, RESPONSE_CLASSES};
 pub use labels::{RetryCause, TokenKind, TryLabel};
@@ -67,6 +69,8 @@ pub struct Metrics {
     spending: spend::Spending,
     /// Spans the exporter dropped (`telemetry`); unset without it.
     spans_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
+    /// The response cache's counters (`cache`); unset without it.
+    cache: std::sync::OnceLock<cache::CacheCounts>,
 }
 
 /// Requests being served, and the wake-up a draining shutdown waits for.
@@ -94,6 +98,7 @@ impl Default for Metrics {
             state_store_up: std::sync::OnceLock::new(),
             spending: spend::Spending::default(),
             spans_dropped: std::sync::OnceLock::new(),
+            cache: std::sync::OnceLock::new(),
         }
     }
 }

@@ -40,6 +40,9 @@ pub struct AccessLine<'a> {
     /// What the answer cost in US dollars (`prices`), when its deployment has a price and its
     /// backend reported usage.
     pub cost_usd: Option<f64>,
+    /// What the response cache did for it (`hit`, `semantic-hit`, `miss`), when it is
+    /// cacheable.
+    pub cache: Option<&'static str>,
     /// The request's trace (`telemetry`), to find its spans.
     pub trace_id: Option<opentelemetry::trace::TraceId>,
     pub error: Option<String>,
@@ -122,6 +125,9 @@ impl AccessLine<'_> {
         if let Some(usd) = self.cost_usd {
             let _ = write!(out, " cost=${usd:.6}");
         }
+        if let Some(cache) = self.cache {
+            let _ = write!(out, " cache={cache}");
+        }
         if let Some(id) = self.trace_id {
             let _ = write!(out, " trace={id}");
         }
@@ -167,6 +173,7 @@ impl AccessLine<'_> {
             wait_ms: self.waited.map(ms),
             fallback: self.fallback,
             cost_usd: self.cost_usd,
+            cache: self.cache,
             trace_id: self.trace_id.map(|id| id.to_string()),
             error: self.error.as_deref(),
         };
@@ -196,6 +203,9 @@ struct JsonLine<'a> {
     /// Present only for a request a fallback deployment answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     fallback: Option<&'a str>,
+    /// Present only for a cacheable request (`cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
     /// Present only where the deployment has a price and usage was reported.
     #[serde(skip_serializing_if = "Option::is_none")]
     cost_usd: Option<f64>,
@@ -249,6 +259,7 @@ mod tests {
             waited: None,
             fallback: None,
             cost_usd: None,
+            cache: None,
             trace_id: None,
             error: None,
         }
@@ -291,5 +302,15 @@ mod tests {
         assert_eq!(v["tokens"]["completion"], 30);
         assert_eq!(v["ttfb_ms"], 12.0);
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert!(v.get("cache").is_none(), "only for a cacheable request");
+    }
+
+    #[test]
+    fn a_cacheable_request_says_what_the_cache_did() {
+        let mut l = line();
+        l.cache = Some("semantic-hit");
+        assert!(l.text().ends_with(" cache=semantic-hit"), "{}", l.text());
+        let v: serde_json::Value = serde_json::from_str(&l.json()).unwrap();
+        assert_eq!(v["cache"], "semantic-hit");
     }
 }

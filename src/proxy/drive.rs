@@ -198,7 +198,7 @@ impl Gateway {
     /// Lets the balancer take in what a try on backend `index`, sent at `sent_at`, produced
     /// (and, with `balance.strategy: headroom`, the quota it says is left), and tells the other
     /// replicas of a cooldown or ejection it began, and of that quota now and then.
-    fn observe(
+    pub(super) fn observe(
         &self,
         index: usize,
         outcome: Outcome,
@@ -303,6 +303,9 @@ impl Gateway {
             Attempt::Answered(answer) => {
                 let reported = self.relay.relay(session, answer, backend, delivery).await?;
                 ctx.usage = reported.usage;
+                if let (Some(entry), Some(fill)) = (reported.captured, ctx.fill.as_mut()) {
+                    fill.captured = Some(entry);
+                }
                 if let (Some(trace), Some(model)) = (&mut ctx.trace, reported.model) {
                     trace.response_model = Some(model);
                 }

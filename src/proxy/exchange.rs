@@ -313,3 +313,32 @@ pub async fn read_whole(
         body: body.freeze(),
     })
 }
+
+/// Joins to `first` the body chunks the backend has already delivered, so a burst of events
+/// goes to the client in one write rather than one each. Never waits: a read that would block
+/// ends the batch (the read is cancel-safe: Pingora's own proxy loop drops it in a `select!`).
+/// Returns the batch, and whether the body is complete (or the error that ended it).
+pub(super) fn coalesce(up: &mut HttpSession, first: Bytes) -> (Bytes, pingora::Result<bool>) {
+    use futures_util::FutureExt;
+    const MAX_BATCH: usize = 64 * 1024;
+    let mut batch: Option<BytesMut> = None;
+    let mut end = Ok(false);
+    while batch.as_ref().map_or(first.len(), |b| b.len()) < MAX_BATCH {
+        match up.read_response_body().now_or_never() {
+            Some(Ok(Some(more))) => batch
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&more),
+            Some(Ok(None)) => {
+                end = Ok(true);
+                break;
+            }
+            // What arrived before the error still goes to the client; then the stream breaks.
+            Some(Err(e)) => {
+                end = Err(e.into_up());
+                break;
+            }
+            None => break,
+        }
+    }
+    (batch.map_or(first, BytesMut::freeze), end)
+}

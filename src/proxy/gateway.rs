@@ -20,6 +20,7 @@ use super::upstream::Upstream;
 use super::RequestCtx;
 use crate::balance::spread::Spread;
 use crate::balance::{Pool, WaitingRoom};
+use crate::cache::ResponseCache;
 use crate::clients::entra::EntraVerifier;
 use crate::clients::limits::LimitStore;
 use crate::clients::quota::QuotaStore;
@@ -57,6 +58,8 @@ pub struct Lasting {
     pub spread: Arc<Spread>,
     /// Traces (`telemetry`, fixed at start).
     pub tracing: Option<Arc<Tracing>>,
+    /// The response cache (`cache`, fixed at start): its entries outlive reloads.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// The request path as one configuration builds it.
@@ -80,6 +83,8 @@ pub struct Gateway {
     pub(super) fallbacks: BTreeMap<String, Fallback>,
     /// Traces (`telemetry`).
     pub(super) tracing: Option<Arc<Tracing>>,
+    /// The response cache (`cache`).
+    pub(super) cache: Option<Arc<ResponseCache>>,
     /// `log.format`.
     log_format: LogFormat,
     /// When this configuration was loaded (for the status page).
@@ -123,6 +128,7 @@ impl Gateway {
             }),
             spread: lasting.spread.clone(),
             tracing: lasting.tracing.clone(),
+            cache: lasting.cache.clone(),
             log_format: config.log_format,
             loaded_at: SystemTime::now(),
         }
@@ -187,13 +193,22 @@ impl Gateway {
                 return ProxyError::AmbiguousDeployment.respond(session).await
             }
         };
-        let served = match self.accounting.admit(ctx.client.as_deref(), &request).await {
-            Ok(let_in) => {
-                ctx.admitted = let_in.limits;
-                ctx.charged = let_in.charged.map(Box::new);
-                self.route(session, ctx, &request).await
-            }
-            Err(refused) => refused.respond(session).await,
+        let cached = match &self.cache {
+            // Boxed: inline, its lookups would size every request's future.
+            Some(_) => Box::pin(self.from_cache(session, ctx, &request)).await,
+            None => Ok(false),
+        };
+        let served = match cached {
+            Ok(true) => Ok(()),
+            Err(e) => Err(e),
+            Ok(false) => match self.accounting.admit(ctx.client.as_deref(), &request).await {
+                Ok(let_in) => {
+                    ctx.admitted = let_in.limits;
+                    ctx.charged = let_in.charged.map(Box::new);
+                    self.route(session, ctx, &request).await
+                }
+                Err(refused) => refused.respond_to(session, ctx.told()).await,
+            },
         };
         // Read once it is answered, and only for a sampled request's span: the body is not
         // parsed on the way for it (most bodies are never parsed otherwise).
@@ -280,6 +295,7 @@ impl Gateway {
             waited: (!ctx.waited.is_zero()).then_some(ctx.waited),
             fallback: ctx.fallback.as_deref(),
             cost_usd,
+            cache: ctx.looked.map(crate::cache::Looked::as_str),
             trace_id: ctx.trace.as_ref().map(|t| t.trace_id),
             error: error.map(|e| e.to_string()),
         }

@@ -175,12 +175,13 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
 }
 
 /// What the proxy puts on every answer a client gets, the backend's or its own: what the client
-/// has left under its limits (`x-ratelimit-remaining-*`), and the fallback deployment that
-/// answered (`x-aoai-proxy-fallback`).
+/// has left under its limits (`x-ratelimit-remaining-*`), the fallback deployment that
+/// answered (`x-aoai-proxy-fallback`), and what the response cache did (`x-aoai-proxy-cache`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Told<'a> {
     pub left: Option<&'a Admitted>,
     pub fallback: Option<&'a str>,
+    pub cache: Option<&'static str>,
 }
 
 impl Told<'_> {
@@ -190,6 +191,9 @@ impl Told<'_> {
         }
         if let Some(deployment) = self.fallback {
             head.insert_header("x-aoai-proxy-fallback", deployment)?;
+        }
+        if let Some(cache) = self.cache {
+            head.insert_header("x-aoai-proxy-cache", cache)?;
         }
         Ok(())
     }

@@ -9,7 +9,8 @@
 //! 3. each try's exchange with a backend (`relay`, `exchange`, `headers`, `upstream`);
 //! 4. the answer relayed (`relay`, or `realtime` for a WebSocket), or the proxy's own
 //!    (`answers`);
-//! 5. `logging`: the access line (`access`) and the client's limits settled.
+//! 5. `logging`: the access line (`access`), the client's limits settled, and a cacheable
+//!    answer kept (`cache`).
 //!
 //! NOTE: `request_filter` answers every request itself, and `upstream_peer` is never reached:
 //! each try is its own exchange over a connection from `upstream` (Pingora's transport
@@ -22,7 +23,9 @@ mod access;
 mod accounting;
 mod admission;
 mod answers;
+mod cache;
 mod drive;
+mod embed;
 mod exchange;
 mod fallback;
 mod gateway;
@@ -49,6 +52,7 @@ pub use answers::ProxyError;
 pub use gateway::{Gateway, Lasting};
 
 use crate::balance::Ticket;
+use crate::cache::Looked;
 use crate::clients::limits::Admitted;
 use crate::clients::quota::Charged;
 use crate::clients::Client;
@@ -89,6 +93,10 @@ pub struct RequestCtx {
     fallback: Option<Box<str>>,
     /// Its place in a trace (`telemetry`).
     trace: Option<Box<Trace>>,
+    /// What the response cache did for it, when it is cacheable (`cache`).
+    looked: Option<Looked>,
+    /// A cacheable request that missed: its answer is kept (boxed: only with a cache).
+    fill: Option<Box<cache::Fill>>,
     /// The tokens the delivered answer reported.
     usage: Option<Usage>,
     /// How long it waited for capacity, in all.
@@ -105,6 +113,7 @@ impl RequestCtx {
         headers::Told {
             left: self.admitted.as_ref(),
             fallback: self.fallback.as_deref(),
+            cache: self.looked.map(Looked::as_str),
         }
     }
 }
@@ -142,6 +151,8 @@ impl ProxyHttp for Proxy {
             charged: None,
             fallback: None,
             trace: None,
+            looked: None,
+            fill: None,
             usage: None,
             waited: Duration::ZERO,
             ticket: None,
@@ -222,7 +233,12 @@ impl ProxyHttp for Proxy {
     /// Ends the request: counts it, settles its client's limits, writes its access line, and
     /// starts its connection's header deadline for the next request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let fill = ctx.fill.take();
         ctx.gateway.finish(session, e, ctx);
+        if let Some(fill) = fill {
+            let status = session.response_written().map(|r| r.status.as_u16());
+            ctx.gateway.keep(fill, status, ctx.fallback.is_some());
+        }
         header_deadline::await_next_header(session);
     }
 }

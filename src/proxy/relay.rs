@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -17,6 +17,7 @@ use super::headers::{self, Told};
 use super::realtime;
 use super::upstream::Upstream;
 use crate::balance::{Backend, Credential, Naming};
+use crate::cache::{Capture, Entry};
 use crate::clients::limits::Admitted;
 use crate::clients::Client;
 use crate::config::Timeouts;
@@ -47,6 +48,8 @@ pub struct Delivery<'a> {
     pub read_model: bool,
     /// The fallback deployment that answers, when not the one asked for.
     pub fallback: Option<&'a str>,
+    /// What the response cache did (`x-aoai-proxy-cache`), and the most of a 200 it keeps.
+    pub cache: Option<(&'static str, Option<usize>)>,
     /// What a success teaches about where objects live; `None` on paths without objects.
     pub learning: Option<Learning<'a>>,
 }
@@ -56,6 +59,8 @@ pub struct Delivery<'a> {
 pub struct Reported {
     pub usage: Option<Usage>,
     pub model: Option<Box<str>>,
+    /// The answer as the response cache keeps it, where it asked for it and may.
+    pub captured: Option<Box<Entry>>,
 }
 
 /// What a successful answer says about where objects live.
@@ -172,6 +177,7 @@ impl Relay {
         let told = Told {
             left: delivery.limits.as_ref(),
             fallback: delivery.fallback,
+            cache: delivery.cache.map(|(said, _)| said),
         };
         for_client(&mut head, told)?;
         let mut readers = Readers::for_answer(&head, delivery);
@@ -185,20 +191,23 @@ impl Relay {
         // Counted also when the body broke off after the backend had reported its usage.
         readers.end(backend, delivery, &*self.objects, copied.is_ok());
         copied?;
-        if let Some(rest) = readers.hide.as_mut().map(UsageEventFilter::finish) {
-            if !rest.is_empty() {
-                let write = session.write_response_body(Some(rest), false);
-                write.await.map_err(|e| e.into_down())?;
-            }
+        if let Some(rest) = readers.rest() {
+            let write = session.write_response_body(Some(rest), false);
+            write.await.map_err(|e| e.into_down())?;
         }
         let end = session.write_response_body(None, true);
         end.await.map_err(|e| e.into_down())?;
         self.upstream
             .release(*up, &peer, self.timeouts.pool_idle)
             .await;
+        let captured = readers.capture.take().and_then(|c| {
+            let now = crate::cache::unix_now_ms();
+            c.finish(readers.counted, now).map(Box::new)
+        });
         Ok(Reported {
             usage: readers.counted,
             model: readers.model,
+            captured,
         })
     }
 
@@ -230,7 +239,7 @@ impl Relay {
                     return Err(Error::explain(ErrorType::ReadTimedout, why).into_up());
                 }
             };
-            let (bytes, end) = coalesce(up, bytes);
+            let (bytes, end) = exchange::coalesce(up, bytes);
             let bytes = readers.feed(bytes, backend, &*self.objects);
             if matches!(end, Ok(true)) {
                 readers.end(backend, delivery, &*self.objects, true);
@@ -279,6 +288,8 @@ struct Readers<'a> {
     counted: Option<Usage>,
     /// The model it named, where it was read for.
     model: Option<Box<str>>,
+    /// What the client gets of it, for the response cache.
+    capture: Option<Capture>,
 }
 
 impl<'a> Readers<'a> {
@@ -306,6 +317,9 @@ impl<'a> Readers<'a> {
             learning,
             counted: None,
             model: None,
+            capture: delivery
+                .cache
+                .and_then(|(_, max)| Capture::begin(head, max?)),
         }
     }
 
@@ -322,10 +336,23 @@ impl<'a> Readers<'a> {
                 l.remember(objects, &backend.name, &[id]);
             }
         }
-        match self.hide.as_mut() {
+        let bytes = match self.hide.as_mut() {
             Some(filter) => filter.filter(bytes),
             None => bytes,
+        };
+        if let Some(capture) = self.capture.as_mut() {
+            capture.feed(&bytes);
         }
+        bytes
+    }
+
+    /// What the usage event's filter held back at the end, if anything: the client gets it.
+    fn rest(&mut self) -> Option<Bytes> {
+        let rest = self.hide.as_mut().map(UsageEventFilter::finish)?;
+        if let Some(capture) = self.capture.as_mut() {
+            capture.feed(&rest);
+        }
+        (!rest.is_empty()).then_some(rest)
     }
 
     /// The answer ended (`complete`, or broke off): the usage it reported is counted for
@@ -349,33 +376,4 @@ impl<'a> Readers<'a> {
             learning.remember(objects, &backend.name, &made.unwrap_or_default());
         }
     }
-}
-
-/// Joins to `first` the body chunks the backend has already delivered, so a burst of events
-/// goes to the client in one write rather than one each. Never waits: a read that would block
-/// ends the batch (the read is cancel-safe: Pingora's own proxy loop drops it in a `select!`).
-/// Returns the batch, and whether the body is complete (or the error that ended it).
-fn coalesce(up: &mut HttpSession, first: Bytes) -> (Bytes, Result<bool>) {
-    use futures_util::FutureExt;
-    const MAX_BATCH: usize = 64 * 1024;
-    let mut batch: Option<BytesMut> = None;
-    let mut end = Ok(false);
-    while batch.as_ref().map_or(first.len(), |b| b.len()) < MAX_BATCH {
-        match up.read_response_body().now_or_never() {
-            Some(Ok(Some(more))) => batch
-                .get_or_insert_with(|| BytesMut::from(&first[..]))
-                .extend_from_slice(&more),
-            Some(Ok(None)) => {
-                end = Ok(true);
-                break;
-            }
-            // What arrived before the error still goes to the client; then the stream breaks.
-            Some(Err(e)) => {
-                end = Err(e.into_up());
-                break;
-            }
-            None => break,
-        }
-    }
-    (batch.map_or(first, BytesMut::freeze), end)
 }

@@ -146,7 +146,7 @@ impl Gateway {
     /// of the round robin), the token it is sent with, and the policy of its retries. In a
     /// function of its own, so that what choosing takes is not kept in the request's future
     /// while it is forwarded.
-    async fn forward_plan<'a>(
+    pub(super) async fn forward_plan<'a>(
         &'a self,
         deployment: Option<&'a str>,
         estimate: u64,
@@ -362,6 +362,7 @@ impl Gateway {
             limits: ctx.admitted,
             read_model: ctx.trace.as_ref().is_some_and(|t| t.sampled),
             fallback: None,
+            cache: self.cache_told(ctx),
             learning,
         }
     }

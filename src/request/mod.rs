@@ -232,6 +232,11 @@ impl Request {
             .map_or(&self.original, |(_, body)| body)
     }
 
+    /// The body as the client sent it.
+    pub fn original(&self) -> &Bytes {
+        &self.original
+    }
+
     /// Whether the proxy asked the stream for its usage: the usage event is its to take out.
     pub fn hides_usage_event(&self) -> bool {
         self.edit.is_some()

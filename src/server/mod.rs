@@ -29,6 +29,7 @@ use pingora::tls::x509::X509;
 use tokio::sync::watch;
 
 use crate::balance::{BackendError, Pool, Prober, Resolver, WaitingRoom};
+use crate::cache::{self, ResponseCache};
 use crate::clients::entra::{EntraVerifier, JwksFetcher};
 use crate::clients::limits::{LimitStore, LocalLimits};
 use crate::clients::quota::{LocalQuotas, QuotaStore};
@@ -149,7 +150,12 @@ impl Process {
             }
             None => None,
         };
+        let cache = config
+            .cache
+            .as_ref()
+            .map(|c| response_cache(c, shared.state.as_ref(), &metrics));
         let lasting = Lasting {
+            cache,
             tokens,
             upstream: Arc::new(Upstream::new(POOLED_CONNECTIONS)),
             metrics,
@@ -322,6 +328,28 @@ struct Stores {
     quotas: Arc<dyn QuotaStore>,
     objects: Arc<dyn ObjectLocations>,
     state: Option<Arc<SharedState>>,
+}
+
+/// The response cache of `settings`: in Redis with the shared `state`, else in memory.
+fn response_cache(
+    settings: &crate::config::Cache,
+    state: Option<&Arc<SharedState>>,
+    metrics: &Metrics,
+) -> Arc<ResponseCache> {
+    metrics.declare_cache();
+    let entries: Arc<dyn cache::Entries> = match state {
+        Some(state) => Arc::new(crate::state::cache::SharedEntries::new(state.clone())),
+        None => Arc::new(cache::local::LocalEntries::new(settings.max_bytes)),
+    };
+    let index = settings
+        .semantic
+        .as_ref()
+        .map(|s| cache::semantic::SemanticIndex::new(s.max_entries, settings.ttl));
+    Arc::new(ResponseCache {
+        config: settings.clone(),
+        entries,
+        index,
+    })
 }
 
 fn shared_state(

@@ -119,6 +119,7 @@ fn fixed_changes(started: &Config, new: &Config) -> Vec<&'static str> {
     check("client_auth", started.entra_clients == new.entra_clients);
     check("state", started.redis == new.redis);
     check("telemetry", started.telemetry == new.telemetry);
+    check("cache", started.cache == new.cache);
     check(
         "objects",
         started.objects_remembered == new.objects_remembered,

@@ -1,7 +1,8 @@
 //! Shared state across replicas (`state.redis`): backend cooldowns and ejections
 //! ([`cooldowns`]), the quota backends say they have left ([`capacity`]), client limit windows
-//! ([`limits`]), quota and budget counts ([`quotas`]) and where stateful objects live
-//! ([`objects`]), in one Redis that every replica uses.
+//! ([`limits`]), quota and budget counts ([`quotas`]), where stateful objects live
+//! ([`objects`]) and the response cache's entries ([`cache`]), in one Redis that every replica
+//! uses.
 //!
 //! Redis is never on a request's critical path:
 //! - what a request only tells (a cooldown began, an object was made, tokens were spent) goes
@@ -15,6 +16,7 @@
 //! The first transition to down, and the return, are logged once each;
 //! `aoai_proxy_state_store_up` says which it is.
 
+pub mod cache;
 pub mod capacity;
 pub mod cooldowns;
 pub mod limits;

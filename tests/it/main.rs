@@ -5,6 +5,7 @@ mod common;
 
 mod balancing;
 mod body_replay;
+mod cache;
 mod client_auth;
 mod client_limits;
 mod config_errors;

@@ -1,0 +1,288 @@
+//! The response cache (`cache`): which requests may be answered from it and under what key
+//! ([`key`]), the answers kept ([`Entry`], read as they are relayed by a [`Capture`]), where
+//! they are kept ([`Entries`]: in memory by [`local::LocalEntries`], or in Redis by
+//! `crate::state::cache`), and the semantic index of chat prompts ([`semantic`]).
+//!
+//! Cached: a `POST` of chat completions, completions, embeddings, or a Responses request made
+//! with `"store": false` and no `previous_response_id`, whose body is a JSON object naming no
+//! stateful object, on a cached deployment. Never: anything else, answers other than 200,
+//! compressed answers, answers larger than `cache.max_entry_bytes`, answers a fallback gave.
+
+pub mod key;
+pub mod local;
+pub mod semantic;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::{Cache, CacheScope};
+use crate::request::{query, Request};
+use crate::usage::Usage;
+pub use key::Digest;
+
+/// The cache of one process: its settings, where entries live, and the semantic index.
+pub struct ResponseCache {
+    pub config: Cache,
+    pub entries: Arc<dyn Entries>,
+    /// With `cache.semantic`.
+    pub index: Option<semantic::SemanticIndex>,
+}
+
+/// What the cache answered a request, as its header `x-aoai-proxy-cache` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Looked {
+    Hit,
+    SemanticHit,
+    Miss,
+}
+
+impl Looked {
+    /// The header's value (and the access log's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Looked::Hit => "hit",
+            Looked::SemanticHit => "semantic-hit",
+            Looked::Miss => "miss",
+        }
+    }
+}
+
+/// A request the cache may answer: its key, its semantic bucket and user text (a chat
+/// request, with `cache.semantic`), and what its `Cache-Control` allows.
+#[derive(Debug)]
+pub struct Cacheable {
+    pub key: Digest,
+    pub semantic: Option<(Digest, String)>,
+    /// Not `Cache-Control: no-cache`.
+    pub look_up: bool,
+    /// Not `Cache-Control: no-store`.
+    pub store: bool,
+}
+
+impl ResponseCache {
+    /// Whether `client`'s request (`head`, read as `request`) may be answered from the
+    /// cache, and under what key.
+    pub fn cacheable(
+        &self,
+        head: &RequestHeader,
+        request: &Request,
+        client: Option<&str>,
+    ) -> Option<Cacheable> {
+        let path = head.uri.path();
+        let kind = Operation::of(path)?;
+        let deployment = request.deployment()?;
+        let cached = self.config.deployments.as_ref();
+        if !request.is_post() || cached.is_some_and(|d| !d.contains(deployment)) {
+            return None;
+        }
+        let facts = request.facts()?;
+        let stateless = facts.store == Some(false) && facts.previous_response_id.is_none();
+        if (kind == Operation::Responses && !stateless) || !request.objects().ids.is_empty() {
+            return None;
+        }
+        let body: serde_json::Value = serde_json::from_slice(request.original()).ok()?;
+        let api_version = query::param(head.uri.query(), "api-version");
+        let prefix = key::Prefix {
+            scope: match self.config.scope {
+                CacheScope::Client => client.unwrap_or_default(),
+                CacheScope::Global => "",
+            },
+            deployment,
+            path,
+            api_version: api_version.as_deref().unwrap_or_default(),
+        };
+        let (no_cache, no_store) = cache_control(head);
+        let semantic = match (kind, &self.index) {
+            (Operation::Chat, Some(_)) if !no_cache => prefix.semantic(&body),
+            _ => None,
+        };
+        Some(Cacheable {
+            key: prefix.exact(&body),
+            semantic,
+            look_up: !no_cache,
+            store: !no_store,
+        })
+    }
+}
+
+/// The operations whose answers are cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation {
+    Chat,
+    Completions,
+    Embeddings,
+    Responses,
+}
+
+impl Operation {
+    fn of(path: &str) -> Option<Operation> {
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Some(Operation::Chat)
+        } else if path.ends_with("/completions") {
+            Some(Operation::Completions)
+        } else if path.ends_with("/embeddings") {
+            Some(Operation::Embeddings)
+        } else if path == "/openai/responses" || path == "/openai/v1/responses" {
+            Some(Operation::Responses)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the request's `Cache-Control` says `no-cache` (do not answer from the cache) and
+/// `no-store` (do not keep the answer).
+fn cache_control(head: &RequestHeader) -> (bool, bool) {
+    let mut said = (false, false);
+    for value in head.headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in value.split(',').map(str::trim) {
+            said.0 |= directive.eq_ignore_ascii_case("no-cache");
+            said.1 |= directive.eq_ignore_ascii_case("no-store");
+        }
+    }
+    said
+}
+
+/// An answer kept: the headers that matter to a client, its body as the client got it (a
+/// stream's events, as they were sent), and the tokens it reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub stored_ms: u64,
+}
+
+/// The answer's headers an entry keeps: the content type, and the ids that let a client or
+/// Azure support find the request that made it. Not `x-ratelimit-*` (they spoke of one
+/// instance at one moment) nor anything about the connection.
+const KEPT: [&str; 5] = [
+    "content-type",
+    "x-request-id",
+    "apim-request-id",
+    "x-ms-region",
+    "openai-processing-ms",
+];
+
+impl Entry {
+    /// What it takes in memory, about.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum();
+        self.body.len() + headers + 128
+    }
+
+    /// Whether it was stored `ttl` or longer before `now_ms`.
+    pub fn expired(&self, ttl: Duration, now_ms: u64) -> bool {
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        now_ms >= self.stored_ms.saturating_add(ttl)
+    }
+
+    /// Whether it is a stream (its content type is `text/event-stream`).
+    pub fn is_stream(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.as_bytes().starts_with(b"text/event-stream"))
+    }
+
+    /// The body's events (a stream's, each ending with its blank line), in order, as the
+    /// client got them; one piece for an answer that is not a stream.
+    pub fn events(&self) -> impl Iterator<Item = Bytes> + '_ {
+        let body = &self.body;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at >= body.len() {
+                return None;
+            }
+            let rest = &body[at..];
+            let end = match self.is_stream() {
+                true => memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2),
+                false => rest.len(),
+            };
+            let event = body.slice(at..at + end);
+            at += end;
+            Some(event)
+        })
+    }
+}
+
+/// Reads an answer as it is relayed, into the entry it would make: a 200, not compressed,
+/// of at most `max` bytes.
+pub struct Capture {
+    headers: Vec<(String, String)>,
+    body: BytesMut,
+    max: usize,
+    /// It grew past `max`: nothing is kept.
+    over: bool,
+}
+
+impl Capture {
+    /// A capture of the answer whose header is `head`, or `None` when it cannot be kept.
+    pub fn begin(head: &ResponseHeader, max: usize) -> Option<Capture> {
+        let h = &head.headers;
+        if head.status != http::StatusCode::OK || h.contains_key(http::header::CONTENT_ENCODING) {
+            return None;
+        }
+        let headers = KEPT
+            .iter()
+            .filter_map(|name| Some((name.to_string(), h.get(*name)?.to_str().ok()?.to_string())))
+            .collect();
+        Some(Capture {
+            headers,
+            body: BytesMut::new(),
+            max,
+            over: false,
+        })
+    }
+
+    /// Takes in `bytes` as the client gets them.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.over || self.body.len() + bytes.len() > self.max {
+            self.over = true;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// The entry of a complete answer that reported `usage`, stored at `now_ms` (Unix
+    /// milliseconds).
+    pub fn finish(self, usage: Option<Usage>, now_ms: u64) -> Option<Entry> {
+        (!self.over).then(|| Entry {
+            headers: self.headers,
+            body: self.body.freeze(),
+            usage,
+            stored_ms: now_ms,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch now: the clock entries are stored and aged by, which
+/// the replicas share.
+pub fn unix_now_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Where entries are kept: in this process, or in Redis for every replica.
+#[async_trait]
+pub trait Entries: Send + Sync {
+    /// The entry under `key`, if one was stored less than `ttl` ago. A store that cannot be
+    /// reached has none.
+    async fn get(&self, key: &Digest, ttl: Duration) -> Option<Arc<Entry>>;
+    /// Keeps `entry` under `key` for `ttl`.
+    async fn put(&self, key: Digest, entry: Arc<Entry>, ttl: Duration);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! The response cache on the request path (`cache`): a cacheable request is looked up before
+//! its client's limits are charged (a hit spends none of them) and answered from the entry
+//! with no backend contacted; a miss goes on to its backends, and its answer, read as it is
+//! relayed, is kept once the client has it ([`Gateway::keep`]), by a task of its own, so a slow
+//! store never slows an answer.
+//!
+//! With `cache.semantic`, a chat request that misses is embedded (`embed`) and answered from
+//! the nearest prompt of its bucket when they are similar enough. The lookup waits for the
+//! embedding at most `cache.semantic.deadline`; past it the request goes on as a miss, and the
+//! embedding, when it comes, indexes its answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use tokio::task::JoinHandle;
+
+use super::{Gateway, RequestCtx};
+use crate::cache::{unix_now_ms, Cacheable, Digest, Entry, Looked, ResponseCache};
+use crate::metrics::CacheEvent;
+use crate::request::Request;
+
+/// How long a stored answer's entry waits for its prompt's embedding, at most.
+const EMBEDDING_WAIT: Duration = Duration::from_secs(30);
+
+/// A cacheable request that missed: what its answer is kept under, and the answer once
+/// relayed whole.
+pub(super) struct Fill {
+    cacheable: Cacheable,
+    /// The answer as the cache keeps it (a 200, complete, not too large).
+    pub(super) captured: Option<Box<Entry>>,
+    /// Its prompt's embedding (`cache.semantic`), or the task making it.
+    embedding: Option<Embedding>,
+}
+
+enum Embedding {
+    Ready(Vec<f32>),
+    Coming(JoinHandle<Option<Vec<f32>>>),
+}
+
+impl Gateway {
+    /// Answers `request` from the cache when it can (`true`). A cacheable request that misses
+    /// is marked so (`x-aoai-proxy-cache: miss`) and its answer will be kept.
+    pub(super) async fn from_cache(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        request: &Request,
+    ) -> Result<bool> {
+        let Some(cache) = &self.cache else {
+            return Ok(false);
+        };
+        let client = ctx.client.as_deref();
+        // A client that may not use the deployment gets its 403, never another's answer.
+        if client.is_some_and(|c| self.accounting.may_use(c, request.deployment()).is_err()) {
+            return Ok(false);
+        }
+        let name = client.map(|c| c.name.as_str());
+        let Some(cacheable) = cache.cacheable(session.req_header(), request, name) else {
+            return Ok(false);
+        };
+        let mut embedding = None;
+        if cacheable.look_up {
+            let ttl = cache.config.ttl;
+            if let Some(entry) = cache.entries.get(&cacheable.key, ttl).await {
+                self.replay(session, ctx, &entry, Looked::Hit).await?;
+                return Ok(true);
+            }
+            if let Some((bucket, text)) = &cacheable.semantic {
+                let (near, embedded) = self.look_near(ctx, cache, bucket, text).await;
+                if let Some(entry) = near {
+                    self.replay(session, ctx, &entry, Looked::SemanticHit)
+                        .await?;
+                    return Ok(true);
+                }
+                embedding = embedded;
+            }
+        }
+        self.metrics.record_cache(CacheEvent::Miss, 0);
+        ctx.looked = Some(Looked::Miss);
+        ctx.fill = Some(Box::new(Fill {
+            cacheable,
+            captured: None,
+            embedding,
+        }));
+        Ok(false)
+    }
+
+    /// The entry of the prompt nearest to `text` in `bucket`, when it is similar enough; and
+    /// the embedding, or the task still making it once the deadline has passed.
+    async fn look_near(
+        &self,
+        ctx: &RequestCtx,
+        cache: &ResponseCache,
+        bucket: &Digest,
+        text: &str,
+    ) -> (Option<Arc<Entry>>, Option<Embedding>) {
+        let (Some(index), Some(semantic)) = (&cache.index, &cache.config.semantic) else {
+            return (None, None);
+        };
+        let gateway = ctx.gateway.clone();
+        let text = text.to_string();
+        let mut task = tokio::spawn(async move { gateway.embed(&text).await });
+        let vector = match tokio::time::timeout(semantic.deadline, &mut task).await {
+            Ok(Ok(Some(vector))) => vector,
+            Ok(_) => return (None, None),
+            Err(_) => return (None, Some(Embedding::Coming(task))),
+        };
+        let near = index
+            .nearest(bucket, &vector)
+            .filter(|n| n.similarity >= semantic.threshold);
+        let entry = match near {
+            Some(n) => cache.entries.get(&n.entry, cache.config.ttl).await,
+            None => None,
+        };
+        (entry, Some(Embedding::Ready(vector)))
+    }
+
+    /// Gives the client `entry` (`looked` up as a hit or a semantic hit): its headers, then its
+    /// body, a stream's event by event.
+    async fn replay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        entry: &Entry,
+        looked: Looked,
+    ) -> Result<()> {
+        let (event, saved) = match looked {
+            Looked::SemanticHit => (CacheEvent::SemanticHit, entry.usage),
+            _ => (CacheEvent::Hit, entry.usage),
+        };
+        let saved = saved.map_or(0, |u| u.prompt.saturating_add(u.completion));
+        self.metrics.record_cache(event, saved);
+        ctx.looked = Some(looked);
+        let mut head = ResponseHeader::build(200, Some(entry.headers.len() + 4))?;
+        for (name, value) in &entry.headers {
+            head.insert_header(name.clone(), value.as_str())?;
+        }
+        let age = unix_now_ms().saturating_sub(entry.stored_ms) / 1000;
+        head.insert_header("age", age.to_string())?;
+        match entry.is_stream() {
+            true => head.insert_header("transfer-encoding", "chunked")?,
+            false => head.insert_header("content-length", entry.body.len().to_string())?,
+        }
+        ctx.told().put_on(&mut head)?;
+        ctx.first_byte = Some(ctx.started.elapsed());
+        let write = async {
+            session.write_response_header(Box::new(head), false).await?;
+            for event in entry.events() {
+                session.write_response_body(Some(event), false).await?;
+            }
+            session.write_response_body(None, true).await
+        };
+        write.await.map_err(|e| e.into_down())
+    }
+
+    /// What an answer to `ctx`'s request tells of the cache, and the most of it that is kept
+    /// (`None`: nothing is).
+    pub(super) fn cache_told(&self, ctx: &RequestCtx) -> Option<(&'static str, Option<usize>)> {
+        let looked = ctx.looked?;
+        let keeps = ctx.fill.as_ref().filter(|f| f.cacheable.store);
+        let max = self.cache.as_ref().map(|c| c.config.max_entry_bytes);
+        let max = keeps
+            .and(max)
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        Some((looked.as_str(), max))
+    }
+
+    /// Keeps the answer of a request that missed (`fill`), which ended with `status`, in the
+    /// cache: a 200 relayed whole, not `no-store`, that its own deployment gave (not a
+    /// fallback). Made by a task of its own; `store` is counted once it is kept.
+    pub(super) fn keep(&self, fill: Box<Fill>, status: Option<u16>, fell_back: bool) {
+        let Fill {
+            cacheable,
+            captured,
+            embedding,
+        } = *fill;
+        let (Some(cache), Some(entry)) = (&self.cache, captured) else {
+            return;
+        };
+        if status != Some(200) || fell_back || !cacheable.store {
+            return;
+        }
+        let (cache, metrics) = (cache.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let key = cacheable.key;
+            cache
+                .entries
+                .put(key, Arc::new(*entry), cache.config.ttl)
+                .await;
+            if let (Some(index), Some((bucket, _))) = (&cache.index, &cacheable.semantic) {
+                let vector = match embedding {
+                    Some(Embedding::Ready(v)) => Some(v),
+                    Some(Embedding::Coming(task)) => tokio::time::timeout(EMBEDDING_WAIT, task)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten(),
+                    None => None,
+                };
+                if let Some(vector) = vector {
+                    index.insert(*bucket, key, &vector);
+                }
+            }
+            metrics.record_cache(CacheEvent::Store, 0);
+        });
+    }
+}
