@@ -43,7 +43,7 @@ enum Embedding {
 impl Gateway {
     /// Answers `request` from the cache when it can (`true`). A cacheable request that misses
     /// is marked so (`x-aoai-proxy-cache: miss`) and its answer will be kept.
-    pub(super) async fn from_cache(
+    pub(super) async fn answer_from_cache(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -171,12 +171,12 @@ impl Gateway {
     /// Keeps the answer of a request that missed (`fill`), which ended with `status`, in the
     /// cache: a 200 relayed whole, not `no-store`, that its own deployment gave (not a
     /// fallback). Made by a task of its own; `store` is counted once it is kept.
-    pub(super) fn keep(&self, fill: Box<Fill>, status: Option<u16>, fell_back: bool) {
+    pub(super) fn keep(&self, fill: Fill, status: Option<u16>, fell_back: bool) {
         let Fill {
             cacheable,
             captured,
             embedding,
-        } = *fill;
+        } = fill;
         let (Some(cache), Some(entry)) = (&self.cache, captured) else {
             return;
         };

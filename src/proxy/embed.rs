@@ -8,10 +8,10 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use serde::Deserialize;
 
-use super::exchange;
+use super::exchange::{self, Attempt};
 use super::headers::Added;
 use super::Gateway;
-use crate::balance::Naming;
+use crate::balance::{Backend, Naming, Pick};
 use crate::metrics::Retried;
 use crate::retry::{Policy, Product, Settled, Try, Verdict};
 
@@ -38,85 +38,88 @@ impl Gateway {
         let deployment = semantic.embeddings_deployment.as_str();
         let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "input": input })).ok()?);
         let (mut policy, mut start) = self.forward_plan(Some(deployment), 0).await.ok()?;
-        let t = &self.relay.timeouts;
         for made in 1.. {
             let index = start.pick.index;
             let backend = self.pool.get(index);
-            let own = match backend.naming(Some(deployment)) {
-                Some(Naming::Renamed(own)) => own,
-                _ => deployment,
-            };
-            let path = format!("/openai/deployments/{own}/embeddings?api-version={API_VERSION}");
-            let mut head = RequestHeader::build("POST", path.as_bytes(), Some(3)).ok()?;
-            head.insert_header("content-type", "application/json")
-                .ok()?;
-            let added = Added {
-                host: &backend.host_header,
-                credential: &start.pick.credential,
-                traceparent: None,
-                continues: false,
-            };
-            let wire = exchange::Request::for_backend(&head, path.as_bytes(), added, &body).ok()?;
-            let sent_at = std::time::Instant::now();
-            let attempt = match backend.peer() {
-                Some(peer) => {
-                    exchange::send(
-                        &self.relay.upstream,
-                        &peer,
-                        &wire,
-                        t.response_header,
-                        t.body_idle,
-                    )
-                    .await
-                }
-                None => return None,
-            };
+            let attempt = self
+                .embedding_try(backend, &start.pick, deployment, &body)
+                .await?;
             let outcome = attempt.outcome();
-            self.observe(index, outcome, sent_at, &attempt, Some(deployment));
             let tried = Try {
                 backend: index,
                 made,
                 sent: start.pick.credential.sent(),
                 outcome,
             };
-            let product = match policy.decide(&tried) {
+            let next = match policy.decide(&tried) {
                 Verdict::Deliver if outcome.is_success() => {
-                    self.relay.read(index, attempt, MAX_ANSWER).await
+                    Settled::Deliver(self.relay.read(index, attempt, MAX_ANSWER).await)
                 }
                 Verdict::Read(max) => {
-                    match policy.settle(&tried, self.relay.read(index, attempt, max).await) {
-                        Settled::Deliver(product) => product,
-                        Settled::Next(next) => {
-                            self.metrics
-                                .record_try(&backend.stats, outcome, Retried::Yes);
-                            start.pick = next;
-                            continue;
-                        }
-                        _ => return None,
-                    }
+                    let product = self.relay.read(index, attempt, max).await;
+                    policy.settle(&tried, product)
                 }
                 Verdict::Next(next) => {
-                    self.metrics
-                        .record_try(&backend.stats, outcome, Retried::Yes);
                     self.relay.set_aside(attempt);
-                    start.pick = next;
-                    continue;
+                    Settled::Next(next)
                 }
                 _ => {
                     self.relay.set_aside(attempt);
-                    return None;
+                    Settled::End
                 }
             };
-            self.metrics
-                .record_try(&backend.stats, outcome, Retried::No);
-            return match product {
-                Product::Whole(whole) if whole.head.status == http::StatusCode::OK => {
+            let retried = match next {
+                Settled::Next(_) => Retried::Yes,
+                _ => Retried::No,
+            };
+            self.metrics.record_try(&backend.stats, outcome, retried);
+            match next {
+                Settled::Next(pick) => start.pick = pick,
+                Settled::Deliver(Product::Whole(whole)) if whole.head.status == 200 => {
                     let answer: Embeddings = serde_json::from_slice(&whole.body).ok()?;
-                    answer.data.into_iter().next().map(|e| e.embedding)
+                    return answer.data.into_iter().next().map(|e| e.embedding);
                 }
-                _ => None,
-            };
+                _ => return None,
+            }
         }
         None
+    }
+
+    /// One try of the embeddings of `body` on `pick`'s `backend`, and the balancer told of it.
+    async fn embedding_try(
+        &self,
+        backend: &Backend,
+        pick: &Pick,
+        deployment: &str,
+        body: &Bytes,
+    ) -> Option<Attempt> {
+        let own = match backend.naming(Some(deployment)) {
+            Some(Naming::Renamed(own)) => own,
+            _ => deployment,
+        };
+        let path = format!("/openai/deployments/{own}/embeddings?api-version={API_VERSION}");
+        let mut head = RequestHeader::build("POST", path.as_bytes(), Some(3)).ok()?;
+        head.insert_header("content-type", "application/json")
+            .ok()?;
+        let added = Added {
+            host: &backend.host_header,
+            credential: &pick.credential,
+            traceparent: None,
+            continues: false,
+        };
+        let wire = exchange::Request::for_backend(&head, path.as_bytes(), added, body).ok()?;
+        let peer = backend.peer()?;
+        let t = &self.relay.timeouts;
+        let sent_at = std::time::Instant::now();
+        let upstream = &self.relay.upstream;
+        let attempt = exchange::send(upstream, &peer, &wire, t.response_header, t.body_idle).await;
+        self.observe(
+            pick.index,
+            attempt.outcome(),
+            sent_at,
+            &attempt,
+            Some(deployment),
+        );
+        Some(attempt)
     }
 }

@@ -195,7 +195,7 @@ impl Gateway {
         };
         let cached = match &self.cache {
             // Boxed: inline, its lookups would size every request's future.
-            Some(_) => Box::pin(self.from_cache(session, ctx, &request)).await,
+            Some(_) => Box::pin(self.answer_from_cache(session, ctx, &request)).await,
             None => Ok(false),
         };
         let served = match cached {

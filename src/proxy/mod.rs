@@ -237,7 +237,7 @@ impl ProxyHttp for Proxy {
         ctx.gateway.finish(session, e, ctx);
         if let Some(fill) = fill {
             let status = session.response_written().map(|r| r.status.as_u16());
-            ctx.gateway.keep(fill, status, ctx.fallback.is_some());
+            ctx.gateway.keep(*fill, status, ctx.fallback.is_some());
         }
         header_deadline::await_next_header(session);
     }

@@ -425,3 +425,38 @@ async fn a_near_duplicate_prompt_is_a_semantic_hit() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_embedding_makes_a_miss_at_the_deadline_and_still_indexes_the_answer() {
+    let (chat, embed) = (backend("chat").await, backend("embed").await);
+    let y = format!(
+        "auth: {{kind: none}}\ncache:\n  semantic: {{embeddings_deployment: emb, threshold: 0.9, deadline: 100ms}}\nbackends:\n  - {{url: \"{}\", name: chat, api_key: k, deployments: {{gpt-4o: gpt-4o}}}}\n  - {{url: \"{}\", name: embed, api_key: k, deployments: {{emb: emb}}}}\n",
+        chat.url(),
+        embed.url()
+    );
+    let proxy = Proxy::start(&y, None);
+    let ask = |text: &str| json!({"messages": [{"role": "user", "content": text}]}).to_string();
+    embed.set_fault(Some(Fault::Delay(Duration::from_millis(1500))));
+    let sent = Instant::now();
+    let first = post(&proxy, CHAT, &ask("What is the capital of France?"), &[]).await;
+    let took = sent.elapsed();
+    assert_eq!((first.status, first.cache.as_deref()), (200, Some("miss")));
+    assert!(
+        took < Duration::from_millis(1200),
+        "the answer waited for the embedding: {took:?}"
+    );
+    // Stored once the embedding came, after the answer.
+    wait_stored(&proxy, 1.0).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
+    embed.set_fault(None);
+    let near = post(&proxy, CHAT, &ask("what is the capital of France"), &[]).await;
+    assert_eq!(
+        (near.cache.as_deref(), &near.body),
+        (Some("semantic-hit"), &first.body)
+    );
+    assert_eq!(chat.requests(), 1);
+}
