@@ -99,12 +99,14 @@ fn user_text(content: &Value) -> Option<String> {
     }
 }
 
-/// Writes `v` as compact JSON with every object's keys in byte order.
+/// Writes `v` as compact JSON with every object's keys in byte order: the canonical form the
+/// keys are digests of. Public so that the fuzz target `cache_key` can check it reads back as
+/// the same value and is its own canonical form.
 ///
 /// NOTE: by hand: serde_json writes objects in their own order (`preserve_order` is on for the
 /// request path's rewrites), and no JSON canonicalisation crate is both kept up and needed for
 /// more than this walk. Strings and numbers are written by serde_json itself.
-pub(crate) fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();

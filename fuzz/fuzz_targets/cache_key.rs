@@ -1,0 +1,124 @@
+//! What the response cache keys a request body by (`cache::key`): a JSON object's canonical
+//! form reads back as the same value and is its own canonical form, so key order and spacing
+//! never change the exact key; a semantic bucket comes with user text and is never an exact
+//! key; and `ResponseCache::cacheable` never panics, and keys what it accepts by the body as
+//! parsed.
+#![no_main]
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+use aoai_proxy::cache::key::{write_canonical, Prefix};
+use aoai_proxy::cache::local::LocalEntries;
+use aoai_proxy::cache::semantic::SemanticIndex;
+use aoai_proxy::cache::ResponseCache;
+use aoai_proxy::config::{Cache, CacheScope, Semantic};
+use aoai_proxy::request::{query, Request};
+
+/// The prefix the key properties are checked under (any would do: it is hashed, not parsed).
+const AT: Prefix = Prefix {
+    scope: "team-a",
+    deployment: "gpt-4o",
+    path: "/openai/deployments/gpt-4o/chat/completions",
+    api_version: "2024-10-21",
+};
+
+/// Every body is sent to each: one of every operation cached, the `/openai/v1/` ones naming
+/// their deployment in the body's `model`.
+const TARGETS: [&str; 6] = [
+    "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+    "/openai/v1/chat/completions",
+    "/openai/deployments/gpt-4o/completions?api-version=2024-10-21",
+    "/openai/deployments/gpt-4o/embeddings?api-version=2024-10-21",
+    "/openai/v1/responses",
+    "/openai/responses?api-version=preview",
+];
+
+/// A cache of every deployment, with the semantic lookup on (so chat requests get a bucket),
+/// made once: `cacheable` only reads it.
+static CACHE: LazyLock<ResponseCache> = LazyLock::new(|| ResponseCache {
+    config: Cache {
+        ttl: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        max_entry_bytes: 1 << 16,
+        scope: CacheScope::Client,
+        deployments: None,
+        semantic: Some(Semantic {
+            embeddings_deployment: "emb".into(),
+            threshold: 0.9,
+            deadline: Duration::from_millis(100),
+            max_entries: 10,
+        }),
+    },
+    entries: Arc::new(LocalEntries::new(1 << 20)),
+    index: Some(SemanticIndex::new(10, Duration::from_secs(60))),
+});
+
+/// `v` in canonical form.
+fn canonical(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+/// The canonical form and the keys of a body that is a JSON object.
+fn check_key(value: &Value) {
+    let bytes = canonical(value);
+    let back: Value = serde_json::from_slice(&bytes).expect("the canonical form is JSON");
+    assert_eq!(
+        &back, value,
+        "the canonical form reads back as the same value"
+    );
+    assert_eq!(canonical(&back), bytes, "the canonical form is its own");
+    let key = AT.exact(value);
+    assert_eq!(AT.exact(&back), key, "key order or spacing changed the key");
+    if let Some((bucket, text)) = AT.semantic(value) {
+        assert!(!text.trim().is_empty(), "a bucket without user text");
+        assert_ne!(bucket, key, "a bucket is an exact key");
+    }
+}
+
+/// `body` sent to `target`: whatever `cacheable` says, it does not panic, and a request it
+/// accepts is a JSON object keyed as [`Prefix`] keys that object.
+fn check_cacheable(target: &str, body: &[u8], value: Option<&Value>) {
+    let Ok(head) = pingora_http::RequestHeader::build("POST", target.as_bytes(), None) else {
+        return;
+    };
+    let Ok(request) = Request::read(&head, Bytes::copy_from_slice(body), false) else {
+        return;
+    };
+    let Some(found) = CACHE.cacheable(&head, &request, Some("team-a")) else {
+        return;
+    };
+    let value = value.expect("a cacheable body is a JSON object");
+    let api_version = query::param(head.uri.query(), "api-version");
+    let prefix = Prefix {
+        scope: "team-a",
+        deployment: request
+            .deployment()
+            .expect("a cacheable request names its deployment"),
+        path: head.uri.path(),
+        api_version: api_version.as_deref().unwrap_or_default(),
+    };
+    assert_eq!(found.key, prefix.exact(value), "{target}");
+    let chat = head.uri.path().ends_with("/chat/completions");
+    let semantic = if chat { prefix.semantic(value) } else { None };
+    assert_eq!(found.semantic, semantic, "{target}");
+    assert!(found.look_up && found.store, "no Cache-Control was sent");
+}
+
+fuzz_target!(|body: &[u8]| {
+    let value = serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object);
+    if let Some(value) = &value {
+        check_key(value);
+    }
+    for target in TARGETS {
+        check_cacheable(target, body, value.as_ref());
+    }
+});
