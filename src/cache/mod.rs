@@ -195,23 +195,35 @@ impl Entry {
             .any(|(k, v)| k == "content-type" && v.as_bytes().starts_with(b"text/event-stream"))
     }
 
-    /// The body's events (a stream's, each ending with its blank line), in order, as the
-    /// client got them; one piece for an answer that is not a stream.
-    pub fn events(&self) -> impl Iterator<Item = Bytes> + '_ {
-        let body = &self.body;
+    /// The body in the pieces it is written in, in order, as the client got it: a stream's
+    /// whole events (each ending with its blank line), as many as fit in `max` bytes (an event
+    /// larger than that alone); an answer that is not a stream whole. Slices of the body, not
+    /// copies.
+    ///
+    /// A stored stream goes out as fast as the client reads it: one write for most answers,
+    /// as the relay joins a burst of events into one write, rather than one write an event.
+    pub fn pieces(&self, max: usize) -> impl Iterator<Item = Bytes> + '_ {
+        let (body, stream) = (&self.body, self.is_stream());
         let mut at = 0;
         std::iter::from_fn(move || {
             if at >= body.len() {
                 return None;
             }
-            let rest = &body[at..];
-            let end = match self.is_stream() {
-                true => memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2),
-                false => rest.len(),
-            };
-            let event = body.slice(at..at + end);
-            at += end;
-            Some(event)
+            let mut end = at;
+            while end < body.len() {
+                let rest = &body[end..];
+                let event = match stream {
+                    true => memchr::memmem::find(rest, b"\n\n").map_or(rest.len(), |i| i + 2),
+                    false => rest.len(),
+                };
+                if end > at && end + event - at > max {
+                    break;
+                }
+                end += event;
+            }
+            let piece = body.slice(at..end);
+            at = end;
+            Some(piece)
         })
     }
 }

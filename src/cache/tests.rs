@@ -152,18 +152,31 @@ fn entry(content_type: &str, body: &str, stored_ms: u64) -> Entry {
 }
 
 #[test]
-fn a_stream_is_replayed_event_by_event_and_an_answer_whole() {
+fn a_stream_is_replayed_in_whole_events_and_an_answer_whole() {
     let sse = "data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n";
-    let events: Vec<Bytes> = entry("text/event-stream; charset=utf-8", sse, 0)
-        .events()
-        .collect();
-    assert_eq!(events.len(), 3);
-    assert_eq!(events.concat(), sse.as_bytes(), "byte for byte");
-    let json: Vec<Bytes> = entry("application/json", "{\"a\":\"\\n\\n\"}\n\n{}", 0)
-        .events()
-        .collect();
-    assert_eq!(json.len(), 1);
-    assert_eq!(entry("application/json", "", 0).events().count(), 0);
+    let stream = entry("text/event-stream; charset=utf-8", sse, 0);
+    let one: Vec<Bytes> = stream.pieces(1).collect();
+    assert_eq!(
+        one,
+        [
+            "data: {\"a\":1}\n\n",
+            "data: {\"b\":2}\n\n",
+            "data: [DONE]\n\n"
+        ]
+    );
+    let two: Vec<Bytes> = stream.pieces(32).collect();
+    assert_eq!(
+        two,
+        ["data: {\"a\":1}\n\ndata: {\"b\":2}\n\n", "data: [DONE]\n\n"]
+    );
+    assert_eq!(
+        stream.pieces(64 << 10).collect::<Vec<_>>(),
+        [sse],
+        "byte for byte"
+    );
+    let json = entry("application/json", "{\"a\":\"\\n\\n\"}\n\n{}", 0);
+    assert_eq!(json.pieces(1).count(), 1);
+    assert_eq!(entry("application/json", "", 0).pieces(1).count(), 0);
 }
 
 #[test]

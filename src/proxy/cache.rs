@@ -22,6 +22,8 @@ use crate::cache::{unix_now_ms, Cacheable, Digest, Entry, Looked, ResponseCache}
 use crate::metrics::CacheEvent;
 use crate::request::Request;
 
+/// The most of a stored stream written at once (whole events), as the relay joins a burst.
+const REPLAY_WRITE: usize = 64 * 1024;
 /// How long a stored answer's entry waits for its prompt's embedding, at most.
 const EMBEDDING_WAIT: Duration = Duration::from_secs(30);
 
@@ -119,7 +121,7 @@ impl Gateway {
     }
 
     /// Gives the client `entry` (`looked` up as a hit or a semantic hit): its headers, then its
-    /// body, a stream's event by event.
+    /// body, a stream's in whole events.
     async fn replay(
         &self,
         session: &mut Session,
@@ -148,8 +150,8 @@ impl Gateway {
         ctx.first_byte = Some(ctx.started.elapsed());
         let write = async {
             session.write_response_header(Box::new(head), false).await?;
-            for event in entry.events() {
-                session.write_response_body(Some(event), false).await?;
+            for piece in entry.pieces(REPLAY_WRITE) {
+                session.write_response_body(Some(piece), false).await?;
             }
             session.write_response_body(None, true).await
         };

@@ -332,6 +332,7 @@ impl Gateway {
             first_byte: ctx.first_byte,
             waited: (!ctx.waited.is_zero()).then_some(ctx.waited),
             fallback: ctx.fallback.as_deref(),
+            cache: ctx.looked.map(crate::cache::Looked::as_str),
             tries: tries.collect(),
             error,
         };

@@ -45,6 +45,8 @@ pub struct RequestEnd<'a> {
     pub first_byte: Option<Duration>,
     pub waited: Option<Duration>,
     pub fallback: Option<&'a str>,
+    /// What the response cache did (`hit`, `semantic-hit`, `miss`), when it is cacheable.
+    pub cache: Option<&'static str>,
     pub tries: Vec<TryEnd<'a>>,
     pub error: Option<&'a str>,
 }
@@ -162,6 +164,7 @@ fn request_span(trace: &Trace, end: &RequestEnd, now: SystemTime) -> SpanData {
     );
     put("aoai_proxy.client", end.client.map(text));
     put("aoai_proxy.fallback", end.fallback.map(text));
+    put("aoai_proxy.cache", end.cache.map(text));
     put(
         "aoai_proxy.wait_ms",
         end.waited.map(|w| int(w.as_millis() as u64)),

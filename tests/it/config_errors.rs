@@ -94,6 +94,8 @@ fn errors_name_file_line_and_key() {
         (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", prefix: \"\"}}}}\n"), ": state.redis.prefix:"),
         (format!("{GOOD}state: {{redis: {{url: \"redis://127.0.0.1:6379\", ca_file: /nonexistent/ca.pem}}}}\n"), ": state.redis.ca_file: a CA is for TLS"),
         (format!("{GOOD}state: {{redis: {{url: \"rediss://127.0.0.1:6380\", ca_file: /nonexistent/ca.pem}}}}\n"), ": state.redis.ca_file: /nonexistent/ca.pem"),
+        (format!("{GOOD}cache: {{scope: team}}\n"), ":6: cache.scope: unknown variant `team`"),
+        (format!("{GOOD}cache: {{semantic: {{embeddings_deployment: \"\"}}}}\n"), ": cache.semantic.embeddings_deployment: must name a deployment"),
     ] {
         let (code, stderr, file) = check(&yaml);
         assert_ne!(code, 0, "accepted:\n{yaml}");
