@@ -14,14 +14,14 @@ async fn the_metrics_page_passes_promtool_after_traffic() {
     let id = identity().await;
     let b = backends(2).await;
     // A retried 429 (a cooldown), a 5xx, tokens by client and deployment, a probed backend,
-    // and a client name that must be escaped.
+    // a client name that must be escaped, and the cache's families.
     b[0].push_fault(Fault::throttle(60));
     b[1].push_fault(Fault::Status {
         status: 500,
         headers: Vec::new(),
     });
     let yaml = format!(
-        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n  - {{url: \"{}\", name: b1, health_check: {{kind: tcp, interval: 100ms}}}}\nclients: [{{name: \"team \\\"a\\\" \\\\ b\", key: k}}]\n",
+        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n  - {{url: \"{}\", name: b1, health_check: {{kind: tcp, interval: 100ms}}}}\nclients: [{{name: \"team \\\"a\\\" \\\\ b\", key: k}}]\ncache: {{}}\n",
         b[0].url(),
         b[1].url()
     );
@@ -45,6 +45,7 @@ async fn the_metrics_page_passes_promtool_after_traffic() {
             m.contains("aoai_proxy_backend_probe_up{")
                 && m.contains("aoai_proxy_backend_cooling_seconds{")
                 && m.contains("aoai_proxy_tokens_total{")
+                && m.contains("aoai_proxy_cache_total{result=\"miss\"}")
         })
         .await;
     for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {

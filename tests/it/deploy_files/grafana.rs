@@ -158,12 +158,12 @@ async fn dashboard_queries_only_exported_metrics() {
 
     // Every family has a series: a backend cooling (for a minute, so it still cools when
     // the page is read) and one with an active health check; a priced deployment (spend) and
-    // a fallback (its series are there from the start).
+    // a fallback (its series are there from the start), and a cache (likewise).
     let id = identity().await;
     let b = backends(2).await;
     b[0].push_fault(Fault::throttle(60));
     let yaml = format!(
-        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n  - {{url: \"{}\", name: b1, health_check: {{kind: tcp, interval: 100ms}}}}\nprices:\n  gpt-4o: {{input: 2.5, output: 10}}\nfallbacks:\n  - {{deployment: gpt-4o, to: [gpt-4o-mini]}}\n",
+        "auth: {{kind: managed_identity}}\nbackends:\n  - {{url: \"{}\", name: b0}}\n  - {{url: \"{}\", name: b1, health_check: {{kind: tcp, interval: 100ms}}}}\nprices:\n  gpt-4o: {{input: 2.5, output: 10}}\nfallbacks:\n  - {{deployment: gpt-4o, to: [gpt-4o-mini]}}\ncache: {{}}\n",
         b[0].url(),
         b[1].url()
     );
