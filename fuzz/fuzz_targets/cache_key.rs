@@ -1,8 +1,10 @@
-//! What the response cache keys a request body by (`cache::key`): key order and spacing never
-//! change a JSON object's exact key, and its canonical form reads back as the same value and is
-//! its own canonical form (where serde_json reads its floats back: [`floats_round_trip`]); a
-//! semantic bucket comes with user text and is never an exact key; and
-//! `ResponseCache::cacheable` never panics, and keys what it accepts by the body as parsed.
+//! What the response cache keys a request body by (`cache::key`): a JSON object's canonical
+//! form (strings and numbers kept as written) reads back as the same value and is its own
+//! canonical form, so spacing never changes the exact key, nor key order (checked on the
+//! object written by serde_json with every object's keys reversed), nor the tree form's (the
+//! semantic bucket's); a semantic bucket comes with user text and is never an
+//! exact key; and `ResponseCache::cacheable` never panics, and keys what it accepts as
+//! `Prefix` keys the body.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-use aoai_proxy::cache::key::{write_canonical, Prefix};
+use aoai_proxy::cache::key::{canonical, write_canonical, Prefix};
 use aoai_proxy::cache::local::LocalEntries;
 use aoai_proxy::cache::semantic::SemanticIndex;
 use aoai_proxy::cache::ResponseCache;
@@ -58,36 +60,46 @@ static CACHE: LazyLock<ResponseCache> = LazyLock::new(|| ResponseCache {
     index: Some(SemanticIndex::new(10, Duration::from_secs(60))),
 });
 
-/// `v` in canonical form.
-fn canonical(v: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-/// The canonical form and the keys of a body that is a JSON object.
-fn check_key(value: &Value) {
-    let key = AT.exact(value);
-    assert_eq!(AT.exact(&reversed(value)), key, "key order changed the key");
-    if let Some((bucket, text)) = AT.semantic(value) {
-        assert!(!text.trim().is_empty(), "a bucket without user text");
-        assert_ne!(bucket, key, "a bucket is an exact key");
-    }
-    if !floats_round_trip(value) {
-        return;
-    }
-    let bytes = canonical(value);
+/// The canonical form and the keys of `body`, a JSON object (`value` as read).
+fn check_key(body: &[u8], value: &Value) {
+    let bytes = canonical(body).expect("a JSON object has a canonical form");
     let back: Value = serde_json::from_slice(&bytes).expect("the canonical form is JSON");
+    // Strings and numbers are kept as written, so they read back as the body's did.
     assert_eq!(
         &back, value,
         "the canonical form reads back as the same value"
     );
-    assert_eq!(canonical(&back), bytes, "the canonical form is its own");
-    assert_eq!(AT.exact(&back), key, "key order or spacing changed the key");
+    assert_eq!(
+        canonical(&bytes).as_ref(),
+        Some(&bytes),
+        "the canonical form is its own"
+    );
+    let key = AT.exact(body).expect("a JSON object has a key");
+    assert_eq!(AT.exact(&bytes), Some(key), "spacing changed the key");
+    // The same object written with every object's keys reversed (by serde_json, both).
+    let (written, turned) = (to_vec(value), to_vec(&reversed(value)));
+    assert_eq!(
+        AT.exact(&written),
+        AT.exact(&turned),
+        "key order changed the key"
+    );
+    if let Some((bucket, text)) = AT.semantic(value) {
+        assert!(!text.trim().is_empty(), "a bucket without user text");
+        assert_ne!(bucket, key, "a bucket is an exact key");
+    }
+    // The tree form (the semantic bucket's) does not depend on key order either.
+    let (mut tree, mut turned_tree) = (Vec::new(), Vec::new());
+    write_canonical(value, &mut tree);
+    write_canonical(&reversed(value), &mut turned_tree);
+    assert_eq!(tree, turned_tree, "key order changed the tree's form");
+}
+
+fn to_vec(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a value is written")
 }
 
 /// `v` with every object's keys in the reverse of their order (serde_json keeps the order
-/// read: `preserve_order`), built in memory so that no number is read again.
+/// read: `preserve_order`).
 fn reversed(v: &Value) -> Value {
     match v {
         Value::Object(map) => Value::Object(
@@ -98,25 +110,6 @@ fn reversed(v: &Value) -> Value {
         ),
         Value::Array(items) => Value::Array(items.iter().map(reversed).collect()),
         scalar => scalar.clone(),
-    }
-}
-
-/// Whether every float in `v` reads back as itself from serde_json's own writing of it.
-///
-/// NOTE: without its `float_roundtrip` feature (off in this crate tree), serde_json reads a
-/// float to within one ULP, not correctly rounded: the 95-digit integer `111...1128` reads as
-/// 1.1111111111111109e94, is written `1.1111111111111109e94`, and that reads as
-/// 1.1111111111111107e94 (correctly rounded, both are 1.111111111111111e94). No writer's output
-/// reads back as such a value, so the canonical form is checked only where every float can;
-/// with `float_roundtrip` on, that is every value.
-fn floats_round_trip(v: &Value) -> bool {
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            serde_json::from_str::<Value>(&n.to_string()).is_ok_and(|back| back == *v)
-        }
-        Value::Array(items) => items.iter().all(floats_round_trip),
-        Value::Object(map) => map.values().all(floats_round_trip),
-        _ => true,
     }
 }
 
@@ -132,7 +125,13 @@ fn check_cacheable(target: &str, body: &[u8], value: Option<&Value>) {
     let Some(found) = CACHE.cacheable(&head, &request, Some("team-a")) else {
         return;
     };
-    let value = value.expect("a cacheable body is a JSON object");
+    // A body serde_json cannot read into a tree (a number out of range) is still JSON, read raw.
+    let raw: &serde_json::value::RawValue =
+        serde_json::from_slice(body).expect("a cacheable body is JSON");
+    assert!(
+        raw.get().trim_start().starts_with('{'),
+        "a cacheable body is a JSON object"
+    );
     let api_version = query::param(head.uri.query(), "api-version");
     let prefix = Prefix {
         scope: "team-a",
@@ -142,9 +141,12 @@ fn check_cacheable(target: &str, body: &[u8], value: Option<&Value>) {
         path: head.uri.path(),
         api_version: api_version.as_deref().unwrap_or_default(),
     };
-    assert_eq!(found.key, prefix.exact(value), "{target}");
+    assert_eq!(Some(found.key), prefix.exact(body), "{target}");
     let chat = head.uri.path().ends_with("/chat/completions");
-    let semantic = if chat { prefix.semantic(value) } else { None };
+    let semantic = match (chat, value) {
+        (true, Some(value)) => prefix.semantic(value),
+        _ => None,
+    };
     assert_eq!(found.semantic, semantic, "{target}");
     assert!(found.look_up && found.store, "no Cache-Control was sent");
 }
@@ -154,7 +156,7 @@ fuzz_target!(|body: &[u8]| {
         .ok()
         .filter(Value::is_object);
     if let Some(value) = &value {
-        check_key(value);
+        check_key(body, value);
     }
     for target in TARGETS {
         check_cacheable(target, body, value.as_ref());

@@ -4,6 +4,11 @@
 //! semantic lookup, the same of the body with its user turns' text taken out (the bucket its
 //! near-duplicates share), and that text.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -22,10 +27,9 @@ pub struct Prefix<'a> {
 }
 
 impl Prefix<'_> {
-    /// The digest of this prefix and `body`, under `kind` (the exact key, or a bucket).
-    fn digest(&self, kind: &str, body: &Value) -> Digest {
-        let mut canonical = Vec::with_capacity(256);
-        write_canonical(body, &mut canonical);
+    /// The digest of this prefix and the `canonical` body, under `kind` (the exact key, or a
+    /// bucket).
+    fn digest(&self, kind: &str, canonical: &[u8]) -> Digest {
         let mut h = Sha256::new();
         for part in [
             kind,
@@ -39,13 +43,14 @@ impl Prefix<'_> {
             h.update(part.as_bytes());
             h.update([0]);
         }
-        h.update(&canonical);
+        h.update(canonical);
         h.finalize().into()
     }
 
-    /// The exact key of a request with this prefix and `body`.
-    pub fn exact(&self, body: &Value) -> Digest {
-        self.digest("exact/1", body)
+    /// The exact key of a request with this prefix and `body`; `None` when the body is not
+    /// JSON.
+    pub fn exact(&self, body: &[u8]) -> Option<Digest> {
+        Some(self.digest("exact/1", &canonical(body)?))
     }
 
     /// The semantic bucket of a chat request with this prefix and `body`, and the text of its
@@ -77,7 +82,9 @@ impl Prefix<'_> {
         if text.trim().is_empty() {
             return None;
         }
-        Some((self.digest("semantic/1", &rest), text))
+        let mut canonical = Vec::with_capacity(256);
+        write_canonical(&rest, &mut canonical);
+        Some((self.digest("semantic/1", &canonical), text))
     }
 }
 
@@ -99,13 +106,123 @@ fn user_text(content: &Value) -> Option<String> {
     }
 }
 
-/// Writes `v` as compact JSON with every object's keys in byte order: the canonical form the
-/// keys are digests of. Public so that the fuzz target `cache_key` can check it reads back as
-/// the same value and is its own canonical form.
+/// The JSON text `body` in canonical form: compact, every object's keys in byte order (where a
+/// key is given twice, its last value, as a parser keeps), strings and numbers as they were
+/// written. `None` when it is not JSON. The exact keys are digests of it.
+///
+/// NOTE: by hand, and without building a tree: each object's members are read as borrowed raw
+/// values, sorted, and written in turn, so the body's strings (a conversation, megabytes of it)
+/// are never copied or unescaped. Below [`RAW_DEPTH`] levels a value is read into a tree
+/// instead, so that a deeply nested body is not scanned once a level.
+pub fn canonical(body: &[u8]) -> Option<Vec<u8>> {
+    let raw: &RawValue = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(body.len());
+    write_raw(raw, &mut out, 0).ok()?;
+    Some(out)
+}
+
+/// How many levels are read raw (each reads its part of the body again).
+const RAW_DEPTH: usize = 8;
+
+/// Writes `raw`, at `depth`, in canonical form.
+fn write_raw(raw: &RawValue, out: &mut Vec<u8>, depth: usize) -> serde_json::Result<()> {
+    let text = raw.get().trim_matches([' ', '\t', '\n', '\r']);
+    if depth >= RAW_DEPTH && matches!(text.as_bytes().first(), Some(b'{' | b'[')) {
+        let tree: Value = serde_json::from_str(text)?;
+        write_canonical(&tree, out);
+        return Ok(());
+    }
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let Members(mut members) = serde_json::from_str(text)?;
+            // Stable: of a key given twice, the last stays last, and is the one kept.
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            out.push(b'{');
+            let mut first = true;
+            for (n, (key, value)) in members.iter().enumerate() {
+                if members.get(n + 1).is_some_and(|next| next.0 == *key) {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut *out, key.as_ref())?;
+                out.push(b':');
+                write_raw(value, out, depth + 1)?;
+            }
+            out.push(b'}');
+        }
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text)?;
+            out.push(b'[');
+            for (n, item) in items.into_iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_raw(item, out, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        _ => out.extend_from_slice(text.as_bytes()),
+    }
+    Ok(())
+}
+
+/// An object's members in the order written: keys borrowed unless they hold escapes, values raw.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> de::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(MembersVisitor)
+    }
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+        let mut members = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            members.push((key, map.next_value()?));
+        }
+        Ok(Members(members))
+    }
+}
+
+/// A key, borrowed from the body where it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Writes `v` as compact JSON with every object's keys in byte order: the canonical form of a
+/// body read into a tree (the semantic bucket's, whose user text is taken out, and a part of a
+/// body nested deeper than [`RAW_DEPTH`]). Strings and numbers are written by serde_json.
 ///
 /// NOTE: by hand: serde_json writes objects in their own order (`preserve_order` is on for the
 /// request path's rewrites), and no JSON canonicalisation crate is both kept up and needed for
-/// more than this walk. Strings and numbers are written by serde_json itself.
+/// more than this walk.
 pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
@@ -155,23 +272,50 @@ mod tests {
 
     #[test]
     fn key_order_and_whitespace_do_not_change_the_key() {
-        let a = json(r#"{"messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
-        let b = json("{ \"temperature\" : 0,\n \"messages\" : [ { \"content\":\"hi\", \"role\":\"user\" } ] }");
-        assert_eq!(AT.exact(&a), AT.exact(&b));
-        let mut canonical = Vec::new();
-        write_canonical(&b, &mut canonical);
+        let a = r#"{"messages":[{"role":"user","content":"hi \u00e9"}],"temperature":0.70}"#;
+        let b = "{ \"temperature\" : 0.70,\n \"messages\" : [ { \"content\":\"hi \\u00e9\", \"role\":\"user\" } ] }";
+        assert_eq!(AT.exact(a.as_bytes()), AT.exact(b.as_bytes()));
+        assert!(AT.exact(a.as_bytes()).is_some());
         assert_eq!(
-            String::from_utf8(canonical).unwrap(),
-            r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0}"#
+            String::from_utf8(canonical(b.as_bytes()).unwrap()).unwrap(),
+            r#"{"messages":[{"content":"hi \u00e9","role":"user"}],"temperature":0.70}"#,
+            "strings and numbers as written"
+        );
+        assert_eq!(AT.exact(b"not json"), None);
+        assert_eq!(AT.exact(b"{\"a\":1} trailing"), None);
+    }
+
+    #[test]
+    fn a_key_given_twice_keeps_its_last_value_and_deep_bodies_are_read_whole() {
+        let twice = canonical(br#"{"b":1,"a":2,"b":3,"a\u0062":4}"#).unwrap();
+        assert_eq!(String::from_utf8(twice).unwrap(), r#"{"a":2,"ab":4,"b":3}"#);
+        let deep = format!("{}0{}", "[{\"z\":1,\"y\":".repeat(12), "}]".repeat(12));
+        let flat: Value = serde_json::from_str(&deep).unwrap();
+        let written = canonical(deep.as_bytes()).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&written).unwrap(), flat);
+        assert_eq!(
+            canonical(&written).unwrap(),
+            written,
+            "its own canonical form"
+        );
+    }
+
+    #[test]
+    fn the_tree_form_sorts_keys_too() {
+        let mut out = Vec::new();
+        write_canonical(&json(r#"{"b":[{"d":1,"c":2}],"a":"x"}"#), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":"x","b":[{"c":2,"d":1}]}"#
         );
     }
 
     #[test]
     fn every_part_of_the_prefix_and_body_changes_the_key() {
-        let body = json(r#"{"messages":[{"role":"user","content":"hi"}]}"#);
-        let key = AT.exact(&body);
-        let other = json(r#"{"messages":[{"role":"user","content":"hi!"}]}"#);
-        assert_ne!(key, AT.exact(&other));
+        let body = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+        let key = AT.exact(body);
+        let other = br#"{"messages":[{"role":"user","content":"hi!"}]}"#;
+        assert_ne!(key, AT.exact(other));
         for changed in [
             Prefix {
                 scope: "team-b",
@@ -191,7 +335,7 @@ mod tests {
                 ..AT
             },
         ] {
-            assert_ne!(key, changed.exact(&body), "{changed:?}");
+            assert_ne!(key, changed.exact(body), "{changed:?}");
         }
         // Where one part ends counts: "ab" + "c" is not "a" + "bc".
         let (x, y) = (
@@ -206,7 +350,7 @@ mod tests {
                 ..AT
             },
         );
-        assert_ne!(x.exact(&body), y.exact(&body));
+        assert_ne!(x.exact(body), y.exact(body));
     }
 
     #[test]
@@ -224,7 +368,12 @@ mod tests {
             (text_a.as_str(), text_b.as_str()),
             ("Capital of France?", "capital of france")
         );
-        assert_ne!(bucket_a, AT.exact(&a), "a bucket is not an exact key");
+        let raw_a = serde_json::to_vec(&a).unwrap();
+        assert_ne!(
+            Some(bucket_a),
+            AT.exact(&raw_a),
+            "a bucket is not an exact key"
+        );
         let system = json(
             r#"{"messages":[{"role":"system","content":"Be long."},{"role":"user","content":"Capital of France?"}],"temperature":0}"#,
         );

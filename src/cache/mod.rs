@@ -84,7 +84,7 @@ impl ResponseCache {
         if (kind == Operation::Responses && !stateless) || !request.objects().ids.is_empty() {
             return None;
         }
-        let body: serde_json::Value = serde_json::from_slice(request.original()).ok()?;
+        let body = request.original();
         let api_version = query::param(head.uri.query(), "api-version");
         let prefix = key::Prefix {
             scope: match self.config.scope {
@@ -95,13 +95,17 @@ impl ResponseCache {
             path,
             api_version: api_version.as_deref().unwrap_or_default(),
         };
+        let key = prefix.exact(body)?;
         let (no_cache, no_store) = cache_control(head);
+        // Only a chat request, with the semantic lookup on, is read into a tree.
         let semantic = match (kind, &self.index) {
-            (Operation::Chat, Some(_)) if !no_cache => prefix.semantic(&body),
+            (Operation::Chat, Some(_)) if !no_cache => serde_json::from_slice(body)
+                .ok()
+                .and_then(|tree| prefix.semantic(&tree)),
             _ => None,
         };
         Some(Cacheable {
-            key: prefix.exact(&body),
+            key,
             semantic,
             look_up: !no_cache,
             store: !no_store,
