@@ -57,7 +57,7 @@ static CACHE: LazyLock<ResponseCache> = LazyLock::new(|| ResponseCache {
         }),
     },
     entries: Arc::new(LocalEntries::new(1 << 20)),
-    index: Some(SemanticIndex::new(10, Duration::from_secs(60))),
+    index: Some(Arc::new(SemanticIndex::new(10, Duration::from_secs(60)))),
 });
 
 /// The canonical form and the keys of `body`, a JSON object (`value` as read).

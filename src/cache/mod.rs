@@ -28,8 +28,9 @@ pub use key::Digest;
 pub struct ResponseCache {
     pub config: Cache,
     pub entries: Arc<dyn Entries>,
-    /// With `cache.semantic`.
-    pub index: Option<semantic::SemanticIndex>,
+    /// With `cache.semantic` (shared with the state task, which indexes other replicas'
+    /// prompts).
+    pub index: Option<Arc<semantic::SemanticIndex>>,
 }
 
 /// What the cache answered a request, as its header `x-aoai-proxy-cache` says.
@@ -298,6 +299,9 @@ pub trait Entries: Send + Sync {
     async fn get(&self, key: &Digest, ttl: Duration) -> Option<Arc<Entry>>;
     /// Keeps `entry` under `key` for `ttl`.
     async fn put(&self, key: Digest, entry: Arc<Entry>, ttl: Duration);
+    /// Tells the other replicas that share these entries of a prompt indexed here: in `bucket`,
+    /// its answer under `entry`, and its embedding. Nothing where no other replica shares them.
+    fn share_prompt(&self, _bucket: &Digest, _entry: &Digest, _vector: &[f32]) {}
 }
 
 #[cfg(test)]

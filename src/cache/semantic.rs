@@ -4,9 +4,10 @@
 //! The index is USearch's HNSW graph (crate `usearch`, cosine metric, `f32`), one for every
 //! bucket, the bucket checked by a filter on each candidate. It is bounded by
 //! `cache.semantic.max_entries`: past it, the oldest prompt is removed (USearch reuses removed
-//! slots), as is any older than the TTL. Each process keeps its own index: with `state.redis`,
-//! the entries it points to are shared, the index is not (Redis 7 has no vector search of its
-//! own; its search module is not in the servers most users run).
+//! slots), as is any older than the TTL. Each process keeps its own index; with `state.redis`
+//! the replicas tell each other the prompts they index, by pub/sub (`crate::state::cache`), so
+//! every index holds them all (Redis 7 has no vector search of its own, and its search module is
+//! not in the servers most users run; pub/sub is in every one).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -20,7 +20,8 @@ fn cache(scope: CacheScope, semantic: bool) -> ResponseCache {
             }),
         },
         entries: Arc::new(LocalEntries::new(1 << 20)),
-        index: semantic.then(|| semantic::SemanticIndex::new(10, Duration::from_secs(60))),
+        index: semantic
+            .then(|| Arc::new(semantic::SemanticIndex::new(10, Duration::from_secs(60)))),
     }
 }
 

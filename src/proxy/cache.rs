@@ -204,6 +204,7 @@ impl Gateway {
                 };
                 if let Some(vector) = vector {
                     index.insert(*bucket, key, &vector);
+                    cache.entries.share_prompt(bucket, &key, &vector);
                 }
             }
             metrics.record_cache(CacheEvent::Store, 0);

@@ -130,10 +130,19 @@ impl Process {
             pools: pools.subscribe(),
         };
         server.add_service(background_service("dns", dns));
+        // The semantic cache's index: the cache reads it, the state task feeds it other
+        // replicas' prompts.
+        let prompts = config.cache.as_ref().and_then(|c| {
+            let semantic = c.semantic.as_ref()?;
+            Some(Arc::new(cache::semantic::SemanticIndex::new(
+                semantic.max_entries,
+                c.ttl,
+            )))
+        });
         let shared = shared_state(
             &mut server,
             config,
-            files.redis_ca.as_deref(),
+            (files.redis_ca.as_deref(), prompts.clone()),
             &metrics,
             &pools,
         )?;
@@ -153,7 +162,7 @@ impl Process {
         let cache = config
             .cache
             .as_ref()
-            .map(|c| response_cache(c, shared.state.as_ref(), &metrics));
+            .map(|c| response_cache(c, shared.state.as_ref(), prompts, &metrics));
         let lasting = Lasting {
             cache,
             tokens,
@@ -330,10 +339,12 @@ struct Stores {
     state: Option<Arc<SharedState>>,
 }
 
-/// The response cache of `settings`: in Redis with the shared `state`, else in memory.
+/// The response cache of `settings`: in Redis with the shared `state`, else in memory; with
+/// `index`, the semantic lookup.
 fn response_cache(
     settings: &crate::config::Cache,
     state: Option<&Arc<SharedState>>,
+    index: Option<Arc<cache::semantic::SemanticIndex>>,
     metrics: &Metrics,
 ) -> Arc<ResponseCache> {
     metrics.declare_cache();
@@ -341,10 +352,6 @@ fn response_cache(
         Some(state) => Arc::new(crate::state::cache::SharedEntries::new(state.clone())),
         None => Arc::new(cache::local::LocalEntries::new(settings.max_bytes)),
     };
-    let index = settings
-        .semantic
-        .as_ref()
-        .map(|s| cache::semantic::SemanticIndex::new(s.max_entries, settings.ttl));
     Arc::new(ResponseCache {
         config: settings.clone(),
         entries,
@@ -352,10 +359,12 @@ fn response_cache(
     })
 }
 
+/// The stores of limits, quotas and object places: in Redis with `state.redis` (whose CA is
+/// `redis_ca`; its task also feeds other replicas' prompts into `prompts`), else in memory.
 fn shared_state(
     server: &mut Server,
     config: &Config,
-    redis_ca: Option<&[u8]>,
+    (redis_ca, prompts): (Option<&[u8]>, Option<Arc<cache::semantic::SemanticIndex>>),
     metrics: &Arc<Metrics>,
     pools: &watch::Sender<Arc<Pool>>,
 ) -> Result<Stores, StartError> {
@@ -376,6 +385,7 @@ fn shared_state(
         quotas: quotas.clone(),
         pools: pools.subscribe(),
         writes: tokio::sync::Mutex::new(Some(writes)),
+        prompts,
     };
     server.add_service(background_service("shared-state", task));
     Ok(Stores {

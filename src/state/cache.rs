@@ -2,6 +2,12 @@
 //! `{prefix}:cache:{key in hex}` with two fields, `meta` (its headers, usage and time, JSON)
 //! and `body` (the bytes the client got), expiring with the TTL.
 //!
+//! With `cache.semantic`, each replica keeps its own index of prompts (`crate::cache::semantic`);
+//! a prompt a replica indexes is published on the channel `{prefix}:cache:prompts` (its bucket,
+//! its entry's key and its embedding), and every other replica indexes it too, so a
+//! near-duplicate finds the entry whichever replica it reaches. Redis's pub/sub is the one
+//! capability used: every Redis server has it (vector search needs Redis 8 or a module).
+//!
 //! A cache is never worth a failed or a slower request: a lookup waits at most
 //! `state.redis.timeout` and a Redis that cannot answer is a miss; a store is made after the
 //! answer has reached the client, within a longer bound. Neither marks Redis down (a large
@@ -14,7 +20,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::SharedState;
+use super::{SharedState, Write};
+use crate::cache::semantic::SemanticIndex;
 use crate::cache::{Digest, Entries, Entry};
 use crate::usage::Usage;
 
@@ -36,6 +43,47 @@ impl SharedEntries {
     }
 }
 
+/// A prompt a replica indexed, as published to the others.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Prompt {
+    /// The replica that indexed it, which skips its own messages.
+    replica: String,
+    bucket: String,
+    entry: String,
+    vector: Vec<f32>,
+}
+
+impl Prompt {
+    /// Indexes the prompt in `index`, unless this replica (`me`) published it.
+    pub(crate) fn apply(self, index: &SemanticIndex, me: &str) {
+        let digest =
+            |hex_text: &str| -> Option<Digest> { hex::decode(hex_text).ok()?.try_into().ok() };
+        if self.replica == me {
+            return;
+        }
+        if let (Some(bucket), Some(entry)) = (digest(&self.bucket), digest(&self.entry)) {
+            index.insert(bucket, entry, &self.vector);
+        }
+    }
+}
+
+/// Publishes a prompt this replica indexed (`wire`, a [`Prompt`] as JSON) to the others.
+pub(crate) async fn publish_prompt(state: &SharedState, wire: String) -> Option<i64> {
+    let channel = state.key(PROMPTS);
+    state
+        .call(|mut conn| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(wire)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+}
+
+/// The channel of indexed prompts, under the prefix.
+pub(crate) const PROMPTS: &str = "cache:prompts";
+
 /// An entry's `meta` field.
 #[derive(Serialize, Deserialize)]
 struct Meta {
@@ -47,6 +95,18 @@ struct Meta {
 
 #[async_trait]
 impl Entries for SharedEntries {
+    fn share_prompt(&self, bucket: &Digest, entry: &Digest, vector: &[f32]) {
+        let prompt = Prompt {
+            replica: self.state.replica.clone(),
+            bucket: hex::encode(bucket),
+            entry: hex::encode(entry),
+            vector: vector.to_vec(),
+        };
+        if let Ok(wire) = serde_json::to_string(&prompt) {
+            self.state.send(Write::Prompt(wire));
+        }
+    }
+
     async fn get(&self, key: &Digest, ttl: Duration) -> Option<Arc<Entry>> {
         let mut conn = self.state.conn()?;
         let key = self.key(key);

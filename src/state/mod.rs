@@ -68,6 +68,8 @@ pub enum Write {
     },
     /// What a replica counted of a client's quota or budget (a request settled), to tell.
     Spend(quotas::Told),
+    /// A prompt the response cache indexed (`cache.semantic`), as JSON: publish it.
+    Prompt(String),
 }
 
 /// The connection to the shared store, and whether it is usable now.

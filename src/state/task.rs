@@ -24,6 +24,9 @@ pub struct StateTask {
     pub quotas: Arc<super::quotas::SharedQuotas>,
     pub pools: watch::Receiver<Arc<Pool>>,
     pub writes: Mutex<Option<mpsc::Receiver<Write>>>,
+    /// The response cache's index of prompts (`cache.semantic`), which other replicas' prompts
+    /// go into.
+    pub prompts: Option<Arc<crate::cache::semantic::SemanticIndex>>,
 }
 
 #[async_trait]
@@ -134,6 +137,7 @@ impl StateTask {
                     limits::settle(state, settle, &client, admitted, (now_second, spent)).await
                 }
                 Write::Spend(told) => quotas::tell(state, told).await.map(|()| 1),
+                Write::Prompt(wire) => super::cache::publish_prompt(state, wire).await,
             };
             if done.is_none() {
                 log::debug!("state store: a write was not made");
@@ -146,10 +150,11 @@ impl StateTask {
     async fn listen(&self) {
         let state = &self.state;
         let (health, capacity) = (state.key("health"), state.key("capacity"));
+        let prompts = state.key(super::cache::PROMPTS);
         loop {
             let subscribed = async {
                 let mut pubsub = state.client.get_async_pubsub().await?;
-                pubsub.subscribe(&[&health, &capacity]).await?;
+                pubsub.subscribe(&[&health, &capacity, &prompts]).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = match tokio::time::timeout(CHECK_EVERY * 4, subscribed).await {
@@ -163,6 +168,13 @@ impl StateTask {
             while let Some(msg) = messages.next().await {
                 let payload = msg.get_payload_bytes();
                 let pool = self.pools.borrow().clone();
+                if msg.get_channel_name() == prompts {
+                    let prompt = serde_json::from_slice::<super::cache::Prompt>(payload);
+                    if let (Ok(p), Some(index)) = (prompt, &self.prompts) {
+                        p.apply(index, &state.replica);
+                    }
+                    continue;
+                }
                 if msg.get_channel_name() == capacity {
                     match serde_json::from_slice::<capacity::Message>(payload) {
                         Ok(m) if m.replica != state.replica => _ = m.apply(&pool),

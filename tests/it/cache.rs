@@ -460,3 +460,43 @@ async fn a_slow_embedding_makes_a_miss_at_the_deadline_and_still_indexes_the_ans
     );
     assert_eq!(chat.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_indexed_by_one_replica_is_a_semantic_hit_on_the_other() {
+    let b = backend("b0").await;
+    let redis = RedisServer::start();
+    let y = format!(
+        "state: {{redis: {{url: \"{}\", timeout: 200ms}}}}\ncache:\n  semantic: {{embeddings_deployment: emb, threshold: 0.9, deadline: 5s}}\n",
+        redis.url()
+    );
+    let (one, two) = (
+        Proxy::start(&yaml(&[&b], &y), None),
+        Proxy::start(&yaml(&[&b], &y), None),
+    );
+    for p in [&one, &two] {
+        p.wait_for_metrics("redis up", |m| {
+            metric(m, "aoai_proxy_state_store_up") == 1.0
+        })
+        .await;
+    }
+    let ask = |text: &str| json!({"messages": [{"role": "user", "content": text}]}).to_string();
+    let first = post(&one, CHAT, &ask("What is the capital of France?"), &[]).await;
+    assert_eq!(first.cache.as_deref(), Some("miss"));
+    wait_stored(&one, 1.0).await;
+    // The prompt reaches the other replica's index by pub/sub, within milliseconds: poll with
+    // requests that store nothing, each a miss until it is there (bounded).
+    let near = ask("what is the capital of France");
+    let started = Instant::now();
+    let hit = loop {
+        let got = post(&two, CHAT, &near, &[("cache-control", "no-store")]).await;
+        if got.cache.as_deref() == Some("semantic-hit") {
+            break got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no semantic hit: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((&hit.body, &hit.id), (&first.body, &first.id));
+}

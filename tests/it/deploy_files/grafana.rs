@@ -144,6 +144,8 @@ async fn dashboard_queries_only_exported_metrics() {
         "aoai_proxy_in_flight",
         "aoai_proxy_cost_usd_total",
         "aoai_proxy_fallbacks_total",
+        "aoai_proxy_cache_total",
+        "aoai_proxy_cache_saved_tokens_total",
     ] {
         assert!(names.contains(wanted), "no panel queries {wanted}");
     }
