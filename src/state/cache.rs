@@ -69,16 +69,7 @@ impl Prompt {
 
 /// Publishes a prompt this replica indexed (`wire`, a [`Prompt`] as JSON) to the others.
 pub(crate) async fn publish_prompt(state: &SharedState, wire: String) -> Option<i64> {
-    let channel = state.key(PROMPTS);
-    state
-        .call(|mut conn| async move {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(wire)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
-        .await
+    state.publish(PROMPTS, wire).await
 }
 
 /// The channel of indexed prompts, under the prefix.

@@ -80,16 +80,7 @@ pub(crate) async fn publish(
 ) -> Option<i64> {
     let m = Message::new(&state.replica, backend, deployment, report);
     let wire = serde_json::to_string(&m).unwrap_or_default();
-    let channel = state.key("capacity");
-    state
-        .call(|mut conn| async move {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(wire)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
-        .await
+    state.publish("capacity", wire).await
 }
 
 #[cfg(test)]

@@ -175,6 +175,19 @@ impl SharedState {
         self.up.load(Ordering::Acquire)
     }
 
+    /// Publishes `wire` on the channel `name` (under the prefix); how many listened.
+    pub(crate) async fn publish(&self, name: &str, wire: String) -> Option<i64> {
+        let channel = self.key(name);
+        self.call(|mut conn| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(wire)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+    }
+
     /// Runs `call` on a connection within `state.redis.timeout`; `None` (and Redis marked
     /// down) when Redis is down, fails, or is slow.
     pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Option<T>

@@ -71,6 +71,25 @@ fn yaml(backends: &[&Backend], extra: &str) -> String {
     y
 }
 
+/// Two replicas in front of `b`, sharing `redis`, with `cache` (YAML), each once it uses Redis.
+async fn replicas(b: &Backend, redis: &RedisServer, cache: &str) -> (Proxy, Proxy) {
+    let state = format!(
+        "state: {{redis: {{url: \"{}\", timeout: 200ms}}}}\n{cache}",
+        redis.url()
+    );
+    let (one, two) = (
+        Proxy::start(&yaml(&[b], &state), None),
+        Proxy::start(&yaml(&[b], &state), None),
+    );
+    for p in [&one, &two] {
+        p.wait_for_metrics("redis up", |m| {
+            metric(m, "aoai_proxy_state_store_up") == 1.0
+        })
+        .await;
+    }
+    (one, two)
+}
+
 const ASK: &str =
     r#"{"messages":[{"role":"user","content":"Capital of France?"}],"temperature":0}"#;
 
@@ -319,20 +338,7 @@ async fn entries_expire_with_the_ttl() {
 async fn two_replicas_share_hits_through_redis_and_redis_down_means_misses() {
     let b = backend("b0").await;
     let mut redis = RedisServer::start();
-    let state = format!(
-        "state: {{redis: {{url: \"{}\", timeout: 200ms}}}}\ncache: {{}}\n",
-        redis.url()
-    );
-    let (one, two) = (
-        Proxy::start(&yaml(&[&b], &state), None),
-        Proxy::start(&yaml(&[&b], &state), None),
-    );
-    for p in [&one, &two] {
-        p.wait_for_metrics("redis up", |m| {
-            metric(m, "aoai_proxy_state_store_up") == 1.0
-        })
-        .await;
-    }
+    let (one, two) = replicas(&b, &redis, "cache: {}\n").await;
     let first = post(&one, CHAT, ASK, &[]).await;
     assert_eq!(first.cache.as_deref(), Some("miss"));
     wait_stored(&one, 1.0).await;
@@ -465,20 +471,9 @@ async fn a_slow_embedding_makes_a_miss_at_the_deadline_and_still_indexes_the_ans
 async fn a_prompt_indexed_by_one_replica_is_a_semantic_hit_on_the_other() {
     let b = backend("b0").await;
     let redis = RedisServer::start();
-    let y = format!(
-        "state: {{redis: {{url: \"{}\", timeout: 200ms}}}}\ncache:\n  semantic: {{embeddings_deployment: emb, threshold: 0.9, deadline: 5s}}\n",
-        redis.url()
-    );
-    let (one, two) = (
-        Proxy::start(&yaml(&[&b], &y), None),
-        Proxy::start(&yaml(&[&b], &y), None),
-    );
-    for p in [&one, &two] {
-        p.wait_for_metrics("redis up", |m| {
-            metric(m, "aoai_proxy_state_store_up") == 1.0
-        })
-        .await;
-    }
+    let semantic =
+        "cache:\n  semantic: {embeddings_deployment: emb, threshold: 0.9, deadline: 5s}\n";
+    let (one, two) = replicas(&b, &redis, semantic).await;
     let ask = |text: &str| json!({"messages": [{"role": "user", "content": text}]}).to_string();
     let first = post(&one, CHAT, &ask("What is the capital of France?"), &[]).await;
     assert_eq!(first.cache.as_deref(), Some("miss"));
