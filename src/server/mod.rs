@@ -6,6 +6,7 @@
 //! ([`shutdown`]), reloading on SIGHUP ([`reload`]).
 
 mod admin;
+mod cache;
 mod files;
 mod listen;
 mod reload;
@@ -29,7 +30,7 @@ use pingora::tls::x509::X509;
 use tokio::sync::watch;
 
 use crate::balance::{BackendError, Pool, Prober, Resolver, WaitingRoom};
-use crate::cache::{self, ResponseCache};
+use crate::cache::semantic::SemanticIndex;
 use crate::clients::entra::{EntraVerifier, JwksFetcher};
 use crate::clients::limits::{LimitStore, LocalLimits};
 use crate::clients::quota::{LocalQuotas, QuotaStore};
@@ -130,15 +131,7 @@ impl Process {
             pools: pools.subscribe(),
         };
         server.add_service(background_service("dns", dns));
-        // The semantic cache's index: the cache reads it, the state task feeds it other
-        // replicas' prompts.
-        let prompts = config.cache.as_ref().and_then(|c| {
-            let semantic = c.semantic.as_ref()?;
-            Some(Arc::new(cache::semantic::SemanticIndex::new(
-                semantic.max_entries,
-                c.ttl,
-            )))
-        });
+        let prompts = config.cache.as_ref().and_then(cache::prompt_index);
         let shared = shared_state(
             &mut server,
             config,
@@ -162,7 +155,7 @@ impl Process {
         let cache = config
             .cache
             .as_ref()
-            .map(|c| response_cache(c, shared.state.as_ref(), prompts, &metrics));
+            .map(|c| cache::response_cache(c, shared.state.as_ref(), prompts, &metrics));
         let lasting = Lasting {
             cache,
             tokens,
@@ -339,32 +332,12 @@ struct Stores {
     state: Option<Arc<SharedState>>,
 }
 
-/// The response cache of `settings`: in Redis with the shared `state`, else in memory; with
-/// `index`, the semantic lookup.
-fn response_cache(
-    settings: &crate::config::Cache,
-    state: Option<&Arc<SharedState>>,
-    index: Option<Arc<cache::semantic::SemanticIndex>>,
-    metrics: &Metrics,
-) -> Arc<ResponseCache> {
-    metrics.declare_cache();
-    let entries: Arc<dyn cache::Entries> = match state {
-        Some(state) => Arc::new(crate::state::cache::SharedEntries::new(state.clone())),
-        None => Arc::new(cache::local::LocalEntries::new(settings.max_bytes)),
-    };
-    Arc::new(ResponseCache {
-        config: settings.clone(),
-        entries,
-        index,
-    })
-}
-
 /// The stores of limits, quotas and object places: in Redis with `state.redis` (whose CA is
 /// `redis_ca`; its task also feeds other replicas' prompts into `prompts`), else in memory.
 fn shared_state(
     server: &mut Server,
     config: &Config,
-    (redis_ca, prompts): (Option<&[u8]>, Option<Arc<cache::semantic::SemanticIndex>>),
+    (redis_ca, prompts): (Option<&[u8]>, Option<Arc<SemanticIndex>>),
     metrics: &Arc<Metrics>,
     pools: &watch::Sender<Arc<Pool>>,
 ) -> Result<Stores, StartError> {
