@@ -42,22 +42,28 @@ const TARGETS: [&str; 6] = [
 
 /// A cache of every deployment, with the semantic lookup on (so chat requests get a bucket),
 /// made once: `cacheable` only reads it.
-static CACHE: LazyLock<ResponseCache> = LazyLock::new(|| ResponseCache {
-    config: Cache {
-        ttl: Duration::from_secs(60),
-        max_bytes: 1 << 20,
-        max_entry_bytes: 1 << 16,
-        scope: CacheScope::Client,
-        deployments: None,
-        semantic: Some(Semantic {
-            embeddings_deployment: "emb".into(),
-            threshold: 0.9,
-            deadline: Duration::from_millis(100),
-            max_entries: 10,
-        }),
-    },
-    entries: Arc::new(LocalEntries::new(1 << 20)),
-    index: Some(Arc::new(SemanticIndex::new(10, Duration::from_secs(60)))),
+static CACHE: LazyLock<ResponseCache> = LazyLock::new(|| {
+    ResponseCache::new(
+        Cache {
+            ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+            max_entry_bytes: 1 << 16,
+            scope: CacheScope::Client,
+            deployments: None,
+            semantic: Some(Semantic {
+                embeddings_deployment: "emb".into(),
+                threshold: 0.9,
+                deadline: Duration::from_millis(100),
+                max_entries: 10,
+            }),
+        },
+        Arc::new(LocalEntries::new(1 << 20)),
+        Some(Arc::new(SemanticIndex::new(
+            10,
+            Duration::from_secs(60),
+            "emb",
+        ))),
+    )
 });
 
 /// The canonical form and the keys of `body`, a JSON object (`value` as read).
@@ -83,7 +89,7 @@ fn check_key(body: &[u8], value: &Value) {
         AT.exact(&turned),
         "key order changed the key"
     );
-    if let Some((bucket, text)) = AT.semantic(value) {
+    if let Some((bucket, text)) = AT.semantic(value, "emb") {
         assert!(!text.trim().is_empty(), "a bucket without user text");
         assert_ne!(bucket, key, "a bucket is an exact key");
     }
@@ -144,7 +150,7 @@ fn check_cacheable(target: &str, body: &[u8], value: Option<&Value>) {
     assert_eq!(Some(found.key), prefix.exact(body), "{target}");
     let chat = head.uri.path().ends_with("/chat/completions");
     let semantic = match (chat, value) {
-        (true, Some(value)) => prefix.semantic(value),
+        (true, Some(value)) => prefix.semantic(value, "emb"),
         _ => None,
     };
     assert_eq!(found.semantic, semantic, "{target}");

@@ -61,7 +61,9 @@ impl Prefix<'_> {
     /// already holds the system prompt, the assistant turns and the parameters, but two
     /// conversations may share those and differ in an earlier user turn, and answering the
     /// last turn alike for both ("and in French?") would be wrong. Precision over reach.
-    pub fn semantic(&self, body: &Value) -> Option<(Digest, String)> {
+    /// The bucket is also `embedded_by`'s, the deployment that embeds prompts: another model's
+    /// vectors are never compared with its.
+    pub fn semantic(&self, body: &Value, embedded_by: &str) -> Option<(Digest, String)> {
         let mut rest = body.clone();
         let messages = rest.get_mut("messages")?.as_array_mut()?;
         let mut text = String::new();
@@ -84,7 +86,8 @@ impl Prefix<'_> {
         }
         let mut canonical = Vec::with_capacity(256);
         write_canonical(&rest, &mut canonical);
-        Some((self.digest("semantic/1", &canonical), text))
+        let kind = format!("semantic/1/{embedded_by}");
+        Some((self.digest(&kind, &canonical), text))
     }
 }
 
@@ -106,14 +109,15 @@ fn user_text(content: &Value) -> Option<String> {
     }
 }
 
-/// The JSON text `body` in canonical form: compact, every object's keys in byte order (where a
-/// key is given twice, its last value, as a parser keeps), strings and numbers as they were
-/// written. `None` when it is not JSON. The exact keys are digests of it.
+/// The JSON text `body` in canonical form: compact, every object's keys in byte order, strings
+/// and numbers as they were written. The exact keys are digests of it. `None` (not cacheable)
+/// when it is not JSON, when an object gives a key twice (a backend might read the first where
+/// the key was made with the last), or when it nests deeper than [`MAX_DEPTH`].
 ///
 /// NOTE: by hand, and without building a tree: each object's members are read as borrowed raw
 /// values, sorted, and written in turn, so the body's strings (a conversation, megabytes of it)
-/// are never copied or unescaped. Below [`RAW_DEPTH`] levels a value is read into a tree
-/// instead, so that a deeply nested body is not scanned once a level.
+/// are never copied or unescaped, and no number is rounded. Each level reads its part of the
+/// body again, hence the bound on depth.
 pub fn canonical(body: &[u8]) -> Option<Vec<u8>> {
     let raw: &RawValue = serde_json::from_slice(body).ok()?;
     let mut out = Vec::with_capacity(body.len());
@@ -121,32 +125,27 @@ pub fn canonical(body: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// How many levels are read raw (each reads its part of the body again).
-const RAW_DEPTH: usize = 8;
+/// The deepest a cacheable body nests (tool schemas nest a dozen levels or so).
+pub const MAX_DEPTH: usize = 32;
 
 /// Writes `raw`, at `depth`, in canonical form.
 fn write_raw(raw: &RawValue, out: &mut Vec<u8>, depth: usize) -> serde_json::Result<()> {
     let text = raw.get().trim_matches([' ', '\t', '\n', '\r']);
-    if depth >= RAW_DEPTH && matches!(text.as_bytes().first(), Some(b'{' | b'[')) {
-        let tree: Value = serde_json::from_str(text)?;
-        write_canonical(&tree, out);
-        return Ok(());
+    if depth >= MAX_DEPTH && matches!(text.as_bytes().first(), Some(b'{' | b'[')) {
+        return Err(de::Error::custom("nested too deep to be cached"));
     }
     match text.as_bytes().first() {
         Some(b'{') => {
             let Members(mut members) = serde_json::from_str(text)?;
-            // Stable: of a key given twice, the last stays last, and is the one kept.
-            members.sort_by(|a, b| a.0.cmp(&b.0));
+            members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if members.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+                return Err(de::Error::custom("a key given twice"));
+            }
             out.push(b'{');
-            let mut first = true;
             for (n, (key, value)) in members.iter().enumerate() {
-                if members.get(n + 1).is_some_and(|next| next.0 == *key) {
-                    continue;
-                }
-                if !first {
+                if n > 0 {
                     out.push(b',');
                 }
-                first = false;
                 serde_json::to_writer(&mut *out, key.as_ref())?;
                 out.push(b':');
                 write_raw(value, out, depth + 1)?;
@@ -217,8 +216,8 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 }
 
 /// Writes `v` as compact JSON with every object's keys in byte order: the canonical form of a
-/// body read into a tree (the semantic bucket's, whose user text is taken out, and a part of a
-/// body nested deeper than [`RAW_DEPTH`]). Strings and numbers are written by serde_json.
+/// body read into a tree (the semantic bucket's, whose user text is taken out). Strings and
+/// numbers are written by serde_json.
 ///
 /// NOTE: by hand: serde_json writes objects in their own order (`preserve_order` is on for the
 /// request path's rewrites), and no JSON canonicalisation crate is both kept up and needed for
@@ -286,17 +285,29 @@ mod tests {
     }
 
     #[test]
-    fn a_key_given_twice_keeps_its_last_value_and_deep_bodies_are_read_whole() {
-        let twice = canonical(br#"{"b":1,"a":2,"b":3,"a\u0062":4}"#).unwrap();
-        assert_eq!(String::from_utf8(twice).unwrap(), r#"{"a":2,"ab":4,"b":3}"#);
-        let deep = format!("{}0{}", "[{\"z\":1,\"y\":".repeat(12), "}]".repeat(12));
-        let flat: Value = serde_json::from_str(&deep).unwrap();
+    fn a_key_given_twice_or_a_body_too_deep_is_not_cacheable() {
+        assert_eq!(canonical(br#"{"b":1,"a":2,"b":3}"#), None);
+        assert_eq!(
+            canonical(br#"{"ab":1,"a\u0062":2}"#),
+            None,
+            "escaped, the same key"
+        );
+        let nested = |n: usize| format!("{}0{}", "[{\"z\":1,\"y\":".repeat(n), "}]".repeat(n));
+        let deep = nested(MAX_DEPTH / 2 - 1);
         let written = canonical(deep.as_bytes()).unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&written).unwrap(), flat);
+        let value: Value = serde_json::from_str(&deep).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&written).unwrap(), value);
         assert_eq!(
             canonical(&written).unwrap(),
             written,
             "its own canonical form"
+        );
+        assert_eq!(canonical(nested(MAX_DEPTH / 2 + 1).as_bytes()), None);
+        let precise = canonical(br#"{"a":[0.10000000000000000001, 18446744073709551616]}"#);
+        assert_eq!(
+            String::from_utf8(precise.unwrap()).unwrap(),
+            r#"{"a":[0.10000000000000000001,18446744073709551616]}"#,
+            "numbers as written, never rounded"
         );
     }
 
@@ -361,8 +372,13 @@ mod tests {
         let b = json(
             r#"{"temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"capital of france"}]}]}"#,
         );
-        let (bucket_a, text_a) = AT.semantic(&a).unwrap();
-        let (bucket_b, text_b) = AT.semantic(&b).unwrap();
+        let (bucket_a, text_a) = AT.semantic(&a, "emb").unwrap();
+        let (bucket_b, text_b) = AT.semantic(&b, "emb").unwrap();
+        let other_model = AT.semantic(&a, "emb-large").unwrap().0;
+        assert_ne!(
+            other_model, bucket_a,
+            "another embeddings model, another bucket"
+        );
         assert_eq!(bucket_a, bucket_b);
         assert_eq!(
             (text_a.as_str(), text_b.as_str()),
@@ -378,18 +394,21 @@ mod tests {
             r#"{"messages":[{"role":"system","content":"Be long."},{"role":"user","content":"Capital of France?"}],"temperature":0}"#,
         );
         assert_ne!(
-            AT.semantic(&system).unwrap().0,
+            AT.semantic(&system, "emb").unwrap().0,
             bucket_a,
             "other non-user turns"
         );
         let turns = json(
             r#"{"messages":[{"role":"user","content":"One"},{"role":"assistant","content":"A"},{"role":"user","content":"Two"}]}"#,
         );
-        assert_eq!(AT.semantic(&turns).unwrap().1, "One\n\nTwo");
+        assert_eq!(AT.semantic(&turns, "emb").unwrap().1, "One\n\nTwo");
         let image = json(
             r#"{"messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"image_url","image_url":{"url":"data:"}}]}]}"#,
         );
-        assert!(AT.semantic(&image).is_none(), "an image is more than text");
-        assert!(AT.semantic(&json(r#"{"prompt":"hi"}"#)).is_none());
+        assert!(
+            AT.semantic(&image, "emb").is_none(),
+            "an image is more than text"
+        );
+        assert!(AT.semantic(&json(r#"{"prompt":"hi"}"#), "emb").is_none());
     }
 }

@@ -31,6 +31,34 @@ pub struct ResponseCache {
     /// With `cache.semantic` (shared with the state task, which indexes other replicas'
     /// prompts).
     pub index: Option<Arc<semantic::SemanticIndex>>,
+    /// Embeddings being made at once, at most ([`ResponseCache::EMBEDDINGS_AT_ONCE`]).
+    pub embedding_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl ResponseCache {
+    /// The most embeddings in flight: past it, a chat request misses the semantic lookup at
+    /// once rather than queue (an embeddings deployment has its own quota).
+    pub const EMBEDDINGS_AT_ONCE: usize = 64;
+
+    /// The deployment that embeds prompts (a bucket is its own: another model's vectors are
+    /// never compared with its), or none.
+    fn embedded_by(&self) -> &str {
+        let semantic = self.config.semantic.as_ref();
+        semantic.map_or("", |s| s.embeddings_deployment.as_str())
+    }
+
+    pub fn new(
+        config: Cache,
+        entries: Arc<dyn Entries>,
+        index: Option<Arc<semantic::SemanticIndex>>,
+    ) -> Self {
+        ResponseCache {
+            config,
+            entries,
+            index,
+            embedding_slots: Arc::new(tokio::sync::Semaphore::new(Self::EMBEDDINGS_AT_ONCE)),
+        }
+    }
 }
 
 /// What the cache answered a request, as its header `x-aoai-proxy-cache` says.
@@ -81,8 +109,17 @@ impl ResponseCache {
             return None;
         }
         let facts = request.facts()?;
-        let stateless = facts.store == Some(false) && facts.previous_response_id.is_none();
-        if (kind == Operation::Responses && !stateless) || !request.objects().ids.is_empty() {
+        // What makes or uses a stored object is never answered from the cache: a stored chat
+        // completion (`store: true`), and a Responses request unless it says `store: false`
+        // (the API stores by default) and names no earlier response or conversation.
+        let stateless = facts.store == Some(false)
+            && facts.previous_response_id.is_none()
+            && memchr::memmem::find(request.original(), b"\"conversation\"").is_none();
+        let stores = match kind {
+            Operation::Responses => !stateless,
+            _ => facts.store == Some(true),
+        };
+        if stores || !request.objects().ids.is_empty() {
             return None;
         }
         let body = request.original();
@@ -102,7 +139,7 @@ impl ResponseCache {
         let semantic = match (kind, &self.index) {
             (Operation::Chat, Some(_)) if !no_cache => serde_json::from_slice(body)
                 .ok()
-                .and_then(|tree| prefix.semantic(&tree)),
+                .and_then(|tree| prefix.semantic(&tree, self.embedded_by())),
             _ => None,
         };
         Some(Cacheable {
@@ -168,12 +205,11 @@ pub struct Entry {
 /// The answer's headers an entry keeps: the content type, and the ids that let a client or
 /// Azure support find the request that made it. Not `x-ratelimit-*` (they spoke of one
 /// instance at one moment) nor anything about the connection.
-const KEPT: [&str; 5] = [
+const KEPT: [&str; 4] = [
     "content-type",
     "x-request-id",
     "apim-request-id",
     "x-ms-region",
-    "openai-processing-ms",
 ];
 
 impl Entry {
@@ -274,14 +310,33 @@ impl Capture {
 
     /// The entry of a complete answer that reported `usage`, stored at `now_ms` (Unix
     /// milliseconds).
+    /// A stream is kept only when it ended as a whole answer does ([`ended_well`]).
     pub fn finish(self, usage: Option<Usage>, now_ms: u64) -> Option<Entry> {
-        (!self.over).then(|| Entry {
+        let entry = Entry {
             headers: self.headers,
-            body: self.body.freeze(),
+            // Copied at its size: the buffer grew by doubling, and `max_bytes` counts lengths.
+            body: Bytes::copy_from_slice(&self.body),
             usage,
             stored_ms: now_ms,
-        })
+        };
+        let whole = !entry.is_stream() || ended_well(&entry.body);
+        (!self.over && whole).then_some(entry)
     }
+}
+
+/// Whether a stream's body ended as a complete answer does: its last event is `data: [DONE]`
+/// (chat, completions) or `response.completed` (Responses), and none was an error (Azure may
+/// end a 200 stream with one).
+fn ended_well(body: &[u8]) -> bool {
+    use memchr::memmem;
+    let text = body.trim_ascii_end();
+    let last = memmem::rfind(text, b"\n\n").map_or(text, |i| &text[i + 2..]);
+    let done =
+        last.starts_with(b"data: [DONE]") || memmem::find(last, b"response.completed").is_some();
+    let error = body.starts_with(b"event: error")
+        || memmem::find(body, b"\nevent: error").is_some()
+        || memmem::find(body, b"data: {\"error\"").is_some();
+    done && !error
 }
 
 /// Milliseconds since the Unix epoch now: the clock entries are stored and aged by, which
@@ -300,8 +355,9 @@ pub trait Entries: Send + Sync {
     /// Keeps `entry` under `key` for `ttl`.
     async fn put(&self, key: Digest, entry: Arc<Entry>, ttl: Duration);
     /// Tells the other replicas that share these entries of a prompt indexed here: in `bucket`,
-    /// its answer under `entry`, and its embedding. Nothing where no other replica shares them.
-    fn share_prompt(&self, _bucket: &Digest, _entry: &Digest, _vector: &[f32]) {}
+    /// its answer under `entry`, and its embedding by `model`. Nothing where no other replica
+    /// shares them.
+    fn share_prompt(&self, _model: &str, _bucket: &Digest, _entry: &Digest, _vector: &[f32]) {}
 }
 
 #[cfg(test)]

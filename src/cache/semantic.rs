@@ -19,6 +19,8 @@ use super::Digest;
 
 /// The embeddings of cached prompts.
 pub struct SemanticIndex {
+    /// The deployment that embeds its prompts: another's vectors never go in.
+    model: String,
     inner: Mutex<Inner>,
     max_entries: usize,
     ttl: Duration,
@@ -48,8 +50,11 @@ pub struct Nearest {
 }
 
 impl SemanticIndex {
-    pub fn new(max_entries: usize, ttl: Duration) -> SemanticIndex {
+    /// An index of at most `max_entries` prompts, each kept `ttl`, embedded by the deployment
+    /// `model`.
+    pub fn new(max_entries: usize, ttl: Duration, model: &str) -> SemanticIndex {
         SemanticIndex {
+            model: model.to_string(),
             inner: Mutex::new(Inner {
                 index: None,
                 prompts: HashMap::new(),
@@ -59,6 +64,11 @@ impl SemanticIndex {
             max_entries,
             ttl,
         }
+    }
+
+    /// The deployment that embeds its prompts.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// How many prompts are indexed.
@@ -71,9 +81,20 @@ impl SemanticIndex {
     }
 
     /// Indexes `vector`, the embedding of a prompt in `bucket` whose answer is stored under
-    /// `entry`. An embedding of other dimensions than the first one's is left out.
+    /// `entry`. The first embedding sets the index's dimensions; one of others, an empty one or
+    /// one that is not finite is left out (and pushes nothing out).
     pub fn insert(&self, bucket: Digest, entry: Digest, vector: &[f32]) {
+        if vector.is_empty() || !vector.iter().all(|x| x.is_finite()) {
+            return;
+        }
         let mut inner = self.lock();
+        if inner
+            .index
+            .as_ref()
+            .is_some_and(|i| i.dimensions() != vector.len())
+        {
+            return;
+        }
         let now = Instant::now();
         inner.forget_older(now.checked_sub(self.ttl));
         while inner.prompts.len() >= self.max_entries {
@@ -188,7 +209,7 @@ mod tests {
 
     #[test]
     fn the_nearest_prompt_of_the_same_bucket_is_found_with_its_similarity() {
-        let index = SemanticIndex::new(100, Duration::from_secs(60));
+        let index = SemanticIndex::new(100, Duration::from_secs(60), "emb");
         let (a, b) = ([1; 32], [2; 32]);
         index.insert(a, [10; 32], &unit(&[1.0, 0.0, 0.0]));
         index.insert(a, [11; 32], &unit(&[0.0, 1.0, 0.0]));
@@ -201,11 +222,15 @@ mod tests {
         assert!(other.similarity < 0.2, "{other:?}");
         assert_eq!(index.nearest(&[3; 32], &unit(&[1.0, 0.0, 0.0])), None);
         assert_eq!(index.nearest(&a, &[1.0, 0.0]), None, "other dimensions");
+        index.insert(a, [13; 32], &[1.0, 0.0]);
+        index.insert(a, [14; 32], &[f32::NAN, 0.0, 0.0]);
+        index.insert(a, [15; 32], &[]);
+        assert_eq!(index.len(), 3, "left out, and nothing pushed out");
     }
 
     #[test]
     fn the_oldest_prompts_go_past_the_bound() {
-        let index = SemanticIndex::new(2, Duration::from_secs(60));
+        let index = SemanticIndex::new(2, Duration::from_secs(60), "emb");
         for n in 0..5u8 {
             index.insert([1; 32], [n; 32], &unit(&[1.0, f32::from(n), 0.5]));
         }
@@ -216,7 +241,7 @@ mod tests {
 
     #[test]
     fn prompts_older_than_the_ttl_are_not_found() {
-        let index = SemanticIndex::new(10, Duration::from_millis(1));
+        let index = SemanticIndex::new(10, Duration::from_millis(1), "emb");
         index.insert([1; 32], [1; 32], &unit(&[1.0, 0.0]));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(index.nearest(&[1; 32], &unit(&[1.0, 0.0])), None);

@@ -5,8 +5,8 @@ use super::*;
 use crate::config::Semantic;
 
 fn cache(scope: CacheScope, semantic: bool) -> ResponseCache {
-    ResponseCache {
-        config: Cache {
+    ResponseCache::new(
+        Cache {
             ttl: Duration::from_secs(60),
             max_bytes: 1 << 20,
             max_entry_bytes: 1 << 16,
@@ -19,10 +19,15 @@ fn cache(scope: CacheScope, semantic: bool) -> ResponseCache {
                 max_entries: 10,
             }),
         },
-        entries: Arc::new(LocalEntries::new(1 << 20)),
-        index: semantic
-            .then(|| Arc::new(semantic::SemanticIndex::new(10, Duration::from_secs(60)))),
-    }
+        Arc::new(LocalEntries::new(1 << 20)),
+        semantic.then(|| {
+            Arc::new(semantic::SemanticIndex::new(
+                10,
+                Duration::from_secs(60),
+                "emb",
+            ))
+        }),
+    )
 }
 
 fn head(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {
@@ -225,4 +230,27 @@ async fn local_entries_expire_and_the_least_recently_used_go_first() {
         local.get(&[4; 32], ttl).await.is_none(),
         "older than the TTL"
     );
+}
+
+#[test]
+fn a_stream_is_kept_only_when_it_ended_as_a_whole_answer_does() {
+    let mut sse = ResponseHeader::build(200, None).unwrap();
+    sse.insert_header("content-type", "text/event-stream")
+        .unwrap();
+    let kept = |body: &str| {
+        let mut c = Capture::begin(&sse, 1 << 16).unwrap();
+        c.feed(body.as_bytes());
+        c.finish(None, 0).is_some()
+    };
+    assert!(kept("data: {\"a\":1}\n\ndata: [DONE]\n\n"));
+    assert!(kept(
+        "event: response.created\ndata: {}\n\nevent: response.completed\ndata: {}\n\n"
+    ));
+    assert!(!kept("data: {\"a\":1}\n\n"), "broke off before its end");
+    assert!(!kept(
+        "data: {\"error\":{\"code\":\"500\"}}\n\ndata: [DONE]\n\n"
+    ));
+    assert!(!kept(
+        "event: error\ndata: {}\n\nevent: response.completed\ndata: {}\n\n"
+    ));
 }

@@ -17,11 +17,15 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::task::JoinHandle;
 
+use super::accounting::{Ended, LetIn};
 use super::{Gateway, RequestCtx};
 use crate::cache::{unix_now_ms, Cacheable, Digest, Entry, Looked, ResponseCache};
 use crate::metrics::CacheEvent;
 use crate::request::Request;
 
+/// The longest user text embedded, in bytes: longer is more than an embeddings model takes
+/// (8,191 tokens), and is looked up exactly only.
+const MAX_EMBEDDED: usize = 32 * 1024;
 /// The most of a stored stream written at once (whole events), as the relay joins a burst.
 const REPLAY_WRITE: usize = 64 * 1024;
 /// How long a stored answer's entry waits for its prompt's embedding, at most.
@@ -63,31 +67,72 @@ impl Gateway {
         let Some(cacheable) = cache.cacheable(session.req_header(), request, name) else {
             return Ok(false);
         };
-        let mut embedding = None;
         if cacheable.look_up {
             let ttl = cache.config.ttl;
             if let Some(entry) = cache.entries.get(&cacheable.key, ttl).await {
                 self.replay(session, ctx, &entry, Looked::Hit).await?;
                 return Ok(true);
             }
-            if let Some((bucket, text)) = &cacheable.semantic {
-                let (near, embedded) = self.look_near(ctx, cache, bucket, text).await;
-                if let Some(entry) = near {
-                    self.replay(session, ctx, &entry, Looked::SemanticHit)
-                        .await?;
-                    return Ok(true);
-                }
-                embedding = embedded;
-            }
         }
-        self.metrics.record_cache(CacheEvent::Miss, 0);
         ctx.looked = Some(Looked::Miss);
+        if cacheable.semantic.is_none() || cache.index.is_none() {
+            // Counted here, or once the lookup by meaning has missed too.
+            self.metrics.record_cache(CacheEvent::Miss, 0);
+        }
         ctx.fill = Some(Box::new(Fill {
             cacheable,
             captured: None,
-            embedding,
+            embedding: None,
         }));
         Ok(false)
+    }
+
+    /// Whether `ctx`'s request, which missed the exact cache, is looked up by meaning.
+    pub(super) fn looks_near(&self, ctx: &RequestCtx) -> bool {
+        let semantic = ctx
+            .fill
+            .as_ref()
+            .and_then(|f| f.cacheable.semantic.as_ref());
+        semantic.is_some_and(|(_, text)| text.len() <= MAX_EMBEDDED)
+    }
+
+    /// Answers `ctx`'s request, let in to its client's limits (`let_in`), from the entry of
+    /// the nearest prompt when it is similar enough (`true`), giving back what it was charged.
+    /// After admission, so that a client over its limits gets its 429 and costs no embedding.
+    pub(super) async fn answer_semantically(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        let_in: &LetIn,
+    ) -> Result<bool> {
+        let (Some(cache), Some(mut fill)) = (&self.cache, ctx.fill.take()) else {
+            return Ok(false);
+        };
+        let near = match &fill.cacheable.semantic {
+            Some((bucket, text)) => {
+                let (near, embedding) = self.look_near(ctx, cache, bucket, text).await;
+                fill.embedding = embedding;
+                near
+            }
+            None => None,
+        };
+        let Some(entry) = near else {
+            self.metrics.record_cache(CacheEvent::Miss, 0);
+            ctx.fill = Some(fill);
+            return Ok(false);
+        };
+        // Nothing was spent: the minute's tokens, the quota and the budget are given back.
+        let ended = Ended {
+            deployment: None,
+            status: None,
+            usage: None,
+        };
+        let client = ctx.client.as_deref();
+        self.accounting.settle(client, let_in, ended, &self.metrics);
+        (ctx.admitted, ctx.charged) = (None, None);
+        self.replay(session, ctx, &entry, Looked::SemanticHit)
+            .await?;
+        Ok(true)
     }
 
     /// The entry of the prompt nearest to `text` in `bucket`, when it is similar enough; and
@@ -102,9 +147,16 @@ impl Gateway {
         let (Some(index), Some(semantic)) = (&cache.index, &cache.config.semantic) else {
             return (None, None);
         };
+        // Bounded: past it, a request goes on as a miss rather than queue for an embedding.
+        let Ok(slot) = cache.embedding_slots.clone().try_acquire_owned() else {
+            return (None, None);
+        };
         let gateway = ctx.gateway.clone();
         let text = text.to_string();
-        let mut task = tokio::spawn(async move { gateway.embed(&text).await });
+        let mut task = tokio::spawn(async move {
+            let _slot = slot;
+            gateway.embed(&text).await
+        });
         let vector = match tokio::time::timeout(semantic.deadline, &mut task).await {
             Ok(Ok(Some(vector))) => vector,
             Ok(_) => return (None, None),
@@ -204,7 +256,9 @@ impl Gateway {
                 };
                 if let Some(vector) = vector {
                     index.insert(*bucket, key, &vector);
-                    cache.entries.share_prompt(bucket, &key, &vector);
+                    cache
+                        .entries
+                        .share_prompt(index.model(), bucket, &key, &vector);
                 }
             }
             metrics.record_cache(CacheEvent::Store, 0);

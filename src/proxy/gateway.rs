@@ -205,7 +205,15 @@ impl Gateway {
                 Ok(let_in) => {
                     ctx.admitted = let_in.limits;
                     ctx.charged = let_in.charged.map(Box::new);
-                    self.route(session, ctx, &request).await
+                    let near = match self.looks_near(ctx) {
+                        // Boxed, as the exact lookup is.
+                        true => Box::pin(self.answer_semantically(session, ctx, &let_in)).await,
+                        false => Ok(false),
+                    };
+                    match near {
+                        Ok(false) => self.route(session, ctx, &request).await,
+                        done => done.map(drop),
+                    }
                 }
                 Err(refused) => refused.respond_to(session, ctx.told()).await,
             },

@@ -13,9 +13,11 @@ use crate::state::SharedState;
 /// The semantic index of `settings`, with `cache.semantic`.
 pub(super) fn prompt_index(settings: &Cache) -> Option<Arc<SemanticIndex>> {
     let semantic = settings.semantic.as_ref()?;
+    let model = &semantic.embeddings_deployment;
     Some(Arc::new(SemanticIndex::new(
         semantic.max_entries,
         settings.ttl,
+        model,
     )))
 }
 
@@ -32,9 +34,5 @@ pub(super) fn response_cache(
         Some(state) => Arc::new(crate::state::cache::SharedEntries::new(state.clone())),
         None => Arc::new(cache::local::LocalEntries::new(settings.max_bytes)),
     };
-    Arc::new(ResponseCache {
-        config: settings.clone(),
-        entries,
-        index,
-    })
+    Arc::new(ResponseCache::new(settings.clone(), entries, index))
 }

@@ -48,17 +48,20 @@ impl SharedEntries {
 pub(crate) struct Prompt {
     /// The replica that indexed it, which skips its own messages.
     replica: String,
+    /// The deployment that embedded it: a replica embedding with another skips it.
+    model: String,
     bucket: String,
     entry: String,
     vector: Vec<f32>,
 }
 
 impl Prompt {
-    /// Indexes the prompt in `index`, unless this replica (`me`) published it.
+    /// Indexes the prompt in `index`, unless this replica (`me`) published it or another model
+    /// embedded it.
     pub(crate) fn apply(self, index: &SemanticIndex, me: &str) {
         let digest =
             |hex_text: &str| -> Option<Digest> { hex::decode(hex_text).ok()?.try_into().ok() };
-        if self.replica == me {
+        if self.replica == me || self.model != index.model() {
             return;
         }
         if let (Some(bucket), Some(entry)) = (digest(&self.bucket), digest(&self.entry)) {
@@ -86,9 +89,10 @@ struct Meta {
 
 #[async_trait]
 impl Entries for SharedEntries {
-    fn share_prompt(&self, bucket: &Digest, entry: &Digest, vector: &[f32]) {
+    fn share_prompt(&self, model: &str, bucket: &Digest, entry: &Digest, vector: &[f32]) {
         let prompt = Prompt {
             replica: self.state.replica.clone(),
+            model: model.to_string(),
             bucket: hex::encode(bucket),
             entry: hex::encode(entry),
             vector: vector.to_vec(),
@@ -114,6 +118,14 @@ impl Entries for SharedEntries {
             Err(_) => return None,
         };
         let meta: Meta = serde_json::from_slice(&meta).ok()?;
+        // What another writer left there answers no client: a header that cannot be sent is a miss.
+        let sendable = meta.headers.iter().all(|(k, v)| {
+            http::HeaderName::from_bytes(k.as_bytes()).is_ok()
+                && http::HeaderValue::from_str(v).is_ok()
+        });
+        if !sendable {
+            return None;
+        }
         let entry = Entry {
             headers: meta.headers,
             body: Bytes::from(body),
@@ -165,5 +177,31 @@ impl Entries for SharedEntries {
             Ok(Err(e)) => log::debug!("cache: an entry could not be stored in Redis: {e}"),
             Err(_) => log::debug!("cache: storing an entry in Redis took over {STORE_WITHIN:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_replicas_prompt_is_indexed_unless_another_model_made_it() {
+        let index = SemanticIndex::new(10, Duration::from_secs(60), "emb");
+        let prompt = |replica: &str, model: &str, bucket: &str| Prompt {
+            replica: replica.into(),
+            model: model.into(),
+            bucket: bucket.into(),
+            entry: hex::encode([2; 32]),
+            vector: vec![0.6, 0.8],
+        };
+        let bucket = hex::encode([1; 32]);
+        prompt("me", "emb", &bucket).apply(&index, "me");
+        prompt("other", "emb-large", &bucket).apply(&index, "me");
+        prompt("other", "emb", "not hex").apply(&index, "me");
+        assert!(index.is_empty());
+        prompt("other", "emb", &bucket).apply(&index, "me");
+        assert_eq!(index.len(), 1);
+        let wire = serde_json::to_string(&prompt("other", "emb", &bucket)).unwrap();
+        assert!(serde_json::from_str::<Prompt>(&wire).is_ok());
     }
 }

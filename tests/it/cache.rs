@@ -199,8 +199,24 @@ async fn a_streamed_answer_is_replayed_byte_for_byte() {
         let kind = r.headers()["content-type"].to_str().unwrap().to_string();
         (cache, kind, r.bytes().await.unwrap())
     };
+    // A stream that breaks off is not kept.
+    b.set_fault(Some(Fault::BreakStream { after_chunks: 2 }));
+    let broken = client()
+        .post(proxy.url(CHAT))
+        .header("content-type", "application/json")
+        .body(ask)
+        .send()
+        .await
+        .unwrap();
+    let cut = broken
+        .bytes()
+        .await
+        .map_or(true, |b| !b.ends_with(b"data: [DONE]\n\n"));
+    assert!(cut, "the stream broke off before its end");
+    b.set_fault(None);
     let (cache, kind, streamed) = get().await;
-    assert_eq!(cache, "miss");
+    assert_eq!(cache, "miss", "the broken stream was not stored");
+    let forwarded = b.requests();
     assert!(kind.starts_with("text/event-stream"));
     assert!(streamed.ends_with(b"data: [DONE]\n\n"));
     wait_stored(&proxy, 1.0).await;
@@ -208,7 +224,7 @@ async fn a_streamed_answer_is_replayed_byte_for_byte() {
     assert_eq!(cache, "hit");
     assert!(kind.starts_with("text/event-stream"));
     assert_eq!(replayed, streamed, "byte for byte");
-    assert_eq!(b.requests(), 1);
+    assert_eq!(b.requests(), forwarded, "the hit reached no backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +259,7 @@ async fn responses_are_cached_only_when_they_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_keep_clients_apart_or_share_and_a_hit_charges_no_limit() {
     let b = backend("b0").await;
-    let clients = "clients:\n  - {name: team-a, key: ka, requests_per_minute: 2}\n  - {name: team-b, key: kb}\n";
+    let clients = "clients:\n  - {name: team-a, key: ka, requests_per_minute: 2}\n  - {name: team-b, key: kb}\n  - {name: team-c, key: kc, deployments: [gpt-4o-mini]}\n";
     let proxy = Proxy::start(
         &yaml(&[&b], &format!("{clients}cache: {{scope: client}}\n")),
         None,
@@ -300,6 +316,14 @@ async fn scopes_keep_clients_apart_or_share_and_a_hit_charges_no_limit() {
             .as_deref(),
         Some("hit"),
         "scope: global"
+    );
+    // A client that may not use the deployment gets its 403, never the entry.
+    let refused = post(&shared, CHAT, ASK, &[("api-key", "kc")]).await;
+    assert_eq!(
+        (refused.status, refused.cache),
+        (403, None),
+        "{}",
+        refused.body
     );
 }
 
