@@ -184,14 +184,15 @@ async fn a_streamed_answer_is_replayed_byte_for_byte() {
     let b = backend("b0").await;
     let proxy = Proxy::start(&yaml(&[&b], "cache: {}\n"), None);
     let ask = r#"{"messages":[{"role":"user","content":"Tell me a story"}],"stream":true}"#;
-    let get = || async {
-        let r = client()
+    let send = || {
+        client()
             .post(proxy.url(CHAT))
             .header("content-type", "application/json")
             .body(ask)
             .send()
-            .await
-            .unwrap();
+    };
+    let get = || async {
+        let r = send().await.unwrap();
         let cache = r.headers()["x-aoai-proxy-cache"]
             .to_str()
             .unwrap()
@@ -201,13 +202,7 @@ async fn a_streamed_answer_is_replayed_byte_for_byte() {
     };
     // A stream that breaks off is not kept.
     b.set_fault(Some(Fault::BreakStream { after_chunks: 2 }));
-    let broken = client()
-        .post(proxy.url(CHAT))
-        .header("content-type", "application/json")
-        .body(ask)
-        .send()
-        .await
-        .unwrap();
+    let broken = send().await.unwrap();
     let cut = broken
         .bytes()
         .await
