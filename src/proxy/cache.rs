@@ -75,10 +75,6 @@ impl Gateway {
             }
         }
         ctx.looked = Some(Looked::Miss);
-        if cacheable.semantic.is_none() || cache.index.is_none() {
-            // Counted here, or once the lookup by meaning has missed too.
-            self.metrics.record_cache(CacheEvent::Miss, 0);
-        }
         ctx.fill = Some(Box::new(Fill {
             cacheable,
             captured: None,
@@ -117,7 +113,6 @@ impl Gateway {
             None => None,
         };
         let Some(entry) = near else {
-            self.metrics.record_cache(CacheEvent::Miss, 0);
             ctx.fill = Some(fill);
             return Ok(false);
         };
@@ -226,6 +221,8 @@ impl Gateway {
     /// cache: a 200 relayed whole, not `no-store`, that its own deployment gave (not a
     /// fallback). Made by a task of its own; `store` is counted once it is kept.
     pub(super) fn keep(&self, fill: Fill, status: Option<u16>, fell_back: bool) {
+        // Every request that missed is counted once, here at its end, whatever became of it.
+        self.metrics.record_cache(CacheEvent::Miss, 0);
         let Fill {
             cacheable,
             captured,

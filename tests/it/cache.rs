@@ -168,11 +168,15 @@ async fn a_repeated_request_is_answered_from_the_cache_and_what_never_is() {
         .unwrap();
     assert!(r.headers().get("x-aoai-proxy-cache").is_none());
 
+    // A miss is counted as its request ends, a moment after the client has its answer.
+    let miss = "aoai_proxy_cache_total{result=\"miss\"}";
     let m = proxy
-        .wait_for_metrics("counts", |m| metric(m, STORE) >= 3.0)
+        .wait_for_metrics("counts", |m| {
+            metric(m, STORE) >= 3.0 && metric(m, miss) >= 7.0
+        })
         .await;
     assert_eq!(metric(&m, HIT), 1.0);
-    assert_eq!(metric(&m, "aoai_proxy_cache_total{result=\"miss\"}"), 7.0);
+    assert_eq!(metric(&m, miss), 7.0);
     assert!(
         metric(&m, "aoai_proxy_cache_saved_tokens_total") > 0.0,
         "{m}"
@@ -442,13 +446,17 @@ async fn a_near_duplicate_prompt_is_a_semantic_hit() {
         .filter(|r| r.uri.contains("/chat/completions"))
         .count();
     assert_eq!(chats, 3);
+    let miss = "aoai_proxy_cache_total{result=\"miss\"}";
     let m = proxy
-        .wait_for_metrics("counts", |m| metric(m, STORE) >= 3.0)
+        .wait_for_metrics("counts", |m| {
+            metric(m, STORE) >= 3.0 && metric(m, miss) >= 3.0
+        })
         .await;
     assert_eq!(
         metric(&m, "aoai_proxy_cache_total{result=\"semantic_hit\"}"),
         1.0
     );
+    assert_eq!(metric(&m, miss), 3.0, "a semantic hit is not also a miss");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
