@@ -143,5 +143,11 @@ mod tests {
         let c = Config::from_yaml(&yaml("127.0.0.1:2000", 2, 3)).unwrap();
         assert!(fixed_changes(&a, &b).is_empty(), "max_tries reloads");
         assert_eq!(fixed_changes(&a, &c), ["listen", "server"]);
+        let cached = |ttl: &str| {
+            let yaml = format!("{}cache: {{ttl: {ttl}}}\n", yaml("127.0.0.1:1000", 1, 3));
+            Config::from_yaml(&yaml).unwrap()
+        };
+        assert_eq!(fixed_changes(&a, &cached("1h")), ["cache"], "a cache added");
+        assert_eq!(fixed_changes(&cached("1h"), &cached("2h")), ["cache"]);
     }
 }
