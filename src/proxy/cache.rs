@@ -176,11 +176,13 @@ impl Gateway {
         entry: &Entry,
         looked: Looked,
     ) -> Result<()> {
-        let (event, saved) = match looked {
-            Looked::SemanticHit => (CacheEvent::SemanticHit, entry.usage),
-            _ => (CacheEvent::Hit, entry.usage),
+        let event = match looked {
+            Looked::SemanticHit => CacheEvent::SemanticHit,
+            _ => CacheEvent::Hit,
         };
-        let saved = saved.map_or(0, |u| u.prompt.saturating_add(u.completion));
+        let saved = entry
+            .usage
+            .map_or(0, |u| u.prompt.saturating_add(u.completion));
         self.metrics.record_cache(event, saved);
         ctx.looked = Some(looked);
         let mut head = ResponseHeader::build(200, Some(entry.headers.len() + 4))?;

@@ -52,6 +52,11 @@ async fn post(proxy: &Proxy, path: &str, body: &str, headers: &[(&str, &str)]) -
     }
 }
 
+/// What the cache said of `body` POSTed to `path` with `headers` (`x-aoai-proxy-cache`).
+async fn said(proxy: &Proxy, path: &str, body: &str, headers: &[(&str, &str)]) -> Option<String> {
+    post(proxy, path, body, headers).await.cache
+}
+
 /// Waits until `proxy` has stored `n` answers (a store is made after the client has the answer).
 async fn wait_stored(proxy: &Proxy, n: f64) {
     proxy
@@ -122,14 +127,13 @@ async fn a_repeated_request_is_answered_from_the_cache_and_what_never_is() {
     // Another prompt misses; no-cache skips the lookup (and stores again); no-store keeps nothing.
     let other = r#"{"messages":[{"role":"user","content":"Capital of Spain?"}]}"#;
     assert_eq!(
-        post(&proxy, CHAT, other, &[("cache-control", "no-store")])
+        said(&proxy, CHAT, other, &[("cache-control", "no-store")])
             .await
-            .cache
             .as_deref(),
         Some("miss")
     );
     assert_eq!(
-        post(&proxy, CHAT, other, &[]).await.cache.as_deref(),
+        said(&proxy, CHAT, other, &[]).await.as_deref(),
         Some("miss"),
         "not stored"
     );
@@ -155,7 +159,7 @@ async fn a_repeated_request_is_answered_from_the_cache_and_what_never_is() {
     b.set_fault(None);
     let requests = b.requests();
     assert_eq!(
-        post(&proxy, CHAT, broken, &[]).await.cache.as_deref(),
+        said(&proxy, CHAT, broken, &[]).await.as_deref(),
         Some("miss")
     );
     assert_eq!(b.requests(), requests + 1);
@@ -233,7 +237,7 @@ async fn responses_are_cached_only_when_they_store_nothing() {
     let path = "/openai/v1/responses";
     let stateless = r#"{"model":"gpt-4o","input":"Say hi","store":false}"#;
     assert_eq!(
-        post(&proxy, path, stateless, &[]).await.cache.as_deref(),
+        said(&proxy, path, stateless, &[]).await.as_deref(),
         Some("miss")
     );
     wait_stored(&proxy, 1.0).await;
@@ -264,10 +268,7 @@ async fn scopes_keep_clients_apart_or_share_and_a_hit_charges_no_limit() {
         None,
     );
     let a = [("api-key", "ka")];
-    assert_eq!(
-        post(&proxy, CHAT, ASK, &a).await.cache.as_deref(),
-        Some("miss")
-    );
+    assert_eq!(said(&proxy, CHAT, ASK, &a).await.as_deref(), Some("miss"));
     wait_stored(&proxy, 1.0).await;
     // team-a's two requests a minute: hits spend none of them.
     for _ in 0..3 {
@@ -290,9 +291,8 @@ async fn scopes_keep_clients_apart_or_share_and_a_hit_charges_no_limit() {
         "a hit, over the limit"
     );
     assert_eq!(
-        post(&proxy, CHAT, ASK, &[("api-key", "kb")])
+        said(&proxy, CHAT, ASK, &[("api-key", "kb")])
             .await
-            .cache
             .as_deref(),
         Some("miss"),
         "scope: client"
@@ -303,15 +303,11 @@ async fn scopes_keep_clients_apart_or_share_and_a_hit_charges_no_limit() {
         &yaml(&[&b], &format!("{clients}cache: {{scope: global}}\n")),
         None,
     );
-    assert_eq!(
-        post(&shared, CHAT, ASK, &a).await.cache.as_deref(),
-        Some("miss")
-    );
+    assert_eq!(said(&shared, CHAT, ASK, &a).await.as_deref(), Some("miss"));
     wait_stored(&shared, 1.0).await;
     assert_eq!(
-        post(&shared, CHAT, ASK, &[("api-key", "kb")])
+        said(&shared, CHAT, ASK, &[("api-key", "kb")])
             .await
-            .cache
             .as_deref(),
         Some("hit"),
         "scope: global"
@@ -334,9 +330,8 @@ async fn entries_expire_with_the_ttl() {
     let stored = Instant::now();
     wait_stored(&proxy, 1.0).await;
     assert_eq!(
-        post(&proxy, CHAT, ASK, &[("cache-control", "no-store")])
+        said(&proxy, CHAT, ASK, &[("cache-control", "no-store")])
             .await
-            .cache
             .as_deref(),
         Some("hit")
     );
